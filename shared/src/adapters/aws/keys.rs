@@ -1,0 +1,37 @@
+//! DynamoDB key layout. Every context-table key starts with the tenant, so a
+//! request scoped to one tenant can never address another's items.
+
+use crate::domain::{AgentId, CallId, IdempotencyKey, TaskId, TenantId};
+
+pub const PK: &str = "pk";
+pub const SK: &str = "sk";
+pub const GSI1: &str = "gsi1";
+pub const GSI1_PK: &str = "gsi1pk";
+pub const GSI1_SK: &str = "gsi1sk";
+pub const TTL: &str = "expires_at";
+
+pub const TASK_SK: &str = "TASK";
+pub const CALL_SK_PREFIX: &str = "CALL#";
+pub const IDEM_SK: &str = "IDEM";
+pub const AGENT_SK: &str = "AGENT";
+
+pub fn task_pk(tenant: &TenantId, task: TaskId) -> String {
+    format!("T#{tenant}#TASK#{task}")
+}
+
+pub fn call_sk(call: CallId) -> String {
+    format!("{CALL_SK_PREFIX}{call}")
+}
+
+pub fn idempotency_pk(tenant: &TenantId, key: &IdempotencyKey) -> String {
+    format!("T#{tenant}#IDEM#{}", key.as_str())
+}
+
+/// The partition of the by-time index listing one tenant's tasks.
+pub fn tenant_tasks(tenant: &TenantId) -> String {
+    format!("T#{tenant}#TASKS")
+}
+
+pub fn agent_pk(id: &AgentId) -> String {
+    format!("AGENT#{id}")
+}

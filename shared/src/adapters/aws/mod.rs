@@ -1,0 +1,63 @@
+//! AWS backends through the official SDK: DynamoDB for tasks and the registry,
+//! SQS for the queues, Secrets Manager for keys. The endpoint comes from the
+//! standard `AWS_ENDPOINT_URL` (moto locally); clients are built once per process.
+
+mod bootstrap;
+mod keys;
+mod queue;
+mod registry;
+mod secrets;
+mod task_store;
+
+pub use bootstrap::{Bootstrap, BootstrapError};
+pub use queue::SqsQueue;
+pub use registry::DynamoRegistry;
+pub use secrets::SecretsManagerSource;
+pub use task_store::DynamoTaskStore;
+
+use aws_config::{BehaviorVersion, SdkConfig};
+
+/// The SDK configuration from the environment (region, credentials, endpoint).
+pub async fn load_sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest()).load().await
+}
+
+/// Resource names, from the template's parameters in production.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceNames {
+    pub context_table: String,
+    pub registry_table: String,
+    /// Queues are named `{queue_prefix}-{stage}` (and `-dlq`).
+    pub queue_prefix: String,
+}
+
+impl ResourceNames {
+    pub fn with_prefix(prefix: &str) -> Self {
+        ResourceNames {
+            context_table: format!("{prefix}-context"),
+            registry_table: format!("{prefix}-registry"),
+            queue_prefix: prefix.to_owned(),
+        }
+    }
+
+    /// From `MAOF_CONTEXT_TABLE`, `MAOF_REGISTRY_TABLE` and `MAOF_QUEUE_PREFIX`,
+    /// defaulting to the `maof` prefix.
+    pub fn from_env() -> Self {
+        let defaults = Self::with_prefix("maof");
+        let var = |name: &str, default: String| std::env::var(name).unwrap_or(default);
+        ResourceNames {
+            context_table: var("MAOF_CONTEXT_TABLE", defaults.context_table),
+            registry_table: var("MAOF_REGISTRY_TABLE", defaults.registry_table),
+            queue_prefix: var("MAOF_QUEUE_PREFIX", defaults.queue_prefix),
+        }
+    }
+
+    pub fn queue_name(&self, queue: crate::ports::QueueName) -> String {
+        format!("{}-{}", self.queue_prefix, queue.as_str())
+    }
+}
+
+/// The full error chain of an SDK failure, for operators' logs.
+pub(crate) fn describe<E: std::error::Error>(err: E) -> String {
+    aws_smithy_types::error::display::DisplayErrorContext(err).to_string()
+}

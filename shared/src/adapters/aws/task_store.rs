@@ -1,0 +1,527 @@
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, TransactWriteItem};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_dynamo::{from_item, to_attribute_value, to_item};
+
+use super::describe;
+use super::keys::{self, GSI1, GSI1_PK, GSI1_SK, PK, SK};
+use crate::domain::{
+    CallId, CallResult, Task, TaskId, TaskPatch, TaskStatus, TenantId, TransitionError,
+};
+use crate::ports::task_store::fan_in_outcome;
+use crate::ports::{FanIn, Page, StoreError, TaskRecord, TaskStore};
+
+/// The set of call ids whose results are recorded (DynamoDB string set, so a
+/// duplicate `ADD` adds nothing), and the call holding the fan-in claim.
+const DONE_CALLS: &str = "done_calls";
+const FAN_IN_CLAIM: &str = "fanin_claim";
+
+#[derive(Serialize, Deserialize)]
+struct TaskItem {
+    pk: String,
+    sk: String,
+    gsi1pk: String,
+    gsi1sk: String,
+    expires_at: i64,
+    #[serde(flatten)]
+    task: Task,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CallItem {
+    pk: String,
+    sk: String,
+    expires_at: i64,
+    #[serde(flatten)]
+    result: CallResult,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IdempotencyItem {
+    pk: String,
+    sk: String,
+    task_id: TaskId,
+    expires_at: i64,
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+/// Tasks, call results and idempotency records in the context table.
+#[derive(Clone)]
+pub struct DynamoTaskStore {
+    client: Client,
+    table: String,
+    /// How long items live after their task is created (the table's TTL).
+    retention: Duration,
+}
+
+impl DynamoTaskStore {
+    pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoTaskStore {
+            client,
+            table: table.into(),
+            retention: Self::DEFAULT_RETENTION,
+        }
+    }
+
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    fn expires_at(&self, created: DateTime<Utc>) -> i64 {
+        created.timestamp() + self.retention.as_secs() as i64
+    }
+
+    fn key(pk: String, sk: &str) -> Item {
+        HashMap::from([
+            (PK.to_owned(), AttributeValue::S(pk)),
+            (SK.to_owned(), AttributeValue::S(sk.to_owned())),
+        ])
+    }
+
+    /// Explains a refused transition by the task's current status.
+    async fn refused(&self, tenant: &TenantId, task_id: TaskId, to: TaskStatus) -> StoreError {
+        match self.get(tenant, task_id).await {
+            Err(e) => e,
+            Ok(None) => StoreError::NotFound,
+            Ok(Some(task)) => StoreError::Transition(TransitionError {
+                from: task.status,
+                to,
+            }),
+        }
+    }
+
+    fn task_item(&self, task: &Task) -> Result<Item, StoreError> {
+        let item = TaskItem {
+            pk: keys::task_pk(&task.tenant, task.task_id),
+            sk: keys::TASK_SK.to_owned(),
+            gsi1pk: keys::tenant_tasks(&task.tenant),
+            gsi1sk: task.task_id.to_string(),
+            expires_at: self.expires_at(task.created_at),
+            task: task.clone(),
+        };
+        to_item(item).map_err(encode)
+    }
+}
+
+fn encode(err: serde_dynamo::Error) -> StoreError {
+    StoreError::Backend(format!("cannot encode item: {err}"))
+}
+
+fn decode(err: serde_dynamo::Error) -> StoreError {
+    StoreError::Backend(format!("cannot decode item: {err}"))
+}
+
+fn backend<E: std::error::Error>(err: E) -> StoreError {
+    StoreError::Backend(describe(err))
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn task_from(item: Item) -> Result<Task, StoreError> {
+    from_item::<_, TaskItem>(item)
+        .map(|i| i.task)
+        .map_err(decode)
+}
+
+#[async_trait]
+impl TaskStore for DynamoTaskStore {
+    #[tracing::instrument(skip_all, fields(tenant = %task.tenant, task_id = %task.task_id))]
+    async fn create(&self, task: &Task) -> Result<(), StoreError> {
+        let item = self.task_item(task)?;
+        let Some(idem) = &task.idempotency_key else {
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .send()
+                .await;
+            return match put {
+                Ok(_) => Ok(()),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+                {
+                    Err(StoreError::AlreadyExists)
+                }
+                Err(e) => Err(backend(e)),
+            };
+        };
+        // The task and its idempotency record are written together or not at all.
+        let idem_pk = keys::idempotency_pk(&task.tenant, idem);
+        let idem_item = to_item(IdempotencyItem {
+            pk: idem_pk.clone(),
+            sk: keys::IDEM_SK.to_owned(),
+            task_id: task.task_id,
+            expires_at: self.expires_at(task.created_at),
+        })
+        .map_err(encode)?;
+        let put = |item: Item| -> Result<TransactWriteItem, StoreError> {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(backend)?;
+            Ok(TransactWriteItem::builder().put(put).build())
+        };
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(put(item)?)
+            .transact_items(put(idem_item)?)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_transaction_canceled_exception()) =>
+            {
+                // Which condition failed? The idempotency record tells.
+                let existing = self
+                    .client
+                    .get_item()
+                    .table_name(&self.table)
+                    .set_key(Some(Self::key(idem_pk, keys::IDEM_SK)))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(backend)?;
+                match existing.item {
+                    Some(item) => {
+                        let idem: IdempotencyItem = from_item(item).map_err(decode)?;
+                        Err(StoreError::DuplicateIdempotencyKey(idem.task_id))
+                    }
+                    None => Err(StoreError::AlreadyExists),
+                }
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant = %tenant, task_id = %task_id))]
+    async fn get(&self, tenant: &TenantId, task_id: TaskId) -> Result<Option<Task>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(
+                keys::task_pk(tenant, task_id),
+                keys::TASK_SK,
+            )))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend)?;
+        out.item.map(task_from).transpose()
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant = %tenant, task_id = %task_id))]
+    async fn get_with_calls(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let mut task = None;
+        let mut calls = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(keys::task_pk(tenant, task_id)))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(backend)?;
+            for item in out.items.unwrap_or_default() {
+                let sk = item
+                    .get(SK)
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default();
+                if sk == keys::TASK_SK {
+                    task = Some(task_from(item)?);
+                } else if sk.starts_with(keys::CALL_SK_PREFIX) {
+                    let call: CallItem = from_item(item).map_err(decode)?;
+                    calls.push(call.result);
+                }
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(task.map(|task| TaskRecord { task, calls }))
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant = %tenant, task_id = %task_id, to = %to))]
+    async fn transition(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+        to: TaskStatus,
+        patch: TaskPatch,
+        now: DateTime<Utc>,
+    ) -> Result<Task, StoreError> {
+        let allowed = TaskStatus::predecessors(to);
+        if allowed.is_empty() {
+            return Err(self.refused(tenant, task_id, to).await);
+        }
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(
+                keys::task_pk(tenant, task_id),
+                keys::TASK_SK,
+            )))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#updated_at", "updated_at")
+            .expression_attribute_values(":to", to_attribute_value(to).map_err(encode)?)
+            .expression_attribute_values(":now", to_attribute_value(now).map_err(encode)?)
+            .return_values(ReturnValue::AllNew);
+        let mut sets = vec!["#status = :to".to_owned(), "#updated_at = :now".to_owned()];
+        let fields: [(&str, Option<AttributeValue>); 6] = [
+            (
+                "plan",
+                patch
+                    .plan
+                    .map(to_attribute_value)
+                    .transpose()
+                    .map_err(encode)?,
+            ),
+            (
+                "expected_calls",
+                patch
+                    .expected_calls
+                    .map(to_attribute_value)
+                    .transpose()
+                    .map_err(encode)?,
+            ),
+            (
+                "result",
+                patch
+                    .result
+                    .map(to_attribute_value)
+                    .transpose()
+                    .map_err(encode)?,
+            ),
+            (
+                "usage",
+                patch
+                    .usage
+                    .map(to_attribute_value)
+                    .transpose()
+                    .map_err(encode)?,
+            ),
+            (
+                "cost_usd",
+                patch
+                    .cost_usd
+                    .map(to_attribute_value)
+                    .transpose()
+                    .map_err(encode)?,
+            ),
+            (
+                "error",
+                patch
+                    .error
+                    .map(to_attribute_value)
+                    .transpose()
+                    .map_err(encode)?,
+            ),
+        ];
+        for (field, value) in fields {
+            if let Some(value) = value {
+                sets.push(format!("#{field} = :{field}"));
+                update = update
+                    .expression_attribute_names(format!("#{field}"), field)
+                    .expression_attribute_values(format!(":{field}"), value);
+            }
+        }
+        let mut placeholders = Vec::with_capacity(allowed.len());
+        for (i, status) in allowed.iter().enumerate() {
+            let name = format!(":from{i}");
+            update = update
+                .expression_attribute_values(&name, to_attribute_value(status).map_err(encode)?);
+            placeholders.push(name);
+        }
+        let result = update
+            .update_expression(format!("SET {}", sets.join(", ")))
+            .condition_expression(format!(
+                "attribute_exists(pk) AND #status IN ({})",
+                placeholders.join(", ")
+            ))
+            .send()
+            .await;
+        match result {
+            Ok(out) => task_from(out.attributes.unwrap_or_default()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Err(self.refused(tenant, task_id, to).await)
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant = %tenant, task_id = %task_id, call_id = %result.call_id))]
+    async fn record_call(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+        result: &CallResult,
+    ) -> Result<FanIn, StoreError> {
+        let pk = keys::task_pk(tenant, task_id);
+        // 1. The result first (first write wins), so that whoever wins the
+        //    fan-in finds every counted call's result in place.
+        let item = to_item(CallItem {
+            pk: pk.clone(),
+            sk: keys::call_sk(result.call_id),
+            expires_at: self.expires_at(result.finished_at),
+            result: result.clone(),
+        })
+        .map_err(encode)?;
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        if let Err(e) = put
+            && !e
+                .as_service_error()
+                .is_some_and(|e| e.is_conditional_check_failed_exception())
+        {
+            return Err(backend(e));
+        }
+        // 2. Count the call: adding to a string set is idempotent.
+        let me = result.call_id.to_string();
+        let counted = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(pk.clone(), keys::TASK_SK)))
+            .update_expression("ADD #done :me")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#done", DONE_CALLS)
+            .expression_attribute_values(":me", AttributeValue::Ss(vec![me.clone()]))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        let attributes = match counted {
+            Ok(out) => out.attributes.unwrap_or_default(),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                return Err(StoreError::NotFound);
+            }
+            Err(e) => Err(backend(e))?,
+        };
+        let done = attributes
+            .get(DONE_CALLS)
+            .and_then(|v| v.as_ss().ok())
+            .map_or(0, |set| set.len() as u32);
+        let expected = attributes
+            .get("expected_calls")
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok());
+        let holder = attributes
+            .get(FAN_IN_CLAIM)
+            .and_then(|v| v.as_s().ok())
+            .and_then(|s| CallId::parse(s).ok());
+        let outcome = fan_in_outcome(done, expected, holder, result.call_id);
+        if outcome != FanIn::Won || holder.is_some() {
+            return Ok(outcome);
+        }
+        // 3. Every call is done: exactly one call can take the claim.
+        let claim = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(pk, keys::TASK_SK)))
+            .update_expression("SET #claim = :me")
+            .condition_expression("attribute_not_exists(#claim) OR #claim = :me")
+            .expression_attribute_names("#claim", FAN_IN_CLAIM)
+            .expression_attribute_values(":me", s(me))
+            .send()
+            .await;
+        match claim {
+            Ok(_) => Ok(FanIn::Won),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(FanIn::Lost)
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant = %tenant))]
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<Task>, StoreError> {
+        let limit = limit.clamp(1, 1000);
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(GSI1)
+            .expression_attribute_names("#p", GSI1_PK)
+            .expression_attribute_values(":p", s(keys::tenant_tasks(tenant)))
+            .scan_index_forward(false)
+            // One more than asked, to know whether another page exists.
+            .limit(limit as i32 + 1);
+        query = match cursor {
+            Some(cursor) => {
+                let before =
+                    TaskId::parse(cursor).map_err(|_| StoreError::Backend("bad cursor".into()))?;
+                query
+                    .key_condition_expression("#p = :p AND #s < :c")
+                    .expression_attribute_names("#s", GSI1_SK)
+                    .expression_attribute_values(":c", s(before.to_string()))
+            }
+            None => query.key_condition_expression("#p = :p"),
+        };
+        let out = query.send().await.map_err(backend)?;
+        let mut items = out
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(task_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        let next = if more {
+            items.last().map(|t| t.task_id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+}

@@ -1,0 +1,161 @@
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::lock;
+use crate::domain::{
+    CallId, CallResult, IdempotencyKey, Task, TaskId, TaskPatch, TaskStatus, TenantId,
+};
+use crate::ports::task_store::fan_in_outcome;
+use crate::ports::{FanIn, Page, StoreError, TaskRecord, TaskStore};
+
+struct Entry {
+    task: Task,
+    calls: BTreeMap<CallId, CallResult>,
+    done: BTreeSet<CallId>,
+    claim: Option<CallId>,
+}
+
+#[derive(Default)]
+struct State {
+    // Keyed by tenant first, as the DynamoDB keys are.
+    tasks: HashMap<(TenantId, TaskId), Entry>,
+    idempotency: HashMap<(TenantId, IdempotencyKey), TaskId>,
+}
+
+#[derive(Default)]
+pub struct MemoryTaskStore {
+    state: Mutex<State>,
+}
+
+impl MemoryTaskStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl TaskStore for MemoryTaskStore {
+    async fn create(&self, task: &Task) -> Result<(), StoreError> {
+        let mut state = lock(&self.state);
+        let key = (task.tenant.clone(), task.task_id);
+        if state.tasks.contains_key(&key) {
+            return Err(StoreError::AlreadyExists);
+        }
+        if let Some(idem) = &task.idempotency_key {
+            let idem_key = (task.tenant.clone(), idem.clone());
+            if let Some(existing) = state.idempotency.get(&idem_key) {
+                return Err(StoreError::DuplicateIdempotencyKey(*existing));
+            }
+            state.idempotency.insert(idem_key, task.task_id);
+        }
+        state.tasks.insert(
+            key,
+            Entry {
+                task: task.clone(),
+                calls: BTreeMap::new(),
+                done: BTreeSet::new(),
+                claim: None,
+            },
+        );
+        Ok(())
+    }
+
+    async fn get(&self, tenant: &TenantId, task_id: TaskId) -> Result<Option<Task>, StoreError> {
+        let state = lock(&self.state);
+        Ok(state
+            .tasks
+            .get(&(tenant.clone(), task_id))
+            .map(|e| e.task.clone()))
+    }
+
+    async fn get_with_calls(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let state = lock(&self.state);
+        Ok(state
+            .tasks
+            .get(&(tenant.clone(), task_id))
+            .map(|e| TaskRecord {
+                task: e.task.clone(),
+                calls: e.calls.values().cloned().collect(),
+            }))
+    }
+
+    async fn transition(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+        to: TaskStatus,
+        patch: TaskPatch,
+        now: DateTime<Utc>,
+    ) -> Result<Task, StoreError> {
+        let mut state = lock(&self.state);
+        let entry = state
+            .tasks
+            .get_mut(&(tenant.clone(), task_id))
+            .ok_or(StoreError::NotFound)?;
+        entry.task.apply(to, patch, now)?;
+        Ok(entry.task.clone())
+    }
+
+    async fn record_call(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+        result: &CallResult,
+    ) -> Result<FanIn, StoreError> {
+        let mut state = lock(&self.state);
+        let entry = state
+            .tasks
+            .get_mut(&(tenant.clone(), task_id))
+            .ok_or(StoreError::NotFound)?;
+        entry
+            .calls
+            .entry(result.call_id)
+            .or_insert_with(|| result.clone());
+        entry.done.insert(result.call_id);
+        let outcome = fan_in_outcome(
+            entry.done.len() as u32,
+            entry.task.expected_calls,
+            entry.claim,
+            result.call_id,
+        );
+        if outcome == FanIn::Won {
+            entry.claim = Some(result.call_id);
+        }
+        Ok(outcome)
+    }
+
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<Task>, StoreError> {
+        let before = cursor
+            .map(TaskId::parse)
+            .transpose()
+            .map_err(|_| StoreError::Backend("bad cursor".into()))?;
+        let state = lock(&self.state);
+        let mut tasks: Vec<&Task> = state
+            .tasks
+            .iter()
+            .filter(|((t, id), _)| t == tenant && before.is_none_or(|b| *id < b))
+            .map(|(_, e)| &e.task)
+            .collect();
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.task_id));
+        let more = tasks.len() > limit as usize;
+        let items: Vec<Task> = tasks.into_iter().take(limit as usize).cloned().collect();
+        let next = if more {
+            items.last().map(|t| t.task_id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+}

@@ -1,0 +1,267 @@
+//! Agents: the registry's entries, and what calling one costs.
+
+use serde::{Deserialize, Serialize};
+
+use super::call::Usage;
+use super::ids::AgentId;
+use super::money::Usd;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    Openai,
+    Anthropic,
+    Gemini,
+    /// Any server speaking OpenAI Chat Completions at `base_url`.
+    OpenaiCompatible,
+    Huggingface,
+    Bedrock,
+    /// Deterministic in-process agent for demos and tests.
+    Mock,
+}
+
+impl Provider {
+    /// Providers that authenticate with a key from the secret source.
+    pub fn needs_secret(self) -> bool {
+        !matches!(self, Provider::Mock | Provider::Bedrock)
+    }
+}
+
+/// Dollars per million tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pricing {
+    pub input_per_mtok: Usd,
+    pub output_per_mtok: Usd,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_mtok: Option<Usd>,
+}
+
+impl Pricing {
+    /// The exact cost of a call's usage. Cached input tokens are part of the
+    /// input count and billed at the cached price when the agent has one.
+    pub fn cost(&self, usage: &Usage) -> Usd {
+        let cached = usage.cached_input_tokens.min(usage.input_tokens);
+        let (fresh, cached_price) = match self.cached_input_per_mtok {
+            Some(price) => (usage.input_tokens - cached, Some(price)),
+            None => (usage.input_tokens, None),
+        };
+        Usd::for_tokens(fresh, self.input_per_mtok)
+            + cached_price.map_or(Usd::ZERO, |p| Usd::for_tokens(cached, p))
+            + Usd::for_tokens(usage.output_tokens, self.output_per_mtok)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Constraints {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+impl Constraints {
+    pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms.unwrap_or(Self::DEFAULT_TIMEOUT_MS)
+    }
+
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts.unwrap_or(Self::DEFAULT_MAX_ATTEMPTS)
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+fn default_quality() -> f64 {
+    0.5
+}
+
+fn default_tier() -> u8 {
+    1
+}
+
+/// An agent as an admin writes it (`PUT /v1/agents/{id}`); the id comes from the path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    pub name: String,
+    pub provider: Provider,
+    pub model: String,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The name of the secret holding the key, never the key itself.
+    #[serde(default)]
+    pub secret: Option<String>,
+    pub capabilities: Vec<String>,
+    #[serde(default)]
+    pub pricing: Option<Pricing>,
+    #[serde(default)]
+    pub constraints: Constraints,
+    #[serde(default = "default_quality")]
+    pub quality: f64,
+    #[serde(default = "default_tier")]
+    pub tier: u8,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentSpecError {
+    #[error("name must not be empty")]
+    EmptyName,
+    #[error("model must not be empty")]
+    EmptyModel,
+    #[error("capabilities must list at least one task type")]
+    NoCapabilities,
+    #[error("quality must be between 0 and 1")]
+    QualityOutOfRange,
+    #[error("base_url is required for provider openai_compatible")]
+    BaseUrlRequired,
+    #[error("base_url must start with http:// or https://")]
+    BadBaseUrl,
+    #[error("secret is required for this provider")]
+    SecretRequired,
+    #[error("prices must not be negative")]
+    NegativePrice,
+    #[error("constraints.max_attempts must be between 1 and 10")]
+    MaxAttemptsOutOfRange,
+}
+
+impl AgentSpec {
+    pub fn validate(&self) -> Result<(), AgentSpecError> {
+        if self.name.trim().is_empty() {
+            return Err(AgentSpecError::EmptyName);
+        }
+        if self.model.trim().is_empty() {
+            return Err(AgentSpecError::EmptyModel);
+        }
+        if self.capabilities.iter().all(|c| c.trim().is_empty()) {
+            return Err(AgentSpecError::NoCapabilities);
+        }
+        if !(0.0..=1.0).contains(&self.quality) {
+            return Err(AgentSpecError::QualityOutOfRange);
+        }
+        match &self.base_url {
+            None if self.provider == Provider::OpenaiCompatible => {
+                return Err(AgentSpecError::BaseUrlRequired);
+            }
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                return Err(AgentSpecError::BadBaseUrl);
+            }
+            _ => {}
+        }
+        if self.provider.needs_secret() && self.secret.is_none() {
+            return Err(AgentSpecError::SecretRequired);
+        }
+        if let Some(p) = &self.pricing {
+            let negative = p.input_per_mtok.is_negative()
+                || p.output_per_mtok.is_negative()
+                || p.cached_input_per_mtok.is_some_and(Usd::is_negative);
+            if negative {
+                return Err(AgentSpecError::NegativePrice);
+            }
+        }
+        if let Some(n) = self.constraints.max_attempts
+            && !(1..=10).contains(&n)
+        {
+            return Err(AgentSpecError::MaxAttemptsOutOfRange);
+        }
+        Ok(())
+    }
+}
+
+/// A registry entry: an id, what the admin wrote, and a version that every
+/// write bumps (optimistic concurrency).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Agent {
+    pub id: AgentId,
+    #[serde(flatten)]
+    pub spec: AgentSpec,
+    pub version: u64,
+}
+
+impl Agent {
+    pub fn can_serve(&self, task_type: &str) -> bool {
+        self.spec.enabled && self.spec.capabilities.iter().any(|c| c == task_type)
+    }
+
+    /// The cost of a call, or `None` when the agent has no prices (never a silent zero).
+    pub fn cost(&self, usage: &Usage) -> Option<Usd> {
+        self.spec.pricing.as_ref().map(|p| p.cost(usage))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> AgentSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": "GPT-4o mini", "provider": "openai", "model": "gpt-4o-mini",
+            "secret": "maof/openai", "capabilities": ["text"],
+            "pricing": {"input_per_mtok": 0.15, "output_per_mtok": 0.60, "cached_input_per_mtok": 0.075}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn prices_from_json_numbers_are_exact() {
+        let s = spec();
+        let p = s.pricing.as_ref().unwrap();
+        assert_eq!(p.input_per_mtok, Usd::parse("0.15").unwrap());
+        let usage = Usage {
+            input_tokens: 12,
+            output_tokens: 30,
+            cached_input_tokens: 0,
+        };
+        assert_eq!(p.cost(&usage), Usd::parse("0.0000198").unwrap());
+    }
+
+    #[test]
+    fn cached_tokens_use_cached_price() {
+        let p = spec().pricing.unwrap();
+        let usage = Usage {
+            input_tokens: 1_000_000,
+            output_tokens: 0,
+            cached_input_tokens: 1_000_000,
+        };
+        assert_eq!(p.cost(&usage), Usd::parse("0.075").unwrap());
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_specs_are_refused() {
+        let bad = serde_json::json!({"name": "x", "provider": "openai", "model": "m",
+            "capabilities": ["text"], "surprise": 1});
+        assert!(serde_json::from_value::<AgentSpec>(bad).is_err());
+
+        let mut s = spec();
+        s.provider = Provider::OpenaiCompatible;
+        assert_eq!(s.validate(), Err(AgentSpecError::BaseUrlRequired));
+        s.base_url = Some("ftp://x".into());
+        assert_eq!(s.validate(), Err(AgentSpecError::BadBaseUrl));
+        let mut s = spec();
+        s.secret = None;
+        assert_eq!(s.validate(), Err(AgentSpecError::SecretRequired));
+        assert!(spec().validate().is_ok());
+    }
+}

@@ -1,0 +1,100 @@
+//! One call of one agent for one task, and its outcome.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::agent::Provider;
+use super::ids::{AgentId, CallId};
+use super::money::Usd;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Part of `input_tokens` that the provider served from its prompt cache.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_input_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(self, rhs: Usage) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens + rhs.input_tokens,
+            output_tokens: self.output_tokens + rhs.output_tokens,
+            cached_input_tokens: self.cached_input_tokens + rhs.cached_input_tokens,
+        }
+    }
+}
+
+impl std::iter::Sum for Usage {
+    fn sum<I: Iterator<Item = Usage>>(iter: I) -> Usage {
+        iter.fold(Usage::default(), std::ops::Add::add)
+    }
+}
+
+/// The error taxonomy every provider's failures are mapped onto.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    RateLimited,
+    Overloaded,
+    Server,
+    Timeout,
+    Network,
+    Auth,
+    BadRequest,
+    NotFound,
+    ContextLengthExceeded,
+    ContentFiltered,
+    /// No agent could take the call, or the call was abandoned (budget, cancel).
+    Unavailable,
+}
+
+impl ErrorClass {
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::RateLimited
+                | ErrorClass::Overloaded
+                | ErrorClass::Server
+                | ErrorClass::Timeout
+                | ErrorClass::Network
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallError {
+    pub class: ErrorClass,
+    /// Safe to show the task's owner: no key, no internal address.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallStatus {
+    Succeeded,
+    Failed,
+}
+
+/// The final outcome of one call; written once per call (first write wins).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallResult {
+    pub call_id: CallId,
+    pub agent_id: AgentId,
+    pub provider: Provider,
+    pub status: CallStatus,
+    pub output: Option<String>,
+    pub usage: Usage,
+    /// `None` when the agent has no prices: unknown, not free.
+    pub cost_usd: Option<Usd>,
+    pub latency_ms: u64,
+    pub attempts: u32,
+    pub error: Option<CallError>,
+    pub finished_at: DateTime<Utc>,
+}

@@ -1,0 +1,22 @@
+//! Pure types and rules: no I/O, no AWS types.
+
+pub mod agent;
+pub mod call;
+pub mod envelope;
+pub mod ids;
+pub mod money;
+pub mod principal;
+pub mod task;
+pub mod workflow;
+
+pub use agent::{Agent, AgentSpec, Constraints, Pricing, Provider};
+pub use call::{CallError, CallResult, CallStatus, ErrorClass, Usage};
+pub use envelope::{Envelope, MessageKind};
+pub use ids::{AgentId, CallId, IdError, IdempotencyKey, TaskId, TenantId, WorkflowId};
+pub use money::Usd;
+pub use principal::{Principal, Role};
+pub use task::{
+    AggregateResult, AggregationStrategy, PlannedCall, RequestError, RoutingStrategy, Task,
+    TaskError, TaskPatch, TaskRequest, TaskSpec, TaskStatus, TransitionError,
+};
+pub use workflow::{Step, Workflow, WorkflowError};

@@ -1,0 +1,576 @@
+//! Tasks: the request as a client sends it, the validated spec it parses into,
+//! and the status state machine every stage moves it through.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::call::Usage;
+use super::ids::{AgentId, CallId, IdError, IdempotencyKey, TaskId, TenantId};
+use super::money::Usd;
+
+/// Largest `content` accepted, in bytes; larger is refused (413), never truncated.
+pub const MAX_CONTENT_BYTES: usize = 200 * 1024;
+/// Largest `system` prompt accepted, in bytes.
+pub const MAX_SYSTEM_BYTES: usize = 32 * 1024;
+pub const MAX_FANOUT: u32 = 10;
+pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Queued,
+    Routing,
+    Running,
+    Aggregating,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 7] = [
+        TaskStatus::Queued,
+        TaskStatus::Routing,
+        TaskStatus::Running,
+        TaskStatus::Aggregating,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+
+    /// The state machine: forward one stage at a time, or to `failed` /
+    /// `cancelled` from any unfinished state. A finished task never moves.
+    pub fn can_become(self, next: TaskStatus) -> bool {
+        use TaskStatus::*;
+        match (self, next) {
+            (Queued, Routing) | (Routing, Running) | (Running, Aggregating) => true,
+            (Aggregating, Completed) => true,
+            (from, Failed | Cancelled) => !from.is_terminal(),
+            _ => false,
+        }
+    }
+
+    /// Every status from which `next` may be reached: the condition a store
+    /// checks atomically when it applies a transition.
+    pub fn predecessors(next: TaskStatus) -> Vec<TaskStatus> {
+        Self::ALL
+            .into_iter()
+            .filter(|s| s.can_become(next))
+            .collect()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Queued => "queued",
+            TaskStatus::Routing => "routing",
+            TaskStatus::Running => "running",
+            TaskStatus::Aggregating => "aggregating",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a {from} task cannot become {to}")]
+pub struct TransitionError {
+    pub from: TaskStatus,
+    pub to: TaskStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingStrategy {
+    #[default]
+    Best,
+    Cheapest,
+    Fastest,
+    RoundRobin,
+    Weighted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggregationStrategy {
+    #[default]
+    First,
+    All,
+    Best,
+    Consensus,
+    Vote,
+    Merge,
+    Judge,
+}
+
+fn default_fanout() -> u32 {
+    1
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingRequest {
+    #[serde(default)]
+    pub strategy: RoutingStrategy,
+    #[serde(default)]
+    pub agents: Vec<String>,
+    #[serde(default = "default_fanout")]
+    pub fanout: u32,
+    #[serde(default = "default_true")]
+    pub fallback: bool,
+}
+
+impl Default for RoutingRequest {
+    fn default() -> Self {
+        RoutingRequest {
+            strategy: RoutingStrategy::default(),
+            agents: Vec::new(),
+            fanout: 1,
+            fallback: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregationRequest {
+    #[serde(default)]
+    pub strategy: AggregationStrategy,
+}
+
+/// A task as a client sends it. Unknown fields are refused, not ignored.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRequest {
+    pub task_type: String,
+    pub content: String,
+    #[serde(default)]
+    pub system: Option<String>,
+    #[serde(default)]
+    pub routing: RoutingRequest,
+    #[serde(default)]
+    pub aggregation: AggregationRequest,
+    #[serde(default)]
+    pub budget_usd: Option<Usd>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+/// Why a request is refused, one variant per field rule.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    #[error("task_type must be a lower-case word such as `text` or `code`")]
+    BadTaskType,
+    #[error("content must not be empty")]
+    EmptyContent,
+    #[error("content is {size} bytes; the limit is {limit}")]
+    ContentTooLarge { size: usize, limit: usize },
+    #[error("system is {size} bytes; the limit is {limit}")]
+    SystemTooLarge { size: usize, limit: usize },
+    #[error("routing.fanout must be between 1 and {max}")]
+    FanoutOutOfRange { max: u32 },
+    #[error("routing.agents: {0}")]
+    BadAgent(IdError),
+    #[error("routing.fanout ({fanout}) exceeds the {named} agents named in routing.agents")]
+    FanoutExceedsAgents { fanout: u32, named: usize },
+    #[error("budget_usd must not be negative")]
+    NegativeBudget,
+    #[error("timeout_ms must be between 1 and {max}")]
+    TimeoutOutOfRange { max: u64 },
+    #[error("idempotency_key: {0}")]
+    BadIdempotencyKey(IdError),
+}
+
+impl RequestError {
+    /// Size errors are 413 at the edge; every other rule is 422.
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            RequestError::ContentTooLarge { .. } | RequestError::SystemTooLarge { .. }
+        )
+    }
+
+    /// The request field the error is about, for problem details.
+    pub fn field(&self) -> &'static str {
+        match self {
+            RequestError::BadTaskType => "task_type",
+            RequestError::EmptyContent | RequestError::ContentTooLarge { .. } => "content",
+            RequestError::SystemTooLarge { .. } => "system",
+            RequestError::FanoutOutOfRange { .. } | RequestError::FanoutExceedsAgents { .. } => {
+                "routing.fanout"
+            }
+            RequestError::BadAgent(_) => "routing.agents",
+            RequestError::NegativeBudget => "budget_usd",
+            RequestError::TimeoutOutOfRange { .. } => "timeout_ms",
+            RequestError::BadIdempotencyKey(_) => "idempotency_key",
+        }
+    }
+}
+
+/// A validated task request: every field is within its rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub task_type: String,
+    pub content: String,
+    pub system: Option<String>,
+    pub routing_strategy: RoutingStrategy,
+    pub agents: Vec<AgentId>,
+    pub fanout: u32,
+    pub fallback: bool,
+    pub aggregation: AggregationStrategy,
+    pub budget_usd: Option<Usd>,
+    pub timeout_ms: u64,
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+impl TaskRequest {
+    /// Parses the request into a spec and its idempotency key (the body's, if any).
+    pub fn parse(self) -> Result<(TaskSpec, Option<IdempotencyKey>), RequestError> {
+        let task_type = self.task_type.trim();
+        let type_ok = !task_type.is_empty()
+            && task_type.len() <= 32
+            && task_type
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !type_ok {
+            return Err(RequestError::BadTaskType);
+        }
+        if self.content.trim().is_empty() {
+            return Err(RequestError::EmptyContent);
+        }
+        if self.content.len() > MAX_CONTENT_BYTES {
+            return Err(RequestError::ContentTooLarge {
+                size: self.content.len(),
+                limit: MAX_CONTENT_BYTES,
+            });
+        }
+        if let Some(system) = &self.system
+            && system.len() > MAX_SYSTEM_BYTES
+        {
+            return Err(RequestError::SystemTooLarge {
+                size: system.len(),
+                limit: MAX_SYSTEM_BYTES,
+            });
+        }
+        let routing = self.routing;
+        if !(1..=MAX_FANOUT).contains(&routing.fanout) {
+            return Err(RequestError::FanoutOutOfRange { max: MAX_FANOUT });
+        }
+        let agents = routing
+            .agents
+            .into_iter()
+            .map(AgentId::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(RequestError::BadAgent)?;
+        if !agents.is_empty() && routing.fanout as usize > agents.len() {
+            return Err(RequestError::FanoutExceedsAgents {
+                fanout: routing.fanout,
+                named: agents.len(),
+            });
+        }
+        if self.budget_usd.is_some_and(Usd::is_negative) {
+            return Err(RequestError::NegativeBudget);
+        }
+        let timeout_ms = self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+            return Err(RequestError::TimeoutOutOfRange {
+                max: MAX_TIMEOUT_MS,
+            });
+        }
+        let key = self
+            .idempotency_key
+            .map(IdempotencyKey::parse)
+            .transpose()
+            .map_err(RequestError::BadIdempotencyKey)?;
+        let spec = TaskSpec {
+            task_type: task_type.to_owned(),
+            content: self.content,
+            system: self.system,
+            routing_strategy: routing.strategy,
+            agents,
+            fanout: routing.fanout,
+            fallback: routing.fallback,
+            aggregation: self.aggregation.strategy,
+            budget_usd: self.budget_usd,
+            timeout_ms,
+            metadata: self.metadata,
+        };
+        Ok((spec, key))
+    }
+}
+
+/// The combined answer of a finished task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AggregateResult {
+    pub strategy: AggregationStrategy,
+    pub output: String,
+    pub confidence: f64,
+    #[serde(default)]
+    pub candidates: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub conflicts: Vec<serde_json::Value>,
+}
+
+/// Why a task failed (or was cancelled), in words fit for its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskError {
+    pub code: String,
+    pub message: String,
+}
+
+impl TaskError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        TaskError {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A call the router planned for a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedCall {
+    pub call_id: CallId,
+    pub agent_id: AgentId,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub tenant: TenantId,
+    pub task_id: TaskId,
+    pub status: TaskStatus,
+    pub spec: TaskSpec,
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// The `sub` of whoever submitted it.
+    pub submitted_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub plan: Vec<PlannedCall>,
+    /// How many call results the fan-in waits for; set by routing.
+    #[serde(default)]
+    pub expected_calls: Option<u32>,
+    #[serde(default)]
+    pub result: Option<AggregateResult>,
+    #[serde(default)]
+    pub usage: Usage,
+    #[serde(default)]
+    pub cost_usd: Option<Usd>,
+    #[serde(default)]
+    pub error: Option<TaskError>,
+}
+
+impl Task {
+    pub fn new(
+        tenant: TenantId,
+        spec: TaskSpec,
+        idempotency_key: Option<IdempotencyKey>,
+        submitted_by: impl Into<String>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Task {
+            tenant,
+            task_id: TaskId::new(),
+            status: TaskStatus::Queued,
+            spec,
+            idempotency_key,
+            submitted_by: submitted_by.into(),
+            created_at: now,
+            updated_at: now,
+            plan: Vec::new(),
+            expected_calls: None,
+            result: None,
+            usage: Usage::default(),
+            cost_usd: None,
+            error: None,
+        }
+    }
+
+    /// When the task must have finished; past it, whatever stage holds it fails it.
+    pub fn deadline(&self) -> DateTime<Utc> {
+        self.created_at + chrono::Duration::milliseconds(self.spec.timeout_ms as i64)
+    }
+
+    /// Applies a transition in memory, checking the state machine. Stores use
+    /// the same rule as an atomic condition.
+    pub fn apply(
+        &mut self,
+        to: TaskStatus,
+        patch: TaskPatch,
+        now: DateTime<Utc>,
+    ) -> Result<(), TransitionError> {
+        if !self.status.can_become(to) {
+            return Err(TransitionError {
+                from: self.status,
+                to,
+            });
+        }
+        self.status = to;
+        self.updated_at = now;
+        patch.apply_to(self);
+        Ok(())
+    }
+}
+
+/// Fields a transition may set alongside the new status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TaskPatch {
+    pub plan: Option<Vec<PlannedCall>>,
+    pub expected_calls: Option<u32>,
+    pub result: Option<AggregateResult>,
+    pub usage: Option<Usage>,
+    pub cost_usd: Option<Usd>,
+    pub error: Option<TaskError>,
+}
+
+impl TaskPatch {
+    pub fn apply_to(self, task: &mut Task) {
+        if let Some(plan) = self.plan {
+            task.plan = plan;
+        }
+        if let Some(n) = self.expected_calls {
+            task.expected_calls = Some(n);
+        }
+        if let Some(result) = self.result {
+            task.result = Some(result);
+        }
+        if let Some(usage) = self.usage {
+            task.usage = usage;
+        }
+        if let Some(cost) = self.cost_usd {
+            task.cost_usd = Some(cost);
+        }
+        if let Some(error) = self.error {
+            task.error = Some(error);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(v: serde_json::Value) -> Result<TaskRequest, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+
+    #[test]
+    fn a_minimal_request_gets_defaults() {
+        let (spec, key) = request(json!({"task_type": "text", "content": "hi"}))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(spec.fanout, 1);
+        assert!(spec.fallback);
+        assert_eq!(spec.timeout_ms, DEFAULT_TIMEOUT_MS);
+        assert_eq!(spec.aggregation, AggregationStrategy::First);
+        assert!(key.is_none());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(request(json!({"task_type": "text", "content": "hi", "extra": 1})).is_err());
+        assert!(
+            request(json!({"task_type": "text", "content": "hi", "routing": {"fanot": 2}}))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn each_field_rule_has_its_error() {
+        let parse = |v| request(v).unwrap().parse().unwrap_err();
+        assert_eq!(
+            parse(json!({"task_type": "Text!", "content": "x"})),
+            RequestError::BadTaskType
+        );
+        assert_eq!(
+            parse(json!({"task_type": "text", "content": "  "})),
+            RequestError::EmptyContent
+        );
+        let big = "x".repeat(MAX_CONTENT_BYTES + 1);
+        let err = parse(json!({"task_type": "text", "content": big}));
+        assert!(err.is_too_large());
+        assert_eq!(
+            parse(json!({"task_type": "text", "content": "x", "routing": {"fanout": 0}})),
+            RequestError::FanoutOutOfRange { max: MAX_FANOUT }
+        );
+        assert_eq!(
+            parse(
+                json!({"task_type": "text", "content": "x", "routing": {"fanout": 2, "agents": ["a"]}})
+            ),
+            RequestError::FanoutExceedsAgents {
+                fanout: 2,
+                named: 1
+            }
+        );
+        assert_eq!(
+            parse(json!({"task_type": "text", "content": "x", "budget_usd": -1})),
+            RequestError::NegativeBudget
+        );
+        assert_eq!(
+            parse(json!({"task_type": "text", "content": "x", "timeout_ms": 0})).field(),
+            "timeout_ms"
+        );
+    }
+
+    #[test]
+    fn state_machine_moves_forward_or_ends() {
+        use TaskStatus::*;
+        assert!(Queued.can_become(Routing));
+        assert!(!Queued.can_become(Aggregating));
+        assert!(!Completed.can_become(Failed));
+        assert!(Running.can_become(Cancelled));
+        assert_eq!(TaskStatus::predecessors(Routing), vec![Queued]);
+        assert_eq!(
+            TaskStatus::predecessors(Failed),
+            vec![Queued, Routing, Running, Aggregating]
+        );
+        for s in TaskStatus::ALL {
+            if s.is_terminal() {
+                assert!(TaskStatus::ALL.iter().all(|n| !s.can_become(*n)));
+            }
+        }
+    }
+
+    #[test]
+    fn apply_refuses_a_wrong_transition() {
+        let (spec, _) = request(json!({"task_type": "text", "content": "hi"}))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let now = Utc::now();
+        let mut task = Task::new(TenantId::parse("t").unwrap(), spec, None, "u", now);
+        let err = task
+            .apply(TaskStatus::Completed, TaskPatch::default(), now)
+            .unwrap_err();
+        assert_eq!(err.from, TaskStatus::Queued);
+        task.apply(TaskStatus::Routing, TaskPatch::default(), now)
+            .unwrap();
+        assert_eq!(task.status, TaskStatus::Routing);
+    }
+}

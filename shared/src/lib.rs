@@ -1,0 +1,9 @@
+//! MAOF library: the pure domain, the ports (one trait per outside thing), their
+//! adapters (in-memory and AWS) and the telemetry set-up shared by every binary.
+//!
+//! Dependencies point one way: `domain` <- `ports` <- `adapters`.
+
+pub mod adapters;
+pub mod domain;
+pub mod ports;
+pub mod telemetry;

@@ -1,0 +1,14 @@
+//! Ports: one trait per outside thing. Stages are written against these only;
+//! `adapters` implements them in memory and on AWS.
+
+pub mod clock;
+pub mod queue;
+pub mod registry;
+pub mod secrets;
+pub mod task_store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use queue::{OutgoingMessage, Queue, QueueError, QueueName, ReceivedMessage};
+pub use registry::{Expect, Registry};
+pub use secrets::{CachedSecrets, SecretError, SecretSource};
+pub use task_store::{FanIn, Page, StoreError, TaskRecord, TaskStore};

@@ -1,0 +1,107 @@
+//! The two backends, built the same way for every contract test. Each AWS
+//! backend gets its own tables and queues (a fresh name prefix) on moto.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use maof::adapters::aws::{
+    Bootstrap, DynamoRegistry, DynamoTaskStore, ResourceNames, SecretsManagerSource, SqsQueue,
+};
+use maof::adapters::memory::{MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore};
+use maof::ports::{Queue, Registry, SecretSource, TaskStore};
+
+/// Receives after which a message is dead-lettered, on both backends.
+pub const MAX_RECEIVES: u32 = 3;
+
+/// Writes secrets into a backend, as an operator would.
+#[async_trait]
+pub trait SecretAdmin: Send + Sync {
+    async fn put_secret(&self, name: &str, value: &str);
+}
+
+pub struct Backend {
+    pub name: &'static str,
+    pub tasks: Arc<dyn TaskStore>,
+    pub registry: Arc<dyn Registry>,
+    pub queue: Arc<dyn Queue>,
+    pub secrets: Arc<dyn SecretSource>,
+    pub secret_admin: Arc<dyn SecretAdmin>,
+}
+
+#[async_trait]
+impl SecretAdmin for MemorySecrets {
+    async fn put_secret(&self, name: &str, value: &str) {
+        self.put(name, value);
+    }
+}
+
+pub fn memory() -> Backend {
+    let secrets = Arc::new(MemorySecrets::new());
+    Backend {
+        name: "memory",
+        tasks: Arc::new(MemoryTaskStore::new()),
+        registry: Arc::new(MemoryRegistry::new()),
+        queue: Arc::new(MemoryQueue::new(MAX_RECEIVES)),
+        secrets: secrets.clone(),
+        secret_admin: secrets,
+    }
+}
+
+struct SecretsManagerAdmin(aws_sdk_secretsmanager::Client);
+
+#[async_trait]
+impl SecretAdmin for SecretsManagerAdmin {
+    async fn put_secret(&self, name: &str, value: &str) {
+        let created = self
+            .0
+            .create_secret()
+            .name(name)
+            .secret_string(value)
+            .send()
+            .await;
+        if let Err(e) = created {
+            if !e
+                .as_service_error()
+                .is_some_and(|e| e.is_resource_exists_exception())
+            {
+                panic!("create_secret {name}: {e:?}");
+            }
+            self.0
+                .put_secret_value()
+                .secret_id(name)
+                .secret_string(value)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("put_secret_value {name}: {e:?}"));
+        }
+    }
+}
+
+/// A fresh set of AWS resources on moto, unique to this call.
+pub async fn aws() -> Backend {
+    let config = crate::moto::sdk_config().await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let secrets = aws_sdk_secretsmanager::Client::new(&config);
+    let prefix = format!("t{}", ulid::Ulid::new().to_string().to_lowercase());
+    let names = ResourceNames::with_prefix(&prefix);
+    let urls = Bootstrap {
+        dynamodb: dynamodb.clone(),
+        sqs: sqs.clone(),
+        names: names.clone(),
+        max_receives: MAX_RECEIVES,
+        visibility: Duration::from_secs(30),
+    }
+    .ensure_all()
+    .await
+    .unwrap_or_else(|e| panic!("bootstrap on moto: {e}"));
+    Backend {
+        name: "aws",
+        tasks: Arc::new(DynamoTaskStore::new(dynamodb.clone(), names.context_table)),
+        registry: Arc::new(DynamoRegistry::new(dynamodb, names.registry_table)),
+        queue: Arc::new(SqsQueue::from_urls(sqs, urls)),
+        secrets: Arc::new(SecretsManagerSource::new(secrets.clone())),
+        secret_admin: Arc::new(SecretsManagerAdmin(secrets)),
+    }
+}

@@ -1,0 +1,5 @@
+//! Test harness: a moto server started on demand, and the two backends built
+//! the same way for every contract test.
+
+pub mod backends;
+pub mod moto;

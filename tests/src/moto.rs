@@ -1,0 +1,109 @@
+//! Starts `moto_server` (the AWS API emulator from PyPI) once per test binary
+//! on a free loopback port. It stops when the test process exits: a shell
+//! wrapper waits on a pipe from this process and kills moto when it closes.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub struct Moto {
+    pub endpoint: String,
+    // Held open for the life of the process; closing it stops moto.
+    _lifeline: ChildStdin,
+    _child: Child,
+}
+
+const INSTALL_HINT: &str = "moto_server is needed for the AWS half of the tests. \
+Run the README's test command (infra/scripts/test.sh), which installs it into .venv, \
+or `python3 -m pip install 'moto[server]'`, or set MAOF_MOTO_SERVER to its path.";
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// Where moto_server is: `MAOF_MOTO_SERVER`, the project's `.venv`, or PATH.
+fn moto_binary() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("MAOF_MOTO_SERVER") {
+        return Some(PathBuf::from(path));
+    }
+    let venv = workspace_root().join(".venv/bin/moto_server");
+    if venv.exists() {
+        return Some(venv);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("moto_server"))
+            .find(|p| p.exists())
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
+}
+
+fn start() -> Moto {
+    let binary = moto_binary().unwrap_or_else(|| panic!("{INSTALL_HINT}"));
+    let port = free_port();
+    let script =
+        r#""$0" -H 127.0.0.1 -p "$1" >"$2" 2>&1 & pid=$!; echo started; read _; kill $pid"#;
+    let log = std::env::temp_dir().join(format!("maof-moto-{port}.log"));
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(&binary)
+        .arg(port.to_string())
+        .arg(&log)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}. {INSTALL_HINT}", binary.display()));
+    let lifeline = child.stdin.take().expect("stdin is piped");
+    if let Some(stdout) = child.stdout.take() {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!(
+                "moto_server ({}) did not listen on port {port} within 30 s. Its output:\n{output}\n{INSTALL_HINT}",
+                binary.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Moto {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        _lifeline: lifeline,
+        _child: child,
+    }
+}
+
+/// The shared moto server of this test process, started on first use.
+pub fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(start)
+}
+
+/// An SDK configuration pointed at moto, with dummy credentials.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    let endpoint = moto().endpoint.clone();
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "testing", "testing", None, None, "moto",
+        ))
+        .load()
+        .await
+}

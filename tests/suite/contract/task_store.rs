@@ -1,0 +1,536 @@
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures::future::join_all;
+use maof::domain::{
+    AgentId, AggregateResult, AggregationStrategy, CallId, CallResult, CallStatus, IdempotencyKey,
+    PlannedCall, Provider, Task, TaskError, TaskPatch, TaskRequest, TaskStatus, TenantId, Usage,
+    Usd,
+};
+use maof::ports::{FanIn, StoreError, TaskStore};
+use maof_tests::backends::Backend;
+use serde_json::json;
+
+use super::on_both_backends;
+
+fn tenant(name: &str) -> TenantId {
+    TenantId::parse(name).unwrap()
+}
+
+fn new_task(tenant_name: &str, key: Option<&str>) -> Task {
+    let request: TaskRequest = serde_json::from_value(json!({
+        "task_type": "text",
+        "content": "Analyze this text for sentiment: «très bien» ✓",
+        "system": "be brief",
+        "routing": {"strategy": "cheapest", "fanout": 2},
+        "aggregation": {"strategy": "all"},
+        "budget_usd": 0.05,
+        "metadata": {"customer": "c-1", "tags": ["a", "b"], "n": 3}
+    }))
+    .unwrap();
+    let (spec, _) = request.parse().unwrap();
+    Task::new(
+        tenant(tenant_name),
+        spec,
+        key.map(|k| IdempotencyKey::parse(k).unwrap()),
+        "user-1",
+        Utc::now(),
+    )
+}
+
+fn call_result(call_id: CallId, output: &str) -> CallResult {
+    CallResult {
+        call_id,
+        agent_id: AgentId::parse("mock-a").unwrap(),
+        provider: Provider::Mock,
+        status: CallStatus::Succeeded,
+        output: Some(output.to_owned()),
+        usage: Usage {
+            input_tokens: 12,
+            output_tokens: 30,
+            cached_input_tokens: 0,
+        },
+        cost_usd: Some(Usd::parse("0.0000198").unwrap()),
+        latency_ms: 5,
+        attempts: 1,
+        error: None,
+        finished_at: Utc::now(),
+    }
+}
+
+/// Moves a new task to `running` with `n` planned calls, as routing does.
+async fn running_with_calls(store: &dyn TaskStore, task: &Task, n: u32) -> Vec<CallId> {
+    let calls: Vec<CallId> = (0..n).map(|_| CallId::new()).collect();
+    let plan = calls
+        .iter()
+        .map(|c| PlannedCall {
+            call_id: *c,
+            agent_id: AgentId::parse("mock-a").unwrap(),
+        })
+        .collect();
+    store
+        .transition(
+            &task.tenant,
+            task.task_id,
+            TaskStatus::Routing,
+            TaskPatch::default(),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    store
+        .transition(
+            &task.tenant,
+            task.task_id,
+            TaskStatus::Running,
+            TaskPatch {
+                plan: Some(plan),
+                expected_calls: Some(n),
+                ..TaskPatch::default()
+            },
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    calls
+}
+
+async fn a_created_task_reads_back_whole(b: Backend) {
+    let task = new_task("acme", None);
+    b.tasks.create(&task).await.unwrap();
+    let read = b.tasks.get(&task.tenant, task.task_id).await.unwrap();
+    assert_eq!(
+        read.as_ref(),
+        Some(&task),
+        "{}: the task round-trips",
+        b.name
+    );
+}
+
+async fn a_duplicate_create_is_refused(b: Backend) {
+    let task = new_task("acme", None);
+    b.tasks.create(&task).await.unwrap();
+    let again = b.tasks.create(&task).await;
+    assert!(
+        matches!(again, Err(StoreError::AlreadyExists)),
+        "{}: got {again:?}",
+        b.name
+    );
+}
+
+async fn a_reused_idempotency_key_returns_the_first_task(b: Backend) {
+    let first = new_task("acme", Some("order-42"));
+    b.tasks.create(&first).await.unwrap();
+    let second = new_task("acme", Some("order-42"));
+    match b.tasks.create(&second).await {
+        Err(StoreError::DuplicateIdempotencyKey(id)) => assert_eq!(id, first.task_id),
+        other => panic!(
+            "{}: expected DuplicateIdempotencyKey, got {other:?}",
+            b.name
+        ),
+    }
+    assert!(
+        b.tasks
+            .get(&second.tenant, second.task_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Keys are per tenant: another tenant may use the same key.
+    let other_tenant = new_task("globex", Some("order-42"));
+    b.tasks.create(&other_tenant).await.unwrap();
+}
+
+async fn a_transition_from_the_wrong_state_is_refused(b: Backend) {
+    let task = new_task("acme", None);
+    b.tasks.create(&task).await.unwrap();
+    let (t, id) = (&task.tenant, task.task_id);
+
+    let skip = b
+        .tasks
+        .transition(
+            t,
+            id,
+            TaskStatus::Aggregating,
+            TaskPatch::default(),
+            Utc::now(),
+        )
+        .await;
+    match skip {
+        Err(StoreError::Transition(e)) => {
+            assert_eq!(
+                (e.from, e.to),
+                (TaskStatus::Queued, TaskStatus::Aggregating)
+            )
+        }
+        other => panic!("{}: expected a refused transition, got {other:?}", b.name),
+    }
+
+    running_with_calls(b.tasks.as_ref(), &task, 1).await;
+    b.tasks
+        .transition(
+            t,
+            id,
+            TaskStatus::Aggregating,
+            TaskPatch::default(),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let result = AggregateResult {
+        strategy: AggregationStrategy::All,
+        output: "positive".into(),
+        confidence: 1.0,
+        candidates: vec![json!({"agent_id": "mock-a", "output": "positive"})],
+        conflicts: vec![],
+    };
+    let done = b
+        .tasks
+        .transition(
+            t,
+            id,
+            TaskStatus::Completed,
+            TaskPatch {
+                result: Some(result.clone()),
+                usage: Some(Usage {
+                    input_tokens: 1,
+                    output_tokens: 2,
+                    cached_input_tokens: 0,
+                }),
+                cost_usd: Some(Usd::parse("0.000123").unwrap()),
+                ..TaskPatch::default()
+            },
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.status, TaskStatus::Completed);
+    assert_eq!(done.result, Some(result));
+    assert_eq!(done.cost_usd, Some(Usd::parse("0.000123").unwrap()));
+    assert_eq!(done.expected_calls, Some(1), "earlier patches are kept");
+
+    // A finished task never moves again, not even to failed.
+    let late = b
+        .tasks
+        .transition(
+            t,
+            id,
+            TaskStatus::Failed,
+            TaskPatch {
+                error: Some(TaskError::new("timeout", "too late")),
+                ..TaskPatch::default()
+            },
+            Utc::now(),
+        )
+        .await;
+    assert!(
+        matches!(late, Err(StoreError::Transition(e)) if e.from == TaskStatus::Completed),
+        "{}",
+        b.name
+    );
+    let read = b.tasks.get(t, id).await.unwrap().unwrap();
+    assert_eq!(read.status, TaskStatus::Completed);
+    assert_eq!(read.error, None);
+
+    let missing = b
+        .tasks
+        .transition(
+            t,
+            maof::domain::TaskId::new(),
+            TaskStatus::Routing,
+            TaskPatch::default(),
+            Utc::now(),
+        )
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound)),
+        "{}: {missing:?}",
+        b.name
+    );
+}
+
+async fn only_one_of_concurrent_transitions_wins(b: Backend) {
+    let task = new_task("acme", None);
+    b.tasks.create(&task).await.unwrap();
+    let attempts = (0..10).map(|_| {
+        let store = b.tasks.clone();
+        let tenant = task.tenant.clone();
+        tokio::spawn(async move {
+            store
+                .transition(
+                    &tenant,
+                    task.task_id,
+                    TaskStatus::Routing,
+                    TaskPatch::default(),
+                    Utc::now(),
+                )
+                .await
+        })
+    });
+    let results: Vec<_> = join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(
+        won, 1,
+        "{}: exactly one duplicate route delivery proceeds",
+        b.name
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(_) | Err(StoreError::Transition(_))))
+    );
+}
+
+/// 20 calls, each delivered twice, all written concurrently: every call is
+/// counted once and exactly one call wins the fan-in claim.
+async fn exactly_one_fan_in_claim_wins(b: Backend) {
+    let task = new_task("acme", None);
+    b.tasks.create(&task).await.unwrap();
+    let calls = running_with_calls(b.tasks.as_ref(), &task, 20).await;
+
+    let deliveries = calls.iter().chain(calls.iter()).map(|call| {
+        let store: Arc<dyn TaskStore> = b.tasks.clone();
+        let tenant = task.tenant.clone();
+        let result = call_result(*call, &format!("answer of {call}"));
+        tokio::spawn(async move {
+            let outcome = store.record_call(&tenant, task.task_id, &result).await;
+            (result.call_id, outcome)
+        })
+    });
+    let outcomes: Vec<(CallId, FanIn)> = join_all(deliveries)
+        .await
+        .into_iter()
+        .map(|r| {
+            let (call, outcome) = r.unwrap();
+            (call, outcome.unwrap())
+        })
+        .collect();
+
+    let winners: BTreeSet<CallId> = outcomes
+        .iter()
+        .filter(|(_, o)| *o == FanIn::Won)
+        .map(|(c, _)| *c)
+        .collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "{}: one call holds the claim: {outcomes:?}",
+        b.name
+    );
+    let winner = *winners.first().unwrap();
+    for (call, outcome) in &outcomes {
+        if *call != winner {
+            assert_ne!(
+                *outcome,
+                FanIn::Won,
+                "{}: only the winner's deliveries win",
+                b.name
+            );
+        }
+    }
+
+    let record = b
+        .tasks
+        .get_with_calls(&task.tenant, task.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        record.calls.len(),
+        20,
+        "{}: every call recorded once",
+        b.name
+    );
+    let ids: BTreeSet<CallId> = record.calls.iter().map(|c| c.call_id).collect();
+    assert_eq!(ids, calls.iter().copied().collect());
+
+    // A late redelivery of any other call still does not win.
+    let other = calls.iter().find(|c| **c != winner).unwrap();
+    let late = b
+        .tasks
+        .record_call(&task.tenant, task.task_id, &call_result(*other, "late"))
+        .await
+        .unwrap();
+    assert_eq!(late, FanIn::Lost, "{}", b.name);
+}
+
+async fn the_first_result_of_a_call_wins(b: Backend) {
+    let task = new_task("acme", None);
+    b.tasks.create(&task).await.unwrap();
+    let calls = running_with_calls(b.tasks.as_ref(), &task, 2).await;
+    let first = b
+        .tasks
+        .record_call(&task.tenant, task.task_id, &call_result(calls[0], "first"))
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        FanIn::Waiting {
+            done: 1,
+            expected: 2
+        }
+    );
+    let again = b
+        .tasks
+        .record_call(&task.tenant, task.task_id, &call_result(calls[0], "second"))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        FanIn::Waiting {
+            done: 1,
+            expected: 2
+        },
+        "{}",
+        b.name
+    );
+    let record = b
+        .tasks
+        .get_with_calls(&task.tenant, task.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.calls.len(), 1);
+    assert_eq!(record.calls[0].output.as_deref(), Some("first"));
+    let last = b
+        .tasks
+        .record_call(&task.tenant, task.task_id, &call_result(calls[1], "other"))
+        .await
+        .unwrap();
+    assert_eq!(last, FanIn::Won);
+}
+
+async fn a_tenant_cannot_reach_another_tenants_task(b: Backend) {
+    let task = new_task("acme", None);
+    b.tasks.create(&task).await.unwrap();
+    let intruder = tenant("globex");
+    assert!(
+        b.tasks
+            .get(&intruder, task.task_id)
+            .await
+            .unwrap()
+            .is_none(),
+        "{}",
+        b.name
+    );
+    assert!(
+        b.tasks
+            .get_with_calls(&intruder, task.task_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let moved = b
+        .tasks
+        .transition(
+            &intruder,
+            task.task_id,
+            TaskStatus::Cancelled,
+            TaskPatch::default(),
+            Utc::now(),
+        )
+        .await;
+    assert!(
+        matches!(moved, Err(StoreError::NotFound)),
+        "{}: {moved:?}",
+        b.name
+    );
+    let recorded = b
+        .tasks
+        .record_call(&intruder, task.task_id, &call_result(CallId::new(), "x"))
+        .await;
+    assert!(
+        matches!(recorded, Err(StoreError::NotFound)),
+        "{}: {recorded:?}",
+        b.name
+    );
+    assert!(
+        b.tasks
+            .list(&intruder, 10, None)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let own = b
+        .tasks
+        .get(&task.tenant, task.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        own.status,
+        TaskStatus::Queued,
+        "the owner's task is untouched"
+    );
+}
+
+async fn a_tenants_tasks_list_newest_first_in_pages(b: Backend) {
+    let mut created = Vec::new();
+    for _ in 0..5 {
+        let task = new_task("acme", None);
+        b.tasks.create(&task).await.unwrap();
+        created.push(task.task_id);
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    b.tasks.create(&new_task("globex", None)).await.unwrap();
+    created.reverse();
+
+    let t = tenant("acme");
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = b.tasks.list(&t, 2, cursor.as_deref()).await.unwrap();
+        pages += 1;
+        seen.extend(page.items.iter().map(|t| t.task_id));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, created, "{}: newest first, every task once", b.name);
+    assert_eq!(pages, 3);
+}
+
+async fn usage_and_cost_survive_storage_exactly(b: Backend) {
+    let task = new_task("acme", None);
+    b.tasks.create(&task).await.unwrap();
+    let calls = running_with_calls(b.tasks.as_ref(), &task, 1).await;
+    let mut result = call_result(calls[0], "ok");
+    result.cost_usd = Some(Usd::parse("0.000000000000000000123456789").unwrap());
+    b.tasks
+        .record_call(&task.tenant, task.task_id, &result)
+        .await
+        .unwrap();
+    let record = b
+        .tasks
+        .get_with_calls(&task.tenant, task.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.calls[0], result, "{}", b.name);
+    let mut counts = HashMap::new();
+    for c in &record.calls {
+        *counts.entry(c.call_id).or_insert(0) += 1;
+    }
+    assert!(counts.values().all(|n| *n == 1));
+}
+
+on_both_backends!(
+    a_created_task_reads_back_whole,
+    a_duplicate_create_is_refused,
+    a_reused_idempotency_key_returns_the_first_task,
+    a_transition_from_the_wrong_state_is_refused,
+    only_one_of_concurrent_transitions_wins,
+    exactly_one_fan_in_claim_wins,
+    the_first_result_of_a_call_wins,
+    a_tenant_cannot_reach_another_tenants_task,
+    a_tenants_tasks_list_newest_first_in_pages,
+    usage_and_cost_survive_storage_exactly,
+);
