@@ -4,6 +4,12 @@
 //! Dependencies point one way: `domain` <- `ports` <- `adapters`.
 
 pub mod adapters;
+pub mod api;
 pub mod domain;
+pub mod lambda;
 pub mod ports;
+pub mod providers;
+pub mod runner;
+pub mod setup;
+pub mod stages;
 pub mod telemetry;

@@ -2,4 +2,6 @@
 //! the same way for every contract test.
 
 pub mod backends;
+pub mod faults;
 pub mod moto;
+pub mod pipeline;

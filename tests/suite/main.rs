@@ -1,3 +1,5 @@
 //! The workspace's one integration-test binary.
 
 mod contract;
+mod lambda;
+mod pipeline;

@@ -6,7 +6,7 @@ use super::call::Usage;
 use super::ids::AgentId;
 use super::money::Usd;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Provider {
     Openai,
@@ -28,7 +28,7 @@ impl Provider {
 }
 
 /// Dollars per million tokens.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Pricing {
     pub input_per_mtok: Usd,
@@ -52,7 +52,7 @@ impl Pricing {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Constraints {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,7 +99,7 @@ fn default_tier() -> u8 {
 }
 
 /// An agent as an admin writes it (`PUT /v1/agents/{id}`); the id comes from the path.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSpec {
     pub name: String,
@@ -123,6 +123,38 @@ pub struct AgentSpec {
     pub weight: u32,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Behaviour of a `mock` agent: latency and injected faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mock: Option<MockOptions>,
+}
+
+/// A fault a `mock` agent injects, for demos and fault tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MockFault {
+    /// 429 with a Retry-After of `retry_after_ms`.
+    RateLimit,
+    /// A 500.
+    ServerError,
+    /// No answer within the agent's timeout.
+    Timeout,
+    /// An answer that does not parse.
+    Malformed,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MockOptions {
+    /// Added before every answer.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Probability (0 to 1) that a call fails with `fault` (a 500 if unset).
+    #[serde(default)]
+    pub failure_rate: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<MockFault>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -145,6 +177,10 @@ pub enum AgentSpecError {
     NegativePrice,
     #[error("constraints.max_attempts must be between 1 and 10")]
     MaxAttemptsOutOfRange,
+    #[error("mock.failure_rate must be between 0 and 1")]
+    FailureRateOutOfRange,
+    #[error("mock options are only for provider mock")]
+    MockOptionsOnRealProvider,
 }
 
 impl AgentSpec {
@@ -185,6 +221,14 @@ impl AgentSpec {
             && !(1..=10).contains(&n)
         {
             return Err(AgentSpecError::MaxAttemptsOutOfRange);
+        }
+        if let Some(mock) = &self.mock {
+            if self.provider != Provider::Mock {
+                return Err(AgentSpecError::MockOptionsOnRealProvider);
+            }
+            if !(0.0..=1.0).contains(&mock.failure_rate) {
+                return Err(AgentSpecError::FailureRateOutOfRange);
+            }
         }
         Ok(())
     }

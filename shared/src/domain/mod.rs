@@ -1,15 +1,19 @@
 //! Pure types and rules: no I/O, no AWS types.
 
 pub mod agent;
+pub mod aggregation;
 pub mod call;
 pub mod envelope;
 pub mod ids;
 pub mod money;
 pub mod principal;
+pub mod routing;
 pub mod task;
 pub mod workflow;
 
-pub use agent::{Agent, AgentSpec, Constraints, Pricing, Provider};
+pub use agent::{
+    Agent, AgentSpec, AgentSpecError, Constraints, MockFault, MockOptions, Pricing, Provider,
+};
 pub use call::{CallError, CallResult, CallStatus, ErrorClass, Usage};
 pub use envelope::{Envelope, MessageKind};
 pub use ids::{AgentId, CallId, IdError, IdempotencyKey, TaskId, TenantId, WorkflowId};

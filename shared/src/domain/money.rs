@@ -10,9 +10,24 @@ use serde::{Deserialize, Serialize};
 /// An amount in US dollars. Stored and serialized as a decimal string so that no
 /// store or message ever rounds it through a float.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(transparent)]
+#[schema(
+    value_type = String,
+    description = "US dollars as an exact decimal string (\"0.0000198\"); requests also accept a JSON number."
+)]
 pub struct Usd(Decimal);
 
 impl Usd {

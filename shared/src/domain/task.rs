@@ -18,7 +18,7 @@ pub const MAX_FANOUT: u32 = 10;
 pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
 pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     Queued,
@@ -50,11 +50,13 @@ impl TaskStatus {
 
     /// The state machine: forward one stage at a time, or to `failed` /
     /// `cancelled` from any unfinished state. A finished task never moves.
+    /// A running task whose results combine without further calls completes
+    /// directly, skipping a write of `aggregating` that nobody could observe.
     pub fn can_become(self, next: TaskStatus) -> bool {
         use TaskStatus::*;
         match (self, next) {
             (Queued, Routing) | (Routing, Running) | (Running, Aggregating) => true,
-            (Aggregating, Completed) => true,
+            (Running | Aggregating, Completed) => true,
             (from, Failed | Cancelled) => !from.is_terminal(),
             _ => false,
         }
@@ -95,7 +97,7 @@ pub struct TransitionError {
     pub to: TaskStatus,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RoutingStrategy {
     #[default]
@@ -106,7 +108,7 @@ pub enum RoutingStrategy {
     Weighted,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AggregationStrategy {
     #[default]
@@ -127,7 +129,7 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingRequest {
     #[serde(default)]
@@ -151,7 +153,7 @@ impl Default for RoutingRequest {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AggregationRequest {
     #[serde(default)]
@@ -159,7 +161,7 @@ pub struct AggregationRequest {
 }
 
 /// A task as a client sends it. Unknown fields are refused, not ignored.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
     pub task_type: String,
@@ -324,7 +326,7 @@ impl TaskRequest {
 }
 
 /// The combined answer of a finished task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AggregateResult {
     pub strategy: AggregationStrategy,
     pub output: String,
@@ -336,7 +338,7 @@ pub struct AggregateResult {
 }
 
 /// Why a task failed (or was cancelled), in words fit for its owner.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskError {
     pub code: String,
     pub message: String,

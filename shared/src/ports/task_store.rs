@@ -3,9 +3,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{
-    CallId, CallResult, Task, TaskId, TaskPatch, TaskStatus, TenantId, TransitionError,
-};
+use crate::domain::{CallResult, Task, TaskId, TaskPatch, TaskStatus, TenantId, TransitionError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -26,17 +24,18 @@ pub enum StoreError {
     Backend(String),
 }
 
-/// What recording a call result meant for the task's fan-in.
+/// What counting a call meant for the task's fan-in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FanIn {
     /// Other calls are still outstanding.
     Waiting { done: u32, expected: u32 },
-    /// Every call is done and this call holds the claim: it sends the aggregate
-    /// message. A redelivery of the same call wins again (so a crash between
-    /// the claim and the send loses nothing); no other call ever does.
+    /// This call completed the set: exactly one call ever gets this, and it
+    /// hands the task to aggregation.
     Won,
-    /// Every call is done and another call holds the claim.
-    Lost,
+    /// The set was complete before this delivery (a duplicate). If the task
+    /// is still unfinished, the winner may have crashed before handing it on:
+    /// hand it on again (aggregation is idempotent).
+    AlreadyComplete,
 }
 
 /// A task with the results of its calls, in call-id order.
@@ -80,8 +79,17 @@ pub trait TaskStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Task, StoreError>;
 
-    /// Records a call's final result (the first write for a call id wins; a
-    /// duplicate changes nothing) and counts the call toward the fan-in.
+    /// Stores a call's final result; the first write for a call id wins and a
+    /// duplicate changes nothing. Does not count it toward the fan-in.
+    async fn put_call(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+        result: &CallResult,
+    ) -> Result<(), StoreError>;
+
+    /// Stores a call's result (as `put_call`) and counts the call toward the
+    /// fan-in, idempotently.
     async fn record_call(
         &self,
         tenant: &TenantId,
@@ -98,23 +106,21 @@ pub trait TaskStore: Send + Sync {
     ) -> Result<Page<Task>, StoreError>;
 }
 
-/// Decides the fan-in from the set of done calls, the expected count and the
-/// current claim holder; shared by every backend so they cannot disagree.
-pub fn fan_in_outcome(
-    done: u32,
-    expected: Option<u32>,
-    claim_holder: Option<CallId>,
-    me: CallId,
-) -> FanIn {
-    match expected {
-        Some(expected) if done >= expected => match claim_holder {
-            None => FanIn::Won,
-            Some(holder) if holder == me => FanIn::Won,
-            Some(_) => FanIn::Lost,
-        },
-        expected => FanIn::Waiting {
-            done,
-            expected: expected.unwrap_or(0),
-        },
+/// Decides the fan-in from the number of calls counted before this one,
+/// whether this call was among them, and the expected count; shared by every
+/// backend so they cannot disagree.
+pub fn fan_in_outcome(done_before: u32, already_counted: bool, expected: Option<u32>) -> FanIn {
+    let expected = expected.unwrap_or(u32::MAX);
+    let done = if already_counted {
+        done_before
+    } else {
+        done_before + 1
+    };
+    if done < expected {
+        FanIn::Waiting { done, expected }
+    } else if already_counted {
+        FanIn::AlreadyComplete
+    } else {
+        FanIn::Won
     }
 }

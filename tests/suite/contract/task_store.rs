@@ -311,28 +311,13 @@ async fn exactly_one_fan_in_claim_wins(b: Backend) {
         })
         .collect();
 
-    let winners: BTreeSet<CallId> = outcomes
-        .iter()
-        .filter(|(_, o)| *o == FanIn::Won)
-        .map(|(c, _)| *c)
-        .collect();
+    let wins = outcomes.iter().filter(|(_, o)| *o == FanIn::Won).count();
     assert_eq!(
-        winners.len(),
-        1,
-        "{}: one call holds the claim: {outcomes:?}",
+        wins, 1,
+        "{}: exactly one delivery completes the fan-in: {outcomes:?}",
         b.name
     );
-    let winner = *winners.first().unwrap();
-    for (call, outcome) in &outcomes {
-        if *call != winner {
-            assert_ne!(
-                *outcome,
-                FanIn::Won,
-                "{}: only the winner's deliveries win",
-                b.name
-            );
-        }
-    }
+    let winner = outcomes.iter().find(|(_, o)| *o == FanIn::Won).unwrap().0;
 
     let record = b
         .tasks
@@ -349,14 +334,16 @@ async fn exactly_one_fan_in_claim_wins(b: Backend) {
     let ids: BTreeSet<CallId> = record.calls.iter().map(|c| c.call_id).collect();
     assert_eq!(ids, calls.iter().copied().collect());
 
-    // A late redelivery of any other call still does not win.
-    let other = calls.iter().find(|c| **c != winner).unwrap();
-    let late = b
-        .tasks
-        .record_call(&task.tenant, task.task_id, &call_result(*other, "late"))
-        .await
-        .unwrap();
-    assert_eq!(late, FanIn::Lost, "{}", b.name);
+    // A late redelivery, even of the winning call, never wins again.
+    let other = *calls.iter().find(|c| **c != winner).unwrap();
+    for call in [winner, other] {
+        let late = b
+            .tasks
+            .record_call(&task.tenant, task.task_id, &call_result(call, "late"))
+            .await
+            .unwrap();
+        assert_eq!(late, FanIn::AlreadyComplete, "{}", b.name);
+    }
 }
 
 async fn the_first_result_of_a_call_wins(b: Backend) {
@@ -403,6 +390,41 @@ async fn the_first_result_of_a_call_wins(b: Backend) {
         .await
         .unwrap();
     assert_eq!(last, FanIn::Won);
+}
+
+async fn put_call_stores_once_without_counting(b: Backend) {
+    let task = new_task("acme", None);
+    b.tasks.create(&task).await.unwrap();
+    let calls = running_with_calls(b.tasks.as_ref(), &task, 2).await;
+    let (t, id) = (&task.tenant, task.task_id);
+    b.tasks
+        .put_call(t, id, &call_result(calls[0], "first"))
+        .await
+        .unwrap();
+    b.tasks
+        .put_call(t, id, &call_result(calls[0], "second"))
+        .await
+        .unwrap();
+    let record = b.tasks.get_with_calls(t, id).await.unwrap().unwrap();
+    assert_eq!(record.calls.len(), 1, "{}", b.name);
+    assert_eq!(record.calls[0].output.as_deref(), Some("first"));
+    // Not counted: recording it later counts it once and keeps the first result.
+    let counted = b
+        .tasks
+        .record_call(t, id, &call_result(calls[0], "third"))
+        .await
+        .unwrap();
+    assert_eq!(
+        counted,
+        FanIn::Waiting {
+            done: 1,
+            expected: 2
+        },
+        "{}",
+        b.name
+    );
+    let record = b.tasks.get_with_calls(t, id).await.unwrap().unwrap();
+    assert_eq!(record.calls[0].output.as_deref(), Some("first"));
 }
 
 async fn a_tenant_cannot_reach_another_tenants_task(b: Backend) {
@@ -530,6 +552,7 @@ on_both_backends!(
     only_one_of_concurrent_transitions_wins,
     exactly_one_fan_in_claim_wins,
     the_first_result_of_a_call_wins,
+    put_call_stores_once_without_counting,
     a_tenant_cannot_reach_another_tenants_task,
     a_tenants_tasks_list_newest_first_in_pages,
     usage_and_cost_survive_storage_exactly,

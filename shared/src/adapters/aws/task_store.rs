@@ -10,16 +10,13 @@ use serde_dynamo::{from_item, to_attribute_value, to_item};
 
 use super::describe;
 use super::keys::{self, GSI1, GSI1_PK, GSI1_SK, PK, SK};
-use crate::domain::{
-    CallId, CallResult, Task, TaskId, TaskPatch, TaskStatus, TenantId, TransitionError,
-};
+use crate::domain::{CallResult, Task, TaskId, TaskPatch, TaskStatus, TenantId, TransitionError};
 use crate::ports::task_store::fan_in_outcome;
 use crate::ports::{FanIn, Page, StoreError, TaskRecord, TaskStore};
 
-/// The set of call ids whose results are recorded (DynamoDB string set, so a
-/// duplicate `ADD` adds nothing), and the call holding the fan-in claim.
+/// The set of call ids counted toward the fan-in (a DynamoDB string set, so a
+/// duplicate `ADD` adds nothing).
 const DONE_CALLS: &str = "done_calls";
-const FAN_IN_CLAIM: &str = "fanin_claim";
 
 #[derive(Serialize, Deserialize)]
 struct TaskItem {
@@ -384,17 +381,14 @@ impl TaskStore for DynamoTaskStore {
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %tenant, task_id = %task_id, call_id = %result.call_id))]
-    async fn record_call(
+    async fn put_call(
         &self,
         tenant: &TenantId,
         task_id: TaskId,
         result: &CallResult,
-    ) -> Result<FanIn, StoreError> {
-        let pk = keys::task_pk(tenant, task_id);
-        // 1. The result first (first write wins), so that whoever wins the
-        //    fan-in finds every counted call's result in place.
+    ) -> Result<(), StoreError> {
         let item = to_item(CallItem {
-            pk: pk.clone(),
+            pk: keys::task_pk(tenant, task_id),
             sk: keys::call_sk(result.call_id),
             expires_at: self.expires_at(result.finished_at),
             result: result.clone(),
@@ -408,28 +402,49 @@ impl TaskStore for DynamoTaskStore {
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
-        if let Err(e) = put
-            && !e
-                .as_service_error()
-                .is_some_and(|e| e.is_conditional_check_failed_exception())
-        {
-            return Err(backend(e));
+        match put {
+            Ok(_) => Ok(()),
+            // A duplicate: the first result stands.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(backend(e)),
         }
-        // 2. Count the call: adding to a string set is idempotent.
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant = %tenant, task_id = %task_id, call_id = %result.call_id))]
+    async fn record_call(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+        result: &CallResult,
+    ) -> Result<FanIn, StoreError> {
+        // The result first, so that the call completing the fan-in finds
+        // every counted call's result in place.
+        self.put_call(tenant, task_id, result).await?;
+        // Count the call: adding to a string set is idempotent, and updates
+        // of one item are serialized, so exactly one call sees the set go
+        // from expected - 1 to expected.
         let me = result.call_id.to_string();
         let counted = self
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(pk.clone(), keys::TASK_SK)))
+            .set_key(Some(Self::key(
+                keys::task_pk(tenant, task_id),
+                keys::TASK_SK,
+            )))
             .update_expression("ADD #done :me")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_names("#done", DONE_CALLS)
             .expression_attribute_values(":me", AttributeValue::Ss(vec![me.clone()]))
-            .return_values(ReturnValue::AllNew)
+            .return_values(ReturnValue::AllOld)
             .send()
             .await;
-        let attributes = match counted {
+        let before = match counted {
             Ok(out) => out.attributes.unwrap_or_default(),
             Err(e)
                 if e.as_service_error()
@@ -437,46 +452,19 @@ impl TaskStore for DynamoTaskStore {
             {
                 return Err(StoreError::NotFound);
             }
-            Err(e) => Err(backend(e))?,
+            Err(e) => return Err(backend(e)),
         };
-        let done = attributes
-            .get(DONE_CALLS)
-            .and_then(|v| v.as_ss().ok())
-            .map_or(0, |set| set.len() as u32);
-        let expected = attributes
+        let done_before = before.get(DONE_CALLS).and_then(|v| v.as_ss().ok());
+        let already_counted = done_before.is_some_and(|set| set.contains(&me));
+        let expected = before
             .get("expected_calls")
             .and_then(|v| v.as_n().ok())
             .and_then(|n| n.parse().ok());
-        let holder = attributes
-            .get(FAN_IN_CLAIM)
-            .and_then(|v| v.as_s().ok())
-            .and_then(|s| CallId::parse(s).ok());
-        let outcome = fan_in_outcome(done, expected, holder, result.call_id);
-        if outcome != FanIn::Won || holder.is_some() {
-            return Ok(outcome);
-        }
-        // 3. Every call is done: exactly one call can take the claim.
-        let claim = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::key(pk, keys::TASK_SK)))
-            .update_expression("SET #claim = :me")
-            .condition_expression("attribute_not_exists(#claim) OR #claim = :me")
-            .expression_attribute_names("#claim", FAN_IN_CLAIM)
-            .expression_attribute_values(":me", s(me))
-            .send()
-            .await;
-        match claim {
-            Ok(_) => Ok(FanIn::Won),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(FanIn::Lost)
-            }
-            Err(e) => Err(backend(e)),
-        }
+        Ok(fan_in_outcome(
+            done_before.map_or(0, |set| set.len() as u32),
+            already_counted,
+            expected,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %tenant))]

@@ -15,7 +15,6 @@ struct Entry {
     task: Task,
     calls: BTreeMap<CallId, CallResult>,
     done: BTreeSet<CallId>,
-    claim: Option<CallId>,
 }
 
 #[derive(Default)]
@@ -57,7 +56,6 @@ impl TaskStore for MemoryTaskStore {
                 task: task.clone(),
                 calls: BTreeMap::new(),
                 done: BTreeSet::new(),
-                claim: None,
             },
         );
         Ok(())
@@ -103,6 +101,23 @@ impl TaskStore for MemoryTaskStore {
         Ok(entry.task.clone())
     }
 
+    async fn put_call(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+        result: &CallResult,
+    ) -> Result<(), StoreError> {
+        let mut state = lock(&self.state);
+        // Like an orphan DynamoDB item, a result for a missing task is invisible.
+        if let Some(entry) = state.tasks.get_mut(&(tenant.clone(), task_id)) {
+            entry
+                .calls
+                .entry(result.call_id)
+                .or_insert_with(|| result.clone());
+        }
+        Ok(())
+    }
+
     async fn record_call(
         &self,
         tenant: &TenantId,
@@ -118,17 +133,13 @@ impl TaskStore for MemoryTaskStore {
             .calls
             .entry(result.call_id)
             .or_insert_with(|| result.clone());
-        entry.done.insert(result.call_id);
-        let outcome = fan_in_outcome(
-            entry.done.len() as u32,
+        let done_before = entry.done.len() as u32;
+        let already_counted = !entry.done.insert(result.call_id);
+        Ok(fan_in_outcome(
+            done_before,
+            already_counted,
             entry.task.expected_calls,
-            entry.claim,
-            result.call_id,
-        );
-        if outcome == FanIn::Won {
-            entry.claim = Some(result.call_id);
-        }
-        Ok(outcome)
+        ))
     }
 
     async fn list(

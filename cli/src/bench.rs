@@ -1,0 +1,482 @@
+//! `maof bench`: throughput, latency percentiles and peak memory of the
+//! pipeline, two ways side by side: (a) in process (memory backend, the mock
+//! provider answering at once), (b) through HTTP against a spawned `maof dev`
+//! whose agent is an `openai_compatible` one pointed at a local mock server.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use axum::Json;
+use axum::routing::post;
+use futures::future::join_all;
+use maof::api::Authenticator;
+use maof::domain::{AgentId, AgentSpec, Principal, Role, TaskRequest, TenantId};
+use maof::ports::Expect;
+use maof::runner::{Runner, RunnerConfig};
+use maof::stages::{Services, intake};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Tasks measured per run (after a warm-up of a tenth as many).
+    #[arg(long, default_value_t = 20_000)]
+    tasks: usize,
+    /// Concurrency levels, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    concurrency: Vec<usize>,
+    /// Skip the HTTP run.
+    #[arg(long)]
+    in_process_only: bool,
+    /// Instead, count AWS API operations per task against AWS_ENDPOINT_URL (moto).
+    #[arg(long)]
+    aws_ops: bool,
+}
+
+struct Figures {
+    mode: &'static str,
+    concurrency: usize,
+    tasks: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    failed: usize,
+    peak_rss_kib: Option<u64>,
+}
+
+impl Figures {
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i].as_secs_f64() * 1000.0
+    }
+
+    fn print(&self) {
+        println!(
+            "{:<11} {:>5} {:>7} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>7} {:>12}",
+            self.mode,
+            self.concurrency,
+            self.tasks,
+            self.tasks as f64 / self.elapsed.as_secs_f64(),
+            self.percentile(0.50),
+            self.percentile(0.95),
+            self.percentile(0.99),
+            self.failed,
+            self.peak_rss_kib
+                .map_or("-".into(), |k| format!("{:.1} MB", k as f64 / 1024.0)),
+        );
+    }
+}
+
+/// Peak resident set (VmHWM) of a process, from /proc.
+fn peak_rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Runs `total` jobs on `concurrency` workers; returns each job's latency and the failures.
+async fn drive<F, Fut>(total: usize, concurrency: usize, job: F) -> (Duration, Vec<Duration>, usize)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers = (0..concurrency).map(|_| {
+        let (job, next) = (job.clone(), next.clone());
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failed = 0;
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                let t = Instant::now();
+                if job().await {
+                    latencies.push(t.elapsed());
+                } else {
+                    failed += 1;
+                }
+            }
+            (latencies, failed)
+        })
+    });
+    let mut latencies = Vec::with_capacity(total);
+    let mut failed = 0;
+    for worker in join_all(workers).await {
+        let (l, f) = worker.unwrap_or_default();
+        latencies.extend(l);
+        failed += f;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    (elapsed, latencies, failed)
+}
+
+fn request() -> TaskRequest {
+    serde_json::from_value(
+        json!({"task_type": "text", "content": "Analyze this text for sentiment: I love it"}),
+    )
+    .unwrap_or_else(|e| unreachable!("a fixed request parses: {e}"))
+}
+
+async fn in_process(tasks: usize, concurrency: usize) -> anyhow::Result<Figures> {
+    let (svc, _) = maof::setup::memory_services();
+    let spec: AgentSpec = serde_json::from_value(json!({
+        "name": "bench mock", "provider": "mock", "model": "bench", "capabilities": ["text"],
+        "pricing": {"input_per_mtok": 0.15, "output_per_mtok": 0.60}
+    }))?;
+    svc.registry
+        .put(&AgentId::parse("bench")?, spec, Expect::Any)
+        .await?;
+    let runner = Runner::spawn(svc.clone(), RunnerConfig::default());
+    let principal = Principal {
+        sub: "bench".into(),
+        tenant: TenantId::parse("bench")?,
+        roles: vec![Role::Submitter],
+    };
+    let job = {
+        let (svc, principal): (Services, Principal) = (svc.clone(), principal.clone());
+        move || {
+            let (svc, principal) = (svc.clone(), principal.clone());
+            async move {
+                let Ok(submitted) = intake::submit(&svc, &principal, request(), None).await else {
+                    return false;
+                };
+                matches!(
+                    intake::wait(&svc, &principal.tenant, submitted.task.task_id, Duration::from_secs(10)).await,
+                    Ok(Some(r)) if r.task.status == maof::domain::TaskStatus::Completed
+                )
+            }
+        }
+    };
+    drive(tasks / 10, concurrency, job.clone()).await; // warm-up
+    let (elapsed, latencies, failed) = drive(tasks, concurrency, job).await;
+    runner.shutdown().await;
+    Ok(Figures {
+        mode: "in-process",
+        concurrency,
+        tasks,
+        elapsed,
+        latencies,
+        failed,
+        peak_rss_kib: peak_rss_kib("self"),
+    })
+}
+
+/// A Chat Completions server that answers at once.
+async fn mock_openai() -> anyhow::Result<String> {
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(|Json(body): Json<Value>| async move {
+            Json(json!({
+                "id": "chatcmpl-bench", "object": "chat.completion", "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "positive"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13}
+            }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}/v1"))
+}
+
+async fn through_http(tasks: usize, levels: &[usize]) -> anyhow::Result<Vec<Figures>> {
+    let upstream = mock_openai().await?;
+    let dir = std::env::temp_dir().join(format!("maof-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let agents = dir.join("agents.yaml");
+    std::fs::write(
+        &agents,
+        format!(
+            "agents:\n  - id: upstream\n    name: Local mock server\n    provider: openai_compatible\n    base_url: {upstream}\n    model: bench-model\n    secret: maof/bench\n    capabilities: [text]\n    pricing: {{input_per_mtok: 0.15, output_per_mtok: 0.60}}\n"
+        ),
+    )?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let secret = "bench-secret-0123456789abcdef0123456789";
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["dev", "--port", &port.to_string(), "--agents"])
+        .arg(&agents)
+        .env("MAOF_JWT_SECRET", secret)
+        .env("MAOF_BENCH", "sk-bench")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting maof dev")?;
+    let pid = child.id().map(|p| p.to_string()).unwrap_or_default();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let up = Instant::now();
+    while http.get(format!("{base}/health")).send().await.is_err() {
+        if up.elapsed() > Duration::from_secs(20) {
+            bail!("maof dev did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token = Authenticator::new(SecretString::from(secret)).mint(
+        "bench",
+        &TenantId::parse("bench")?,
+        &[Role::Submitter],
+        Duration::from_secs(3600),
+    )?;
+    let body =
+        json!({"task_type": "text", "content": "Analyze this text for sentiment: I love it"})
+            .to_string();
+    let job = {
+        let url = format!("{base}/v1/tasks?wait=10");
+        move || {
+            let (http, url, token, body) = (http.clone(), url.clone(), token.clone(), body.clone());
+            async move {
+                let sent = http
+                    .post(url)
+                    .bearer_auth(token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == 200 => r
+                        .json::<Value>()
+                        .await
+                        .is_ok_and(|v| v["status"] == "completed"),
+                    _ => false,
+                }
+            }
+        }
+    };
+    let mut figures = Vec::new();
+    for &concurrency in levels {
+        drive(tasks / 10, concurrency, job.clone()).await;
+        let (elapsed, latencies, failed) = drive(tasks, concurrency, job.clone()).await;
+        figures.push(Figures {
+            mode: "http",
+            concurrency,
+            tasks,
+            elapsed,
+            latencies,
+            failed,
+            peak_rss_kib: peak_rss_kib(&pid),
+        });
+    }
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(figures)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.aws_ops {
+        return aws_ops::run(20).await;
+    }
+    println!(
+        "machine: {} cores; peak RSS is VmHWM of the process serving the tasks",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:<11} {:>5} {:>7} {:>9} {:>8} {:>8} {:>8} {:>7} {:>12}",
+        "mode", "conc", "tasks", "tasks/s", "p50 ms", "p95 ms", "p99 ms", "failed", "peak RSS"
+    );
+    for &concurrency in &args.concurrency {
+        in_process(args.tasks, concurrency).await?.print();
+    }
+    if !args.in_process_only {
+        for figures in through_http(args.tasks, &args.concurrency).await? {
+            figures.print();
+        }
+    }
+    Ok(())
+}
+
+mod aws_ops {
+    //! Counts the AWS API operations the pipeline makes per task, by service
+    //! and operation, with an SDK interceptor on every client.
+
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use anyhow::Context;
+    use aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef;
+    use aws_sdk_dynamodb::config::{ConfigBag, Intercept};
+    use aws_smithy_runtime_api::box_error::BoxError;
+    use aws_smithy_runtime_api::client::orchestrator::Metadata;
+    use maof::adapters::aws::{Bootstrap, ResourceNames, load_sdk_config};
+    use maof::domain::{AgentId, AgentSpec, Principal, Role, TaskRequest, TaskStatus, TenantId};
+    use maof::ports::Expect;
+    use maof::runner::{Runner, RunnerConfig};
+    use maof::stages::intake;
+    use serde_json::json;
+
+    #[derive(Debug, Clone, Default)]
+    struct CountOps(Arc<Mutex<BTreeMap<String, u64>>>);
+
+    impl CountOps {
+        fn take(&self) -> BTreeMap<String, u64> {
+            std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        }
+    }
+
+    impl Intercept for CountOps {
+        fn name(&self) -> &'static str {
+            "CountOps"
+        }
+
+        fn read_before_execution(
+            &self,
+            _context: &BeforeSerializationInterceptorContextRef<'_>,
+            cfg: &mut ConfigBag,
+        ) -> Result<(), BoxError> {
+            if let Some(meta) = cfg.load::<Metadata>() {
+                let key = format!("{}.{}", meta.service(), meta.name());
+                *self
+                    .0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(key)
+                    .or_default() += 1;
+            }
+            Ok(())
+        }
+    }
+
+    /// Operations the Lambda event source mapping makes on AWS (not our code).
+    fn by_trigger(op: &str) -> bool {
+        op.ends_with(".ReceiveMessage") || op.ends_with(".DeleteMessage")
+    }
+
+    pub async fn run(tasks: usize) -> anyhow::Result<()> {
+        if std::env::var_os("AWS_ENDPOINT_URL").is_none() {
+            anyhow::bail!(
+                "--aws-ops needs AWS_ENDPOINT_URL (e.g. moto: `moto_server -p 5000` and AWS_ENDPOINT_URL=http://127.0.0.1:5000)"
+            );
+        }
+        let config = load_sdk_config().await;
+        let counter = CountOps::default();
+        let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&config)
+                .interceptor(counter.clone())
+                .build(),
+        );
+        let sqs = aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::config::Builder::from(&config)
+                .interceptor(counter.clone())
+                .build(),
+        );
+        let secrets = aws_sdk_secretsmanager::Client::from_conf(
+            aws_sdk_secretsmanager::config::Builder::from(&config)
+                .interceptor(counter.clone())
+                .build(),
+        );
+        let names = ResourceNames::with_prefix(&format!(
+            "bench{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        ));
+        Bootstrap {
+            dynamodb: dynamodb.clone(),
+            sqs: sqs.clone(),
+            names: names.clone(),
+            max_receives: maof::setup::MAX_RECEIVES,
+            visibility: Duration::from_secs(30),
+        }
+        .ensure_all()
+        .await?;
+        let svc = maof::setup::aws_services_with(dynamodb, sqs, secrets, &names).await?;
+        for (id, model) in [("ops-a", "a"), ("ops-b", "b"), ("ops-c", "c")] {
+            let spec: AgentSpec = serde_json::from_value(json!({
+                "name": id, "provider": "mock", "model": model, "capabilities": ["text"],
+                "pricing": {"input_per_mtok": 0.15, "output_per_mtok": 0.60}
+            }))?;
+            svc.registry
+                .put(&AgentId::parse(id)?, spec, Expect::Any)
+                .await?;
+        }
+        let runner = Runner::spawn(
+            svc.clone(),
+            RunnerConfig {
+                wait: Duration::from_millis(100),
+                ..RunnerConfig::default()
+            },
+        );
+        let principal = Principal {
+            sub: "bench".into(),
+            tenant: TenantId::parse("bench")?,
+            roles: vec![Role::Submitter],
+        };
+        println!(
+            "\nAWS API operations per task (moto at AWS_ENDPOINT_URL), steady state, {tasks} tasks each:"
+        );
+        for fanout in [1u32, 3] {
+            let request = || -> anyhow::Result<TaskRequest> {
+                Ok(serde_json::from_value(
+                    json!({"task_type": "text", "content": "count me", "routing": {"fanout": fanout}}),
+                )?)
+            };
+            // Warm-up: fills the registry and key caches.
+            let warm = intake::submit(&svc, &principal, request()?, None)
+                .await?
+                .task;
+            intake::wait(
+                &svc,
+                &principal.tenant,
+                warm.task_id,
+                Duration::from_secs(20),
+            )
+            .await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            counter.take();
+            for _ in 0..tasks {
+                let done = svc.completions.clone();
+                let task = intake::submit(&svc, &principal, request()?, None)
+                    .await?
+                    .task;
+                let notify = done.watch(&task.tenant, task.task_id);
+                tokio::time::timeout(Duration::from_secs(20), notify.notified())
+                    .await
+                    .context("a task did not finish in 20 s")?;
+                done.unwatch(&task.tenant, task.task_id);
+            }
+            // Let the last deletes land before reading the counts.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let counts = counter.take();
+            let per_task = |n: u64| n as f64 / tasks as f64;
+            let ours: u64 = counts
+                .iter()
+                .filter(|(op, _)| !by_trigger(op))
+                .map(|(_, n)| n)
+                .sum();
+            println!(
+                "  fanout {fanout}: {:.2} operations per task by the pipeline's code",
+                per_task(ours)
+            );
+            for (op, n) in &counts {
+                let note = if by_trigger(op) {
+                    "  (done by the Lambda SQS trigger on AWS; the local runner's polling here)"
+                } else {
+                    ""
+                };
+                println!("    {op:<32} {:>6.2}{note}", per_task(*n));
+            }
+            let check = intake::get(&svc, &principal.tenant, warm.task_id).await?;
+            anyhow::ensure!(
+                check.is_some_and(|r| r.task.status == TaskStatus::Completed),
+                "warm-up task did not complete"
+            );
+        }
+        runner.shutdown().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,132 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use maof::adapters::aws::{Bootstrap, ResourceNames, load_sdk_config};
+use maof::api::{ApiState, Authenticator, router};
+use maof::domain::{Role, TenantId};
+use maof::runner::{Runner, RunnerConfig};
+use maof::setup::{self, MAX_RECEIVES};
+use maof::stages::Services;
+use rand::Rng;
+use secrecy::SecretString;
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// In-process stores and queues.
+    Memory,
+    /// DynamoDB, SQS and Secrets Manager at AWS_ENDPOINT_URL (e.g. moto).
+    Aws,
+}
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    #[arg(long, default_value_t = 3000)]
+    port: u16,
+    #[arg(long, value_enum, default_value_t = Backend::Memory)]
+    backend: Backend,
+    /// The registry seed.
+    #[arg(long, default_value = "infra/agents.yaml")]
+    agents: PathBuf,
+    /// Tenant of the printed token.
+    #[arg(long, default_value = "dev")]
+    tenant: String,
+}
+
+#[derive(clap::Args)]
+pub struct BootstrapArgs {
+    /// Also seed the registry from this file.
+    #[arg(long)]
+    seed: Option<PathBuf>,
+}
+
+/// Creates the tables and queues (if missing) and returns the services on them.
+pub async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<Services> {
+    let config = load_sdk_config().await;
+    let names = ResourceNames::from_env();
+    Bootstrap {
+        dynamodb: aws_sdk_dynamodb::Client::new(&config),
+        sqs: aws_sdk_sqs::Client::new(&config),
+        names: names.clone(),
+        max_receives: MAX_RECEIVES,
+        visibility: Duration::from_secs(60),
+    }
+    .ensure_all()
+    .await?;
+    let svc = setup::aws_services(&config, &names).await?;
+    if let Some(seed) = args.seed {
+        report_seed(&setup::seed_registry(&svc, &seed).await?);
+    }
+    println!(
+        "tables {} and {}, queues {}-*: ready",
+        names.context_table, names.registry_table, names.queue_prefix
+    );
+    Ok(svc)
+}
+
+fn report_seed(seeded: &[setup::Seeded]) {
+    for agent in seeded {
+        match &agent.note {
+            Some(note) => println!("  agent {:<16} {note}", agent.id.as_str()),
+            None => println!("  agent {:<16} enabled", agent.id.as_str()),
+        }
+    }
+}
+
+fn jwt_secret() -> SecretString {
+    match std::env::var("MAOF_JWT_SECRET") {
+        Ok(secret) if !secret.is_empty() => SecretString::from(secret),
+        _ => {
+            let bytes: [u8; 32] = rand::rng().random();
+            SecretString::from(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        }
+    }
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let svc = match args.backend {
+        Backend::Memory => setup::memory_services().0,
+        Backend::Aws => bootstrap(BootstrapArgs { seed: None }).await?,
+    };
+    let seeded = setup::seed_registry(&svc, &args.agents)
+        .await
+        .with_context(|| format!("seeding the registry from {}", args.agents.display()))?;
+    report_seed(&seeded);
+
+    let auth = Arc::new(Authenticator::new(jwt_secret()));
+    let tenant = TenantId::parse(args.tenant.clone()).context("bad --tenant")?;
+    let token = auth.mint(
+        "dev",
+        &tenant,
+        &[Role::Admin],
+        Duration::from_secs(12 * 3600),
+    )?;
+
+    let runner = Runner::spawn(svc.clone(), RunnerConfig::default());
+    let app = router(ApiState {
+        services: svc,
+        auth,
+    });
+    let addr = SocketAddr::from(([127, 0, 0, 1], args.port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (is the port taken? use --port)"))?;
+
+    println!("\nmaof dev: listening on http://{addr}");
+    println!("token (tenant {tenant}, admin, 12 h):\n  {token}\n");
+    println!("try:\n  curl -s -X POST 'http://{addr}/v1/tasks?wait=10' \\");
+    println!("    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\");
+    println!(
+        "    -d '{{\"task_type\":\"text\",\"content\":\"Analyze this text for sentiment: I love it\"}}'\n"
+    );
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    runner.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! The HTTP API (v1): an axum `Router` over the intake stage. The intake
+//! Lambda runs it behind API Gateway; `maof dev` serves it on a socket.
+//!
+//! Every route but `/health` and `/openapi.json` takes a `Caller`, which
+//! verifies the bearer token and the route's role; every error is a
+//! `Problem` (application/problem+json).
+
+mod agents;
+mod auth;
+mod extract;
+mod openapi;
+mod problem;
+mod tasks;
+mod views;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{Json, http::Uri};
+use tower_http::trace::TraceLayer;
+
+pub use auth::{AuthError, Authenticator, MintError};
+pub use openapi::ApiDoc;
+pub use problem::Problem;
+pub use tasks::MAX_WAIT_SECS;
+pub use views::{Accepted, AgentList, AgentView, CallView, Health, TaskPage, TaskView};
+
+use crate::stages::Services;
+
+/// Largest request body; a task's `content` (200 KiB) plus the rest must fit.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub services: Services,
+    pub auth: Arc<Authenticator>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/tasks", post(tasks::submit_task).get(tasks::list_tasks))
+        .route("/v1/tasks/{id}", get(tasks::get_task))
+        .route("/v1/tasks/{id}/cancel", post(tasks::cancel_task))
+        .route("/v1/agents", get(agents::list_agents))
+        .route(
+            "/v1/agents/{id}",
+            get(agents::get_agent)
+                .put(agents::put_agent)
+                .delete(agents::delete_agent),
+        )
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi::openapi_json))
+        // Must follow the routes: it is set on each one present.
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(no_route)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "system",
+    responses((status = 200, description = "The process is up", body = Health))
+)]
+pub(crate) async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+async fn no_route(uri: Uri) -> Problem {
+    tracing::debug!(path = %uri.path(), "no route");
+    Problem::no_route()
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::method_not_allowed()
+}

@@ -1,0 +1,69 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations so it
+//! cannot drift from the routes.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::problem::Problem;
+use super::views::{Accepted, AgentList, AgentView, CallView, Health, TaskPage, TaskView};
+use super::{agents, tasks};
+use crate::domain::{AgentSpec, TaskRequest};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "MAOF API",
+        description = "Multi-agent LLM orchestration: submit tasks, read their results, manage the agent registry. \
+            Errors are application/problem+json."
+    ),
+    paths(
+        tasks::submit_task,
+        tasks::list_tasks,
+        tasks::get_task,
+        tasks::cancel_task,
+        agents::list_agents,
+        agents::get_agent,
+        agents::put_agent,
+        agents::delete_agent,
+        super::health,
+        openapi_json,
+    ),
+    components(schemas(
+        Problem, TaskRequest, Accepted, TaskView, CallView, TaskPage, AgentSpec, AgentView, AgentList, Health,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "tasks", description = "Tasks of the caller's tenant"),
+        (name = "agents", description = "The agent registry"),
+        (name = "system", description = "Liveness and this document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Declares the `bearer` scheme the routes' `security` refers to.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("JWT")
+            .description(Some("HS256 JWT with `sub`, `tenant` and `roles` claims"))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "system",
+    responses((status = 200, description = "This document", content_type = "application/json"))
+)]
+pub(crate) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,259 @@
+//! Problem details (RFC 9457): the one error shape every route answers with.
+//! Each error enum of a lower layer is mapped here, once; server-side
+//! failures are logged with their cause and answered with a generic detail.
+
+use axum::Json;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::{AgentSpecError, RequestError};
+use crate::ports::StoreError;
+use crate::stages::intake::{AgentWriteError, CancelError, SubmitError};
+
+const TYPE_BASE: &str = "https://maof.dev/problems/";
+const CONTENT_TYPE: &str = "application/problem+json";
+
+/// An `application/problem+json` error response.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
+    #[serde(rename = "type")]
+    #[schema(example = "https://maof.dev/problems/invalid-request")]
+    pub kind: String,
+    /// The HTTP reason phrase of `status`.
+    pub title: String,
+    pub status: u16,
+    /// What went wrong with this request, in words fit for the client.
+    pub detail: String,
+    /// The request field the problem is about, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// `WWW-Authenticate` challenge sent with a 401.
+    #[serde(skip)]
+    challenge: Option<&'static str>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, slug: &str, detail: impl Into<String>) -> Self {
+        Problem {
+            kind: format!("{TYPE_BASE}{slug}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            field: None,
+            challenge: None,
+        }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub(crate) fn with_challenge(mut self, challenge: &'static str) -> Self {
+        self.challenge = Some(challenge);
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad-request", detail)
+    }
+
+    /// Also the answer for another tenant's resource and for an id that
+    /// cannot exist, so that a response never reveals what exists.
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no such {what}"),
+        )
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", detail)
+    }
+
+    pub fn too_large(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", detail)
+    }
+
+    pub fn unprocessable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", detail)
+    }
+
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "the request body must be JSON (Content-Type: application/json)",
+        )
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "this method is not allowed on this path",
+        )
+    }
+
+    pub fn no_route() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "no such route")
+    }
+
+    /// A failure of ours the client cannot fix. The cause goes to the log,
+    /// never into the response.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred",
+        )
+    }
+
+    /// A backend (store, queue) that failed and may work on a retry.
+    pub fn unavailable(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "backend unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the service is temporarily unavailable; retry later",
+        )
+    }
+
+    /// A store failure where no store outcome has a meaning for the client.
+    pub fn server(e: StoreError) -> Self {
+        match e {
+            StoreError::Backend(_) => Self::unavailable(&e),
+            _ => Self::internal(&e),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let challenge = self.challenge;
+        let mut response = (status, Json(self)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if let Some(challenge) = challenge {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        response
+    }
+}
+
+impl From<RequestError> for Problem {
+    fn from(e: RequestError) -> Self {
+        let problem = if e.is_too_large() {
+            Problem::too_large(e.to_string())
+        } else {
+            Problem::unprocessable(e.to_string())
+        };
+        problem.with_field(e.field())
+    }
+}
+
+impl From<SubmitError> for Problem {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Invalid(e) => e.into(),
+            SubmitError::KeyMismatch => {
+                Problem::unprocessable(e.to_string()).with_field("idempotency_key")
+            }
+            SubmitError::NotOffered(detail) => Problem::unprocessable(detail),
+            SubmitError::Store(e) => Problem::server(e),
+            SubmitError::Queue(_) => Problem::unavailable(&e),
+        }
+    }
+}
+
+impl From<CancelError> for Problem {
+    fn from(e: CancelError) -> Self {
+        match e {
+            CancelError::NotFound => Problem::not_found("task"),
+            CancelError::AlreadyFinished(_) => Problem::conflict(e.to_string()),
+            CancelError::Store(e) => Problem::server(e),
+        }
+    }
+}
+
+/// Registry outcomes for a write: each has a meaning for the client.
+pub(crate) fn registry_write(e: StoreError) -> Problem {
+    match e {
+        StoreError::NotFound => Problem::not_found("agent"),
+        StoreError::AlreadyExists => {
+            Problem::conflict("the agent already exists (If-None-Match: * was sent)")
+        }
+        StoreError::VersionConflict { current: Some(v) } => Problem::conflict(format!(
+            "the agent changed since it was read: it is now at version {v}"
+        )),
+        StoreError::VersionConflict { current: None } => {
+            Problem::conflict("the agent does not exist at the version in If-Match")
+        }
+        e => Problem::server(e),
+    }
+}
+
+impl From<AgentWriteError> for Problem {
+    fn from(e: AgentWriteError) -> Self {
+        match e {
+            AgentWriteError::Invalid(e) => {
+                Problem::unprocessable(e.to_string()).with_field(agent_field(&e))
+            }
+            AgentWriteError::Store(e) => registry_write(e),
+        }
+    }
+}
+
+/// The agent field a validation error is about.
+fn agent_field(e: &AgentSpecError) -> &'static str {
+    match e {
+        AgentSpecError::EmptyName => "name",
+        AgentSpecError::EmptyModel => "model",
+        AgentSpecError::NoCapabilities => "capabilities",
+        AgentSpecError::QualityOutOfRange => "quality",
+        AgentSpecError::BaseUrlRequired | AgentSpecError::BadBaseUrl => "base_url",
+        AgentSpecError::SecretRequired => "secret",
+        AgentSpecError::NegativePrice => "pricing",
+        AgentSpecError::MaxAttemptsOutOfRange => "constraints.max_attempts",
+        AgentSpecError::FailureRateOutOfRange => "mock.failure_rate",
+        AgentSpecError::MockOptionsOnRealProvider => "mock",
+    }
+}
+
+impl From<BytesRejection> for Problem {
+    fn from(e: BytesRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::too_large(format!(
+                "the request body is larger than {} bytes",
+                super::MAX_BODY_BYTES
+            ))
+        } else {
+            Problem::bad_request(e.body_text())
+        }
+    }
+}
+
+impl From<QueryRejection> for Problem {
+    fn from(e: QueryRejection) -> Self {
+        Problem::bad_request(e.body_text())
+    }
+}
+
+/// A path segment that does not decode names nothing that exists.
+pub(crate) fn path_not_found(what: &'static str) -> impl Fn(PathRejection) -> Problem {
+    move |_| Problem::not_found(what)
+}

@@ -1,0 +1,239 @@
+//! `/v1/tasks`: submit, read, list and cancel tasks, always within the
+//! caller's tenant.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::ApiState;
+use super::auth::{Caller, Submitter, Viewer};
+use super::extract::{header_text, json_body};
+use super::problem::{Problem, path_not_found};
+use super::views::{Accepted, TaskPage, TaskView};
+use crate::domain::{Task, TaskId, TaskRequest};
+use crate::stages::intake;
+
+/// Longest `?wait`: API Gateway ends an integration after 29 seconds, so the
+/// answer must be on its way well before.
+pub const MAX_WAIT_SECS: u64 = 25;
+pub const DEFAULT_PAGE: u32 = 20;
+pub const MAX_PAGE: u32 = 100;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SubmitParams {
+    /// Seconds (0 to 25) to wait for the task to finish; 200 with the task if it does.
+    #[param(maximum = 25)]
+    wait: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListParams {
+    /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+}
+
+fn parse_id(path: Result<Path<String>, PathRejection>) -> Result<TaskId, Problem> {
+    let Path(raw) = path.map_err(path_not_found("task"))?;
+    // An id that cannot exist is as absent as one that does not.
+    TaskId::parse(&raw).map_err(|_| Problem::not_found("task"))
+}
+
+/// 202 with where to look the task up.
+fn accepted(task: &Task) -> Response {
+    let location = format!("/v1/tasks/{}", task.task_id);
+    let mut response = (StatusCode::ACCEPTED, Json(Accepted::from(task))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/tasks",
+    tag = "tasks",
+    params(SubmitParams, ("Idempotency-Key" = Option<String>, Header,
+        description = "Makes a retry return the first task instead of creating another")),
+    request_body(content = TaskRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Finished within `wait` (or an idempotent replay of a finished task)", body = TaskView),
+        (status = 202, description = "Accepted; poll the Location", body = Accepted,
+            headers(("Location" = String, description = "/v1/tasks/{task_id}"))),
+        (status = 400, description = "Malformed JSON, unknown field or bad query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the submitter role", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 256 KiB, or content/system over its limit", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field breaks its rule (`field` names it)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant, stage = "intake", task_id))]
+pub(crate) async fn submit_task(
+    State(state): State<ApiState>,
+    caller: Caller<Submitter>,
+    params: Result<Query<SubmitParams>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let Query(params) = params?;
+    let wait = match params.wait {
+        Some(secs) if secs > MAX_WAIT_SECS => {
+            return Err(Problem::bad_request(format!(
+                "wait must be between 0 and {MAX_WAIT_SECS} seconds"
+            ))
+            .with_field("wait"));
+        }
+        secs => Duration::from_secs(secs.unwrap_or(0)),
+    };
+    let request: TaskRequest = json_body(&headers, body)?;
+    let key = header_text(&headers, "idempotency-key")?;
+
+    let svc = &state.services;
+    let tenant = &caller.principal.tenant;
+    let submitted = intake::submit(svc, &caller.principal, request, key).await?;
+    let task = submitted.task;
+    tracing::Span::current().record("task_id", tracing::field::display(task.task_id));
+
+    // A fresh task with no wait cannot have finished: skip the read.
+    if submitted.created && wait.is_zero() {
+        return Ok(accepted(&task));
+    }
+    let record = intake::wait(svc, tenant, task.task_id, wait)
+        .await
+        .map_err(Problem::server)?;
+    Ok(match record {
+        Some(record) if record.task.status.is_terminal() => {
+            (StatusCode::OK, Json(TaskView::from(record))).into_response()
+        }
+        Some(record) => accepted(&record.task),
+        None => accepted(&task),
+    })
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task id (a ULID)")),
+    responses(
+        (status = 200, description = "The task", body = TaskView),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the viewer role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task in the caller's tenant", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant, stage = "intake", task_id))]
+pub(crate) async fn get_task(
+    State(state): State<ApiState>,
+    caller: Caller<Viewer>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<TaskView>, Problem> {
+    let id = parse_id(path)?;
+    tracing::Span::current().record("task_id", tracing::field::display(id));
+    let record = intake::get(&state.services, &caller.principal.tenant, id)
+        .await
+        .map_err(Problem::server)?
+        .ok_or_else(|| Problem::not_found("task"))?;
+    Ok(Json(record.into()))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/tasks",
+    tag = "tasks",
+    params(ListParams),
+    responses(
+        (status = 200, description = "The caller's tenant's tasks, newest first, without their calls", body = TaskPage),
+        (status = 400, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the viewer role", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant, stage = "intake"))]
+pub(crate) async fn list_tasks(
+    State(state): State<ApiState>,
+    caller: Caller<Viewer>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<TaskPage>, Problem> {
+    let Query(params) = params?;
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(
+            Problem::bad_request(format!("limit must be between 1 and {MAX_PAGE}"))
+                .with_field("limit"),
+        );
+    }
+    // Cursors are task ids; refusing a foreign one here keeps it a client
+    // error rather than a store failure.
+    let cursor = params.cursor.filter(|c| !c.is_empty());
+    if let Some(cursor) = &cursor
+        && TaskId::parse(cursor).is_err()
+    {
+        return Err(
+            Problem::bad_request("cursor must be the `next` of a previous page")
+                .with_field("cursor"),
+        );
+    }
+    let page = intake::list(
+        &state.services,
+        &caller.principal.tenant,
+        limit,
+        cursor.as_deref(),
+    )
+    .await
+    .map_err(Problem::server)?;
+    Ok(Json(TaskPage {
+        items: page.items.into_iter().map(TaskView::summary).collect(),
+        next: page.next,
+    }))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/cancel",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task id (a ULID)")),
+    responses(
+        (status = 200, description = "The cancelled task", body = TaskView),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the submitter role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task in the caller's tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The task has already finished", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant, stage = "intake", task_id))]
+pub(crate) async fn cancel_task(
+    State(state): State<ApiState>,
+    caller: Caller<Submitter>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<TaskView>, Problem> {
+    let id = parse_id(path)?;
+    tracing::Span::current().record("task_id", tracing::field::display(id));
+    let svc = &state.services;
+    let task = intake::cancel(svc, &caller.principal, id).await?;
+    // The cancel is done; reading the calls back is only for the answer.
+    match intake::get(svc, &task.tenant, id).await {
+        Ok(Some(record)) => Ok(Json(record.into())),
+        Ok(None) => Ok(Json(TaskView::summary(task))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cancelled, but the calls could not be read back");
+            Ok(Json(TaskView::summary(task)))
+        }
+    }
+}

@@ -1,0 +1,745 @@
+//! The router over the memory backends, driven request by request. Workers
+//! are not running: tasks stay queued unless a test moves them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::{ApiState, Authenticator, MAX_BODY_BYTES, router};
+use crate::adapters::memory::{MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore};
+use crate::domain::task::MAX_CONTENT_BYTES;
+use crate::domain::{Role, TaskId, TenantId};
+use crate::ports::{CachedSecrets, Clock, QueueName, SystemClock};
+use crate::providers::{Providers, http_client};
+use crate::stages::{Services, Settings};
+
+const SECRET: &str = "api-test-secret-0123456789abcdef0123456789";
+const PROBLEM_JSON: &str = "application/problem+json";
+
+struct Harness {
+    app: Router,
+    queue: Arc<MemoryQueue>,
+    auth: Arc<Authenticator>,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Reply {
+    fn header(&self, name: header::HeaderName) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// Asserts a problem+json answer with `status`, and returns its body.
+    fn problem(&self, status: StatusCode) -> &Value {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(self.header(header::CONTENT_TYPE), PROBLEM_JSON);
+        assert_eq!(self.body["status"], status.as_u16());
+        assert!(self.body["type"].as_str().unwrap().starts_with("https://"));
+        assert!(self.body["title"].is_string() && self.body["detail"].is_string());
+        &self.body
+    }
+}
+
+fn harness() -> Harness {
+    let queue = Arc::new(MemoryQueue::new(3));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let secrets = Arc::new(CachedSecrets::new(
+        Arc::new(MemorySecrets::new()),
+        clock.clone(),
+        Duration::from_secs(60),
+    ));
+    let services = Services::new(
+        Arc::new(MemoryTaskStore::new()),
+        Arc::new(MemoryRegistry::new()),
+        queue.clone(),
+        secrets,
+        Providers::new(http_client()),
+        clock,
+        Settings::default(),
+    );
+    let auth = Arc::new(Authenticator::new(SecretString::from(SECRET)));
+    let app = router(ApiState {
+        services,
+        auth: auth.clone(),
+    });
+    Harness { app, queue, auth }
+}
+
+impl Harness {
+    fn token(&self, tenant: &str, roles: &[Role]) -> String {
+        self.auth
+            .mint(
+                "tester",
+                &TenantId::parse(tenant).unwrap(),
+                roles,
+                Duration::from_secs(600),
+            )
+            .unwrap()
+    }
+
+    async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// A request with a bearer token (if any), extra headers and a JSON body (if any).
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let body = body.map_or_else(Body::empty, Body::from);
+        self.send(request.body(body).unwrap()).await
+    }
+
+    async fn submit(&self, token: &str, task: Value) -> Reply {
+        self.submit_with(token, "/v1/tasks", &[], task).await
+    }
+
+    async fn submit_with(
+        &self,
+        token: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        task: Value,
+    ) -> Reply {
+        let body = serde_json::to_vec(&task).unwrap();
+        self.call(Method::POST, uri, Some(token), headers, Some(body))
+            .await
+    }
+
+    async fn get(&self, token: &str, uri: &str) -> Reply {
+        self.call(Method::GET, uri, Some(token), &[], None).await
+    }
+}
+
+fn text_task(content: &str) -> Value {
+    json!({"task_type": "text", "content": content})
+}
+
+fn mock_agent(name: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "name": name, "provider": "mock", "model": "echo", "capabilities": ["text"],
+        "pricing": {"input_per_mtok": 0.15, "output_per_mtok": 0.6}
+    }))
+    .unwrap()
+}
+
+// --- authentication and roles ---
+
+#[tokio::test]
+async fn a_request_without_a_token_is_401_with_a_bearer_challenge() {
+    let h = harness();
+    let reply = h.call(Method::GET, "/v1/tasks", None, &[], None).await;
+    reply.problem(StatusCode::UNAUTHORIZED);
+    assert!(reply.header(header::WWW_AUTHENTICATE).starts_with("Bearer"));
+
+    let reply = h.get("not-a-jwt", "/v1/tasks").await;
+    reply.problem(StatusCode::UNAUTHORIZED);
+    assert!(
+        reply
+            .header(header::WWW_AUTHENTICATE)
+            .contains("invalid_token")
+    );
+}
+
+#[tokio::test]
+async fn a_token_signed_with_another_secret_is_401() {
+    let h = harness();
+    let forged = Authenticator::new(SecretString::from(
+        "another-secret-entirely-0123456789abcdef",
+    ))
+    .mint(
+        "x",
+        &TenantId::parse("acme").unwrap(),
+        &[Role::Admin],
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let reply = h.get(&forged, "/v1/tasks").await;
+    reply.problem(StatusCode::UNAUTHORIZED);
+    assert!(reply.header(header::WWW_AUTHENTICATE).starts_with("Bearer"));
+}
+
+#[tokio::test]
+async fn an_expired_token_is_401() {
+    let h = harness();
+    let past = jsonwebtoken::get_current_timestamp() - 3600;
+    let claims = json!({"sub": "u", "tenant": "acme", "roles": ["admin"], "exp": past});
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let reply = h.get(&expired, "/v1/tasks").await;
+    let body = reply.problem(StatusCode::UNAUTHORIZED);
+    assert!(body["detail"].as_str().unwrap().contains("expired"));
+}
+
+#[tokio::test]
+async fn a_token_without_exp_or_with_a_bad_tenant_is_401_and_unknown_roles_are_ignored() {
+    let h = harness();
+    let sign = |claims: Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let no_exp = sign(json!({"sub": "u", "tenant": "acme", "roles": ["viewer"]}));
+    h.get(&no_exp, "/v1/tasks")
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    let bad_tenant = sign(json!({"sub": "u", "tenant": "a#b", "roles": ["viewer"], "exp": exp}));
+    h.get(&bad_tenant, "/v1/tasks")
+        .await
+        .problem(StatusCode::UNAUTHORIZED);
+    let extra_role =
+        sign(json!({"sub": "u", "tenant": "acme", "roles": ["auditor", "viewer"], "exp": exp}));
+    assert_eq!(h.get(&extra_role, "/v1/tasks").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_viewer_may_not_submit() {
+    let h = harness();
+    let viewer = h.token("acme", &[Role::Viewer]);
+    let reply = h.submit(&viewer, text_task("hello")).await;
+    let body = reply.problem(StatusCode::FORBIDDEN);
+    assert!(body["detail"].as_str().unwrap().contains("submitter"));
+    assert_eq!(h.queue.depth(QueueName::Route), 0);
+}
+
+// --- submitting ---
+
+#[tokio::test]
+async fn a_valid_submit_is_accepted_and_queued_for_routing() {
+    let h = harness();
+    let token = h.token("acme", &[Role::Submitter]);
+    let reply = h.submit(&token, text_task("Analyze this text")).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let id = reply.body["task_id"].as_str().unwrap();
+    assert!(TaskId::parse(id).is_ok());
+    assert_eq!(reply.body["status"], "queued");
+    assert_eq!(reply.header(header::LOCATION), format!("/v1/tasks/{id}"));
+    assert_eq!(h.queue.depth(QueueName::Route), 1);
+
+    let task = h.get(&token, &format!("/v1/tasks/{id}")).await;
+    assert_eq!(task.status, StatusCode::OK, "{}", task.body);
+    assert_eq!(task.body["task_id"], id);
+    assert_eq!(task.body["status"], "queued");
+    assert_eq!(task.body["task_type"], "text");
+    assert_eq!(task.body["calls"], json!([]));
+    assert_eq!(task.body["result"], Value::Null);
+    assert_eq!(task.body["cost_usd"], Value::Null);
+    assert_eq!(task.body["error"], Value::Null);
+}
+
+#[tokio::test]
+async fn an_unknown_field_is_400_naming_it() {
+    let h = harness();
+    let token = h.token("acme", &[Role::Submitter]);
+    let reply = h
+        .submit(
+            &token,
+            json!({"task_type": "text", "content": "x", "colour": "red"}),
+        )
+        .await;
+    let body = reply.problem(StatusCode::BAD_REQUEST);
+    assert!(
+        body["detail"].as_str().unwrap().contains("colour"),
+        "{body}"
+    );
+
+    let reply = h
+        .call(
+            Method::POST,
+            "/v1/tasks",
+            Some(&token),
+            &[],
+            Some(b"{not json".to_vec()),
+        )
+        .await;
+    reply.problem(StatusCode::BAD_REQUEST);
+    let reply = h.submit(&token, json!({"task_type": "text"})).await;
+    let body = reply.problem(StatusCode::BAD_REQUEST);
+    assert!(
+        body["detail"].as_str().unwrap().contains("content"),
+        "{body}"
+    );
+    assert_eq!(h.queue.depth(QueueName::Route), 0);
+}
+
+#[tokio::test]
+async fn a_body_over_256_kib_is_413() {
+    let h = harness();
+    let token = h.token("acme", &[Role::Submitter]);
+    let reply = h
+        .submit(&token, text_task(&"x".repeat(MAX_BODY_BYTES + 1)))
+        .await;
+    reply.problem(StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn content_over_its_limit_is_413_naming_the_field() {
+    let h = harness();
+    let token = h.token("acme", &[Role::Submitter]);
+    let content = "x".repeat(MAX_CONTENT_BYTES + 1);
+    assert!(content.len() < MAX_BODY_BYTES, "the body itself fits");
+    let reply = h.submit(&token, text_task(&content)).await;
+    let body = reply.problem(StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["field"], "content");
+}
+
+#[tokio::test]
+async fn fanout_zero_is_422_naming_the_field() {
+    let h = harness();
+    let token = h.token("acme", &[Role::Submitter]);
+    let reply = h
+        .submit(
+            &token,
+            json!({"task_type": "text", "content": "x", "routing": {"fanout": 0}}),
+        )
+        .await;
+    let body = reply.problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["field"], "routing.fanout");
+}
+
+#[tokio::test]
+async fn a_strategy_not_offered_and_a_key_mismatch_are_422() {
+    let h = harness();
+    let token = h.token("acme", &[Role::Submitter]);
+    let reply = h
+        .submit(
+            &token,
+            json!({"task_type": "text", "content": "x", "aggregation": {"strategy": "judge"}}),
+        )
+        .await;
+    reply.problem(StatusCode::UNPROCESSABLE_ENTITY);
+    let task = json!({"task_type": "text", "content": "x", "idempotency_key": "a"});
+    let reply = h
+        .submit_with(&token, "/v1/tasks", &[("Idempotency-Key", "b")], task)
+        .await;
+    let body = reply.problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["field"], "idempotency_key");
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_twice_gives_one_task() {
+    let h = harness();
+    let token = h.token("acme", &[Role::Submitter]);
+    let key = [("Idempotency-Key", "order-42")];
+    let first = h
+        .submit_with(&token, "/v1/tasks", &key, text_task("once"))
+        .await;
+    let second = h
+        .submit_with(&token, "/v1/tasks", &key, text_task("once"))
+        .await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    assert_eq!(second.status, StatusCode::ACCEPTED);
+    assert_eq!(first.body["task_id"], second.body["task_id"]);
+    let listed = h.get(&token, "/v1/tasks").await;
+    assert_eq!(
+        listed.body["items"].as_array().unwrap().len(),
+        1,
+        "{}",
+        listed.body
+    );
+}
+
+#[tokio::test]
+async fn replaying_the_key_of_a_finished_task_returns_it_whole() {
+    let h = harness();
+    let token = h.token("acme", &[Role::Submitter]);
+    let key = [("Idempotency-Key", "order-43")];
+    let first = h
+        .submit_with(&token, "/v1/tasks", &key, text_task("once"))
+        .await;
+    let id = first.body["task_id"].as_str().unwrap();
+    let cancel = h
+        .call(
+            Method::POST,
+            &format!("/v1/tasks/{id}/cancel"),
+            Some(&token),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(cancel.status, StatusCode::OK, "{}", cancel.body);
+    let replay = h
+        .submit_with(&token, "/v1/tasks", &key, text_task("once"))
+        .await;
+    assert_eq!(replay.status, StatusCode::OK, "{}", replay.body);
+    assert_eq!(replay.body["task_id"], id);
+    assert_eq!(replay.body["status"], "cancelled");
+    assert!(replay.body["calls"].is_array());
+}
+
+#[tokio::test]
+async fn wait_is_bounded_and_an_unfinished_task_is_still_202() {
+    let h = harness();
+    let token = h.token("acme", &[Role::Submitter]);
+    for bad in ["26", "abc", "-1", "1.5"] {
+        let reply = h
+            .submit_with(
+                &token,
+                &format!("/v1/tasks?wait={bad}"),
+                &[],
+                text_task("x"),
+            )
+            .await;
+        reply.problem(StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(h.queue.depth(QueueName::Route), 0);
+
+    let started = std::time::Instant::now();
+    let reply = h
+        .submit_with(&token, "/v1/tasks?wait=1", &[], text_task("x"))
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    assert_eq!(reply.body["status"], "queued");
+    assert!(started.elapsed() >= Duration::from_millis(900), "it waited");
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_by_content_type_is_415() {
+    let h = harness();
+    let token = h.token("acme", &[Role::Submitter]);
+    let reply = h
+        .send(
+            Request::post("/v1/tasks")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(Body::from(serde_json::to_vec(&text_task("x")).unwrap()))
+                .unwrap(),
+        )
+        .await;
+    reply.problem(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
+
+// --- reading and cancelling ---
+
+#[tokio::test]
+async fn another_tenants_task_is_404() {
+    let h = harness();
+    let acme = h.token("acme", &[Role::Submitter]);
+    let id = h.submit(&acme, text_task("private")).await.body["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let globex = h.token("globex", &[Role::Admin]);
+    let uri = format!("/v1/tasks/{id}");
+    h.get(&globex, &uri).await.problem(StatusCode::NOT_FOUND);
+    let cancel = h
+        .call(
+            Method::POST,
+            &format!("{uri}/cancel"),
+            Some(&globex),
+            &[],
+            None,
+        )
+        .await;
+    cancel.problem(StatusCode::NOT_FOUND);
+    assert_eq!(h.get(&acme, &uri).await.status, StatusCode::OK);
+    let listed = h.get(&globex, "/v1/tasks").await;
+    assert_eq!(listed.body["items"], json!([]));
+}
+
+#[tokio::test]
+async fn a_malformed_or_unknown_id_is_404() {
+    let h = harness();
+    let token = h.token("acme", &[Role::Viewer]);
+    h.get(&token, "/v1/tasks/not-a-ulid")
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    h.get(&token, &format!("/v1/tasks/{}", TaskId::new()))
+        .await
+        .problem(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn cancelling_twice_is_409() {
+    let h = harness();
+    let token = h.token("acme", &[Role::Submitter]);
+    let id = h.submit(&token, text_task("stop me")).await.body["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let uri = format!("/v1/tasks/{id}/cancel");
+    let first = h.call(Method::POST, &uri, Some(&token), &[], None).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert_eq!(first.body["status"], "cancelled");
+    assert_eq!(first.body["error"]["code"], "cancelled");
+    let second = h.call(Method::POST, &uri, Some(&token), &[], None).await;
+    let body = second.problem(StatusCode::CONFLICT);
+    assert_eq!(body["detail"], "the task is already cancelled");
+}
+
+#[tokio::test]
+async fn lists_page_with_a_cursor_and_refuse_bad_limits() {
+    let h = harness();
+    let token = h.token("acme", &[Role::Submitter]);
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let reply = h.submit(&token, text_task(&format!("task {n}"))).await;
+        ids.push(reply.body["task_id"].as_str().unwrap().to_owned());
+        // Ids order by millisecond; within one they are random.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let first = h.get(&token, "/v1/tasks?limit=2").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let items = first.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["task_id"], ids[2].as_str(), "newest first");
+    assert!(items[0].get("calls").is_none(), "lists leave calls out");
+    let next = first.body["next"].as_str().unwrap();
+    let second = h
+        .get(&token, &format!("/v1/tasks?limit=2&cursor={next}"))
+        .await;
+    let items = second.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["task_id"], ids[0].as_str());
+    assert_eq!(second.body["next"], Value::Null);
+
+    for bad in ["limit=0", "limit=101", "limit=x", "cursor=nope"] {
+        h.get(&token, &format!("/v1/tasks?{bad}"))
+            .await
+            .problem(StatusCode::BAD_REQUEST);
+    }
+}
+
+// --- agents ---
+
+#[tokio::test]
+async fn agents_are_created_replaced_guarded_and_deleted() {
+    let h = harness();
+    let admin = h.token("acme", &[Role::Admin]);
+    let uri = "/v1/agents/mock-a";
+    let create = [("If-None-Match", "*")];
+    let created = h
+        .call(
+            Method::PUT,
+            uri,
+            Some(&admin),
+            &create,
+            Some(mock_agent("A")),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.header(header::ETAG), "\"1\"");
+    assert_eq!(created.body["id"], "mock-a");
+    assert_eq!(created.body["version"], 1);
+    assert_eq!(created.body["provider"], "mock");
+
+    let again = h
+        .call(
+            Method::PUT,
+            uri,
+            Some(&admin),
+            &create,
+            Some(mock_agent("A")),
+        )
+        .await;
+    again.problem(StatusCode::CONFLICT);
+
+    let replaced = h
+        .call(
+            Method::PUT,
+            uri,
+            Some(&admin),
+            &[("If-Match", "\"1\"")],
+            Some(mock_agent("A2")),
+        )
+        .await;
+    assert_eq!(replaced.status, StatusCode::OK, "{}", replaced.body);
+    assert_eq!(replaced.header(header::ETAG), "\"2\"");
+
+    let stale = h
+        .call(
+            Method::PUT,
+            uri,
+            Some(&admin),
+            &[("If-Match", "\"1\"")],
+            Some(mock_agent("A3")),
+        )
+        .await;
+    stale.problem(StatusCode::CONFLICT);
+
+    let viewer = h.token("acme", &[Role::Viewer]);
+    let read = h.get(&viewer, uri).await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+    assert_eq!(read.header(header::ETAG), "\"2\"");
+    assert_eq!(read.body["name"], "A2");
+    let listed = h.get(&viewer, "/v1/agents").await;
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
+
+    let deleted = h
+        .call(
+            Method::DELETE,
+            uri,
+            Some(&admin),
+            &[("If-Match", "\"2\"")],
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    h.get(&viewer, uri).await.problem(StatusCode::NOT_FOUND);
+    h.call(Method::DELETE, uri, Some(&admin), &[], None)
+        .await
+        .problem(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn only_admins_write_agents_and_bad_input_is_refused() {
+    let h = harness();
+    let viewer = h.token("acme", &[Role::Viewer]);
+    let uri = "/v1/agents/mock-a";
+    h.call(Method::PUT, uri, Some(&viewer), &[], Some(mock_agent("A")))
+        .await
+        .problem(StatusCode::FORBIDDEN);
+    let submitter = h.token("acme", &[Role::Submitter]);
+    h.call(Method::DELETE, uri, Some(&submitter), &[], None)
+        .await
+        .problem(StatusCode::FORBIDDEN);
+
+    let admin = h.token("acme", &[Role::Admin]);
+    let body = h
+        .call(
+            Method::PUT,
+            "/v1/agents/bad%20id",
+            Some(&admin),
+            &[],
+            Some(mock_agent("A")),
+        )
+        .await;
+    assert_eq!(body.problem(StatusCode::BAD_REQUEST)["field"], "id");
+
+    let unknown = serde_json::to_vec(&json!({
+        "name": "A", "provider": "mock", "model": "m", "capabilities": ["text"], "surprise": 1
+    }))
+    .unwrap();
+    h.call(Method::PUT, uri, Some(&admin), &[], Some(unknown))
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+
+    let invalid = serde_json::to_vec(&json!({
+        "name": "A", "provider": "openai", "model": "m", "capabilities": ["text"]
+    }))
+    .unwrap();
+    let reply = h
+        .call(Method::PUT, uri, Some(&admin), &[], Some(invalid))
+        .await;
+    assert_eq!(
+        reply.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
+        "secret"
+    );
+
+    h.call(
+        Method::PUT,
+        uri,
+        Some(&admin),
+        &[("If-Match", "soon")],
+        Some(mock_agent("A")),
+    )
+    .await
+    .problem(StatusCode::BAD_REQUEST);
+}
+
+// --- the rest of the surface ---
+
+#[tokio::test]
+async fn health_needs_no_token() {
+    let h = harness();
+    let reply = h.call(Method::GET, "/health", None, &[], None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, json!({"status": "ok"}));
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_routes() {
+    let h = harness();
+    let reply = h.call(Method::GET, "/openapi.json", None, &[], None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let doc = reply.body;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in [
+        "/v1/tasks",
+        "/v1/tasks/{id}",
+        "/v1/tasks/{id}/cancel",
+        "/v1/agents",
+        "/v1/agents/{id}",
+        "/health",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    }
+    assert!(doc["paths"]["/v1/agents/{id}"]["put"].is_object());
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert!(doc["components"]["schemas"]["TaskRequest"].is_object());
+    assert!(doc["components"]["schemas"]["Problem"].is_object());
+}
+
+#[tokio::test]
+async fn an_unknown_path_is_404_and_a_wrong_method_405_both_as_problems() {
+    let h = harness();
+    let token = h.token("acme", &[Role::Admin]);
+    h.get(&token, "/v2/nothing")
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    h.call(Method::GET, "/nowhere", None, &[], None)
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    let reply = h
+        .call(Method::DELETE, "/v1/tasks", Some(&token), &[], None)
+        .await;
+    reply.problem(StatusCode::METHOD_NOT_ALLOWED);
+    assert!(
+        reply.header(header::ALLOW).contains("POST"),
+        "{:?}",
+        reply.headers
+    );
+}

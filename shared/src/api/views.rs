@@ -1,0 +1,156 @@
+//! What the API returns: domain types shaped for clients. Ids are strings and
+//! money is a JSON number here (exact decimals stay inside the system).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::{
+    Agent, AgentSpec, AggregateResult, CallError, CallResult, CallStatus, Provider, Task,
+    TaskError, TaskStatus, Usage, Usd,
+};
+use crate::ports::TaskRecord;
+
+fn dollars(amount: Option<Usd>) -> Option<f64> {
+    amount.map(Usd::to_f64_lossy)
+}
+
+/// A task just accepted (or still under way when `?wait` ran out).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    #[schema(example = "01JD8X3F6ZQ8Y2W0K4J6M9N1PB")]
+    pub task_id: String,
+    pub status: TaskStatus,
+}
+
+impl From<&Task> for Accepted {
+    fn from(task: &Task) -> Self {
+        Accepted {
+            task_id: task.task_id.to_string(),
+            status: task.status,
+        }
+    }
+}
+
+/// A task: its status, combined result, per-agent calls, usage, cost and error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskView {
+    #[schema(example = "01JD8X3F6ZQ8Y2W0K4J6M9N1PB")]
+    pub task_id: String,
+    pub status: TaskStatus,
+    pub task_type: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub result: Option<AggregateResult>,
+    /// The agent calls made; left out of task lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls: Option<Vec<CallView>>,
+    pub usage: Usage,
+    /// US dollars; null when an agent has no prices (unknown, not free).
+    pub cost_usd: Option<f64>,
+    pub error: Option<TaskError>,
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+impl TaskView {
+    /// A task without its calls, as lists show it.
+    pub fn summary(task: Task) -> Self {
+        TaskView {
+            task_id: task.task_id.to_string(),
+            status: task.status,
+            task_type: task.spec.task_type,
+            created_at: task.created_at,
+            updated_at: task.updated_at,
+            result: task.result,
+            calls: None,
+            usage: task.usage,
+            cost_usd: dollars(task.cost_usd),
+            error: task.error,
+            metadata: task.spec.metadata,
+        }
+    }
+}
+
+impl From<TaskRecord> for TaskView {
+    fn from(record: TaskRecord) -> Self {
+        let calls = record.calls.into_iter().map(CallView::from).collect();
+        TaskView {
+            calls: Some(calls),
+            ..TaskView::summary(record.task)
+        }
+    }
+}
+
+/// One call of one agent for the task.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallView {
+    pub call_id: String,
+    pub agent_id: String,
+    pub provider: Provider,
+    pub status: CallStatus,
+    pub output: Option<String>,
+    pub usage: Usage,
+    pub cost_usd: Option<f64>,
+    pub latency_ms: u64,
+    pub attempts: u32,
+    pub error: Option<CallError>,
+    pub finished_at: DateTime<Utc>,
+}
+
+impl From<CallResult> for CallView {
+    fn from(call: CallResult) -> Self {
+        CallView {
+            call_id: call.call_id.to_string(),
+            agent_id: call.agent_id.to_string(),
+            provider: call.provider,
+            status: call.status,
+            output: call.output,
+            usage: call.usage,
+            cost_usd: dollars(call.cost_usd),
+            latency_ms: call.latency_ms,
+            attempts: call.attempts,
+            error: call.error,
+            finished_at: call.finished_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskPage {
+    /// Newest first.
+    pub items: Vec<TaskView>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    pub next: Option<String>,
+}
+
+/// A registry entry: the spec as written, its id and its version (also the ETag).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentView {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: AgentSpec,
+    pub version: u64,
+}
+
+impl From<Agent> for AgentView {
+    fn from(agent: Agent) -> Self {
+        AgentView {
+            id: agent.id.to_string(),
+            spec: agent.spec,
+            version: agent.version,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentList {
+    pub items: Vec<AgentView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}

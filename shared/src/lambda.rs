@@ -1,0 +1,81 @@
+//! The Lambda side: the SQS trigger (an `SqsEvent` in, an `SqsBatchResponse`
+//! naming only the failed messages out) and API Gateway's request paths.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+
+use crate::ports::QueueName;
+use crate::stages::Services;
+use crate::stages::batch::{self, BatchMessage};
+
+/// The queue a message came from, by the suffix of its source ARN: a stage's
+/// function consumes its work queue and its dead-letter queue.
+pub fn queue_of(stage: QueueName, event_source_arn: Option<&str>) -> QueueName {
+    let from_dlq = event_source_arn.is_some_and(|arn| arn.ends_with("-dlq"));
+    match (from_dlq, stage.dead_letter()) {
+        (true, Some(dlq)) => dlq,
+        _ => stage,
+    }
+}
+
+pub async fn handle_sqs(svc: &Services, stage: QueueName, event: SqsEvent) -> SqsBatchResponse {
+    let mut by_queue: Vec<(QueueName, Vec<BatchMessage>)> = Vec::new();
+    for record in event.records {
+        let queue = queue_of(stage, record.event_source_arn.as_deref());
+        let message = BatchMessage {
+            message_id: record.message_id.unwrap_or_default(),
+            receipt: record.receipt_handle.unwrap_or_default(),
+            body: record.body.unwrap_or_default(),
+            receive_count: record
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1),
+        };
+        match by_queue.iter_mut().find(|(q, _)| *q == queue) {
+            Some((_, batch)) => batch.push(message),
+            None => by_queue.push((queue, vec![message])),
+        }
+    }
+    let mut response = SqsBatchResponse::default();
+    for (queue, messages) in by_queue {
+        for id in batch::process(svc, queue, messages).await {
+            response.add_failure(id);
+        }
+    }
+    response
+}
+
+/// API Gateway puts a named stage in front of the path (`/prod/v1/tasks`);
+/// the Router knows only `/v1/...`. Removes the stage the request context
+/// names, and nothing else.
+pub fn strip_stage<B>(mut request: http::Request<B>) -> http::Request<B> {
+    use lambda_http::request::RequestContext;
+    let stage = match request.extensions().get::<RequestContext>() {
+        Some(RequestContext::ApiGatewayV1(context)) => context.stage.clone(),
+        Some(RequestContext::ApiGatewayV2(context)) => context.stage.clone(),
+        _ => None,
+    };
+    let Some(stage) = stage.filter(|s| s != "$default") else {
+        return request;
+    };
+    let prefix = format!("/{stage}");
+    let Some(rest) = request.uri().path().strip_prefix(&prefix) else {
+        return request;
+    };
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return request;
+    }
+    let path = if rest.is_empty() { "/" } else { rest };
+    let path_and_query = match request.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = request.uri().clone().into_parts();
+    if let Ok(pq) = path_and_query.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
+}

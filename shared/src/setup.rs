@@ -1,0 +1,182 @@
+//! Building `Services` from configuration, once per process: the AWS set for
+//! the Lambdas (and `maof dev --backend aws`), the memory set for `maof dev`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::adapters::aws::{
+    DynamoRegistry, DynamoTaskStore, ResourceNames, SecretsManagerSource, SqsQueue,
+};
+use crate::adapters::memory::{MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore};
+use crate::domain::{AgentId, AgentSpec};
+use crate::ports::{
+    CachedSecrets, Clock, Expect, QueueName, SecretSource, StoreError, SystemClock,
+};
+use crate::providers::{Providers, http_client};
+use crate::stages::{Services, Settings};
+
+/// Receives before a message is dead-lettered, as in the template.
+pub const MAX_RECEIVES: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot read {path}: {message}")]
+    Config { path: String, message: String },
+    #[error("queue: {0}")]
+    Queue(#[from] crate::ports::QueueError),
+    #[error("registry: {0}")]
+    Registry(#[from] StoreError),
+}
+
+fn services(
+    tasks: Arc<dyn crate::ports::TaskStore>,
+    registry: Arc<dyn crate::ports::Registry>,
+    queue: Arc<dyn crate::ports::Queue>,
+    secrets: Arc<dyn SecretSource>,
+) -> Services {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let secrets = Arc::new(CachedSecrets::new(
+        secrets,
+        clock.clone(),
+        CachedSecrets::DEFAULT_TTL,
+    ));
+    Services::new(
+        tasks,
+        registry,
+        queue,
+        secrets,
+        Providers::new(http_client()),
+        clock,
+        Settings::default(),
+    )
+}
+
+/// The in-process backends. Secrets come from the environment
+/// (`maof/openai` from `MAOF_OPENAI`).
+pub fn memory_services() -> (Services, Arc<MemoryQueue>) {
+    let queue = Arc::new(MemoryQueue::new(MAX_RECEIVES));
+    let svc = services(
+        Arc::new(MemoryTaskStore::new()),
+        Arc::new(MemoryRegistry::new()),
+        queue.clone(),
+        Arc::new(MemorySecrets::with_env_fallback()),
+    );
+    (svc, queue)
+}
+
+/// Queue URLs from `MAOF_QUEUE_URL_ROUTE`, `MAOF_QUEUE_URL_AGENT_CALL`, ...
+/// (`_DLQ` suffixed for dead-letter queues), as the template sets them.
+pub fn queue_urls_from_env() -> Option<HashMap<QueueName, String>> {
+    QueueName::ALL
+        .into_iter()
+        .map(|q| {
+            let var = format!(
+                "MAOF_QUEUE_URL_{}",
+                q.as_str().replace('-', "_").to_uppercase()
+            );
+            std::env::var(var).ok().map(|url| (q, url))
+        })
+        .collect()
+}
+
+/// DynamoDB, SQS and Secrets Manager, configured from the environment.
+/// Queue URLs come from the environment when set, else are looked up by name.
+pub async fn aws_services(
+    config: &aws_config::SdkConfig,
+    names: &ResourceNames,
+) -> Result<Services, SetupError> {
+    aws_services_with(
+        aws_sdk_dynamodb::Client::new(config),
+        aws_sdk_sqs::Client::new(config),
+        aws_sdk_secretsmanager::Client::new(config),
+        names,
+    )
+    .await
+}
+
+/// As `aws_services`, with clients the caller built (e.g. with interceptors).
+pub async fn aws_services_with(
+    dynamodb: aws_sdk_dynamodb::Client,
+    sqs: aws_sdk_sqs::Client,
+    secrets: aws_sdk_secretsmanager::Client,
+    names: &ResourceNames,
+) -> Result<Services, SetupError> {
+    let queue = match queue_urls_from_env() {
+        Some(urls) => SqsQueue::from_urls(sqs, urls),
+        None => SqsQueue::connect(sqs, names).await?,
+    };
+    Ok(services(
+        Arc::new(DynamoTaskStore::new(
+            dynamodb.clone(),
+            names.context_table.clone(),
+        )),
+        Arc::new(DynamoRegistry::new(dynamodb, names.registry_table.clone())),
+        Arc::new(queue),
+        Arc::new(SecretsManagerSource::new(secrets)),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeedFile {
+    agents: Vec<SeedAgent>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SeedAgent {
+    id: AgentId,
+    #[serde(flatten)]
+    spec: AgentSpec,
+}
+
+/// What seeding did with each agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seeded {
+    pub id: AgentId,
+    pub enabled: bool,
+    /// Why the agent is disabled, if it is.
+    pub note: Option<String>,
+}
+
+/// Loads the registry seed (`infra/agents.yaml`). An agent whose key is not
+/// in the secret source is written disabled; an existing agent is left as
+/// an admin may have changed it.
+pub async fn seed_registry(svc: &Services, path: &Path) -> Result<Vec<Seeded>, SetupError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SetupError::Config {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let file: SeedFile = serde_norway::from_str(&text).map_err(|e| SetupError::Config {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut seeded = Vec::new();
+    for SeedAgent { id, mut spec } in file.agents {
+        spec.validate().map_err(|e| SetupError::Config {
+            path: path.display().to_string(),
+            message: format!("agent {id}: {e}"),
+        })?;
+        let mut note = None;
+        if spec.provider.needs_secret()
+            && let Some(secret) = spec.secret.as_deref()
+            && svc.secrets.get(secret).await.is_err()
+        {
+            spec.enabled = false;
+            note = Some(format!(
+                "disabled: no key (set {} or the secret {secret})",
+                MemorySecrets::env_var_for(secret)
+            ));
+        }
+        let enabled = spec.enabled;
+        match svc.registry.put(&id, spec, Expect::Absent).await {
+            Ok(_) | Err(StoreError::AlreadyExists) => {}
+            Err(e) => return Err(e.into()),
+        }
+        seeded.push(Seeded { id, enabled, note });
+    }
+    svc.agents.invalidate();
+    Ok(seeded)
+}

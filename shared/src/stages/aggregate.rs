@@ -1,0 +1,45 @@
+//! Aggregate: combines a task's call results and finishes it.
+
+use crate::domain::aggregation::combine;
+use crate::domain::{CallResult, Envelope, Task};
+use crate::ports::StoreError;
+
+use super::{Services, StageError};
+
+#[tracing::instrument(skip_all, fields(stage = "aggregate", tenant = %envelope.tenant, task_id = %envelope.task_id))]
+pub async fn handle(svc: &Services, envelope: &Envelope) -> Result<(), StageError> {
+    let Some(record) = svc
+        .tasks
+        .get_with_calls(&envelope.tenant, envelope.task_id)
+        .await?
+    else {
+        tracing::warn!("aggregate message for a task that does not exist");
+        return Ok(());
+    };
+    if record.task.status.is_terminal() {
+        // A duplicate: the task is already finished.
+        return Ok(());
+    }
+    finish(svc, &record.task, &record.calls).await
+}
+
+/// Writes the combined result. Conditional on the task being unfinished, so
+/// a duplicate or a racing cancel leaves exactly one final result.
+pub(crate) async fn finish(
+    svc: &Services,
+    task: &Task,
+    calls: &[CallResult],
+) -> Result<(), StageError> {
+    let (status, patch) = combine(task, calls);
+    match svc
+        .tasks
+        .transition(&task.tenant, task.task_id, status, patch, svc.clock.now())
+        .await
+    {
+        Ok(_) | Err(StoreError::Transition(_)) | Err(StoreError::NotFound) => {
+            svc.completions.finished(&task.tenant, task.task_id);
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}

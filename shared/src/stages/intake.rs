@@ -1,0 +1,269 @@
+//! Intake: what the HTTP API (and event sources) do with a request, against
+//! the ports. Authentication and roles are checked by the caller.
+
+use std::time::Duration;
+
+use crate::domain::{
+    Agent, AgentId, AgentSpec, AgentSpecError, AggregationStrategy, IdempotencyKey, MessageKind,
+    Principal, RequestError, RoutingStrategy, Task, TaskError, TaskId, TaskPatch, TaskRequest,
+    TaskStatus, TenantId,
+};
+use crate::ports::{Expect, Page, QueueError, QueueName, StoreError, TaskRecord};
+
+use super::Services;
+
+/// A task accepted by intake. `created` is false when an idempotency key
+/// matched an earlier task, which is returned instead.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub task: Task,
+    pub created: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Invalid(#[from] RequestError),
+    #[error("the Idempotency-Key header and the body's idempotency_key differ")]
+    KeyMismatch,
+    /// A strategy the request may name but this deployment does not offer yet.
+    #[error("{0}")]
+    NotOffered(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the task could not be queued: {0}")]
+    Queue(#[from] QueueError),
+}
+
+fn check_offered(
+    routing: RoutingStrategy,
+    aggregation: AggregationStrategy,
+) -> Result<(), SubmitError> {
+    let routing_ok = matches!(routing, RoutingStrategy::Best | RoutingStrategy::Cheapest);
+    let aggregation_ok = matches!(
+        aggregation,
+        AggregationStrategy::First | AggregationStrategy::All
+    );
+    if !routing_ok {
+        return Err(SubmitError::NotOffered(format!(
+            "routing.strategy {:?} is not offered yet; use best or cheapest",
+            routing
+        )));
+    }
+    if !aggregation_ok {
+        return Err(SubmitError::NotOffered(format!(
+            "aggregation.strategy {:?} is not offered yet; use first or all",
+            aggregation
+        )));
+    }
+    Ok(())
+}
+
+/// Validates, stores and enqueues a task. Safe to retry with the same
+/// idempotency key: the first task is returned, and re-queued if it never
+/// left the queue (a crash between store and send loses nothing).
+#[tracing::instrument(skip_all, fields(tenant = %principal.tenant, stage = "intake", task_id))]
+pub async fn submit(
+    svc: &Services,
+    principal: &Principal,
+    request: TaskRequest,
+    header_key: Option<&str>,
+) -> Result<Submitted, SubmitError> {
+    let (spec, body_key) = request.parse()?;
+    let header_key = header_key
+        .map(IdempotencyKey::parse)
+        .transpose()
+        .map_err(RequestError::BadIdempotencyKey)?;
+    let key = match (header_key, body_key) {
+        (Some(h), Some(b)) if h != b => return Err(SubmitError::KeyMismatch),
+        (h, b) => h.or(b),
+    };
+    check_offered(spec.routing_strategy, spec.aggregation)?;
+
+    let task = Task::new(
+        principal.tenant.clone(),
+        spec,
+        key,
+        principal.sub.clone(),
+        svc.clock.now(),
+    );
+    tracing::Span::current().record("task_id", tracing::field::display(task.task_id));
+    match svc.tasks.create(&task).await {
+        Ok(()) => {}
+        Err(StoreError::DuplicateIdempotencyKey(existing)) => {
+            let task = svc
+                .tasks
+                .get(&principal.tenant, existing)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            if task.status == TaskStatus::Queued {
+                enqueue(svc, &task).await?;
+            }
+            return Ok(Submitted {
+                task,
+                created: false,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if let Err(e) = enqueue(svc, &task).await {
+        if task.idempotency_key.is_none() {
+            // Nobody can retry this task into the queue: end it now, with the reason.
+            let failed = TaskPatch {
+                error: Some(TaskError::new(
+                    "enqueue_failed",
+                    "the task could not be queued",
+                )),
+                ..TaskPatch::default()
+            };
+            let _ = svc
+                .tasks
+                .transition(
+                    &task.tenant,
+                    task.task_id,
+                    TaskStatus::Failed,
+                    failed,
+                    svc.clock.now(),
+                )
+                .await;
+        }
+        return Err(e);
+    }
+    Ok(Submitted {
+        task,
+        created: true,
+    })
+}
+
+async fn enqueue(svc: &Services, task: &Task) -> Result<(), SubmitError> {
+    svc.send(
+        QueueName::Route,
+        MessageKind::Route,
+        &task.tenant,
+        task.task_id,
+        None,
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn get(
+    svc: &Services,
+    tenant: &TenantId,
+    task_id: TaskId,
+) -> Result<Option<TaskRecord>, StoreError> {
+    svc.tasks.get_with_calls(tenant, task_id).await
+}
+
+pub async fn list(
+    svc: &Services,
+    tenant: &TenantId,
+    limit: u32,
+    cursor: Option<&str>,
+) -> Result<Page<Task>, StoreError> {
+    svc.tasks.list(tenant, limit.clamp(1, 100), cursor).await
+}
+
+/// Waits until the task is finished or `timeout` passes, and returns it
+/// either way. In one process a finishing stage wakes the waiter at once;
+/// otherwise the store is polled with a growing interval.
+pub async fn wait(
+    svc: &Services,
+    tenant: &TenantId,
+    task_id: TaskId,
+    timeout: Duration,
+) -> Result<Option<TaskRecord>, StoreError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let notify = svc.completions.watch(tenant, task_id);
+    let mut poll = Duration::from_millis(50);
+    let outcome = loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let record = match svc.tasks.get_with_calls(tenant, task_id).await {
+            Ok(record) => record,
+            Err(e) => break Err(e),
+        };
+        let done = record.as_ref().is_none_or(|r| r.task.status.is_terminal());
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if done || remaining.is_zero() {
+            break Ok(record);
+        }
+        let _ = tokio::time::timeout(poll.min(remaining), notified).await;
+        poll = (poll * 2).min(Duration::from_millis(500));
+    };
+    drop(notify);
+    svc.completions.unwatch(tenant, task_id);
+    outcome
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("task not found")]
+    NotFound,
+    #[error("the task is already {0}")]
+    AlreadyFinished(TaskStatus),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+pub async fn cancel(
+    svc: &Services,
+    principal: &Principal,
+    task_id: TaskId,
+) -> Result<Task, CancelError> {
+    let patch = TaskPatch {
+        error: Some(TaskError::new(
+            "cancelled",
+            format!("cancelled by {}", principal.sub),
+        )),
+        ..TaskPatch::default()
+    };
+    match svc
+        .tasks
+        .transition(
+            &principal.tenant,
+            task_id,
+            TaskStatus::Cancelled,
+            patch,
+            svc.clock.now(),
+        )
+        .await
+    {
+        Ok(task) => {
+            svc.completions.finished(&task.tenant, task.task_id);
+            Ok(task)
+        }
+        Err(StoreError::NotFound) => Err(CancelError::NotFound),
+        Err(StoreError::Transition(e)) => Err(CancelError::AlreadyFinished(e.from)),
+        Err(e) => Err(CancelError::Store(e)),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentWriteError {
+    #[error(transparent)]
+    Invalid(#[from] AgentSpecError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Writes an agent (admin). `expect` comes from `If-Match` (a version) or
+/// `If-None-Match: *` (create only); without either the write is unconditional.
+pub async fn put_agent(
+    svc: &Services,
+    id: &AgentId,
+    spec: AgentSpec,
+    expect: Expect,
+) -> Result<Agent, AgentWriteError> {
+    spec.validate()?;
+    let agent = svc.registry.put(id, spec, expect).await?;
+    svc.agents.invalidate();
+    Ok(agent)
+}
+
+pub async fn delete_agent(svc: &Services, id: &AgentId, expect: Expect) -> Result<(), StoreError> {
+    svc.registry.delete(id, expect).await?;
+    svc.agents.invalidate();
+    Ok(())
+}

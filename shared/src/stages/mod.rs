@@ -1,0 +1,146 @@
+//! The four stages' logic, written against the ports only. The Lambda
+//! binaries and `maof dev` build the adapters and hand events to these.
+
+pub mod agent_call;
+mod agents;
+pub mod aggregate;
+pub mod batch;
+mod completions;
+pub mod dead_letter;
+pub mod intake;
+pub mod route;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use agents::AgentCache;
+pub use completions::Completions;
+
+use crate::domain::{
+    Envelope, MessageKind, Task, TaskError, TaskId, TaskPatch, TaskStatus, TenantId,
+};
+use crate::ports::{
+    CachedSecrets, Clock, OutgoingMessage, Queue, QueueError, QueueName, Registry, StoreError,
+    TaskStore,
+};
+use crate::providers::Providers;
+
+/// Everything a stage talks to, built once per process.
+#[derive(Clone)]
+pub struct Services {
+    pub tasks: Arc<dyn TaskStore>,
+    pub registry: Arc<dyn Registry>,
+    /// The registry's agents, cached (a warm route Lambda reads it once per TTL).
+    pub agents: Arc<AgentCache>,
+    pub queue: Arc<dyn Queue>,
+    pub secrets: Arc<CachedSecrets>,
+    pub providers: Providers,
+    pub clock: Arc<dyn Clock>,
+    /// Wakes in-process waiters (`?wait=N`) when a task finishes.
+    pub completions: Arc<Completions>,
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long the registry list is cached.
+    pub registry_ttl: Duration,
+    /// A provider wait up to this long is slept in process; longer ones go
+    /// back to the queue with that visibility.
+    pub max_inline_wait: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            registry_ttl: Duration::from_secs(30),
+            max_inline_wait: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Services {
+    pub fn new(
+        tasks: Arc<dyn TaskStore>,
+        registry: Arc<dyn Registry>,
+        queue: Arc<dyn Queue>,
+        secrets: Arc<CachedSecrets>,
+        providers: Providers,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+    ) -> Self {
+        Services {
+            agents: Arc::new(AgentCache::new(registry.clone(), settings.registry_ttl)),
+            tasks,
+            registry,
+            queue,
+            secrets,
+            providers,
+            clock,
+            completions: Arc::new(Completions::default()),
+            settings,
+        }
+    }
+
+    pub(crate) async fn send(
+        &self,
+        queue: QueueName,
+        kind: MessageKind,
+        tenant: &TenantId,
+        task_id: TaskId,
+        trace: Option<String>,
+    ) -> Result<(), QueueError> {
+        let mut envelope = Envelope::new(kind, tenant.clone(), task_id);
+        envelope.trace = trace;
+        self.queue
+            .send(queue, OutgoingMessage::now(envelope.to_body()))
+            .await
+    }
+}
+
+/// Why a stage could not finish a message. Every variant leaves the message
+/// for redelivery; after the queue's maximum receives it is dead-lettered
+/// and its task marked failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// Try again after `after` (a provider asked us to wait).
+    #[error("retry after {after:?}: {reason}")]
+    RetryLater { after: Duration, reason: String },
+}
+
+/// Ends an unfinished task as failed with `error`. A task that finished
+/// meanwhile keeps its outcome.
+pub(crate) async fn fail_task(
+    svc: &Services,
+    task: &Task,
+    error: TaskError,
+) -> Result<(), StageError> {
+    tracing::info!(code = %error.code, reason = %error.message, "task failed");
+    let patch = TaskPatch {
+        error: Some(error),
+        ..TaskPatch::default()
+    };
+    match svc
+        .tasks
+        .transition(
+            &task.tenant,
+            task.task_id,
+            TaskStatus::Failed,
+            patch,
+            svc.clock.now(),
+        )
+        .await
+    {
+        Ok(_) | Err(StoreError::Transition(_)) | Err(StoreError::NotFound) => {
+            svc.completions.finished(&task.tenant, task.task_id);
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,119 @@
+//! Route: picks agents for a task and sends one agent-call message per call.
+
+use crate::domain::routing::{self, RoutingError};
+use crate::domain::{
+    CallId, Envelope, MessageKind, PlannedCall, Task, TaskError, TaskPatch, TaskStatus,
+};
+use crate::ports::{OutgoingMessage, QueueName, StoreError};
+
+use super::{Services, StageError, fail_task};
+
+#[tracing::instrument(skip_all, fields(stage = "route", tenant = %envelope.tenant, task_id = %envelope.task_id))]
+pub async fn handle(svc: &Services, envelope: &Envelope) -> Result<(), StageError> {
+    let (tenant, task_id) = (&envelope.tenant, envelope.task_id);
+    let now = svc.clock.now();
+    // Taking the task from `queued` is the claim: a duplicate delivery finds
+    // it moved on. The transition returns the task, so no separate read.
+    let task = match svc
+        .tasks
+        .transition(
+            tenant,
+            task_id,
+            TaskStatus::Routing,
+            TaskPatch::default(),
+            now,
+        )
+        .await
+    {
+        Ok(task) => task,
+        Err(StoreError::Transition(e)) => {
+            return resume(svc, envelope, e.from).await;
+        }
+        Err(StoreError::NotFound) => {
+            tracing::warn!("route message for a task that does not exist");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    plan_and_send(svc, envelope, task).await
+}
+
+/// A redelivery: carry on from wherever an earlier delivery stopped.
+async fn resume(svc: &Services, envelope: &Envelope, status: TaskStatus) -> Result<(), StageError> {
+    let task = match status {
+        TaskStatus::Routing | TaskStatus::Running => {
+            svc.tasks.get(&envelope.tenant, envelope.task_id).await?
+        }
+        _ => None,
+    };
+    match (status, task) {
+        // Stopped between claiming and planning.
+        (TaskStatus::Routing, Some(task)) => plan_and_send(svc, envelope, task).await,
+        // Stopped after planning, maybe before sending: send again; agent-call
+        // skips a call whose result is already recorded.
+        (TaskStatus::Running, Some(task)) => send_calls(svc, envelope, &task).await,
+        _ => Ok(()),
+    }
+}
+
+async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Result<(), StageError> {
+    let now = svc.clock.now();
+    if now > task.deadline() {
+        return fail_task(
+            svc,
+            &task,
+            TaskError::new("timeout", "the task timed out before routing"),
+        )
+        .await;
+    }
+    let agents = svc.agents.all().await?;
+    let chosen = match routing::select(&task.spec, &agents) {
+        Ok(chosen) => chosen,
+        Err(e) => return fail_task(svc, &task, routing_error(&e)).await,
+    };
+    let plan: Vec<PlannedCall> = chosen
+        .iter()
+        .map(|agent| PlannedCall {
+            call_id: CallId::new(),
+            agent_id: agent.id.clone(),
+        })
+        .collect();
+    let patch = TaskPatch {
+        expected_calls: Some(plan.len() as u32),
+        plan: Some(plan),
+        ..TaskPatch::default()
+    };
+    let task = match svc
+        .tasks
+        .transition(&task.tenant, task.task_id, TaskStatus::Running, patch, now)
+        .await
+    {
+        Ok(task) => task,
+        // Cancelled (or timed out) meanwhile: nothing to send.
+        Err(StoreError::Transition(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    tracing::debug!(calls = task.plan.len(), "routed");
+    send_calls(svc, envelope, &task).await
+}
+
+fn routing_error(e: &RoutingError) -> TaskError {
+    TaskError::new(e.code(), e.to_string())
+}
+
+async fn send_calls(svc: &Services, envelope: &Envelope, task: &Task) -> Result<(), StageError> {
+    let messages = task
+        .plan
+        .iter()
+        .map(|call| {
+            let mut message =
+                Envelope::new(MessageKind::AgentCall, task.tenant.clone(), task.task_id);
+            message.call_id = Some(call.call_id);
+            message.agent_id = Some(call.agent_id.clone());
+            message.trace = envelope.trace.clone();
+            OutgoingMessage::now(message.to_body())
+        })
+        .collect();
+    svc.queue.send_batch(QueueName::AgentCall, messages).await?;
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! Fault injection around the ports: duplicate delivery and failing stores.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use maof::domain::{CallResult, Task, TaskId, TaskPatch, TaskStatus, TenantId};
+use maof::ports::{
+    FanIn, OutgoingMessage, Page, Queue, QueueError, QueueName, ReceivedMessage, StoreError,
+    TaskRecord, TaskStore,
+};
+
+/// Sends every message twice, as SQS's at-least-once delivery may.
+pub struct DuplicatingQueue(pub Arc<dyn Queue>);
+
+#[async_trait]
+impl Queue for DuplicatingQueue {
+    async fn send(&self, queue: QueueName, message: OutgoingMessage) -> Result<(), QueueError> {
+        self.0
+            .send_batch(queue, vec![message.clone(), message])
+            .await
+    }
+
+    async fn send_batch(
+        &self,
+        queue: QueueName,
+        messages: Vec<OutgoingMessage>,
+    ) -> Result<(), QueueError> {
+        let doubled = messages
+            .iter()
+            .flat_map(|m| [m.clone(), m.clone()])
+            .collect();
+        self.0.send_batch(queue, doubled).await
+    }
+
+    async fn receive(
+        &self,
+        queue: QueueName,
+        max: u32,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+        self.0.receive(queue, max, visibility, wait).await
+    }
+
+    async fn delete(&self, queue: QueueName, receipt: &str) -> Result<(), QueueError> {
+        self.0.delete(queue, receipt).await
+    }
+
+    async fn change_visibility(
+        &self,
+        queue: QueueName,
+        receipt: &str,
+        visibility: Duration,
+    ) -> Result<(), QueueError> {
+        self.0.change_visibility(queue, receipt, visibility).await
+    }
+}
+
+/// Fails the agent-call stage's result write (`put_call` / `record_call`) a
+/// set number of times, then behaves: `u32::MAX` failures make a poison stage.
+pub struct FailingRecordCalls {
+    pub inner: Arc<dyn TaskStore>,
+    pub failures_left: AtomicU32,
+    pub attempts: AtomicU32,
+}
+
+impl FailingRecordCalls {
+    fn fault(&self) -> Result<(), StoreError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        let failing = self
+            .failures_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err(StoreError::Backend("injected fault".into()));
+        }
+        Ok(())
+    }
+
+    pub fn new(inner: Arc<dyn TaskStore>, failures: u32) -> Self {
+        FailingRecordCalls {
+            inner,
+            failures_left: AtomicU32::new(failures),
+            attempts: AtomicU32::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl TaskStore for FailingRecordCalls {
+    async fn create(&self, task: &Task) -> Result<(), StoreError> {
+        self.inner.create(task).await
+    }
+
+    async fn get(&self, tenant: &TenantId, task_id: TaskId) -> Result<Option<Task>, StoreError> {
+        self.inner.get(tenant, task_id).await
+    }
+
+    async fn get_with_calls(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        self.inner.get_with_calls(tenant, task_id).await
+    }
+
+    async fn transition(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+        to: TaskStatus,
+        patch: TaskPatch,
+        now: DateTime<Utc>,
+    ) -> Result<Task, StoreError> {
+        self.inner.transition(tenant, task_id, to, patch, now).await
+    }
+
+    async fn put_call(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+        result: &CallResult,
+    ) -> Result<(), StoreError> {
+        self.fault()?;
+        self.inner.put_call(tenant, task_id, result).await
+    }
+
+    async fn record_call(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+        result: &CallResult,
+    ) -> Result<FanIn, StoreError> {
+        self.fault()?;
+        self.inner.record_call(tenant, task_id, result).await
+    }
+
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<Task>, StoreError> {
+        self.inner.list(tenant, limit, cursor).await
+    }
+}

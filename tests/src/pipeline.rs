@@ -1,0 +1,121 @@
+//! The whole pipeline on one backend: the HTTP API on a loopback port and
+//! the local runner's pollers, with the fault wrappers a test asks for.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use maof::api::{ApiState, Authenticator, router};
+use maof::domain::{Role, TenantId};
+use maof::ports::{CachedSecrets, Queue, SystemClock, TaskStore};
+use maof::providers::{Providers, http_client};
+use maof::runner::{Runner, RunnerConfig};
+use maof::stages::{Services, Settings};
+use secrecy::SecretString;
+
+use crate::backends::Backend;
+
+pub const JWT_SECRET: &str = "test-secret-of-enough-length-for-hs256";
+
+/// Wraps a port in a fault injector.
+pub type Wrap<T> = Box<dyn FnOnce(Arc<T>) -> Arc<T> + Send>;
+
+/// How a test bends the backend before the pipeline starts.
+#[derive(Default)]
+pub struct Faults {
+    pub wrap_tasks: Option<Wrap<dyn TaskStore>>,
+    pub wrap_queue: Option<Wrap<dyn Queue>>,
+}
+
+pub struct Pipeline {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub services: Services,
+    pub auth: Arc<Authenticator>,
+    runner: Option<Runner>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+fn seed_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/agents.yaml")
+}
+
+impl Pipeline {
+    pub async fn start(backend: Backend, faults: Faults) -> Pipeline {
+        let tasks = match faults.wrap_tasks {
+            Some(wrap) => wrap(backend.tasks),
+            None => backend.tasks,
+        };
+        let queue = match faults.wrap_queue {
+            Some(wrap) => wrap(backend.queue),
+            None => backend.queue,
+        };
+        let clock = Arc::new(SystemClock);
+        let secrets = Arc::new(CachedSecrets::new(
+            backend.secrets,
+            clock.clone(),
+            CachedSecrets::DEFAULT_TTL,
+        ));
+        let services = Services::new(
+            tasks,
+            backend.registry,
+            queue,
+            secrets,
+            Providers::new(http_client()),
+            clock,
+            Settings::default(),
+        );
+        maof::setup::seed_registry(&services, &seed_file())
+            .await
+            .unwrap_or_else(|e| panic!("seeding the test registry: {e}"));
+        let config = RunnerConfig {
+            // Failed messages come back quickly in tests.
+            visibility: Duration::from_secs(1),
+            wait: Duration::from_millis(200),
+            ..RunnerConfig::default()
+        };
+        let runner = Runner::spawn(services.clone(), config);
+        let auth = Arc::new(Authenticator::new(SecretString::from(JWT_SECRET)));
+        let app = router(ApiState {
+            services: services.clone(),
+            auth: auth.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let base = format!("http://{}", listener.local_addr().expect("local addr"));
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Pipeline {
+            base,
+            http: reqwest::Client::new(),
+            services,
+            auth,
+            runner: Some(runner),
+            server,
+        }
+    }
+
+    pub fn token(&self, tenant: &str, roles: &[Role]) -> String {
+        self.auth
+            .mint(
+                "tester",
+                &TenantId::parse(tenant).unwrap(),
+                roles,
+                Duration::from_secs(600),
+            )
+            .expect("mint")
+    }
+
+    pub fn submitter(&self, tenant: &str) -> String {
+        self.token(tenant, &[Role::Submitter])
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(runner) = self.runner.take() {
+            runner.shutdown().await;
+        }
+        self.server.abort();
+    }
+}

@@ -1,0 +1,373 @@
+//! The pipeline end to end through HTTP, on both backends: intake, the local
+//! runner's pollers (the Lambda trigger's semantics), route, agent-call,
+//! aggregate and the dead-letter consumers.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use maof::domain::Role;
+use maof::ports::{QueueName, TaskStore};
+use maof_tests::backends::{Backend, MAX_RECEIVES};
+use maof_tests::faults::{DuplicatingQueue, FailingRecordCalls};
+use maof_tests::pipeline::{Faults, Pipeline};
+use serde_json::{Value, json};
+
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$case(maof_tests::backends::memory()).await;
+                }
+            )*
+        }
+        mod aws {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$case(maof_tests::backends::aws().await).await;
+                }
+            )*
+        }
+    };
+}
+
+async fn submit(p: &Pipeline, token: &str, body: Value, query: &str) -> (u16, Value) {
+    let response = p
+        .http
+        .post(format!("{}/v1/tasks{query}", p.base))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("POST /v1/tasks");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn get_task(p: &Pipeline, token: &str, id: &str) -> (u16, Value) {
+    let response = p
+        .http
+        .get(format!("{}/v1/tasks/{id}", p.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET /v1/tasks/{id}");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls until the task is finished (or fails the test after `limit`).
+async fn finished(p: &Pipeline, token: &str, id: &str, limit: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let (status, task) = get_task(p, token, id).await;
+        assert_eq!(status, 200, "{task}");
+        if ["completed", "failed", "cancelled"].contains(&task["status"].as_str().unwrap_or("")) {
+            return task;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "task {id} not finished in {limit:?}: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn text_task(content: &str) -> Value {
+    json!({"task_type": "text", "content": content})
+}
+
+async fn a_single_agent_task_completes(b: Backend) {
+    let name = b.name;
+    let p = Pipeline::start(b, Faults::default()).await;
+    let token = p.submitter("acme");
+    let (status, task) = submit(
+        &p,
+        &token,
+        text_task("Analyze this text for sentiment: I love it"),
+        "?wait=10",
+    )
+    .await;
+    assert_eq!(status, 200, "{name}: finished within the wait: {task}");
+    assert_eq!(task["status"], "completed", "{name}: {task}");
+    assert!(!task["result"]["output"].as_str().unwrap_or("").is_empty());
+    let calls = task["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["agent_id"], "mock-a", "the best capable agent");
+    assert_eq!(calls[0]["status"], "succeeded");
+    assert!(task["usage"]["input_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(task["usage"], calls[0]["usage"]);
+    assert!(task["cost_usd"].as_f64().unwrap() > 0.0);
+    p.stop().await;
+}
+
+async fn a_fan_out_of_three_completes_with_three_attributed_results(b: Backend) {
+    let p = Pipeline::start(b, Faults::default()).await;
+    let token = p.submitter("acme");
+    let body = json!({"task_type": "text", "content": "Name three colours.",
+        "routing": {"fanout": 3}, "aggregation": {"strategy": "all"}});
+    let (status, task) = submit(&p, &token, body, "?wait=10").await;
+    assert_eq!(status, 200, "{task}");
+    assert_eq!(task["status"], "completed", "{task}");
+    let mut agents: Vec<&str> = task["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["agent_id"].as_str().unwrap())
+        .collect();
+    agents.sort();
+    assert_eq!(agents, ["mock-a", "mock-b", "mock-c"]);
+    let candidates = task["result"]["candidates"].as_array().unwrap();
+    assert_eq!(candidates.len(), 3);
+    let output = task["result"]["output"].as_str().unwrap();
+    for agent in ["mock-a", "mock-b", "mock-c"] {
+        assert!(
+            output.contains(&format!("[{agent}]")),
+            "{agent} is attributed in {output}"
+        );
+    }
+    p.stop().await;
+}
+
+async fn every_message_delivered_twice_still_counts_each_call_once(b: Backend) {
+    let faults = Faults {
+        wrap_queue: Some(Box::new(|q| Arc::new(DuplicatingQueue(q)))),
+        ..Faults::default()
+    };
+    let p = Pipeline::start(b, faults).await;
+    let token = p.submitter("acme");
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let body =
+            json!({"task_type": "text", "content": format!("task {i}"), "routing": {"fanout": 2}});
+        let (status, task) = submit(&p, &token, body, "").await;
+        assert_eq!(status, 202, "{task}");
+        ids.push(task["task_id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let task = finished(&p, &token, id, Duration::from_secs(20)).await;
+        assert_eq!(task["status"], "completed", "{task}");
+        let calls = task["calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 2, "each planned call recorded once: {task}");
+        let input: u64 = calls
+            .iter()
+            .map(|c| c["usage"]["input_tokens"].as_u64().unwrap())
+            .sum();
+        let output: u64 = calls
+            .iter()
+            .map(|c| c["usage"]["output_tokens"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            task["usage"]["input_tokens"].as_u64().unwrap(),
+            input,
+            "usage counted once"
+        );
+        assert_eq!(task["usage"]["output_tokens"].as_u64().unwrap(), output);
+        let cost: f64 = calls.iter().map(|c| c["cost_usd"].as_f64().unwrap()).sum();
+        assert!(
+            (task["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12,
+            "cost counted once"
+        );
+    }
+    p.stop().await;
+}
+
+async fn a_stage_that_errors_on_first_delivery_succeeds_on_redelivery(b: Backend) {
+    let wrapped: Arc<std::sync::OnceLock<Arc<FailingRecordCalls>>> = Arc::default();
+    let hold = wrapped.clone();
+    let faults = Faults {
+        wrap_tasks: Some(Box::new(move |inner| {
+            let failing = Arc::new(FailingRecordCalls::new(inner, 1));
+            let _ = hold.set(failing.clone());
+            failing as Arc<dyn TaskStore>
+        })),
+        ..Faults::default()
+    };
+    let p = Pipeline::start(b, faults).await;
+    let token = p.submitter("acme");
+    let (_, task) = submit(&p, &token, text_task("flaky"), "").await;
+    let task = finished(
+        &p,
+        &token,
+        task["task_id"].as_str().unwrap(),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(task["status"], "completed", "{task}");
+    let store = wrapped.get().unwrap();
+    assert_eq!(
+        store.attempts.load(Ordering::SeqCst),
+        2,
+        "failed once, then redelivered and succeeded"
+    );
+    assert_eq!(
+        task["calls"][0]["attempts"], 1,
+        "the provider result was not duplicated"
+    );
+    p.stop().await;
+}
+
+async fn a_poison_message_ends_in_the_dlq_and_fails_its_task(b: Backend) {
+    let faults = Faults {
+        wrap_tasks: Some(Box::new(|inner| {
+            Arc::new(FailingRecordCalls::new(inner, u32::MAX)) as Arc<dyn TaskStore>
+        })),
+        ..Faults::default()
+    };
+    let p = Pipeline::start(b, faults).await;
+    let token = p.submitter("acme");
+    let (_, task) = submit(&p, &token, text_task("poison"), "").await;
+    let limit = Duration::from_secs(5 + 3 * MAX_RECEIVES as u64);
+    let task = finished(&p, &token, task["task_id"].as_str().unwrap(), limit).await;
+    assert_eq!(task["status"], "failed", "{task}");
+    assert_eq!(task["error"]["code"], "stage_failed", "{task}");
+    assert!(
+        task["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("agent-call"),
+        "{task}"
+    );
+    p.stop().await;
+}
+
+async fn the_same_idempotency_key_returns_the_same_task(b: Backend) {
+    let p = Pipeline::start(b, Faults::default()).await;
+    let token = p.submitter("acme");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let response = p
+            .http
+            .post(format!("{}/v1/tasks", p.base))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "order-42")
+            .json(&text_task("once"))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        let body: Value = response.json().await.unwrap();
+        ids.push(body["task_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids[0], ids[1]);
+    let listed: Value = p
+        .http
+        .get(format!("{}/v1/tasks", p.base))
+        .bearer_auth(p.token("acme", &[Role::Viewer]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["items"].as_array().unwrap().len(),
+        1,
+        "one task: {listed}"
+    );
+    p.stop().await;
+}
+
+async fn cross_tenant_reads_are_404_and_bad_tokens_401(b: Backend) {
+    let p = Pipeline::start(b, Faults::default()).await;
+    let token = p.submitter("acme");
+    let (_, task) = submit(&p, &token, text_task("private"), "?wait=5").await;
+    let id = task["task_id"].as_str().unwrap();
+    let (status, body) = get_task(&p, &p.token("globex", &[Role::Admin]), id).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = get_task(&p, "not-a-jwt", id).await;
+    assert_eq!(status, 401);
+    let forged = maof::api::Authenticator::new(secrecy::SecretString::from(
+        "another-secret-entirely-0123456789",
+    ))
+    .mint(
+        "x",
+        &maof::domain::TenantId::parse("acme").unwrap(),
+        &[Role::Admin],
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let (status, _) = get_task(&p, &forged, id).await;
+    assert_eq!(status, 401, "a token signed with another key");
+    let (status, _) = get_task(&p, &token, id).await;
+    assert_eq!(status, 200, "the owner still reads it");
+    p.stop().await;
+}
+
+async fn a_task_no_agent_can_serve_fails_at_once_with_the_reason(b: Backend) {
+    let p = Pipeline::start(b, Faults::default()).await;
+    let token = p.submitter("acme");
+    let (status, task) = submit(
+        &p,
+        &token,
+        json!({"task_type": "image", "content": "a cat"}),
+        "?wait=5",
+    )
+    .await;
+    assert_eq!(status, 200, "{task}");
+    assert_eq!(task["status"], "failed");
+    assert_eq!(task["error"]["code"], "no_capable_agent");
+    assert!(task["calls"].as_array().unwrap().is_empty());
+    // A disabled agent (no key) is never chosen, even when named.
+    let body = json!({"task_type": "text", "content": "x", "routing": {"agents": ["keyless"]}});
+    let (_, task) = submit(&p, &token, body, "?wait=5").await;
+    assert_eq!(task["status"], "failed", "{task}");
+    assert_eq!(task["error"]["code"], "unknown_agent");
+    p.stop().await;
+}
+
+async fn a_task_past_its_timeout_fails_as_timed_out(b: Backend) {
+    let p = Pipeline::start(b, Faults::default()).await;
+    let token = p.submitter("acme");
+    // The slow agent answers after 400 ms; the task allows 150.
+    let body = json!({"task_type": "slow", "content": "too slow", "timeout_ms": 150});
+    let (_, task) = submit(&p, &token, body, "?wait=5").await;
+    assert_eq!(task["status"], "failed", "{task}");
+    assert_eq!(task["error"]["code"], "timeout", "{task}");
+    assert!(task["result"].is_null());
+    p.stop().await;
+}
+
+async fn queues_are_empty_after_tasks_finish(b: Backend) {
+    let p = Pipeline::start(b, Faults::default()).await;
+    let token = p.submitter("acme");
+    let (_, task) = submit(
+        &p,
+        &token,
+        json!({"task_type": "text", "content": "x", "routing": {"fanout": 2}}),
+        "?wait=10",
+    )
+    .await;
+    assert_eq!(task["status"], "completed", "{task}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for queue in [QueueName::Route, QueueName::AgentCall, QueueName::Aggregate] {
+        let left = p
+            .services
+            .queue
+            .receive(queue, 10, Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(
+            left.is_empty(),
+            "{}: every handled message deleted: {left:?}",
+            queue.as_str()
+        );
+    }
+    p.stop().await;
+}
+
+on_both_backends!(
+    a_single_agent_task_completes,
+    a_fan_out_of_three_completes_with_three_attributed_results,
+    every_message_delivered_twice_still_counts_each_call_once,
+    a_stage_that_errors_on_first_delivery_succeeds_on_redelivery,
+    a_poison_message_ends_in_the_dlq_and_fails_its_task,
+    the_same_idempotency_key_returns_the_same_task,
+    cross_tenant_reads_are_404_and_bad_tokens_401,
+    a_task_no_agent_can_serve_fails_at_once_with_the_reason,
+    a_task_past_its_timeout_fails_as_timed_out,
+    queues_are_empty_after_tasks_finish,
+);
