@@ -311,7 +311,7 @@ mod aws_ops {
 
     use anyhow::Context;
     use aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef;
-    use aws_sdk_dynamodb::config::{ConfigBag, Intercept};
+    use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
     use aws_smithy_runtime_api::box_error::BoxError;
     use aws_smithy_runtime_api::client::orchestrator::Metadata;
     use maof::adapters::aws::{Bootstrap, ResourceNames, load_sdk_config};
@@ -335,9 +335,11 @@ mod aws_ops {
             "CountOps"
         }
 
-        fn read_before_execution(
+        // Once per operation (not per retry), after the operation's metadata is set.
+        fn read_before_serialization(
             &self,
             _context: &BeforeSerializationInterceptorContextRef<'_>,
+            _runtime_components: &RuntimeComponents,
             cfg: &mut ConfigBag,
         ) -> Result<(), BoxError> {
             if let Some(meta) = cfg.load::<Metadata>() {

@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -22,16 +22,51 @@ struct State {
     // Keyed by tenant first, as the DynamoDB keys are.
     tasks: HashMap<(TenantId, TaskId), Entry>,
     idempotency: HashMap<(TenantId, IdempotencyKey), TaskId>,
+    /// Finished tasks, oldest first: what retention evicts.
+    finished: VecDeque<(TenantId, TaskId)>,
 }
 
-#[derive(Default)]
+/// Tasks in process. Like the DynamoDB table's TTL, retention bounds what is
+/// kept: past `max_finished` finished tasks, the oldest finished one goes
+/// (unfinished tasks are never evicted), so a long `maof dev` run stays small.
 pub struct MemoryTaskStore {
     state: Mutex<State>,
+    max_finished: usize,
+}
+
+impl Default for MemoryTaskStore {
+    fn default() -> Self {
+        Self::with_retention(Self::DEFAULT_MAX_FINISHED)
+    }
 }
 
 impl MemoryTaskStore {
+    pub const DEFAULT_MAX_FINISHED: usize = 10_000;
+
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn with_retention(max_finished: usize) -> Self {
+        MemoryTaskStore {
+            state: Mutex::default(),
+            max_finished,
+        }
+    }
+}
+
+impl State {
+    fn evict_beyond(&mut self, max_finished: usize) {
+        while self.finished.len() > max_finished {
+            let Some(key) = self.finished.pop_front() else {
+                break;
+            };
+            if let Some(entry) = self.tasks.remove(&key)
+                && let Some(idem) = entry.task.idempotency_key
+            {
+                self.idempotency.remove(&(key.0, idem));
+            }
+        }
     }
 }
 
@@ -98,7 +133,12 @@ impl TaskStore for MemoryTaskStore {
             .get_mut(&(tenant.clone(), task_id))
             .ok_or(StoreError::NotFound)?;
         entry.task.apply(to, patch, now)?;
-        Ok(entry.task.clone())
+        let task = entry.task.clone();
+        if to.is_terminal() {
+            state.finished.push_back((tenant.clone(), task_id));
+            state.evict_beyond(self.max_finished);
+        }
+        Ok(task)
     }
 
     async fn put_call(
@@ -168,5 +208,56 @@ impl TaskStore for MemoryTaskStore {
             None
         };
         Ok(Page { items, next })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::TaskRequest;
+
+    #[tokio::test]
+    async fn retention_evicts_the_oldest_finished_tasks_only() {
+        let store = MemoryTaskStore::with_retention(2);
+        let tenant = TenantId::parse("t").unwrap();
+        let mut ids = Vec::new();
+        for i in 0..4 {
+            let request: TaskRequest =
+                serde_json::from_value(serde_json::json!({"task_type": "text", "content": "x",
+                    "idempotency_key": format!("k{i}")}))
+                .unwrap();
+            let (spec, key) = request.parse().unwrap();
+            let task = Task::new(tenant.clone(), spec, key, "u", Utc::now());
+            store.create(&task).await.unwrap();
+            ids.push(task.task_id);
+        }
+        for id in &ids[..3] {
+            store
+                .transition(
+                    &tenant,
+                    *id,
+                    TaskStatus::Cancelled,
+                    TaskPatch::default(),
+                    Utc::now(),
+                )
+                .await
+                .unwrap();
+        }
+        assert!(
+            store.get(&tenant, ids[0]).await.unwrap().is_none(),
+            "oldest finished evicted"
+        );
+        assert!(store.get(&tenant, ids[1]).await.unwrap().is_some());
+        assert!(store.get(&tenant, ids[2]).await.unwrap().is_some());
+        assert!(
+            store.get(&tenant, ids[3]).await.unwrap().is_some(),
+            "unfinished kept"
+        );
+        let state = lock(&store.state);
+        assert_eq!(
+            state.idempotency.len(),
+            3,
+            "the evicted task's key went with it"
+        );
     }
 }
