@@ -79,3 +79,27 @@ pub fn strip_stage<B>(mut request: http::Request<B>) -> http::Request<B> {
     }
     request
 }
+
+/// The events function: task requests from the inbox queue (EventBridge
+/// events and direct messages), each failure reported alone.
+pub async fn handle_inbox(
+    svc: &Services,
+    sources: &crate::stages::inbox::EventSources,
+    event: SqsEvent,
+) -> SqsBatchResponse {
+    let outcomes = futures::future::join_all(event.records.into_iter().map(|record| async move {
+        let id = record.message_id.unwrap_or_default();
+        let body = record.body.unwrap_or_default();
+        let outcome = crate::stages::inbox::handle(svc, sources, &id, &body).await;
+        (id, outcome)
+    }))
+    .await;
+    let mut response = SqsBatchResponse::default();
+    for (id, outcome) in outcomes {
+        if let Err(e) = outcome {
+            tracing::warn!(message_id = %id, error = %e, "inbox message refused; it will be retried, then kept in the DLQ");
+            response.add_failure(id);
+        }
+    }
+    response
+}

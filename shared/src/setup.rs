@@ -8,9 +8,12 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::adapters::aws::{
-    DynamoRegistry, DynamoTaskStore, ResourceNames, SecretsManagerSource, SqsQueue,
+    DynamoRegistry, DynamoTaskStore, EventBridgePublisher, ResourceNames, SecretsManagerSource,
+    SqsQueue,
 };
-use crate::adapters::memory::{MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore};
+use crate::adapters::memory::{
+    MemoryEvents, MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore,
+};
 use crate::domain::{AgentId, AgentSpec};
 use crate::ports::{
     CachedSecrets, Clock, Expect, QueueName, SecretSource, StoreError, SystemClock,
@@ -63,7 +66,8 @@ pub fn memory_services() -> (Services, Arc<MemoryQueue>) {
         Arc::new(MemoryRegistry::new()),
         queue.clone(),
         Arc::new(MemorySecrets::with_env_fallback()),
-    );
+    )
+    .with_events(Arc::new(MemoryEvents::new()));
     (svc, queue)
 }
 
@@ -84,17 +88,25 @@ pub fn queue_urls_from_env() -> Option<HashMap<QueueName, String>> {
 
 /// DynamoDB, SQS and Secrets Manager, configured from the environment.
 /// Queue URLs come from the environment when set, else are looked up by name.
+/// With `MAOF_EVENT_BUS` set, finished tasks are announced on that bus.
 pub async fn aws_services(
     config: &aws_config::SdkConfig,
     names: &ResourceNames,
 ) -> Result<Services, SetupError> {
-    aws_services_with(
+    let svc = aws_services_with(
         aws_sdk_dynamodb::Client::new(config),
         aws_sdk_sqs::Client::new(config),
         aws_sdk_secretsmanager::Client::new(config),
         names,
     )
-    .await
+    .await?;
+    Ok(match std::env::var("MAOF_EVENT_BUS") {
+        Ok(bus) if !bus.is_empty() => svc.with_events(Arc::new(EventBridgePublisher::new(
+            aws_sdk_eventbridge::Client::new(config),
+            bus,
+        ))),
+        _ => svc,
+    })
 }
 
 /// As `aws_services`, with clients the caller built (e.g. with interceptors).

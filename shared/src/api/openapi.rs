@@ -6,7 +6,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::problem::Problem;
-use super::views::{Accepted, AgentList, AgentView, CallView, Health, TaskPage, TaskView};
+use super::views::{
+    Accepted, AgentList, AgentView, CallView, Health, PricingView, TaskPage, TaskView,
+};
 use super::{agents, tasks};
 use crate::domain::{AgentSpec, TaskRequest};
 
@@ -30,7 +32,7 @@ use crate::domain::{AgentSpec, TaskRequest};
         openapi_json,
     ),
     components(schemas(
-        Problem, TaskRequest, Accepted, TaskView, CallView, TaskPage, AgentSpec, AgentView, AgentList, Health,
+        Problem, TaskRequest, Accepted, TaskView, CallView, TaskPage, AgentSpec, AgentView, PricingView, AgentList, Health,
     )),
     modifiers(&BearerAuth),
     tags(

@@ -612,6 +612,11 @@ async fn agents_are_created_replaced_guarded_and_deleted() {
     assert_eq!(read.status, StatusCode::OK, "{}", read.body);
     assert_eq!(read.header(header::ETAG), "\"2\"");
     assert_eq!(read.body["name"], "A2");
+    // Prices come back as the numbers a PUT sends, ready to be sent again.
+    assert_eq!(
+        read.body["pricing"],
+        json!({"input_per_mtok": 0.15, "output_per_mtok": 0.6})
+    );
     let listed = h.get(&viewer, "/v1/agents").await;
     assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
 

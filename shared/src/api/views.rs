@@ -125,20 +125,37 @@ pub struct TaskPage {
     pub next: Option<String>,
 }
 
+/// Prices as JSON numbers, the way a `PUT` sends them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PricingView {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_mtok: Option<f64>,
+}
+
 /// A registry entry: the spec as written, its id and its version (also the ETag).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AgentView {
     pub id: String,
+    /// Every field but `pricing`, which is `pricing` below.
     #[serde(flatten)]
     pub spec: AgentSpec,
+    pub pricing: Option<PricingView>,
     pub version: u64,
 }
 
 impl From<Agent> for AgentView {
-    fn from(agent: Agent) -> Self {
+    fn from(mut agent: Agent) -> Self {
+        let pricing = agent.spec.pricing.take().map(|p| PricingView {
+            input_per_mtok: p.input_per_mtok.to_f64_lossy(),
+            output_per_mtok: p.output_per_mtok.to_f64_lossy(),
+            cached_input_per_mtok: dollars(p.cached_input_per_mtok),
+        });
         AgentView {
             id: agent.id.to_string(),
             spec: agent.spec,
+            pricing,
             version: agent.version,
         }
     }

@@ -111,7 +111,7 @@ pub struct AgentSpec {
     #[serde(default)]
     pub secret: Option<String>,
     pub capabilities: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<Pricing>,
     #[serde(default)]
     pub constraints: Constraints,

@@ -2,12 +2,14 @@
 //! `adapters` implements them in memory and on AWS.
 
 pub mod clock;
+pub mod events;
 pub mod queue;
 pub mod registry;
 pub mod secrets;
 pub mod task_store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use events::{EventError, EventPublisher, NoEvents, TaskFinished};
 pub use queue::{OutgoingMessage, Queue, QueueError, QueueName, ReceivedMessage};
 pub use registry::{Expect, Registry};
 pub use secrets::{CachedSecrets, SecretError, SecretSource};

@@ -36,10 +36,12 @@ pub(crate) async fn finish(
         .transition(&task.tenant, task.task_id, status, patch, svc.clock.now())
         .await
     {
-        Ok(_) | Err(StoreError::Transition(_)) | Err(StoreError::NotFound) => {
-            svc.completions.finished(&task.tenant, task.task_id);
+        Ok(finished) => {
+            svc.finished(&finished).await;
             Ok(())
         }
+        // Finished meanwhile (a duplicate, a cancel or a timeout won).
+        Err(StoreError::Transition(_)) | Err(StoreError::NotFound) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

@@ -231,7 +231,7 @@ pub async fn cancel(
         .await
     {
         Ok(task) => {
-            svc.completions.finished(&task.tenant, task.task_id);
+            svc.finished(&task).await;
             Ok(task)
         }
         Err(StoreError::NotFound) => Err(CancelError::NotFound),

@@ -7,6 +7,7 @@ pub mod aggregate;
 pub mod batch;
 mod completions;
 pub mod dead_letter;
+pub mod inbox;
 pub mod intake;
 pub mod route;
 
@@ -20,8 +21,8 @@ use crate::domain::{
     Envelope, MessageKind, Task, TaskError, TaskId, TaskPatch, TaskStatus, TenantId,
 };
 use crate::ports::{
-    CachedSecrets, Clock, OutgoingMessage, Queue, QueueError, QueueName, Registry, StoreError,
-    TaskStore,
+    CachedSecrets, Clock, EventPublisher, NoEvents, OutgoingMessage, Queue, QueueError, QueueName,
+    Registry, StoreError, TaskFinished, TaskStore,
 };
 use crate::providers::Providers;
 
@@ -38,6 +39,8 @@ pub struct Services {
     pub clock: Arc<dyn Clock>,
     /// Wakes in-process waiters (`?wait=N`) when a task finishes.
     pub completions: Arc<Completions>,
+    /// Announces finished tasks to other pipelines.
+    pub events: Arc<dyn EventPublisher>,
     pub settings: Settings,
 }
 
@@ -78,7 +81,23 @@ impl Services {
             providers,
             clock,
             completions: Arc::new(Completions::default()),
+            events: Arc::new(NoEvents),
             settings,
+        }
+    }
+
+    pub fn with_events(mut self, events: Arc<dyn EventPublisher>) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// Wakes local waiters and announces a task that just finished. The
+    /// transition already happened, so a failed announcement is logged, not
+    /// retried by redelivery (which would find the task finished).
+    pub(crate) async fn finished(&self, task: &Task) {
+        self.completions.finished(&task.tenant, task.task_id);
+        if let Err(e) = self.events.task_finished(&TaskFinished::of(task)).await {
+            tracing::error!(error = %e, task_id = %task.task_id, "could not announce the finished task");
         }
     }
 
@@ -137,10 +156,11 @@ pub(crate) async fn fail_task(
         )
         .await
     {
-        Ok(_) | Err(StoreError::Transition(_)) | Err(StoreError::NotFound) => {
-            svc.completions.finished(&task.tenant, task.task_id);
+        Ok(failed) => {
+            svc.finished(&failed).await;
             Ok(())
         }
+        Err(StoreError::Transition(_)) | Err(StoreError::NotFound) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

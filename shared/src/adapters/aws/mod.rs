@@ -3,6 +3,7 @@
 //! standard `AWS_ENDPOINT_URL` (moto locally); clients are built once per process.
 
 mod bootstrap;
+mod events;
 mod keys;
 mod queue;
 mod registry;
@@ -10,6 +11,7 @@ mod secrets;
 mod task_store;
 
 pub use bootstrap::{Bootstrap, BootstrapError};
+pub use events::EventBridgePublisher;
 pub use queue::SqsQueue;
 pub use registry::DynamoRegistry;
 pub use secrets::SecretsManagerSource;

@@ -1,11 +1,13 @@
 //! In-process backends for `maof dev` and fast tests. Each keeps the exact
 //! semantics of its AWS counterpart (conditions, visibility, redrive).
 
+mod events;
 mod queue;
 mod registry;
 mod secrets;
 mod task_store;
 
+pub use events::MemoryEvents;
 pub use queue::MemoryQueue;
 pub use registry::MemoryRegistry;
 pub use secrets::MemorySecrets;
