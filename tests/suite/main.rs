@@ -1,5 +1,6 @@
 //! The workspace's one integration-test binary.
 
+mod agent_call;
 mod contract;
 mod events;
 mod lambda;

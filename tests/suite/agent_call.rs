@@ -1,0 +1,303 @@
+//! The agent-call stage against a provider on the wire (a local mock server
+//! speaking Chat Completions): waits the provider asks for, in process or by
+//! the queue's visibility; a rotated key picked up after a 401; exact costs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use maof::adapters::memory::{MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore};
+use maof::domain::aggregation::combine;
+use maof::domain::{
+    AgentId, AgentSpec, CallId, CallResult, CallStatus, PlannedCall, Principal, Provider, Role,
+    Task, TaskRequest, TaskStatus, TenantId, Usage, Usd,
+};
+use maof::ports::{CachedSecrets, Expect, SecretSource, SystemClock};
+use maof::providers::{Providers, http_client};
+use maof::runner::{Runner, RunnerConfig};
+use maof::stages::{Services, Settings, intake};
+use serde_json::json;
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const SECRET: &str = "maof/upstream";
+
+fn completion() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "positive"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 13, "completion_tokens": 7, "total_tokens": 20}
+    }))
+}
+
+fn rate_limited(seconds: &str) -> ResponseTemplate {
+    ResponseTemplate::new(429)
+        .insert_header("retry-after", seconds)
+        .set_body_json(json!({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}))
+}
+
+struct Harness {
+    svc: Services,
+    secrets: Arc<MemorySecrets>,
+    runner: Runner,
+}
+
+async fn harness(upstream: &MockServer, settings: Settings) -> Harness {
+    let secrets = Arc::new(MemorySecrets::new());
+    secrets.put(SECRET, "sk-old");
+    let clock = Arc::new(SystemClock);
+    let svc = Services::new(
+        Arc::new(MemoryTaskStore::new()),
+        Arc::new(MemoryRegistry::new()),
+        Arc::new(MemoryQueue::new(5)),
+        Arc::new(CachedSecrets::new(
+            secrets.clone(),
+            clock.clone(),
+            CachedSecrets::DEFAULT_TTL,
+        )),
+        Providers::new(http_client()),
+        clock,
+        settings,
+    );
+    let spec: AgentSpec = serde_json::from_value(json!({
+        "name": "upstream", "provider": "openai_compatible", "base_url": format!("{}/v1", upstream.uri()),
+        "model": "m", "secret": SECRET, "capabilities": ["text"],
+        "pricing": {"input_per_mtok": 0.15, "output_per_mtok": 0.60},
+        "constraints": {"max_attempts": 3, "timeout_ms": 5000}
+    }))
+    .unwrap();
+    svc.registry
+        .put(&AgentId::parse("upstream").unwrap(), spec, Expect::Absent)
+        .await
+        .unwrap();
+    // The default 30 s visibility: a redelivery sooner than that was asked for.
+    let runner = Runner::spawn(
+        svc.clone(),
+        RunnerConfig {
+            wait: Duration::from_millis(50),
+            ..RunnerConfig::default()
+        },
+    );
+    Harness {
+        svc,
+        secrets,
+        runner,
+    }
+}
+
+async fn run_task(h: &Harness) -> maof::ports::TaskRecord {
+    let principal = Principal {
+        sub: "u".into(),
+        tenant: TenantId::parse("acme").unwrap(),
+        roles: vec![Role::Submitter],
+    };
+    let request: TaskRequest =
+        serde_json::from_value(json!({"task_type": "text", "content": "I love it"})).unwrap();
+    let task = intake::submit(&h.svc, &principal, request, None)
+        .await
+        .unwrap()
+        .task;
+    intake::wait(
+        &h.svc,
+        &principal.tenant,
+        task.task_id,
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_retry_after_is_waited_in_process() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(rate_limited("2"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&upstream)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(completion())
+        .mount(&upstream)
+        .await;
+    let h = harness(&upstream, Settings::default()).await;
+
+    let started = Instant::now();
+    let record = run_task(&h).await;
+    assert_eq!(
+        record.task.status,
+        TaskStatus::Completed,
+        "{:?}",
+        record.task.error
+    );
+    let call = &record.calls[0];
+    assert_eq!(call.attempts, 2, "one 429, then success");
+    assert!(
+        call.latency_ms >= 1900,
+        "waited about 2 s: {} ms",
+        call.latency_ms
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    h.runner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_retry_after_goes_back_to_the_queue_with_that_visibility() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(rate_limited("2"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&upstream)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(completion())
+        .mount(&upstream)
+        .await;
+    // Waits over one second are not slept: the message is hidden for the wait instead.
+    let settings = Settings {
+        max_inline_wait: Duration::from_secs(1),
+        ..Settings::default()
+    };
+    let h = harness(&upstream, settings).await;
+
+    let started = Instant::now();
+    let record = run_task(&h).await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        record.task.status,
+        TaskStatus::Completed,
+        "{:?}",
+        record.task.error
+    );
+    assert!(
+        elapsed >= Duration::from_millis(1900),
+        "came back after the 2 s asked: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "not after the queue's 30 s visibility: {elapsed:?}"
+    );
+    assert_eq!(upstream.received_requests().await.unwrap().len(), 2);
+    h.runner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_is_used_after_a_401() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(header("authorization", "Bearer sk-new"))
+        .respond_with(completion())
+        .mount(&upstream)
+        .await;
+    Mock::given(method("POST")).and(header("authorization", "Bearer sk-old"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}})))
+        .mount(&upstream).await;
+    let h = harness(&upstream, Settings::default()).await;
+    // Warm the key cache with the old key, then rotate it in the secret source.
+    h.svc.secrets.get(SECRET).await.unwrap();
+    h.secrets.put(SECRET, "sk-new");
+
+    let record = run_task(&h).await;
+    assert_eq!(
+        record.task.status,
+        TaskStatus::Completed,
+        "{:?}",
+        record.task.error
+    );
+    let keys: Vec<String> = upstream
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.headers
+                .get("authorization")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        ["Bearer sk-old", "Bearer sk-new"],
+        "one 401, then the rotated key"
+    );
+    assert_eq!(
+        record.calls[0].attempts, 1,
+        "a key refresh is not a failed attempt"
+    );
+    h.runner.shutdown().await;
+}
+
+#[test]
+fn cost_sums_are_exact_for_a_thousand_calls_of_odd_token_counts() {
+    let request: TaskRequest = serde_json::from_value(json!({"task_type": "text", "content": "x",
+        "aggregation": {"strategy": "all"}, "routing": {"fanout": 1}}))
+    .unwrap();
+    let mut task = Task::new(
+        TenantId::parse("t").unwrap(),
+        request.parse().unwrap().0,
+        None,
+        "u",
+        Utc::now(),
+    );
+    let agent: AgentSpec = serde_json::from_value(json!({"name": "a", "provider": "mock", "model": "m",
+        "capabilities": ["text"], "pricing": {"input_per_mtok": 0.15, "output_per_mtok": 0.60, "cached_input_per_mtok": 0.075}})).unwrap();
+    let agent = maof::domain::Agent {
+        id: AgentId::parse("a").unwrap(),
+        spec: agent,
+        version: 1,
+    };
+    let mut calls = Vec::new();
+    for i in 0..1000u64 {
+        let usage = Usage {
+            input_tokens: 2 * i + 1,
+            output_tokens: 3 * i + 7,
+            cached_input_tokens: i % 3,
+        };
+        let call_id = CallId::new();
+        task.plan.push(PlannedCall {
+            call_id,
+            agent_id: agent.id.clone(),
+        });
+        calls.push(CallResult {
+            call_id,
+            agent_id: agent.id.clone(),
+            provider: Provider::Mock,
+            status: CallStatus::Succeeded,
+            output: Some("x".into()),
+            cost_usd: agent.cost(&usage),
+            usage,
+            latency_ms: 1,
+            attempts: 1,
+            error: None,
+            finished_at: Utc::now(),
+        });
+    }
+    let (_, patch) = combine(&task, &calls);
+    // Σ(2i+1) = 1,000,000 input tokens, Σ(i%3) = 999 of them cached, Σ(3i+7) = 1,505,500 output.
+    let expected = rust_decimal::Decimal::new(15, 2) * rust_decimal::Decimal::from(1_000_000 - 999)
+        / rust_decimal::Decimal::from(1_000_000)
+        + rust_decimal::Decimal::new(75, 3) * rust_decimal::Decimal::from(999)
+            / rust_decimal::Decimal::from(1_000_000)
+        + rust_decimal::Decimal::new(60, 2) * rust_decimal::Decimal::from(1_505_500)
+            / rust_decimal::Decimal::from(1_000_000);
+    assert_eq!(patch.cost_usd, Some(Usd::new(expected)));
+    assert_eq!(patch.cost_usd, Some(Usd::parse("1.053225075").unwrap()));
+    let usage = patch.usage.unwrap();
+    assert_eq!(
+        (
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cached_input_tokens
+        ),
+        (1_000_000, 1_505_500, 999)
+    );
+}
