@@ -387,15 +387,7 @@ mod aws_ops {
             "bench{}",
             ulid::Ulid::new().to_string().to_lowercase()
         ));
-        Bootstrap {
-            dynamodb: dynamodb.clone(),
-            sqs: sqs.clone(),
-            names: names.clone(),
-            max_receives: maof::setup::MAX_RECEIVES,
-            visibility: Duration::from_secs(30),
-        }
-        .ensure_all()
-        .await?;
+        Bootstrap::new(&config, names.clone()).ensure_all().await?;
         let svc = maof::setup::aws_services_with(dynamodb, sqs, secrets, &names).await?;
         for (id, model) in [("ops-a", "a"), ("ops-b", "b"), ("ops-c", "c")] {
             let spec: AgentSpec = serde_json::from_value(json!({

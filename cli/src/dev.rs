@@ -8,7 +8,7 @@ use maof::adapters::aws::{Bootstrap, ResourceNames, load_sdk_config};
 use maof::api::{ApiState, Authenticator, router};
 use maof::domain::{Role, TenantId};
 use maof::runner::{Runner, RunnerConfig};
-use maof::setup::{self, MAX_RECEIVES};
+use maof::setup;
 use maof::stages::Services;
 use rand::Rng;
 use secrecy::SecretString;
@@ -46,15 +46,7 @@ pub struct BootstrapArgs {
 pub async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<Services> {
     let config = load_sdk_config().await;
     let names = ResourceNames::from_env();
-    Bootstrap {
-        dynamodb: aws_sdk_dynamodb::Client::new(&config),
-        sqs: aws_sdk_sqs::Client::new(&config),
-        names: names.clone(),
-        max_receives: MAX_RECEIVES,
-        visibility: Duration::from_secs(60),
-    }
-    .ensure_all()
-    .await?;
+    Bootstrap::new(&config, names.clone()).ensure_all().await?;
     let svc = setup::aws_services(&config, &names).await?;
     if let Some(seed) = args.seed {
         report_seed(&setup::seed_registry(&svc, &seed).await?);

@@ -2,7 +2,6 @@
 //! backend gets its own tables and queues (a fresh name prefix) on moto.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use maof::adapters::aws::{
@@ -11,8 +10,9 @@ use maof::adapters::aws::{
 use maof::adapters::memory::{MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore};
 use maof::ports::{Queue, Registry, SecretSource, TaskStore};
 
-/// Receives after which a message is dead-lettered, on both backends.
-pub const MAX_RECEIVES: u32 = 3;
+/// Receives after which a message is dead-lettered, on both backends (as
+/// template.yaml's redrive policies say).
+pub const MAX_RECEIVES: u32 = maof::setup::MAX_RECEIVES;
 
 /// Writes secrets into a backend, as an operator would.
 #[async_trait]
@@ -86,16 +86,10 @@ pub async fn aws() -> Backend {
     let secrets = aws_sdk_secretsmanager::Client::new(&config);
     let prefix = format!("t{}", ulid::Ulid::new().to_string().to_lowercase());
     let names = ResourceNames::with_prefix(&prefix);
-    let urls = Bootstrap {
-        dynamodb: dynamodb.clone(),
-        sqs: sqs.clone(),
-        names: names.clone(),
-        max_receives: MAX_RECEIVES,
-        visibility: Duration::from_secs(30),
-    }
-    .ensure_all()
-    .await
-    .unwrap_or_else(|e| panic!("bootstrap on moto: {e}"));
+    let urls = Bootstrap::new(&config, names.clone())
+        .ensure_all()
+        .await
+        .unwrap_or_else(|e| panic!("bootstrap on moto: {e}"));
     Backend {
         name: "aws",
         tasks: Arc::new(DynamoTaskStore::new(dynamodb.clone(), names.context_table)),

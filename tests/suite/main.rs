@@ -1,6 +1,7 @@
 //! The workspace's one integration-test binary.
 
 mod agent_call;
+mod bootstrap;
 mod contract;
 mod events;
 mod lambda;

@@ -1,8 +1,17 @@
 //! Provider clients: one normalized request in, one normalized answer (or a
 //! classified error) out, over the process's one shared `reqwest::Client`.
 
+mod anthropic;
+mod bedrock;
+mod gemini;
+mod http;
+mod huggingface;
 mod mock;
 mod openai_compatible;
+mod openai_media;
+pub mod presets;
+#[cfg(test)]
+mod test_support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,8 +22,14 @@ use secrecy::SecretString;
 
 use crate::domain::{Agent, ErrorClass, Provider, Usage};
 
+pub use anthropic::Anthropic;
+pub use bedrock::Bedrock;
+pub use gemini::Gemini;
+pub use huggingface::{Classification, HuggingFace, Label, TASK_CLASSIFICATION};
 pub use mock::MockProvider;
 pub use openai_compatible::OpenAiCompatible;
+pub use openai_media::{MAX_AUDIO_BYTES, OpenAi, OpenAiMedia, TASK_IMAGE, TASK_TRANSCRIPTION};
+pub use presets::{PRESETS, Preset, preset_base_url};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -85,21 +100,44 @@ pub trait ProviderClient: Send + Sync {
 }
 
 /// The client for each provider kind.
+///
+/// | provider | client | task types |
+/// |---|---|---|
+/// | `openai` | [`OpenAi`] | `image` and `transcription` to the media endpoints ([`OpenAiMedia`]), the rest to Chat Completions |
+/// | `openai_compatible` | [`OpenAi`] at the agent's `base_url` (see [`presets`]) | the same, where the server has the endpoint |
+/// | `anthropic` | [`Anthropic`] | text task types (Messages API) |
+/// | `gemini` | [`Gemini`] | text task types (`generateContent`) |
+/// | `huggingface` | [`HuggingFace`] | `classification` on the inference API, the rest on the OpenAI-compatible router |
+/// | `bedrock` | [`Bedrock`] | text task types (Converse, IAM auth) |
+/// | `mock` | [`MockProvider`] | all, deterministically |
 #[derive(Clone, Default)]
 pub struct Providers {
     clients: HashMap<Provider, Arc<dyn ProviderClient>>,
 }
 
 impl Providers {
-    /// Every provider this build speaks, sharing one HTTP client.
+    /// Every provider this build speaks, sharing one HTTP client. Cheap and
+    /// synchronous: Bedrock loads its AWS configuration on its first call
+    /// (see [`Providers::with_bedrock`] to give it one).
     pub fn new(http: reqwest::Client) -> Self {
-        let compatible = Arc::new(OpenAiCompatible::new(http));
+        let openai = Arc::new(OpenAi::new(http.clone()));
         let mut providers = Providers::default();
         providers.insert(Provider::Mock, Arc::new(MockProvider));
-        providers.insert(Provider::OpenaiCompatible, compatible.clone());
-        // OpenAI's own API is the same wire format at its default root.
-        providers.insert(Provider::Openai, compatible);
+        providers.insert(Provider::Openai, openai.clone());
+        // Compatible servers speak the same wire format at their own root.
+        providers.insert(Provider::OpenaiCompatible, openai);
+        providers.insert(Provider::Anthropic, Arc::new(Anthropic::new(http.clone())));
+        providers.insert(Provider::Gemini, Arc::new(Gemini::new(http.clone())));
+        providers.insert(Provider::Huggingface, Arc::new(HuggingFace::new(http)));
+        providers.insert(Provider::Bedrock, Arc::new(Bedrock::from_env()));
         providers
+    }
+
+    /// The same, with `bedrock` as the Bedrock client (e.g. one built from
+    /// an `SdkConfig` the process already loaded).
+    pub fn with_bedrock(mut self, bedrock: Bedrock) -> Self {
+        self.insert(Provider::Bedrock, Arc::new(bedrock));
+        self
     }
 
     pub fn insert(&mut self, provider: Provider, client: Arc<dyn ProviderClient>) {

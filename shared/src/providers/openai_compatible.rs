@@ -4,14 +4,21 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, HeaderMap};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use super::http::{self, RawResponse, header, parse_reset_duration, retry_after_header};
 use super::{ChatRequest, ChatResponse, ProviderClient, ProviderError, Role};
 use crate::domain::{Agent, ErrorClass, Usage};
+
+// The shared helpers now live in `http`; this module's tests still exercise
+// them under these names.
+#[cfg(test)]
+use super::http::{MAX_MESSAGE_CHARS, loggable_body, parse_millis, parse_retry_after};
+#[cfg(test)]
+use chrono::Utc;
 
 /// A client for `POST {base_url}/chat/completions`, sharing the process's one
 /// `reqwest::Client`.
@@ -29,11 +36,6 @@ impl OpenAiCompatible {
     }
 }
 
-/// Longest provider error message passed on to the task's owner.
-const MAX_MESSAGE_CHARS: usize = 300;
-/// Longest error body written to the operator log.
-const MAX_LOGGED_BODY_CHARS: usize = 4_096;
-
 #[async_trait]
 impl ProviderClient for OpenAiCompatible {
     async fn complete(
@@ -42,51 +44,52 @@ impl ProviderClient for OpenAiCompatible {
         key: Option<&SecretString>,
         request: &ChatRequest,
     ) -> Result<ChatResponse, ProviderError> {
-        let timeout_ms = agent.spec.constraints.timeout_ms();
+        self.complete_at(
+            &endpoint(agent.spec.base_url.as_deref()),
+            agent,
+            key,
+            request,
+        )
+        .await
+    }
+}
+
+impl OpenAiCompatible {
+    /// The chat completion at `url` (a whole `.../chat/completions` URL),
+    /// for providers that reach this wire format at a root of their own.
+    pub(super) async fn complete_at(
+        &self,
+        url: &str,
+        agent: &Agent,
+        key: Option<&SecretString>,
+        request: &ChatRequest,
+    ) -> Result<ChatResponse, ProviderError> {
         let mut builder = self
             .http
-            .post(endpoint(agent.spec.base_url.as_deref()))
-            .timeout(Duration::from_millis(timeout_ms))
+            .post(url)
             .header(ACCEPT, "application/json")
             .json(&WireRequest::new(agent, request));
         if let Some(key) = key {
             // bearer_auth marks the header sensitive, so it stays out of Debug output.
             builder = builder.bearer_auth(key.expose_secret());
         }
-
-        let response = builder
-            .send()
-            .await
-            .map_err(|e| transport_error(agent, e, timeout_ms))?;
-        let status = response.status();
-        let request_id = response
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned);
-        let retry_after = if status.is_success() {
-            None
+        let raw = http::send(agent, builder, agent.spec.constraints.timeout_ms()).await?;
+        if raw.status.is_success() {
+            let request_id = raw.header("x-request-id").map(str::to_owned);
+            parse_success(agent, &raw.body, request_id)
         } else {
-            retry_after(status, response.headers())
-        };
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| transport_error(agent, e, timeout_ms))?;
-
-        if status.is_success() {
-            parse_success(agent, &body, request_id)
-        } else {
-            Err(error_response(agent, key, status, retry_after, &body))
+            Err(error_response(agent, key, &raw))
         }
     }
 }
 
 /// `{root}/chat/completions`; the root is what OpenAI's SDKs call `base_url`.
 fn endpoint(base_url: Option<&str>) -> String {
-    let root = base_url.unwrap_or(OpenAiCompatible::DEFAULT_BASE_URL);
-    format!("{}/chat/completions", root.trim_end_matches('/'))
+    http::endpoint(
+        base_url,
+        OpenAiCompatible::DEFAULT_BASE_URL,
+        "/chat/completions",
+    )
 }
 
 #[derive(Debug, Serialize)]
@@ -123,7 +126,7 @@ impl<'a> WireRequest<'a> {
         WireRequest {
             model: &agent.spec.model,
             messages: system.into_iter().chain(turns).collect(),
-            max_tokens: request.max_tokens.or(agent.spec.constraints.max_tokens),
+            max_tokens: http::max_tokens(agent, request),
             temperature: request.temperature,
             stop: &request.stop,
         }
@@ -177,19 +180,8 @@ fn parse_success(
     body: &[u8],
     header_request_id: Option<String>,
 ) -> Result<ChatResponse, ProviderError> {
-    let malformed = |reason: &dyn std::fmt::Display| {
-        tracing::warn!(
-            agent_id = %agent.id,
-            model = %agent.spec.model,
-            body_bytes = body.len(),
-            %reason,
-            "provider answered 200 with a body that does not parse"
-        );
-        ProviderError {
-            status: Some(200),
-            ..ProviderError::new(ErrorClass::Server, "malformed response from provider")
-        }
-    };
+    let malformed =
+        |reason: &dyn std::fmt::Display| http::malformed(agent, StatusCode::OK, body, reason);
     let wire: WireResponse = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
     let Some(choice) = wire.choices.into_iter().next() else {
         return Err(malformed(&"no choices"));
@@ -272,12 +264,7 @@ impl ErrorDetail {
 
     /// The provider's own words, shortened, for the task's owner.
     fn quoted(&self, prefix: &str) -> String {
-        match self.message.as_deref().map(str::trim) {
-            Some(message) if !message.is_empty() => {
-                format!("{prefix}: {}", truncate(message, MAX_MESSAGE_CHARS))
-            }
-            _ => prefix.to_owned(),
-        }
+        http::quoted(prefix, self.message.as_deref())
     }
 }
 
@@ -329,87 +316,22 @@ fn classify(status: StatusCode, detail: &ErrorDetail) -> (ErrorClass, String) {
     }
 }
 
-fn error_response(
+/// An OpenAI-format error answer, classified, with the wait it asked for.
+pub(super) fn error_response(
     agent: &Agent,
     key: Option<&SecretString>,
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    body: &[u8],
+    raw: &RawResponse,
 ) -> ProviderError {
-    let detail = ErrorDetail::parse(body);
-    let (class, message) = classify(status, &detail);
-    tracing::warn!(
-        agent_id = %agent.id,
-        model = %agent.spec.model,
-        status = status.as_u16(),
-        class = ?class,
-        retry_after_ms = retry_after.map(|d| d.as_millis() as u64),
-        body = %loggable_body(body, key),
-        "provider returned an error"
-    );
-    ProviderError {
-        class,
-        message,
-        retry_after,
-        status: Some(status.as_u16()),
-    }
-}
-
-/// The error body for operators: shortened, and with the key blanked should a
-/// server echo it back.
-fn loggable_body(body: &[u8], key: Option<&SecretString>) -> String {
-    let text = String::from_utf8_lossy(body);
-    // Blank the key before shortening, so no partial key survives the cut.
-    let text = match key.map(|k| k.expose_secret()) {
-        Some(secret) if !secret.is_empty() && text.contains(secret) => {
-            text.replace(secret, "[redacted]")
-        }
-        _ => text.into_owned(),
-    };
-    truncate(&text, MAX_LOGGED_BODY_CHARS)
-}
-
-fn transport_error(agent: &Agent, error: reqwest::Error, timeout_ms: u64) -> ProviderError {
-    // The URL may carry credentials in its user-info: keep it out of the log.
-    let error = error.without_url();
-    let (class, message) = if error.is_timeout() {
-        (
-            ErrorClass::Timeout,
-            format!("no answer from provider within {timeout_ms} ms"),
-        )
-    } else if error.is_builder() {
-        (
-            ErrorClass::BadRequest,
-            "the agent's base_url is not a valid URL".to_owned(),
-        )
-    } else if error.is_connect() {
-        (
-            ErrorClass::Network,
-            "could not connect to provider".to_owned(),
-        )
-    } else {
-        (
-            ErrorClass::Network,
-            "connection to provider failed".to_owned(),
-        )
-    };
-    tracing::warn!(agent_id = %agent.id, class = ?class, error = ?error, "provider call failed");
-    ProviderError::new(class, message)
+    let detail = ErrorDetail::parse(&raw.body);
+    let (class, message) = classify(raw.status, &detail);
+    let wait = retry_after(raw.status, &raw.headers);
+    http::error_answer(agent, key, raw, class, message, wait)
 }
 
 /// The wait the provider asked for: `retry-after-ms`, else `retry-after`, else
 /// (on 429 only) the longer of OpenAI's rate-limit reset times.
 fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    if let Some(wait) = header("retry-after-ms").and_then(parse_millis) {
-        return Some(wait);
-    }
-    if let Some(wait) = header("retry-after").and_then(parse_retry_after) {
+    if let Some(wait) = retry_after_header(headers) {
         return Some(wait);
     }
     if status != StatusCode::TOO_MANY_REQUESTS {
@@ -417,67 +339,8 @@ fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
     }
     ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
         .into_iter()
-        .filter_map(|name| header(name).and_then(parse_reset_duration))
+        .filter_map(|name| header(headers, name).and_then(parse_reset_duration))
         .max()
-}
-
-fn parse_millis(value: &str) -> Option<Duration> {
-    let millis: f64 = value.parse().ok()?;
-    // try_from rejects negative, NaN and overflowing values instead of panicking.
-    Duration::try_from_secs_f64(millis / 1_000.0).ok()
-}
-
-/// Seconds (integer or float), or an HTTP-date.
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    if let Ok(seconds) = value.parse::<f64>() {
-        return Duration::try_from_secs_f64(seconds).ok();
-    }
-    let at = DateTime::parse_from_rfc2822(value).ok()?;
-    // A date already past means "now".
-    Some(
-        (at.with_timezone(&Utc) - Utc::now())
-            .to_std()
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
-/// Go-style durations as OpenAI writes them: `1s`, `6m0s`, `20ms`, `1.5s`, `1h2m3s`.
-fn parse_reset_duration(value: &str) -> Option<Duration> {
-    let is_number = |c: char| c.is_ascii_digit() || c == '.';
-    let mut rest = value;
-    let mut seconds = 0.0_f64;
-    let mut parts = 0;
-    while !rest.is_empty() {
-        let number_end = rest.find(|c: char| !is_number(c)).unwrap_or(rest.len());
-        let number: f64 = rest[..number_end].parse().ok()?;
-        rest = &rest[number_end..];
-        let unit_end = rest.find(is_number).unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "h" => 3_600.0,
-            "m" => 60.0,
-            // A bare number is read as seconds.
-            "s" | "" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return None,
-        };
-        rest = &rest[unit_end..];
-        seconds += number * scale;
-        parts += 1;
-    }
-    if parts == 0 {
-        return None;
-    }
-    Duration::try_from_secs_f64(seconds).ok()
-}
-
-/// At most `max` chars, cut on a char boundary.
-fn truncate(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_owned(),
-    }
 }
 
 #[cfg(test)]

@@ -1,16 +1,18 @@
-//! Creates the tables and queues the AWS backends need, if missing: used by
-//! `maof dev --backend aws` and the tests, against moto or a real account.
+//! Creates what the stack declares in `template.yaml` — tables, queues with
+//! their redrive, secrets, event buses — if missing, on the configured
+//! endpoint: used by `maof bootstrap`, `maof dev --backend aws` and the tests,
+//! against moto or a real account. Local and deployed shapes cannot drift.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
     ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
+use rand::Rng;
 
-use super::keys::{GSI1, GSI1_PK, GSI1_SK, PK, SK, TTL};
+use super::template::{TEMPLATE, TableShape, TemplateError, TemplateShape};
 use super::{ResourceNames, describe};
 use crate::ports::QueueName;
 
@@ -21,6 +23,15 @@ pub struct BootstrapError {
     pub message: String,
 }
 
+impl From<TemplateError> for BootstrapError {
+    fn from(e: TemplateError) -> Self {
+        BootstrapError {
+            step: "reading template.yaml".into(),
+            message: e.to_string(),
+        }
+    }
+}
+
 fn failed<E: std::error::Error>(step: impl Into<String>) -> impl FnOnce(E) -> BootstrapError {
     let step = step.into();
     move |e| BootstrapError {
@@ -29,44 +40,140 @@ fn failed<E: std::error::Error>(step: impl Into<String>) -> impl FnOnce(E) -> Bo
     }
 }
 
+fn missing(step: &str, message: &str) -> BootstrapError {
+    BootstrapError {
+        step: step.into(),
+        message: message.into(),
+    }
+}
+
 pub struct Bootstrap {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub sqs: aws_sdk_sqs::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
+    pub events: aws_sdk_eventbridge::Client,
+    /// `queue_prefix` is the template's `Prefix` parameter.
     pub names: ResourceNames,
-    /// Receives before a message is moved to its stage's DLQ.
-    pub max_receives: u32,
-    /// The queues' default visibility timeout.
-    pub visibility: Duration,
 }
 
 impl Bootstrap {
-    /// Creates both tables and every queue; returns the queue URLs.
-    pub async fn ensure_all(&self) -> Result<HashMap<QueueName, String>, BootstrapError> {
-        self.ensure_table(&self.names.context_table, true).await?;
-        self.ensure_table(&self.names.registry_table, false).await?;
-        self.ensure_queues().await
+    pub fn new(config: &aws_config::SdkConfig, names: ResourceNames) -> Self {
+        Bootstrap {
+            dynamodb: aws_sdk_dynamodb::Client::new(config),
+            sqs: aws_sdk_sqs::Client::new(config),
+            secrets: aws_sdk_secretsmanager::Client::new(config),
+            events: aws_sdk_eventbridge::Client::new(config),
+            names,
+        }
     }
 
-    async fn ensure_table(&self, name: &str, with_index: bool) -> Result<(), BootstrapError> {
-        let exists = self.dynamodb.describe_table().table_name(name).send().await;
-        match exists {
+    /// The template's resources under this prefix.
+    pub fn shape(&self) -> Result<TemplateShape, BootstrapError> {
+        let overrides = HashMap::from([("Prefix".to_owned(), self.names.queue_prefix.clone())]);
+        Ok(TemplateShape::parse(TEMPLATE, &overrides)?)
+    }
+
+    /// Creates every declared resource that is missing; returns the URLs of
+    /// the pipeline's queues.
+    pub async fn ensure_all(&self) -> Result<HashMap<QueueName, String>, BootstrapError> {
+        let shape = self.shape()?;
+        for table in [&self.names.context_table, &self.names.registry_table] {
+            if !shape.tables.iter().any(|t| &t.name == table) {
+                return Err(missing(
+                    "checking names",
+                    &format!("template.yaml declares no table {table}"),
+                ));
+            }
+        }
+        for table in &shape.tables {
+            self.ensure_table(table).await?;
+        }
+        let mut by_logical_id: HashMap<&str, String> = HashMap::new();
+        let mut urls = HashMap::new();
+        for queue in shape.queues_in_creation_order() {
+            let mut attributes = HashMap::new();
+            if let Some(seconds) = queue.visibility_timeout {
+                attributes.insert(QueueAttributeName::VisibilityTimeout, seconds.to_string());
+            }
+            if let Some(seconds) = queue.retention {
+                attributes.insert(
+                    QueueAttributeName::MessageRetentionPeriod,
+                    seconds.to_string(),
+                );
+            }
+            if let Some((dlq, receives)) = &queue.dead_letter {
+                let dlq_url = by_logical_id.get(dlq.as_str()).ok_or_else(|| {
+                    missing(
+                        "redrive",
+                        &format!("{} redrives to unknown {dlq}", queue.name),
+                    )
+                })?;
+                let arn = self.queue_arn(dlq_url).await?;
+                let redrive = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": receives.to_string()});
+                attributes.insert(QueueAttributeName::RedrivePolicy, redrive.to_string());
+            }
+            let url = self
+                .sqs
+                .create_queue()
+                .queue_name(&queue.name)
+                .set_attributes(Some(attributes))
+                .send()
+                .await
+                .map_err(failed(format!("create queue {}", queue.name)))?
+                .queue_url
+                .ok_or_else(|| missing("create queue", "no URL returned"))?;
+            if let Some(pipeline_queue) = QueueName::ALL
+                .into_iter()
+                .find(|q| self.names.queue_name(*q) == queue.name)
+            {
+                urls.insert(pipeline_queue, url.clone());
+            }
+            by_logical_id.insert(queue.logical_id.as_str(), url);
+        }
+        if let Some(absent) = QueueName::ALL.into_iter().find(|q| !urls.contains_key(q)) {
+            return Err(missing(
+                "checking names",
+                &format!(
+                    "template.yaml declares no queue {}",
+                    self.names.queue_name(absent)
+                ),
+            ));
+        }
+        for secret in &shape.secrets {
+            self.ensure_secret(secret).await?;
+        }
+        for bus in &shape.event_buses {
+            self.ensure_bus(bus).await?;
+        }
+        Ok(urls)
+    }
+
+    async fn queue_arn(&self, url: &str) -> Result<String, BootstrapError> {
+        self.sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(failed("queue arn"))?
+            .attributes
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+            .ok_or_else(|| missing("queue arn", "no QueueArn attribute"))
+    }
+
+    async fn ensure_table(&self, table: &TableShape) -> Result<(), BootstrapError> {
+        let name = &table.name;
+        match self.dynamodb.describe_table().table_name(name).send().await {
             Ok(_) => return Ok(()),
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|e| e.is_resource_not_found_exception()) => {}
             Err(e) => return Err(failed(format!("describe table {name}"))(e)),
         }
-        let attr = |n: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(n)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(failed("attribute definition"))
-        };
-        let key = |n: &str, t: KeyType| {
+        let key = |attribute: &str, key_type: &str| {
             KeySchemaElement::builder()
-                .attribute_name(n)
-                .key_type(t)
+                .attribute_name(attribute)
+                .key_type(KeyType::from(key_type))
                 .build()
                 .map_err(failed("key schema"))
         };
@@ -74,27 +181,31 @@ impl Bootstrap {
             .dynamodb
             .create_table()
             .table_name(name)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(attr(PK)?)
-            .attribute_definitions(attr(SK)?)
-            .key_schema(key(PK, KeyType::Hash)?)
-            .key_schema(key(SK, KeyType::Range)?);
-        if with_index {
-            let index = GlobalSecondaryIndex::builder()
-                .index_name(GSI1)
-                .key_schema(key(GSI1_PK, KeyType::Hash)?)
-                .key_schema(key(GSI1_SK, KeyType::Range)?)
+            .billing_mode(BillingMode::PayPerRequest);
+        for (attribute, kind) in &table.attributes {
+            create = create.attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(attribute)
+                    .attribute_type(ScalarAttributeType::from(kind.as_str()))
+                    .build()
+                    .map_err(failed("attribute definition"))?,
+            );
+        }
+        for k in &table.keys {
+            create = create.key_schema(key(&k.attribute, &k.key_type)?);
+        }
+        for index in &table.indexes {
+            let mut builder = GlobalSecondaryIndex::builder()
+                .index_name(&index.name)
                 .projection(
                     Projection::builder()
-                        .projection_type(ProjectionType::All)
+                        .projection_type(ProjectionType::from(index.projection.as_str()))
                         .build(),
-                )
-                .build()
-                .map_err(failed("index"))?;
-            create = create
-                .attribute_definitions(attr(GSI1_PK)?)
-                .attribute_definitions(attr(GSI1_SK)?)
-                .global_secondary_indexes(index);
+                );
+            for k in &index.keys {
+                builder = builder.key_schema(key(&k.attribute, &k.key_type)?);
+            }
+            create = create.global_secondary_indexes(builder.build().map_err(failed("index"))?);
         }
         match create.send().await {
             Ok(_) => {}
@@ -104,83 +215,58 @@ impl Bootstrap {
                     .is_some_and(|e| e.is_resource_in_use_exception()) => {}
             Err(e) => return Err(failed(format!("create table {name}"))(e)),
         }
-        let ttl = TimeToLiveSpecification::builder()
-            .attribute_name(TTL)
-            .enabled(true)
-            .build()
-            .map_err(failed("ttl"))?;
-        self.dynamodb
-            .update_time_to_live()
-            .table_name(name)
-            .time_to_live_specification(ttl)
-            .send()
-            .await
-            .map_err(failed(format!("ttl on {name}")))?;
+        if let Some(attribute) = &table.ttl_attribute {
+            let ttl = TimeToLiveSpecification::builder()
+                .attribute_name(attribute)
+                .enabled(true)
+                .build()
+                .map_err(failed("ttl"))?;
+            self.dynamodb
+                .update_time_to_live()
+                .table_name(name)
+                .time_to_live_specification(ttl)
+                .send()
+                .await
+                .map_err(failed(format!("ttl on {name}")))?;
+        }
         Ok(())
     }
 
-    async fn ensure_queues(&self) -> Result<HashMap<QueueName, String>, BootstrapError> {
-        let mut urls = HashMap::new();
-        // Dead-letter queues first: the work queues' redrive policies name them.
-        for queue in QueueName::ALL
-            .into_iter()
-            .filter(|q| q.dead_letter().is_none())
-        {
-            let url = self.create_queue(queue, HashMap::new()).await?;
-            urls.insert(queue, url);
-        }
-        for queue in QueueName::ALL {
-            let Some(dlq) = queue.dead_letter() else {
-                continue;
-            };
-            let arn = self
-                .sqs
-                .get_queue_attributes()
-                .queue_url(&urls[&dlq])
-                .attribute_names(QueueAttributeName::QueueArn)
-                .send()
-                .await
-                .map_err(failed("dlq arn"))?
-                .attributes
-                .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-                .ok_or_else(|| BootstrapError {
-                    step: "dlq arn".into(),
-                    message: "no QueueArn attribute".into(),
-                })?;
-            let redrive = serde_json::json!({
-                "deadLetterTargetArn": arn,
-                "maxReceiveCount": self.max_receives.to_string(),
-            });
-            let attributes = HashMap::from([
-                (QueueAttributeName::RedrivePolicy, redrive.to_string()),
-                (
-                    QueueAttributeName::VisibilityTimeout,
-                    self.visibility.as_secs().to_string(),
-                ),
-            ]);
-            let url = self.create_queue(queue, attributes).await?;
-            urls.insert(queue, url);
-        }
-        Ok(urls)
-    }
-
-    async fn create_queue(
-        &self,
-        queue: QueueName,
-        attributes: HashMap<QueueAttributeName, String>,
-    ) -> Result<String, BootstrapError> {
-        let name = self.names.queue_name(queue);
-        let out = self
-            .sqs
-            .create_queue()
-            .queue_name(&name)
-            .set_attributes(Some(attributes))
+    /// A secret the stack generates (the JWT signing key): a random value.
+    async fn ensure_secret(&self, name: &str) -> Result<(), BootstrapError> {
+        let value: String = {
+            let bytes: [u8; 32] = rand::rng().random();
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        };
+        match self
+            .secrets
+            .create_secret()
+            .name(name)
+            .secret_string(value)
             .send()
             .await
-            .map_err(failed(format!("create queue {name}")))?;
-        out.queue_url.ok_or_else(|| BootstrapError {
-            step: format!("create queue {name}"),
-            message: "no queue URL returned".into(),
-        })
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_exists_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(failed(format!("create secret {name}"))(e)),
+        }
+    }
+
+    async fn ensure_bus(&self, name: &str) -> Result<(), BootstrapError> {
+        match self.events.create_event_bus().name(name).send().await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_already_exists_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(failed(format!("create event bus {name}"))(e)),
+        }
     }
 }

@@ -8,7 +8,6 @@ pub const SK: &str = "sk";
 pub const GSI1: &str = "gsi1";
 pub const GSI1_PK: &str = "gsi1pk";
 pub const GSI1_SK: &str = "gsi1sk";
-pub const TTL: &str = "expires_at";
 
 pub const TASK_SK: &str = "TASK";
 pub const CALL_SK_PREFIX: &str = "CALL#";

@@ -9,6 +9,7 @@ mod queue;
 mod registry;
 mod secrets;
 mod task_store;
+pub mod template;
 
 pub use bootstrap::{Bootstrap, BootstrapError};
 pub use events::EventBridgePublisher;

@@ -1,0 +1,78 @@
+//! Fixtures shared by the provider clients' tests.
+
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use super::{ChatRequest, Message, Role};
+use crate::domain::{Agent, AgentId, AgentSpec};
+
+pub const KEY: &str = "sk-test-0123456789abcdef";
+
+pub fn key() -> SecretString {
+    SecretString::from(KEY)
+}
+
+/// An agent of `provider` for `model`, at `base_url`, with `constraints`.
+pub fn agent(provider: &str, model: &str, base_url: Option<String>, constraints: Value) -> Agent {
+    let spec: AgentSpec = serde_json::from_value(json!({
+        "name": "Test agent", "provider": provider, "model": model,
+        "base_url": base_url, "secret": "maof/test", "capabilities": ["text"],
+        "constraints": constraints,
+    }))
+    .unwrap();
+    Agent {
+        id: AgentId::parse("test-agent").unwrap(),
+        spec,
+        version: 1,
+    }
+}
+
+/// A system prompt, a short dialogue and every optional field set.
+pub fn chat_request() -> ChatRequest {
+    ChatRequest {
+        task_type: "text".into(),
+        system: Some("You are terse.".into()),
+        messages: vec![
+            Message {
+                role: Role::User,
+                content: "Hi".into(),
+            },
+            Message {
+                role: Role::Assistant,
+                content: "Hello.".into(),
+            },
+            Message {
+                role: Role::User,
+                content: "Sentiment of: great!".into(),
+            },
+        ],
+        max_tokens: Some(64),
+        temperature: Some(0.25),
+        stop: vec!["END".into()],
+    }
+}
+
+/// A single user message of `task_type`, nothing else set.
+pub fn single_request(task_type: &str, content: &str) -> ChatRequest {
+    ChatRequest {
+        task_type: task_type.into(),
+        system: None,
+        messages: vec![Message {
+            role: Role::User,
+            content: content.into(),
+        }],
+        max_tokens: None,
+        temperature: None,
+        stop: Vec::new(),
+    }
+}
+
+/// `http://127.0.0.1:{port}` where nothing listens.
+pub fn dead_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("http://127.0.0.1:{port}")
+}
