@@ -6,3 +6,4 @@ mod contract;
 mod events;
 mod lambda;
 mod pipeline;
+mod providers;
