@@ -135,6 +135,15 @@ async fn a_short_retry_after_is_waited_in_process() {
     );
     let call = &record.calls[0];
     assert_eq!(call.attempts, 2, "one 429, then success");
+    assert_eq!(
+        call.retried_errors.len(),
+        1,
+        "the 429 is kept with the result"
+    );
+    assert_eq!(
+        call.retried_errors[0].class,
+        maof::domain::ErrorClass::RateLimited
+    );
     assert!(
         call.latency_ms >= 1900,
         "waited about 2 s: {} ms",
@@ -278,6 +287,7 @@ fn cost_sums_are_exact_for_a_thousand_calls_of_odd_token_counts() {
             latency_ms: 1,
             attempts: 1,
             error: None,
+            retried_errors: Vec::new(),
             finished_at: Utc::now(),
         });
     }

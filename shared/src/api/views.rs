@@ -96,6 +96,8 @@ pub struct CallView {
     pub latency_ms: u64,
     pub attempts: u32,
     pub error: Option<CallError>,
+    /// The errors of earlier attempts, oldest first.
+    pub retried_errors: Vec<CallError>,
     pub finished_at: DateTime<Utc>,
 }
 
@@ -112,6 +114,7 @@ impl From<CallResult> for CallView {
             latency_ms: call.latency_ms,
             attempts: call.attempts,
             error: call.error,
+            retried_errors: call.retried_errors,
             finished_at: call.finished_at,
         }
     }

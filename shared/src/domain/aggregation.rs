@@ -123,6 +123,7 @@ mod tests {
                 class: ErrorClass::Server,
                 message: "boom".into(),
             }),
+            retried_errors: Vec::new(),
             finished_at: Utc::now(),
         }
     }

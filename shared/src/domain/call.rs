@@ -96,5 +96,8 @@ pub struct CallResult {
     pub latency_ms: u64,
     pub attempts: u32,
     pub error: Option<CallError>,
+    /// The errors of the attempts before the last, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retried_errors: Vec<CallError>,
     pub finished_at: DateTime<Utc>,
 }

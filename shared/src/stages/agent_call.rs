@@ -168,6 +168,7 @@ async fn call(
     let max_attempts = agent.spec.constraints.max_attempts();
     let mut refreshed_key = false;
     let mut attempt = 0;
+    let mut retried_errors = Vec::new();
     loop {
         attempt += 1;
         // No attempt outlives the task's deadline.
@@ -196,6 +197,7 @@ async fn call(
                     latency_ms: started.elapsed().as_millis() as u64,
                     attempts: attempt,
                     error: None,
+                    retried_errors,
                     finished_at: svc.clock.now(),
                 });
             }
@@ -220,6 +222,10 @@ async fn call(
             ));
         }
         let wait = error.retry_after.unwrap_or_else(|| backoff(attempt));
+        retried_errors.push(CallError {
+            class: error.class,
+            message: error.message.clone(),
+        });
         if wait > svc.settings.max_inline_wait {
             // Too long to sleep in a Lambda: the queue brings the message back.
             return Err(StageError::RetryLater {
@@ -269,6 +275,7 @@ fn failed(
             class,
             message: message.to_owned(),
         }),
+        retried_errors: Vec::new(),
         finished_at: svc.clock.now(),
     }
 }

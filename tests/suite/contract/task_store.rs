@@ -55,6 +55,7 @@ fn call_result(call_id: CallId, output: &str) -> CallResult {
         latency_ms: 5,
         attempts: 1,
         error: None,
+        retried_errors: Vec::new(),
         finished_at: Utc::now(),
     }
 }
