@@ -33,6 +33,10 @@ pub struct BenchArgs {
     /// Instead, count AWS API operations per task against AWS_ENDPOINT_URL (moto).
     #[arg(long)]
     aws_ops: bool,
+    /// Instead, measure the init time of the Lambda binaries under this
+    /// directory (`target/lambda` after `cargo lambda build --release`).
+    #[arg(long, value_name = "DIR")]
+    lambda_init: Option<std::path::PathBuf>,
 }
 
 struct Figures {
@@ -282,6 +286,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.aws_ops {
         return aws_ops::run(20).await;
     }
+    if let Some(dir) = &args.lambda_init {
+        return lambda_init::run(dir).await;
+    }
     println!(
         "machine: {} cores; peak RSS is VmHWM of the process serving the tasks",
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -471,6 +478,124 @@ mod aws_ops {
             );
         }
         runner.shutdown().await;
+        Ok(())
+    }
+}
+
+mod lambda_init {
+    //! Init time of each Lambda binary: from process start to its first call
+    //! to the runtime API (`GET /2018-06-01/runtime/invocation/next`), against
+    //! a local stand-in of that API, which also answers the intake's one
+    //! Secrets Manager call (the JWT signing key) at `AWS_ENDPOINT_URL`.
+
+    use std::path::Path;
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use anyhow::Context;
+    use axum::routing::{get, post};
+    use serde_json::json;
+
+    const FUNCTIONS: [&str; 5] = ["intake", "route", "agent-call", "aggregate", "events"];
+    const RUNS: usize = 5;
+
+    pub async fn run(dir: &Path) -> anyhow::Result<()> {
+        let hit: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let app = axum::Router::new()
+            .route(
+                "/2018-06-01/runtime/invocation/next",
+                get({
+                    let hit = hit.clone();
+                    move || async move {
+                        hit.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(Instant::now);
+                        // Never answer: the measurement ends at the first call.
+                        std::future::pending::<()>().await;
+                    }
+                }),
+            )
+            .route(
+                "/",
+                post(|| async {
+                    axum::Json(json!({"ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:maof/jwt",
+                        "Name": "maof/jwt", "SecretString": "init-bench-signing-key-0123456789abcdef", "VersionId": "v1"}))
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+
+        println!(
+            "\nLambda init (process start to first runtime-API call), median of {RUNS} runs, binaries in {}:",
+            dir.display()
+        );
+        for function in FUNCTIONS {
+            let binary = dir.join(function).join("bootstrap");
+            if !binary.exists() {
+                println!(
+                    "  {function:<11} not built ({} missing: cargo lambda build --release)",
+                    binary.display()
+                );
+                continue;
+            }
+            let mut times = Vec::new();
+            for _ in 0..RUNS {
+                *hit.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                let mut command = tokio::process::Command::new(&binary);
+                command
+                    .env_clear()
+                    .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
+                    .env("AWS_LAMBDA_FUNCTION_NAME", function)
+                    .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+                    .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+                    .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/bench")
+                    .env("AWS_LAMBDA_LOG_STREAM_NAME", "bench")
+                    .env("AWS_REGION", "us-east-1")
+                    .env("AWS_ACCESS_KEY_ID", "bench")
+                    .env("AWS_SECRET_ACCESS_KEY", "bench")
+                    .env("AWS_ENDPOINT_URL", format!("http://{addr}"))
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true);
+                // The template sets every queue URL, so no lookup happens at start.
+                for queue in maof::ports::QueueName::ALL {
+                    let var = format!(
+                        "MAOF_QUEUE_URL_{}",
+                        queue.as_str().replace('-', "_").to_uppercase()
+                    );
+                    command.env(var, format!("http://{addr}/queue/{}", queue.as_str()));
+                }
+                let started = Instant::now();
+                let mut child = command
+                    .spawn()
+                    .with_context(|| format!("starting {}", binary.display()))?;
+                let deadline = started + Duration::from_secs(10);
+                let reached = loop {
+                    if let Some(at) = *hit.lock().unwrap_or_else(|p| p.into_inner()) {
+                        break Some(at);
+                    }
+                    if Instant::now() > deadline || child.try_wait()?.is_some() {
+                        break None;
+                    }
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                };
+                let _ = child.kill().await;
+                match reached {
+                    Some(at) => times.push(at.duration_since(started)),
+                    None => anyhow::bail!("{function} exited or never called the runtime API"),
+                }
+            }
+            times.sort();
+            let size = std::fs::metadata(&binary)?.len();
+            println!(
+                "  {function:<11} {:>6.1} ms   (binary {:.1} MB unzipped)",
+                times[RUNS / 2].as_secs_f64() * 1000.0,
+                size as f64 / 1_048_576.0
+            );
+        }
         Ok(())
     }
 }
