@@ -9,7 +9,6 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use super::*;
 use crate::domain::{AgentId, AgentSpec};
-use crate::providers::Message;
 
 const KEY: &str = "sk-test-0123456789abcdef";
 
@@ -33,27 +32,7 @@ fn agent(server: &MockServer) -> Agent {
 }
 
 fn request() -> ChatRequest {
-    ChatRequest {
-        task_type: "text".into(),
-        system: Some("You are terse.".into()),
-        messages: vec![
-            Message {
-                role: Role::User,
-                content: "Hi".into(),
-            },
-            Message {
-                role: Role::Assistant,
-                content: "Hello.".into(),
-            },
-            Message {
-                role: Role::User,
-                content: "Sentiment of: great!".into(),
-            },
-        ],
-        max_tokens: Some(64),
-        temperature: Some(0.25),
-        stop: vec!["END".into()],
-    }
+    crate::providers::test_support::chat_request()
 }
 
 fn key() -> SecretString {
