@@ -1,0 +1,757 @@
+#!/usr/bin/env python3
+"""Checks template.yaml against what the code and the issue require.
+
+Run it with the project's tool virtualenv (infra/scripts/check-template.sh
+does):
+
+    .venv/bin/python infra/scripts/test_template.py     # plain runner
+    .venv/bin/python -m pytest infra/scripts/test_template.py
+
+The template is read with a YAML loader that understands CloudFormation's
+short-form tags (!Ref, !GetAtt, !Sub, ...). Where the code defines a name or
+a number the template must agree with (queue names, key schema, the receive
+count before dead-lettering, environment variables), the test reads it from
+the Rust source rather than repeating it. The last test runs the SAM
+transform (samtranslator, installed with aws-sam-cli) to prove that SAM adds
+no permission of its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = Path(os.environ.get("MAOF_TEMPLATE", ROOT / "template.yaml"))
+
+
+# ----------------------------------------------------------------- loading
+
+
+class CfnLoader(yaml.SafeLoader):
+    """A SafeLoader that turns `!Ref X` into {"Ref": "X"}, `!Sub s` into
+    {"Fn::Sub": s}, `!GetAtt A.B` into {"Fn::GetAtt": ["A", "B"]}, etc."""
+
+
+def _cfn_tag(loader: CfnLoader, suffix: str, node: yaml.Node):
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if suffix == "Ref":
+        return {"Ref": value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{suffix}": value}
+
+
+CfnLoader.add_multi_constructor("!", _cfn_tag)
+
+
+def load_template() -> dict:
+    with TEMPLATE.open() as f:
+        return yaml.load(f, Loader=CfnLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+T = load_template()
+RES = T["Resources"]
+PARAMS = T["Parameters"]
+GLOBAL_FN = T.get("Globals", {}).get("Function", {})
+
+
+def resources(kind: str) -> dict:
+    return {k: v for k, v in RES.items() if v["Type"] == kind}
+
+
+def function(logical_id: str) -> dict:
+    """A Serverless::Function's properties with the Globals merged in."""
+    props = copy.deepcopy(GLOBAL_FN)
+    own = RES[logical_id]["Properties"]
+    for key, value in own.items():
+        if key == "Environment":
+            env = props.setdefault("Environment", {}).setdefault("Variables", {})
+            env.update(value.get("Variables", {}))
+        else:
+            props[key] = value
+    return props
+
+
+FUNCTIONS = sorted(resources("AWS::Serverless::Function"))
+
+
+# --------------------------------------------------------------- resolving
+
+
+def ref_target(value) -> str | None:
+    """The logical id a !Ref / !GetAtt X.Arn points at."""
+    if isinstance(value, dict):
+        if "Ref" in value:
+            return value["Ref"]
+        if "Fn::GetAtt" in value:
+            return value["Fn::GetAtt"][0]
+    return None
+
+
+def canonical(value) -> str:
+    """A stable text for an IAM resource: `*`, `Ref(X)`, `GetAtt(X.Arn)`, `Sub(...)`."""
+    if isinstance(value, str):
+        return value
+    if "Ref" in value:
+        return f"Ref({value['Ref']})"
+    if "Fn::GetAtt" in value:
+        return f"GetAtt({'.'.join(value['Fn::GetAtt'])})"
+    if "Fn::Sub" in value:
+        sub = value["Fn::Sub"]
+        assert isinstance(sub, str), f"Sub with variables map: {sub}"
+        return f"Sub({sub})"
+    raise AssertionError(f"unexpected IAM resource form: {value}")
+
+
+def listify(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def param_values(name: str) -> list[int]:
+    """Every value a numeric parameter may take (its AllowedValues, else its default)."""
+    p = PARAMS[name]
+    if "AllowedValues" in p:
+        return [int(v) for v in p["AllowedValues"]]
+    return [int(p["Default"])]
+
+
+def timeouts_of(fn: str) -> list[int]:
+    timeout = function(fn)["Timeout"]
+    if isinstance(timeout, dict):
+        return param_values(timeout["Ref"])
+    return [int(timeout)]
+
+
+def visibility_for(queue: str, timeout: int, fn: str) -> int:
+    """The queue's visibility timeout when its consumer `fn` has `timeout`."""
+    vis = RES[queue]["Properties"]["VisibilityTimeout"]
+    if isinstance(vis, int):
+        return vis
+    mapping, key, attr = vis["Fn::FindInMap"]
+    fn_timeout = function(fn)["Timeout"]
+    assert key == fn_timeout, (
+        f"{queue}'s visibility is looked up by {key}, but {fn}'s timeout is {fn_timeout}"
+    )
+    return int(T["Mappings"][mapping][str(timeout)][attr])
+
+
+# --------------------------------------------------------- facts from code
+
+
+def rust(path: str) -> str:
+    return (ROOT / path).read_text()
+
+
+def code_max_receives() -> int:
+    m = re.search(r"pub const MAX_RECEIVES: u32 = (\d+);", rust("shared/src/setup.rs"))
+    assert m, "MAX_RECEIVES not found in shared/src/setup.rs"
+    return int(m.group(1))
+
+
+def code_queue_names() -> dict[str, str]:
+    """QueueName variant -> the name suffix `as_str` gives it."""
+    src = rust("shared/src/ports/queue.rs")
+    pairs = dict(re.findall(r'QueueName::(\w+) => "([a-z-]+)"', src))
+    assert pairs, "QueueName::as_str not found"
+    return pairs
+
+
+def code_key_constants() -> dict[str, str]:
+    src = rust("shared/src/adapters/aws/keys.rs")
+    return dict(re.findall(r'pub const (\w+): &str = "([^"]*)";', src))
+
+
+# The template's queue for each QueueName (logical ids).
+QUEUE_OF = {
+    "Route": "RouteQueue",
+    "AgentCall": "AgentCallQueue",
+    "Aggregate": "AggregateQueue",
+    "RouteDlq": "RouteDlq",
+    "AgentCallDlq": "AgentCallDlq",
+    "AggregateDlq": "AggregateDlq",
+}
+WORK_QUEUES = {  # work queue -> its DLQ
+    "RouteQueue": "RouteDlq",
+    "AgentCallQueue": "AgentCallDlq",
+    "AggregateQueue": "AggregateDlq",
+    "InboxQueue": "InboxDlq",
+}
+STAGES = {  # stage function -> the queues it consumes
+    "Route": {"RouteQueue", "RouteDlq"},
+    "AgentCall": {"AgentCallQueue", "AgentCallDlq"},
+    "Aggregate": {"AggregateQueue", "AggregateDlq"},
+    "Events": {"InboxQueue"},
+}
+
+
+def sqs_events(fn: str) -> dict:
+    events = RES[fn]["Properties"].get("Events", {})
+    return {k: e for k, e in events.items() if e["Type"] == "SQS"}
+
+
+# ------------------------------------------------------------------- tests
+
+
+def test_queue_names_match_the_code():
+    names = code_queue_names()
+    assert set(names) == set(QUEUE_OF), f"QueueName variants changed: {sorted(names)}"
+    for variant, suffix in names.items():
+        queue = RES[QUEUE_OF[variant]]["Properties"]["QueueName"]
+        assert queue == {"Fn::Sub": f"${{Prefix}}-{suffix}"}, (QUEUE_OF[variant], queue)
+    assert RES["InboxQueue"]["Properties"]["QueueName"] == {"Fn::Sub": "${Prefix}-inbox"}
+    assert RES["InboxDlq"]["Properties"]["QueueName"] == {"Fn::Sub": "${Prefix}-inbox-dlq"}
+
+
+def test_work_queues_redrive_to_their_dlq_after_max_receives():
+    max_receives = code_max_receives()
+    assert max_receives == 5
+    for queue, dlq in WORK_QUEUES.items():
+        redrive = RES[queue]["Properties"].get("RedrivePolicy")
+        assert redrive, f"{queue} has no RedrivePolicy"
+        assert ref_target(redrive["deadLetterTargetArn"]) == dlq, (queue, redrive)
+        assert redrive["deadLetterTargetArn"]["Fn::GetAtt"][1] == "Arn"
+        assert int(redrive["maxReceiveCount"]) == max_receives, (queue, redrive)
+    for dlq in WORK_QUEUES.values():
+        props = RES[dlq]["Properties"]
+        assert "RedrivePolicy" not in props, f"{dlq} must not redrive further"
+        assert props["MessageRetentionPeriod"] == 14 * 24 * 3600, dlq
+        # lambda.rs tells a DLQ record by its source ARN's `-dlq` suffix.
+        assert props["QueueName"]["Fn::Sub"].endswith("-dlq"), dlq
+
+
+def test_stage_functions_consume_their_work_queue_and_its_dlq():
+    for fn, queues in STAGES.items():
+        consumed = {ref_target(e["Properties"]["Queue"]) for e in sqs_events(fn).values()}
+        assert consumed == queues, (fn, consumed)
+    assert not sqs_events("Intake")
+    # Every queue with a consumer has exactly one.
+    seen: dict[str, str] = {}
+    for fn in FUNCTIONS:
+        for e in sqs_events(fn).values():
+            q = ref_target(e["Properties"]["Queue"])
+            assert q not in seen, f"{q} consumed by {seen[q]} and {fn}"
+            seen[q] = fn
+
+
+def test_visibility_timeout_at_least_six_times_the_consumers_timeout():
+    checked = 0
+    for fn in FUNCTIONS:
+        for name, event in sqs_events(fn).items():
+            queue = ref_target(event["Properties"]["Queue"])
+            window = int(event["Properties"]["MaximumBatchingWindowInSeconds"])
+            for timeout in timeouts_of(fn):
+                vis = visibility_for(queue, timeout, fn)
+                # AWS: at least 6 x the function timeout, plus the batching window.
+                assert vis >= 6 * timeout + window, (fn, name, queue, timeout, vis)
+                assert vis <= 43200, (queue, vis)
+                checked += 1
+    assert checked > 0
+    # With the defaults, spelled out.
+    for fn, queue in [("Route", "RouteQueue"), ("AgentCall", "AgentCallQueue"),
+                      ("Aggregate", "AggregateQueue"), ("Events", "InboxQueue")]:
+        default = int(PARAMS[function(fn)["Timeout"]["Ref"]]["Default"])
+        assert visibility_for(queue, default, fn) >= 6 * default, (fn, queue)
+
+
+def test_every_sqs_event_reports_batch_item_failures_with_batching_set():
+    count = 0
+    for fn in FUNCTIONS:
+        for name, event in sqs_events(fn).items():
+            props = event["Properties"]
+            assert props.get("FunctionResponseTypes") == ["ReportBatchItemFailures"], (fn, name)
+            assert isinstance(props.get("BatchSize"), int) and 1 <= props["BatchSize"] <= 10, (fn, name)
+            assert isinstance(props.get("MaximumBatchingWindowInSeconds"), int), (fn, name)
+            count += 1
+    assert count == 7, count  # 3 stages x (work + DLQ) + the inbox
+
+
+def test_agent_call_trigger_has_a_maximum_concurrency():
+    work = [e for e in sqs_events("AgentCall").values()
+            if ref_target(e["Properties"]["Queue"]) == "AgentCallQueue"]
+    assert len(work) == 1
+    scaling = work[0]["Properties"].get("ScalingConfig", {})
+    assert scaling.get("MaximumConcurrency") == {"Ref": "AgentCallMaxConcurrency"}
+    param = PARAMS["AgentCallMaxConcurrency"]
+    assert 2 <= param["MinValue"] <= param["Default"] <= param["MaxValue"] <= 1000
+
+
+def test_queues_are_encrypted():
+    for queue, q in resources("AWS::SQS::Queue").items():
+        props = q["Properties"]
+        assert props.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in props, queue
+
+
+def test_tables_key_schema_billing_ttl_pitr_sse():
+    keys = code_key_constants()
+    pk, sk, gsi1, gsi1pk, gsi1sk = (keys[k] for k in ("PK", "SK", "GSI1", "GSI1_PK", "GSI1_SK"))
+    # The TTL attribute is the items' `expires_at` field (serde names it so).
+    ttl = keys.get("TTL", "expires_at")
+    assert re.search(rf"\b{ttl}: i64,", rust("shared/src/adapters/aws/task_store.rs")), ttl
+    tables = resources("AWS::DynamoDB::Table")
+    assert set(tables) == {"ContextTable", "RegistryTable"}
+    assert tables["ContextTable"]["Properties"]["TableName"] == {"Fn::Sub": "${Prefix}-context"}
+    assert tables["RegistryTable"]["Properties"]["TableName"] == {"Fn::Sub": "${Prefix}-registry"}
+    for name, table in tables.items():
+        props = table["Properties"]
+        assert props["BillingMode"] == "PAY_PER_REQUEST", name
+        assert props["KeySchema"] == [
+            {"AttributeName": pk, "KeyType": "HASH"},
+            {"AttributeName": sk, "KeyType": "RANGE"},
+        ], name
+        assert props["TimeToLiveSpecification"] == {"AttributeName": ttl, "Enabled": True}, name
+        assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}, name
+        assert props["SSESpecification"]["SSEEnabled"] is True, name
+        assert table.get("DeletionPolicy") == "Retain", name
+        attrs = {a["AttributeName"]: a["AttributeType"] for a in props["AttributeDefinitions"]}
+        expected = {pk: "S", sk: "S"}
+        if name == "ContextTable":
+            expected |= {gsi1pk: "S", gsi1sk: "S"}
+            assert props["GlobalSecondaryIndexes"] == [{
+                "IndexName": gsi1,
+                "KeySchema": [
+                    {"AttributeName": gsi1pk, "KeyType": "HASH"},
+                    {"AttributeName": gsi1sk, "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }]
+        else:
+            assert "GlobalSecondaryIndexes" not in props
+        assert attrs == expected, (name, attrs)
+
+
+def workspace_packages() -> set[str]:
+    members = re.search(r"members\s*=\s*\[([^\]]*)\]", rust("Cargo.toml")).group(1)
+    names = set()
+    for member in re.findall(r'"([^"]+)"', members):
+        m = re.search(r'^name\s*=\s*"([^"]+)"', rust(f"{member}/Cargo.toml"), re.M)
+        names.add(m.group(1))
+    return names
+
+
+def test_functions_are_rust_on_arm64_with_tracing():
+    binaries = {}
+    for fn in FUNCTIONS:
+        props = function(fn)
+        assert props["Runtime"] == "provided.al2023", fn
+        assert props["Architectures"] == ["arm64"], fn
+        assert props["Handler"] == "bootstrap", fn
+        assert props["CodeUri"] == ".", fn  # the workspace root: one shared target dir
+        assert props["Tracing"] == "Active", fn
+        assert props["MemorySize"] == {"Ref": "FunctionMemory"}, fn
+        assert isinstance(props["Timeout"], dict) and props["Timeout"]["Ref"] in PARAMS, fn
+        meta = RES[fn]["Metadata"]
+        assert meta["BuildMethod"] == "rust-cargolambda", fn
+        binaries[fn] = meta["BuildProperties"]["Binary"]
+    assert binaries == {
+        "Intake": "intake", "Route": "route", "AgentCall": "agent-call",
+        "Aggregate": "aggregate", "Events": "events",
+    }
+    packages = workspace_packages()
+    for fn in ("Intake", "Route", "AgentCall", "Aggregate"):
+        assert binaries[fn] in packages, f"{binaries[fn]} is not a workspace package"
+    # `events` is the inbox binary (functions/events); checked once it exists.
+    if (ROOT / "functions/events/Cargo.toml").exists():
+        assert "events" in packages
+
+
+def test_functions_log_to_their_own_log_group_with_retention():
+    for fn in FUNCTIONS:
+        props = function(fn)
+        name = props["FunctionName"]["Fn::Sub"]
+        logging = props["LoggingConfig"]
+        group = ref_target(logging["LogGroup"])
+        group_props = RES[group]["Properties"]
+        assert group_props["LogGroupName"] == {"Fn::Sub": f"/aws/lambda/{name}"}, fn
+        assert group_props["RetentionInDays"] == {"Ref": "LogRetentionDays"}, fn
+    access = RES["ApiAccessLogs"]["Properties"]
+    assert access["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_environment_matches_what_the_code_reads():
+    names = code_queue_names()
+    setup = rust("shared/src/setup.rs")
+    assert '"MAOF_QUEUE_URL_{}"' in setup and "replace('-', \"_\").to_uppercase()" in setup
+    resource_src = rust("shared/src/adapters/aws/mod.rs")
+    for var in ("MAOF_CONTEXT_TABLE", "MAOF_REGISTRY_TABLE", "MAOF_QUEUE_PREFIX"):
+        assert var in resource_src, var
+    for fn in FUNCTIONS:
+        env = function(fn)["Environment"]["Variables"]
+        assert env["MAOF_CONTEXT_TABLE"] == {"Ref": "ContextTable"}, fn
+        assert env["MAOF_REGISTRY_TABLE"] == {"Ref": "RegistryTable"}, fn
+        assert env["MAOF_QUEUE_PREFIX"] == {"Ref": "Prefix"}, fn
+        assert env["RUST_LOG"] == {"Ref": "RustLog"}, fn
+        assert env["MAOF_EVENT_BUS"] == {"Ref": "EventBus"}, fn
+        # All six, or the code falls back to looking the queues up by name.
+        for variant, suffix in names.items():
+            var = "MAOF_QUEUE_URL_" + suffix.replace("-", "_").upper()
+            assert env.get(var) == {"Ref": QUEUE_OF[variant]}, (fn, var)
+    intake = function("Intake")["Environment"]["Variables"]
+    assert "MAOF_JWT_SECRET_NAME" in rust("functions/intake/src/main.rs")
+    assert intake["MAOF_JWT_SECRET_NAME"] == RES["JwtSecret"]["Properties"]["Name"]
+    assert intake["AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH"] == "true"
+    events = function("Events")["Environment"]["Variables"]
+    assert events["MAOF_EVENT_TENANTS"] == {"Ref": "EventTenants"}
+    assert events["MAOF_INBOX_TENANT"] == {"Ref": "InboxTenant"}
+    inbox_src = ROOT / "shared/src/stages/inbox.rs"
+    if inbox_src.exists():
+        src = inbox_src.read_text()
+        assert "MAOF_EVENT_TENANTS" in src and "MAOF_INBOX_TENANT" in src
+
+
+# What each function may do, and on what. X-Ray's two actions have no
+# resource-level permissions: they are the only `*` resource allowed.
+XRAY = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+GET, PUT, UPDATE, QUERY, SCAN, DELETE = (
+    "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+    "dynamodb:Query", "dynamodb:Scan", "dynamodb:DeleteItem")
+CONSUME = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
+           "sqs:GetQueueAttributes"}
+CONTEXT = "GetAtt(ContextTable.Arn)"
+CONTEXT_INDEX = "Sub(${ContextTable.Arn}/index/gsi1)"
+REGISTRY = "GetAtt(RegistryTable.Arn)"
+BUS = "GetAtt(EventBus.Arn)"
+PROVIDER_SECRETS = ("Sub(arn:${AWS::Partition}:secretsmanager:${AWS::Region}:"
+                    "${AWS::AccountId}:secret:${ProviderSecretPrefix}*)")
+BEDROCK = {
+    "Sub(arn:${AWS::Partition}:bedrock:*::foundation-model/${BedrockModelPattern})",
+    "Sub(arn:${AWS::Partition}:bedrock:${AWS::Region}:${AWS::AccountId}:inference-profile/*)",
+}
+
+
+def grants(*pairs) -> set[tuple[str, str]]:
+    out = set()
+    for actions, res in pairs:
+        for a in ([actions] if isinstance(actions, str) else actions):
+            for r in ([res] if isinstance(res, str) else res):
+                out.add((a, r))
+    return out
+
+
+def common(logs: str):
+    return [(XRAY, "*"), ({"logs:CreateLogStream", "logs:PutLogEvents"}, f"GetAtt({logs}.Arn)")]
+
+
+EXPECTED_ALLOW = {
+    "IntakeRole": grants(
+        *common("IntakeLogs"),
+        ({GET, PUT, UPDATE, QUERY}, CONTEXT),
+        (QUERY, CONTEXT_INDEX),
+        ({GET, SCAN, PUT, DELETE}, REGISTRY),
+        ("sqs:SendMessage", "GetAtt(RouteQueue.Arn)"),
+        ("secretsmanager:GetSecretValue", "Ref(JwtSecret)"),
+        ("events:PutEvents", BUS),
+    ),
+    "RouteRole": grants(
+        *common("RouteLogs"),
+        ({GET, UPDATE}, CONTEXT),
+        (SCAN, REGISTRY),
+        (CONSUME, {"GetAtt(RouteQueue.Arn)", "GetAtt(RouteDlq.Arn)"}),
+        ("sqs:SendMessage", "GetAtt(AgentCallQueue.Arn)"),
+        ("events:PutEvents", BUS),
+    ),
+    "AgentCallRole": grants(
+        *common("AgentCallLogs"),
+        ({GET, PUT, UPDATE, QUERY}, CONTEXT),
+        (SCAN, REGISTRY),
+        (CONSUME, {"GetAtt(AgentCallQueue.Arn)", "GetAtt(AgentCallDlq.Arn)"}),
+        ("sqs:SendMessage", "GetAtt(AggregateQueue.Arn)"),
+        ("secretsmanager:GetSecretValue", PROVIDER_SECRETS),
+        ("bedrock:InvokeModel", BEDROCK),
+        ("events:PutEvents", BUS),
+    ),
+    "AggregateRole": grants(
+        *common("AggregateLogs"),
+        ({GET, UPDATE, QUERY}, CONTEXT),
+        (CONSUME, {"GetAtt(AggregateQueue.Arn)", "GetAtt(AggregateDlq.Arn)"}),
+        ("events:PutEvents", BUS),
+    ),
+    "EventsRole": grants(
+        *common("EventsLogs"),
+        ({GET, PUT, UPDATE}, CONTEXT),
+        (CONSUME, "GetAtt(InboxQueue.Arn)"),
+        ("sqs:SendMessage", "GetAtt(RouteQueue.Arn)"),
+    ),
+}
+EXPECTED_DENY = {
+    # `${Prefix}/jwt` may fall under the provider-key prefix.
+    "AgentCallRole": grants(("secretsmanager:GetSecretValue", "Ref(JwtSecret)")),
+}
+
+
+def role_statements(role: str):
+    props = RES[role]["Properties"]
+    for policy in props.get("Policies", []):
+        yield from policy["PolicyDocument"]["Statement"]
+
+
+def test_each_function_has_its_own_role():
+    roles = resources("AWS::IAM::Role")
+    assert set(roles) == set(EXPECTED_ALLOW)
+    for fn in FUNCTIONS:
+        role = function(fn)["Role"]
+        assert role == {"Fn::GetAtt": [f"{fn}Role", "Arn"]}, fn
+        assert "Policies" not in RES[fn]["Properties"], f"{fn}: SAM policies would bypass the role"
+    for role, r in roles.items():
+        props = r["Properties"]
+        assert "ManagedPolicyArns" not in props, role
+        trust = props["AssumeRolePolicyDocument"]["Statement"]
+        assert trust == [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+                          "Action": "sts:AssumeRole"}], role
+    assert not resources("AWS::IAM::Policy") and not resources("AWS::IAM::ManagedPolicy")
+
+
+def test_no_wildcards_and_each_role_grants_exactly_what_its_function_needs():
+    for role, expected in EXPECTED_ALLOW.items():
+        allow, deny = set(), set()
+        for st in role_statements(role):
+            actions = listify(st["Action"])
+            res = [canonical(r) for r in listify(st["Resource"])]
+            for a in actions:
+                assert a != "*" and not a.endswith(":*"), f"{role}: wildcard action {a}"
+            if "*" in res:
+                assert st["Effect"] == "Allow" and set(actions) <= XRAY, (
+                    f"{role}: `*` resource for {actions}; only X-Ray's write actions need it")
+            if st["Effect"] == "Allow":
+                if "events:PutEvents" in actions:
+                    assert st["Condition"] == {"StringEquals": {"events:source": "maof"}}, role
+                allow |= grants((set(actions), set(res)))
+            else:
+                deny |= grants((set(actions), set(res)))
+        assert allow == expected, (
+            f"{role}: extra {sorted(allow - expected)}, missing {sorted(expected - allow)}")
+        assert deny == EXPECTED_DENY.get(role, set()), (role, deny)
+    # Only agent-call reads provider keys; only intake reads the JWT signing key.
+    for role, expected in EXPECTED_ALLOW.items():
+        secrets = {r for a, r in expected if a == "secretsmanager:GetSecretValue"}
+        assert secrets == {"IntakeRole": {"Ref(JwtSecret)"},
+                           "AgentCallRole": {PROVIDER_SECRETS}}.get(role, set()), role
+
+
+# The DynamoDB actions behind each store method (shared/src/adapters/aws).
+TASK_STORE_ACTIONS = {
+    "get": {(GET, CONTEXT)},
+    "get_with_calls": {(QUERY, CONTEXT)},
+    "create": {(PUT, CONTEXT), (GET, CONTEXT)},  # a transaction of puts; get on conflict
+    "transition": {(UPDATE, CONTEXT), (GET, CONTEXT)},  # get when refused
+    "put_call": {(PUT, CONTEXT)},
+    "record_call": {(UPDATE, CONTEXT)},
+    "list": {(QUERY, CONTEXT_INDEX)},
+}
+REGISTRY_ACTIONS = {
+    "get": {(GET, REGISTRY)},
+    "list": {(SCAN, REGISTRY)},
+    "put": {(PUT, REGISTRY), (GET, REGISTRY)},  # get on conflict
+    "delete": {(DELETE, REGISTRY), (GET, REGISTRY)},
+}
+AGENTS_CACHE_ACTIONS = {"all": {(SCAN, REGISTRY)}, "get": {(SCAN, REGISTRY)}, "invalidate": set()}
+
+# The code each function runs (file, or file::function).
+CODE_OF = {
+    "IntakeRole": ["shared/src/stages/intake.rs", "shared/src/stages/mod.rs",
+                   "shared/src/api/agents.rs", "shared/src/api/tasks.rs"],
+    "RouteRole": ["shared/src/stages/route.rs", "shared/src/stages/dead_letter.rs",
+                  "shared/src/stages/mod.rs"],
+    "AgentCallRole": ["shared/src/stages/agent_call.rs", "shared/src/stages/aggregate.rs",
+                      "shared/src/stages/dead_letter.rs", "shared/src/stages/mod.rs"],
+    "AggregateRole": ["shared/src/stages/aggregate.rs", "shared/src/stages/dead_letter.rs",
+                      "shared/src/stages/mod.rs"],
+    "EventsRole": ["shared/src/stages/inbox.rs", "shared/src/stages/intake.rs::submit"],
+}
+
+
+def store_calls(spec: str) -> set[tuple[str, str]]:
+    path, _, fn = spec.partition("::")
+    text = rust(path).split("#[cfg(test)]")[0]
+    if fn:
+        m = re.search(rf"^pub(?:\(crate\))? async fn {fn}\b.*?^}}", text, re.M | re.S)
+        assert m, f"{fn} not found in {path}"
+        text = m.group(0)
+    compact = re.sub(r"\s+", "", text)
+    calls = {("tasks", m) for m in re.findall(r"\btasks\.([a-z_]+)\(", compact)}
+    calls |= {("registry", m) for m in re.findall(r"\bregistry\.([a-z_]+)\(", compact)}
+    calls |= {("agents", m) for m in re.findall(r"\.agents\.([a-z_]+)\(", compact)}
+    return calls
+
+
+def test_roles_cover_the_store_calls_their_code_makes():
+    """When a stage starts calling another store method, its role must grow."""
+    tables = {"tasks": TASK_STORE_ACTIONS, "registry": REGISTRY_ACTIONS, "agents": AGENTS_CACHE_ACTIONS}
+    for role, files in CODE_OF.items():
+        needed = set()
+        for spec in files:
+            for store, method in store_calls(spec):
+                if method == "clone":  # the Arc, not the store
+                    continue
+                assert method in tables[store], (
+                    f"{spec} calls {store}.{method}: add its DynamoDB actions to this test "
+                    "and to the template's roles")
+                needed |= tables[store][method]
+        missing = needed - EXPECTED_ALLOW[role]
+        assert not missing, f"{role} lacks {sorted(missing)} that its code needs"
+        granted = {(a, r) for a, r in EXPECTED_ALLOW[role] if a.startswith("dynamodb:")}
+        unused = granted - needed
+        assert not unused, f"{role} grants {sorted(unused)} that its code does not use"
+
+
+def test_secrets_have_no_value_in_the_template():
+    secrets = resources("AWS::SecretsManager::Secret")
+    assert set(secrets) == {"JwtSecret"}
+    props = secrets["JwtSecret"]["Properties"]
+    assert props["Name"] == {"Fn::Sub": "${Prefix}/jwt"}
+    assert "SecretString" not in props and props["GenerateSecretString"]["PasswordLength"] >= 32
+    assert not re.search(r"^\s*SecretString\s*:", TEMPLATE.read_text(), re.M)
+    assert PARAMS["ProviderSecretPrefix"]["Default"] == "maof/"
+    # The registry seed names its provider secrets under the same prefix.
+    seed = (ROOT / "infra/agents.yaml").read_text()
+    for secret in re.findall(r"secret:\s*(\S+)", seed):
+        assert secret.startswith("maof/"), secret
+
+
+def test_alarms_on_dlq_depth_function_errors_and_throttles():
+    alarms = list(resources("AWS::CloudWatch::Alarm").values())
+
+    def has(namespace, metric, dim_name, target):
+        return any(
+            a["Properties"]["Namespace"] == namespace
+            and a["Properties"]["MetricName"] == metric
+            and any(d["Name"] == dim_name and ref_target(d["Value"]) == target
+                    for d in a["Properties"]["Dimensions"])
+            and a["Properties"]["ComparisonOperator"] == "GreaterThanThreshold"
+            and a["Properties"]["Threshold"] == 0
+            for a in alarms
+        )
+
+    for dlq in WORK_QUEUES.values():
+        assert has("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", dlq), dlq
+    for fn in FUNCTIONS:
+        assert has("AWS/Lambda", "Errors", "FunctionName", fn), fn
+        assert has("AWS/Lambda", "Throttles", "FunctionName", fn), fn
+    for a in alarms:
+        assert a["Properties"]["AlarmActions"]["Fn::If"][0] == "HasAlarmAction"
+
+
+def test_http_api_throttled_logged_no_cors_optional_jwt_authorizer():
+    apis = resources("AWS::Serverless::HttpApi")
+    assert set(apis) == {"HttpApi"}
+    props = apis["HttpApi"]["Properties"]
+    assert props["DefaultRouteSettings"]["ThrottlingBurstLimit"] == {"Ref": "ApiThrottleBurst"}
+    assert props["DefaultRouteSettings"]["ThrottlingRateLimit"] == {"Ref": "ApiThrottleRate"}
+    assert "ApiAccessLogs" in props["AccessLogSettings"]["DestinationArn"]["Fn::Sub"]
+    assert "$context.requestId" in props["AccessLogSettings"]["Format"]
+    assert "CorsConfiguration" not in props
+    body = props["DefinitionBody"]
+    integration = "functions/${Intake.Arn}/invocations"
+    for path, item in body["paths"].items():
+        for op in item.values():
+            assert integration in op["x-amazon-apigateway-integration"]["uri"]["Fn::Sub"], path
+    assert "security" not in body["paths"]["/health"]["get"]
+    assert "security" not in body["paths"]["/openapi.json"]["get"]
+    default = body["paths"]["/$default"]["x-amazon-apigateway-any-method"]
+    assert default["isDefaultRoute"] is True
+    assert default["security"]["Fn::If"][0] == "HasJwtAuthorizer"
+    assert default["security"]["Fn::If"][2] == {"Ref": "AWS::NoValue"}
+    components = body["components"]["Fn::If"]
+    assert components[0] == "HasJwtAuthorizer"
+    authorizer = components[1]["securitySchemes"]["MaofJwt"]["x-amazon-apigateway-authorizer"]
+    assert authorizer["type"] == "jwt"
+    assert authorizer["jwtConfiguration"]["issuer"] == {"Ref": "JwtIssuer"}
+    assert T["Conditions"]["HasJwtAuthorizer"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "JwtIssuer"}, ""]}]}
+    perm = RES["IntakeApiPermission"]["Properties"]
+    assert perm["Principal"] == "apigateway.amazonaws.com"
+    assert perm["FunctionName"] == {"Ref": "Intake"}
+    assert perm["SourceArn"]["Fn::Sub"].endswith(":${HttpApi}/*")
+
+
+def test_event_bus_rule_delivers_task_requests_to_the_inbox():
+    assert RES["EventBus"]["Properties"]["Name"] == {"Fn::Sub": "${Prefix}-bus"}
+    rule = RES["TaskRequestedRule"]["Properties"]
+    assert rule["EventBusName"] == {"Ref": "EventBus"}
+    inbox_src = ROOT / "shared/src/stages/inbox.rs"
+    requested = "maof.task.requested"
+    if inbox_src.exists():
+        assert f'pub const REQUESTED: &str = "{requested}";' in inbox_src.read_text()
+    assert rule["EventPattern"]["detail-type"] == [requested]
+    (target,) = rule["Targets"]
+    assert ref_target(target["Arn"]) == "InboxQueue"
+    assert ref_target(target["DeadLetterConfig"]["Arn"]) == "InboxDlq"
+    policy = RES["InboxQueuesPolicy"]["Properties"]
+    assert {ref_target(q) for q in policy["Queues"]} == {"InboxQueue", "InboxDlq"}
+    (allow,) = policy["PolicyDocument"]["Statement"]
+    assert allow["Principal"] == {"Service": "events.amazonaws.com"}
+    assert allow["Action"] == "sqs:SendMessage"
+    assert allow["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["TaskRequestedRule", "Arn"]}}}
+
+
+def test_outputs():
+    outputs = T["Outputs"]
+    for name in ("ApiUrl", "ContextTableName", "RegistryTableName", "RouteQueueUrl",
+                 "AgentCallQueueUrl", "AggregateQueueUrl", "RouteDlqUrl", "AgentCallDlqUrl",
+                 "AggregateDlqUrl", "InboxQueueUrl", "EventBusName"):
+        assert name in outputs, name
+    assert "${HttpApi}.execute-api" in outputs["ApiUrl"]["Value"]["Fn::Sub"]
+
+
+def test_sam_transform_adds_no_permissions_of_its_own():
+    """SAM would attach AWS-managed policies (with `Resource: *`) to roles it
+    generates; with a role per function it must generate none."""
+    try:
+        from samtranslator.translator.transform import transform
+    except ImportError as e:  # a missing tool is a failure, not a skip
+        raise AssertionError(
+            "samtranslator is missing: run infra/scripts/check-template.sh, which installs aws-sam-cli"
+        ) from e
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    template = json.loads(json.dumps(T))
+    template["Globals"]["Function"]["CodeUri"] = "s3://bucket/key"  # as `sam package` leaves it
+
+    class NoManagedPolicies:
+        def load(self):
+            return {}
+
+    out = transform(template, {}, NoManagedPolicies())["Resources"]
+    roles = {k for k, v in out.items() if v["Type"] == "AWS::IAM::Role"}
+    assert roles == set(EXPECTED_ALLOW), roles
+    for role in roles:
+        assert out[role] == RES[role], f"SAM changed {role}"
+    assert not [k for k, v in out.items() if v["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")]
+    mappings = [v["Properties"] for v in out.values() if v["Type"] == "AWS::Lambda::EventSourceMapping"]
+    assert len(mappings) == 7
+    for m in mappings:
+        assert m["FunctionResponseTypes"] == ["ReportBatchItemFailures"], m
+    api = out["HttpApi"]["Properties"]
+    assert "/$default" in api["Body"]["paths"] and api["FailOnWarnings"] is True
+
+
+# ------------------------------------------------------------------ runner
+
+
+def main() -> int:
+    tests = [(n, f) for n, f in sorted(globals().items(), key=lambda kv: kv[0])
+             if n.startswith("test_") and callable(f)]
+    failed = 0
+    for name, test in tests:
+        try:
+            test()
+        except Exception as e:  # noqa: BLE001 - report every failure
+            failed += 1
+            print(f"FAIL {name}: {type(e).__name__}: {e}")
+        else:
+            print(f"ok   {name}")
+    print(f"{len(tests) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
