@@ -186,6 +186,11 @@ async fn call(
                 });
         let error: ProviderError = match answer {
             Ok(response) => {
+                if agent.spec.pricing.is_none() {
+                    tracing::warn!(
+                        "the agent has no prices: this call's cost is unknown (null), not zero"
+                    );
+                }
                 return Ok(CallResult {
                     call_id,
                     agent_id: agent_id.clone(),
