@@ -279,7 +279,7 @@ fn cost_sums_are_exact_for_a_thousand_calls_of_odd_token_counts() {
         calls.push(CallResult {
             call_id,
             agent_id: agent.id.clone(),
-            provider: Provider::Mock,
+            provider: Some(Provider::Mock),
             status: CallStatus::Succeeded,
             output: Some("x".into()),
             cost_usd: agent.cost(&usage),

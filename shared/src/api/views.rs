@@ -88,7 +88,7 @@ impl From<TaskRecord> for TaskView {
 pub struct CallView {
     pub call_id: String,
     pub agent_id: String,
-    pub provider: Provider,
+    pub provider: Option<Provider>,
     pub status: CallStatus,
     pub output: Option<String>,
     pub usage: Usage,

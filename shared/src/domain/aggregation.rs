@@ -104,7 +104,7 @@ mod tests {
         CallResult {
             call_id: call,
             agent_id: AgentId::parse(format!("a{i}")).unwrap(),
-            provider: Provider::Mock,
+            provider: Some(Provider::Mock),
             status: if ok {
                 CallStatus::Succeeded
             } else {

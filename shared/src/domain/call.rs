@@ -87,7 +87,8 @@ pub enum CallStatus {
 pub struct CallResult {
     pub call_id: CallId,
     pub agent_id: AgentId,
-    pub provider: Provider,
+    /// `None` when the agent no longer existed when its call was made.
+    pub provider: Option<Provider>,
     pub status: CallStatus,
     pub output: Option<String>,
     pub usage: Usage,

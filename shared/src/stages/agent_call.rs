@@ -194,7 +194,7 @@ async fn call(
                 return Ok(CallResult {
                     call_id,
                     agent_id: agent_id.clone(),
-                    provider: agent.spec.provider,
+                    provider: Some(agent.spec.provider),
                     status: CallStatus::Succeeded,
                     output: Some(response.output),
                     cost_usd: agent.cost(&response.usage),
@@ -269,7 +269,7 @@ fn failed(
     CallResult {
         call_id,
         agent_id: agent_id.clone(),
-        provider: agent.map_or(crate::domain::Provider::Mock, |a| a.spec.provider),
+        provider: agent.map(|a| a.spec.provider),
         status: CallStatus::Failed,
         output: None,
         usage: Usage::default(),

@@ -43,7 +43,7 @@ fn call_result(call_id: CallId, output: &str) -> CallResult {
     CallResult {
         call_id,
         agent_id: AgentId::parse("mock-a").unwrap(),
-        provider: Provider::Mock,
+        provider: Some(Provider::Mock),
         status: CallStatus::Succeeded,
         output: Some(output.to_owned()),
         usage: Usage {
