@@ -1,3 +1,4 @@
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -8,16 +9,19 @@ use crate::ports::{EventError, EventPublisher, TaskFinished};
 /// Keeps published events in process (`maof dev` logs them; tests read them).
 #[derive(Default)]
 pub struct MemoryEvents {
-    published: Mutex<Vec<TaskFinished>>,
+    published: Mutex<VecDeque<TaskFinished>>,
 }
 
 impl MemoryEvents {
+    /// The newest events kept, like the task store's retention.
+    pub const KEEP: usize = 10_000;
+
     pub fn new() -> Self {
         Self::default()
     }
 
     pub fn published(&self) -> Vec<TaskFinished> {
-        lock(&self.published).clone()
+        lock(&self.published).iter().cloned().collect()
     }
 }
 
@@ -26,11 +30,10 @@ impl EventPublisher for MemoryEvents {
     async fn task_finished(&self, event: &TaskFinished) -> Result<(), EventError> {
         tracing::debug!(detail_type = %event.detail_type(), task_id = %event.task_id, "event");
         let mut published = lock(&self.published);
-        // Bounded like the task store: the newest events are what matter locally.
-        if published.len() >= 10_000 {
-            published.remove(0);
+        if published.len() >= Self::KEEP {
+            published.pop_front();
         }
-        published.push(event.clone());
+        published.push_back(event.clone());
         Ok(())
     }
 }
