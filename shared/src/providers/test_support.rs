@@ -76,3 +76,54 @@ pub fn dead_address() -> String {
         .port();
     format!("http://127.0.0.1:{port}")
 }
+
+/// Every client's timeout case: the provider answers `body` at `at` after
+/// 3 s, the agent (built by `agent_at` for the server) allows 200 ms, and the
+/// call fails as a timeout well before the answer.
+pub async fn assert_slow_answer_is_a_timeout(
+    client: &dyn super::ProviderClient,
+    at: &str,
+    body: Value,
+    agent_at: impl FnOnce(&wiremock::MockServer) -> Agent,
+    key: Option<&SecretString>,
+    request: &ChatRequest,
+) {
+    use std::time::{Duration, Instant};
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(at))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(body)
+                .set_delay(Duration::from_secs(3)),
+        )
+        .mount(&server)
+        .await;
+    let agent = agent_at(&server);
+    let started = Instant::now();
+    let err = client.complete(&agent, key, request).await.unwrap_err();
+    assert_eq!(
+        (err.class, err.status),
+        (crate::domain::ErrorClass::Timeout, None)
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// Every client's unreachable case: `agent` points where nothing listens;
+/// the call fails as a network error without naming the address.
+pub async fn assert_unreachable_is_a_network_error(
+    client: &dyn super::ProviderClient,
+    agent: &Agent,
+    key: Option<&SecretString>,
+    request: &ChatRequest,
+) {
+    let err = client.complete(agent, key, request).await.unwrap_err();
+    assert_eq!(
+        (err.class, err.status),
+        (crate::domain::ErrorClass::Network, None)
+    );
+    assert!(!err.message.contains("127.0.0.1"), "{}", err.message);
+}

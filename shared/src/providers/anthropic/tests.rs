@@ -1,6 +1,6 @@
 //! The client against a local server speaking Anthropic's wire format, errors included.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Value, json};
@@ -382,36 +382,24 @@ async fn malformed_success_body() {
 
 #[tokio::test]
 async fn slower_than_the_agent_timeout_is_a_timeout() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/messages"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(success_body())
-                .set_delay(Duration::from_secs(3)),
-        )
-        .mount(&server)
-        .await;
-    let started = Instant::now();
-    let err = client()
-        .complete(
-            &agent_at(&server, json!({"timeout_ms": 200})),
-            Some(&key()),
-            &chat_request(),
-        )
-        .await
-        .unwrap_err();
-    assert_eq!((err.class, err.status), (ErrorClass::Timeout, None));
-    assert!(started.elapsed() < Duration::from_secs(2));
+    crate::providers::test_support::assert_slow_answer_is_a_timeout(
+        &client(),
+        "/v1/messages",
+        success_body(),
+        |s| agent_at(s, json!({"timeout_ms": 200})),
+        Some(&key()),
+        &chat_request(),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn connection_refused_is_a_network_error() {
-    let agent = agent("anthropic", MODEL, Some(dead_address()), json!({}));
-    let err = client()
-        .complete(&agent, Some(&key()), &chat_request())
-        .await
-        .unwrap_err();
-    assert_eq!((err.class, err.status), (ErrorClass::Network, None));
-    assert!(!err.message.contains("127.0.0.1"));
+    crate::providers::test_support::assert_unreachable_is_a_network_error(
+        &client(),
+        &agent("anthropic", MODEL, Some(dead_address()), json!({})),
+        Some(&key()),
+        &chat_request(),
+    )
+    .await;
 }

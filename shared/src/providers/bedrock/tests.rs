@@ -1,7 +1,7 @@
 //! The client, through the official SDK, against a local server speaking
 //! Bedrock's Converse REST/JSON wire format, errors included.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_config::Region;
 use aws_sdk_bedrockruntime::config::{Credentials, SharedCredentialsProvider};
@@ -302,37 +302,26 @@ async fn malformed_success_body() {
 
 #[tokio::test]
 async fn slower_than_the_agent_timeout_is_a_timeout() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(PATH))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(success_body())
-                .set_delay(Duration::from_secs(3)),
-        )
-        .mount(&server)
-        .await;
-    let started = Instant::now();
-    let err = client()
-        .complete(
-            &agent_at(&server, json!({"timeout_ms": 200})),
-            None,
-            &chat_request(),
-        )
-        .await
-        .unwrap_err();
-    assert_eq!((err.class, err.status), (ErrorClass::Timeout, None));
-    assert!(started.elapsed() < Duration::from_secs(2));
+    crate::providers::test_support::assert_slow_answer_is_a_timeout(
+        &client(),
+        PATH,
+        success_body(),
+        |s| agent_at(s, json!({"timeout_ms": 200})),
+        None,
+        &chat_request(),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn connection_refused_is_a_network_error() {
-    let agent = agent("bedrock", MODEL, Some(dead_address()), json!({}));
-    let err = client()
-        .complete(&agent, None, &chat_request())
-        .await
-        .unwrap_err();
-    assert_eq!((err.class, err.status), (ErrorClass::Network, None));
+    crate::providers::test_support::assert_unreachable_is_a_network_error(
+        &client(),
+        &agent("bedrock", MODEL, Some(dead_address()), json!({})),
+        None,
+        &chat_request(),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! The client against a local server speaking HuggingFace's wire formats, errors included.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use wiremock::matchers::{header, method, path};
@@ -276,35 +276,24 @@ async fn malformed_success_body() {
 
 #[tokio::test]
 async fn slower_than_the_agent_timeout_is_a_timeout() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(PATH))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!([[{"label": "POSITIVE", "score": 0.9}]]))
-                .set_delay(Duration::from_secs(3)),
-        )
-        .mount(&server)
-        .await;
-    let started = Instant::now();
-    let err = client()
-        .complete(
-            &agent_at(&server, json!({"timeout_ms": 200})),
-            Some(&key()),
-            &classify_request(),
-        )
-        .await
-        .unwrap_err();
-    assert_eq!((err.class, err.status), (ErrorClass::Timeout, None));
-    assert!(started.elapsed() < Duration::from_secs(2));
+    crate::providers::test_support::assert_slow_answer_is_a_timeout(
+        &client(),
+        PATH,
+        json!([[{"label": "POSITIVE", "score": 0.9}]]),
+        |s| agent_at(s, json!({"timeout_ms": 200})),
+        Some(&key()),
+        &classify_request(),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn connection_refused_is_a_network_error() {
-    let agent = agent("huggingface", MODEL, Some(dead_address()), json!({}));
-    let err = client()
-        .complete(&agent, Some(&key()), &classify_request())
-        .await
-        .unwrap_err();
-    assert_eq!((err.class, err.status), (ErrorClass::Network, None));
+    crate::providers::test_support::assert_unreachable_is_a_network_error(
+        &client(),
+        &agent("huggingface", MODEL, Some(dead_address()), json!({})),
+        Some(&key()),
+        &classify_request(),
+    )
+    .await;
 }

@@ -445,47 +445,32 @@ async fn malformed_success_body() {
 
 #[tokio::test]
 async fn slower_than_the_agent_timeout_is_a_timeout() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/chat/completions"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(success_body())
-                .set_delay(Duration::from_secs(3)),
-        )
-        .mount(&server)
-        .await;
-    let agent = agent_with(
-        Some(format!("{}/v1", server.uri())),
-        json!({"timeout_ms": 200}),
-    );
-
-    let started = std::time::Instant::now();
-    let err = client()
-        .complete(&agent, Some(&key()), &request())
-        .await
-        .unwrap_err();
-    assert_eq!(err.class, ErrorClass::Timeout);
-    assert_eq!(err.status, None);
-    assert!(started.elapsed() < Duration::from_secs(2));
+    crate::providers::test_support::assert_slow_answer_is_a_timeout(
+        &client(),
+        "/v1/chat/completions",
+        success_body(),
+        |s| agent_with(Some(format!("{}/v1", s.uri())), json!({"timeout_ms": 200})),
+        Some(&key()),
+        &request(),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn connection_refused_is_a_network_error() {
-    // A port that was free a moment ago: nothing listens there now.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let agent = agent_with(Some(format!("http://127.0.0.1:{port}/v1")), json!({}));
-    let err = client()
-        .complete(&agent, Some(&key()), &request())
-        .await
-        .unwrap_err();
-    assert_eq!(err.class, ErrorClass::Network);
-    assert_eq!(err.status, None);
-    assert!(!err.message.contains("127.0.0.1"));
+    crate::providers::test_support::assert_unreachable_is_a_network_error(
+        &client(),
+        &agent_with(
+            Some(format!(
+                "{}/v1",
+                crate::providers::test_support::dead_address()
+            )),
+            json!({}),
+        ),
+        Some(&key()),
+        &request(),
+    )
+    .await;
 }
 
 #[test]
