@@ -2,6 +2,8 @@
 //! naming only the failed messages out) and API Gateway's request paths.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use chrono::{DateTime, Utc};
+use lambda_runtime::LambdaEvent;
 
 use crate::ports::QueueName;
 use crate::stages::Services;
@@ -17,7 +19,22 @@ pub fn queue_of(stage: QueueName, event_source_arn: Option<&str>) -> QueueName {
     }
 }
 
-pub async fn handle_sqs(svc: &Services, stage: QueueName, event: SqsEvent) -> SqsBatchResponse {
+/// The invocation's deadline, as the runtime gives it (epoch milliseconds;
+/// zero outside Lambda).
+pub fn invocation_deadline(context: &lambda_runtime::Context) -> Option<DateTime<Utc>> {
+    i64::try_from(context.deadline)
+        .ok()
+        .filter(|ms| *ms > 0)
+        .and_then(DateTime::from_timestamp_millis)
+}
+
+pub async fn handle_sqs(
+    svc: &Services,
+    stage: QueueName,
+    event: LambdaEvent<SqsEvent>,
+) -> SqsBatchResponse {
+    let deadline = invocation_deadline(&event.context);
+    let event = event.payload;
     let mut by_queue: Vec<(QueueName, Vec<BatchMessage>)> = Vec::new();
     for record in event.records {
         let queue = queue_of(stage, record.event_source_arn.as_deref());
@@ -38,8 +55,10 @@ pub async fn handle_sqs(svc: &Services, stage: QueueName, event: SqsEvent) -> Sq
     }
     let mut response = SqsBatchResponse::default();
     for (queue, messages) in by_queue {
-        for id in batch::process(svc, queue, messages).await {
-            response.add_failure(id);
+        let failed = batch::process(svc, queue, messages, deadline).await;
+        batch::delay_retries(svc, queue, &failed).await;
+        for message in failed {
+            response.add_failure(message.message_id);
         }
     }
     response

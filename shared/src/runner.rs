@@ -3,14 +3,22 @@
 //! handler the Lambdas use, delete what succeeded and leave failures to come
 //! back after their visibility timeout (and to the DLQ after the maximum
 //! receives, where the dead-letter pollers fail their tasks).
+//!
+//! Each queue's visibility timeout is the one template.yaml gives it, and a
+//! heartbeat extends the visibility of the messages in hand while their
+//! batch is being handled, so a slow call is never delivered a second time
+//! while it is still running.
 
+use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::join_all;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::ports::QueueName;
+use crate::adapters::aws::template::{TEMPLATE, TemplateShape};
+use crate::ports::{QueueName, ReceivedMessage};
 use crate::stages::Services;
 use crate::stages::batch::{self, BatchMessage};
 
@@ -18,8 +26,9 @@ use crate::stages::batch::{self, BatchMessage};
 pub struct RunnerConfig {
     /// Messages per batch (the event source mapping's batch size; SQS allows 10).
     pub batch_size: u32,
-    /// How long a received message stays hidden; a failed one returns after it.
-    pub visibility: Duration,
+    /// How long a received message stays hidden, per queue; a failed one
+    /// returns after it. A queue not named here gets `FALLBACK_VISIBILITY`.
+    pub visibility: BTreeMap<QueueName, Duration>,
     /// Long-poll wait of each receive.
     pub wait: Duration,
     /// Concurrent pollers per work queue (Lambda's concurrency per stage).
@@ -28,17 +37,59 @@ pub struct RunnerConfig {
     pub aggregate_pollers: usize,
 }
 
+/// The visibility of a queue the template does not describe.
+pub const FALLBACK_VISIBILITY: Duration = Duration::from_secs(30);
+
 impl Default for RunnerConfig {
+    /// The Lambda trigger's settings, with each queue's visibility timeout
+    /// as template.yaml declares it.
     fn default() -> Self {
         RunnerConfig {
             batch_size: 10,
-            visibility: Duration::from_secs(30),
+            visibility: template_visibility(),
             wait: Duration::from_secs(1),
             route_pollers: 2,
             agent_call_pollers: 8,
             aggregate_pollers: 2,
         }
     }
+}
+
+impl RunnerConfig {
+    /// The same visibility timeout on every queue (tests use a short one, so
+    /// that failed messages come back quickly).
+    pub fn with_visibility(mut self, visibility: Duration) -> Self {
+        self.visibility = QueueName::ALL.iter().map(|q| (*q, visibility)).collect();
+        self
+    }
+
+    pub fn visibility(&self, queue: QueueName) -> Duration {
+        self.visibility
+            .get(&queue)
+            .copied()
+            .unwrap_or(FALLBACK_VISIBILITY)
+    }
+}
+
+/// Each pipeline queue's `VisibilityTimeout` in the embedded template.
+fn template_visibility() -> BTreeMap<QueueName, Duration> {
+    let prefix = "maof";
+    let overrides = HashMap::from([("Prefix".to_owned(), prefix.to_owned())]);
+    let shape = match TemplateShape::parse(TEMPLATE, &overrides) {
+        Ok(shape) => shape,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the queues' visibility from template.yaml");
+            return BTreeMap::new();
+        }
+    };
+    QueueName::ALL
+        .iter()
+        .filter_map(|queue| {
+            let name = format!("{prefix}-{}", queue.as_str());
+            let shape = shape.queues.iter().find(|s| s.name == name)?;
+            Some((*queue, Duration::from_secs(shape.visibility_timeout?)))
+        })
+        .collect()
 }
 
 pub struct Runner {
@@ -84,13 +135,14 @@ async fn poll(
     config: RunnerConfig,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let visibility = config.visibility(queue);
     loop {
         if *stopped.borrow() {
             return;
         }
         let received = tokio::select! {
             _ = stopped.changed() => return,
-            received = svc.queue.receive(queue, config.batch_size, config.visibility, config.wait) => received,
+            received = svc.queue.receive(queue, config.batch_size, visibility, config.wait) => received,
         };
         let messages = match received {
             Ok(messages) => messages,
@@ -112,15 +164,41 @@ async fn poll(
                 receive_count: m.receive_count,
             })
             .collect();
-        let failed = batch::process(&svc, queue, batch).await;
+        let failed = tokio::select! {
+            failed = batch::process(&svc, queue, batch, None) => failed,
+            never = heartbeat(&svc, queue, &messages, visibility) => match never {},
+        };
+        batch::delay_retries(&svc, queue, &failed).await;
         let deletes = messages
             .iter()
-            .filter(|m| !failed.contains(&m.message_id))
+            .filter(|m| !failed.iter().any(|f| f.message_id == m.message_id))
             .map(|m| svc.queue.delete(queue, &m.receipt));
         for result in join_all(deletes).await {
             if let Err(e) = result {
                 // The message comes back and is handled again: harmless, as every stage is idempotent.
                 tracing::warn!(queue = queue.as_str(), error = %e, "delete failed");
+            }
+        }
+    }
+}
+
+/// Keeps `messages` hidden while their batch is handled: every half
+/// visibility timeout, hides them for another whole one. Runs until dropped.
+async fn heartbeat(
+    svc: &Services,
+    queue: QueueName,
+    messages: &[ReceivedMessage],
+    visibility: Duration,
+) -> std::convert::Infallible {
+    let period = visibility / 2;
+    loop {
+        tokio::time::sleep(period).await;
+        let extensions = messages
+            .iter()
+            .map(|m| svc.queue.change_visibility(queue, &m.receipt, visibility));
+        for result in join_all(extensions).await {
+            if let Err(e) = result {
+                tracing::warn!(queue = queue.as_str(), error = %e, "could not extend a message's visibility");
             }
         }
     }

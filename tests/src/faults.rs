@@ -1,16 +1,22 @@
 //! Fault injection around the ports: duplicate delivery and failing stores.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use maof::domain::{CallResult, Task, TaskId, TaskPatch, TaskStatus, TenantId};
+use maof::domain::{
+    Agent, CallId, CallLease, CallResult, LeaseOutcome, Task, TaskId, TaskPatch, TaskStatus,
+    TenantId,
+};
 use maof::ports::{
     FanIn, OutgoingMessage, Page, Queue, QueueError, QueueName, ReceivedMessage, StoreError,
     TaskRecord, TaskStore,
 };
+use maof::providers::{ChatRequest, ChatResponse, ProviderClient, ProviderError};
+use secrecy::SecretString;
 
 /// Sends every message twice, as SQS's at-least-once delivery may.
 pub struct DuplicatingQueue(pub Arc<dyn Queue>);
@@ -61,6 +67,7 @@ impl Queue for DuplicatingQueue {
 
 /// Fails the agent-call stage's result write (`put_call` / `record_call`) a
 /// set number of times, then behaves: `u32::MAX` failures make a poison stage.
+/// Each failing write counts as one fault, however the stage retries it.
 pub struct FailingRecordCalls {
     pub inner: Arc<dyn TaskStore>,
     pub failures_left: AtomicU32,
@@ -118,12 +125,25 @@ impl TaskStore for FailingRecordCalls {
         self.inner.transition(tenant, task_id, to, patch, now).await
     }
 
+    async fn lease_call(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+        call_id: CallId,
+        lease: &CallLease,
+        now: DateTime<Utc>,
+    ) -> Result<LeaseOutcome, StoreError> {
+        self.inner
+            .lease_call(tenant, task_id, call_id, lease, now)
+            .await
+    }
+
     async fn put_call(
         &self,
         tenant: &TenantId,
         task_id: TaskId,
         result: &CallResult,
-    ) -> Result<(), StoreError> {
+    ) -> Result<CallResult, StoreError> {
         self.fault()?;
         self.inner.put_call(tenant, task_id, result).await
     }
@@ -145,5 +165,73 @@ impl TaskStore for FailingRecordCalls {
         cursor: Option<&str>,
     ) -> Result<Page<Task>, StoreError> {
         self.inner.list(tenant, limit, cursor).await
+    }
+}
+
+/// Counts the requests a provider receives, by agent and request text: what
+/// a provider would bill. Wraps the real client, which still answers.
+pub struct CountingProvider {
+    inner: Arc<dyn ProviderClient>,
+    requests: std::sync::Mutex<HashMap<(String, String), u32>>,
+}
+
+impl CountingProvider {
+    pub fn new(inner: Arc<dyn ProviderClient>) -> Self {
+        CountingProvider {
+            inner,
+            requests: Default::default(),
+        }
+    }
+
+    /// Requests received in all.
+    pub fn total(&self) -> u32 {
+        self.requests.lock().unwrap().values().sum()
+    }
+
+    /// Requests received for `agent` with `content` as the user's text.
+    pub fn count(&self, agent: &str, content: &str) -> u32 {
+        self.requests
+            .lock()
+            .unwrap()
+            .get(&(agent.to_owned(), content.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The (agent, content) pairs that were requested more than once.
+    pub fn repeated(&self) -> Vec<((String, String), u32)> {
+        let mut repeated: Vec<_> = self
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(k, n)| (k.clone(), *n))
+            .collect();
+        repeated.sort();
+        repeated
+    }
+}
+
+#[async_trait]
+impl ProviderClient for CountingProvider {
+    async fn complete(
+        &self,
+        agent: &Agent,
+        key: Option<&SecretString>,
+        request: &ChatRequest,
+    ) -> Result<ChatResponse, ProviderError> {
+        let content = request
+            .messages
+            .last()
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        *self
+            .requests
+            .lock()
+            .unwrap()
+            .entry((agent.id.to_string(), content))
+            .or_default() += 1;
+        self.inner.complete(agent, key, request).await
     }
 }

@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use maof::api::{ApiState, Authenticator, router};
-use maof::domain::{Role, TenantId};
+use maof::domain::{Provider, Role, TenantId};
 use maof::ports::{CachedSecrets, Queue, SystemClock, TaskStore};
-use maof::providers::{Providers, http_client};
+use maof::providers::{MockProvider, Providers, http_client};
 use maof::runner::{Runner, RunnerConfig};
 use maof::stages::{Services, Settings};
 use secrecy::SecretString;
 
 use crate::backends::Backend;
+use crate::faults::CountingProvider;
 
 pub const JWT_SECRET: &str = "test-secret-of-enough-length-for-hs256";
 
@@ -32,6 +33,8 @@ pub struct Pipeline {
     pub http: reqwest::Client,
     pub services: Services,
     pub auth: Arc<Authenticator>,
+    /// Every request the mock agents received.
+    pub provider: Arc<CountingProvider>,
     runner: Option<Runner>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -56,12 +59,15 @@ impl Pipeline {
             clock.clone(),
             CachedSecrets::DEFAULT_TTL,
         ));
+        let provider = Arc::new(CountingProvider::new(Arc::new(MockProvider)));
+        let mut providers = Providers::new(http_client());
+        providers.insert(Provider::Mock, provider.clone());
         let services = Services::new(
             tasks,
             backend.registry,
             queue,
             secrets,
-            Providers::new(http_client()),
+            providers,
             clock,
             Settings::default(),
         );
@@ -69,11 +75,11 @@ impl Pipeline {
             .await
             .unwrap_or_else(|e| panic!("seeding the test registry: {e}"));
         let config = RunnerConfig {
-            // Failed messages come back quickly in tests.
-            visibility: Duration::from_secs(1),
             wait: Duration::from_millis(200),
             ..RunnerConfig::default()
-        };
+        }
+        // Failed messages come back quickly in tests.
+        .with_visibility(Duration::from_secs(1));
         let runner = Runner::spawn(services.clone(), config);
         let auth = Arc::new(Authenticator::new(SecretString::from(JWT_SECRET)));
         let app = router(ApiState {
@@ -92,6 +98,7 @@ impl Pipeline {
             http: reqwest::Client::new(),
             services,
             auth,
+            provider,
             runner: Some(runner),
             server,
         }

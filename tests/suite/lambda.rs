@@ -113,7 +113,15 @@ async fn an_sqs_batch_reports_only_the_bad_message() {
         .replace("\"{{GHOST_BODY}}\"", &json_string(&ghost));
     let event: SqsEvent = serde_json::from_str(&event).expect("the fixture is an SQS event");
 
-    let response = maof::lambda::handle_sqs(&svc, QueueName::Route, event).await;
+    let mut context = lambda_runtime::Context::default();
+    context.deadline =
+        (chrono::Utc::now() + chrono::Duration::seconds(30)).timestamp_millis() as u64;
+    let response = maof::lambda::handle_sqs(
+        &svc,
+        QueueName::Route,
+        lambda_runtime::LambdaEvent::new(event, context),
+    )
+    .await;
     let failed: Vec<&str> = response
         .batch_item_failures
         .iter()

@@ -13,7 +13,7 @@ async fn main() -> Result<(), Error> {
     let svc = &svc;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<SqsBatchResponse, Error>(
-            maof::lambda::handle_sqs(svc, QueueName::AgentCall, event.payload).await,
+            maof::lambda::handle_sqs(svc, QueueName::AgentCall, event).await,
         )
     }))
     .await

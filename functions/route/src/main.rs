@@ -12,9 +12,7 @@ async fn main() -> Result<(), Error> {
         maof::setup::aws_services(&load_sdk_config().await, &ResourceNames::from_env()).await?;
     let svc = &svc;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<SqsBatchResponse, Error>(
-            maof::lambda::handle_sqs(svc, QueueName::Route, event.payload).await,
-        )
+        Ok::<SqsBatchResponse, Error>(maof::lambda::handle_sqs(svc, QueueName::Route, event).await)
     }))
     .await
 }

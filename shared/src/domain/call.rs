@@ -53,6 +53,10 @@ pub enum ErrorClass {
     ContentFiltered,
     /// No agent could take the call, or the call was abandoned (budget, cancel).
     Unavailable,
+    /// The provider's answer was larger than the agent's response cap.
+    ResponseTooLarge,
+    /// The call's message kept failing until it was dead-lettered.
+    DeadLetter,
 }
 
 impl ErrorClass {

@@ -5,6 +5,7 @@ pub mod aggregation;
 pub mod call;
 pub mod envelope;
 pub mod ids;
+pub mod lease;
 pub mod money;
 pub mod principal;
 pub mod routing;
@@ -17,6 +18,7 @@ pub use agent::{
 pub use call::{CallError, CallResult, CallStatus, ErrorClass, Usage};
 pub use envelope::{Envelope, MessageKind};
 pub use ids::{AgentId, CallId, IdError, IdempotencyKey, TaskId, TenantId, WorkflowId};
+pub use lease::{CallLease, LeaseHolder, LeaseOutcome};
 pub use money::Usd;
 pub use principal::{Principal, Role};
 pub use task::{

@@ -85,6 +85,13 @@ pub enum QueueError {
 pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
 
+/// SQS takes delays and visibility timeouts in whole seconds: every backend
+/// rounds up (a message never comes back sooner than asked) and caps at `max`.
+pub fn whole_seconds(d: Duration, max: Duration) -> Duration {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    Duration::from_secs(secs).min(max)
+}
+
 #[async_trait]
 pub trait Queue: Send + Sync {
     async fn send(&self, queue: QueueName, message: OutgoingMessage) -> Result<(), QueueError>;

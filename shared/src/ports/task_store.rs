@@ -3,7 +3,10 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{CallResult, Task, TaskId, TaskPatch, TaskStatus, TenantId, TransitionError};
+use crate::domain::{
+    CallId, CallLease, CallResult, LeaseOutcome, Task, TaskId, TaskPatch, TaskStatus, TenantId,
+    TransitionError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -79,14 +82,29 @@ pub trait TaskStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Task, StoreError>;
 
+    /// Takes, renews or ends the lease on a call, atomically: written when
+    /// the call has no lease, its lease has ended, or `lease.holder` already
+    /// holds it (a holder ends its lease by writing `until = now`). Otherwise
+    /// the call is `Held` by another delivery, and nothing is written.
+    async fn lease_call(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+        call_id: CallId,
+        lease: &CallLease,
+        now: DateTime<Utc>,
+    ) -> Result<LeaseOutcome, StoreError>;
+
     /// Stores a call's final result; the first write for a call id wins and a
     /// duplicate changes nothing. Does not count it toward the fan-in.
+    /// Returns the result as stored: the first one written, which is this
+    /// one unless another delivery's result got there first.
     async fn put_call(
         &self,
         tenant: &TenantId,
         task_id: TaskId,
         result: &CallResult,
-    ) -> Result<(), StoreError>;
+    ) -> Result<CallResult, StoreError>;
 
     /// Stores a call's result (as `put_call`) and counts the call toward the
     /// fan-in, idempotently.

@@ -1,34 +1,46 @@
 //! Agent-call: calls one agent for one task, records the result, and the call
 //! that completes the fan-in hands the task to aggregation.
+//!
+//! One delivery reads as: [`prepare`] the call (agent, client, key, request),
+//! then, under a [`Deadline`] and holding the call's lease, [`attempt`] it
+//! until [`next_step`] says it is done; the [`CallRecord`] builds the result,
+//! and [`conclude`] stores it and moves the task on.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use rand::Rng;
 use secrecy::SecretString;
 
 use crate::domain::{
-    Agent, AgentId, CallError, CallId, CallResult, CallStatus, Envelope, ErrorClass, MessageKind,
-    Task, TaskError, Usage,
+    Agent, AgentId, CallError, CallId, CallLease, CallResult, CallStatus, Envelope, ErrorClass,
+    LeaseHolder, LeaseOutcome, MessageKind, Task, TaskError, Usage,
 };
-use crate::ports::{FanIn, QueueName, SecretError, SecretSource};
-use crate::providers::{ChatRequest, Message, ProviderError, Role};
+use crate::ports::{FanIn, QueueName, SecretError, SecretSource, StoreError};
+use crate::providers::{ChatRequest, ChatResponse, Message, ProviderClient, ProviderError, Role};
 
 use super::{Services, StageError, aggregate, fail_task};
+
+/// How long a lease outlives the attempt it covers: time to write the result.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// Time kept back from the invocation's deadline to store the result.
+const WRITE_MARGIN: Duration = Duration::from_secs(2);
+/// An attempt cut shorter than this by the invocation's deadline is not started.
+const MIN_ATTEMPT: Duration = Duration::from_secs(1);
+/// Tries of a result write before the delivery gives up (and is redelivered).
+const WRITE_TRIES: u32 = 3;
 
 #[tracing::instrument(skip_all, fields(
     stage = "agent-call", tenant = %envelope.tenant, task_id = %envelope.task_id,
     call_id = tracing::field::Empty, agent_id = tracing::field::Empty,
 ))]
-pub async fn handle(svc: &Services, envelope: &Envelope) -> Result<(), StageError> {
-    let (Some(call_id), Some(agent_id)) = (envelope.call_id, envelope.agent_id.clone()) else {
-        return Err(StageError::Malformed(
-            "agent-call message without call_id or agent_id".into(),
-        ));
-    };
-    let span = tracing::Span::current();
-    span.record("call_id", tracing::field::display(call_id));
-    span.record("agent_id", tracing::field::display(&agent_id));
-
+pub async fn handle(
+    svc: &Services,
+    envelope: &Envelope,
+    invocation_deadline: Option<DateTime<Utc>>,
+) -> Result<(), StageError> {
+    let (call_id, agent_id) = call_of(envelope)?;
     let Some(record) = svc
         .tasks
         .get_with_calls(&envelope.tenant, envelope.task_id)
@@ -42,45 +54,74 @@ pub async fn handle(svc: &Services, envelope: &Envelope) -> Result<(), StageErro
         return Ok(());
     }
     // A redelivery after the result was written: do not call (and pay) again.
-    let result = match record.calls.into_iter().find(|c| c.call_id == call_id) {
-        Some(result) => result,
-        None => {
-            if svc.clock.now() > task.deadline() {
-                return fail_task(
-                    svc,
-                    &task,
-                    TaskError::new("timeout", "the task timed out while calling agents"),
-                )
-                .await;
-            }
-            call(svc, &task, call_id, &agent_id).await?
-        }
+    if let Some(result) = record.calls.into_iter().find(|c| c.call_id == call_id) {
+        return conclude(svc, envelope, &task, result).await;
+    }
+    if svc.clock.now() > task.deadline() {
+        return fail_task(svc, &task, timed_out()).await;
+    }
+    let deadline = Deadline {
+        task: task.deadline(),
+        invocation: invocation_deadline,
     };
+    let call = match prepare(svc, &task, call_id, &agent_id).await? {
+        Prepared::Ready(call) => call,
+        Prepared::Failed(result) => return conclude(svc, envelope, &task, result).await,
+    };
+    let lease = Lease {
+        svc,
+        task: &task,
+        call_id,
+        holder: LeaseHolder::new(),
+    };
+    let result = call.run(svc, deadline, &lease).await?;
+    let concluded = conclude(svc, envelope, &task, result).await;
+    if concluded.is_err() {
+        // The answer could not be stored: let the redelivery call at once
+        // rather than wait out this delivery's lease.
+        lease.end_at(svc.clock.now()).await;
+    }
+    concluded
+}
+
+/// The call and agent an agent-call envelope names.
+pub(crate) fn call_of(envelope: &Envelope) -> Result<(CallId, AgentId), StageError> {
+    let (Some(call_id), Some(agent_id)) = (envelope.call_id, envelope.agent_id.clone()) else {
+        return Err(StageError::Malformed(
+            "agent-call message without call_id or agent_id".into(),
+        ));
+    };
+    let span = tracing::Span::current();
+    span.record("call_id", tracing::field::display(call_id));
+    span.record("agent_id", tracing::field::display(&agent_id));
+    Ok((call_id, agent_id))
+}
+
+fn timed_out() -> TaskError {
+    TaskError::new("timeout", "the task timed out while calling agents")
+}
+
+/// Stores a call's result and moves the task on: finishes a single-call task
+/// from the result as stored (the first written, whichever delivery wrote
+/// it), or counts the call toward the fan-in.
+pub(crate) async fn conclude(
+    svc: &Services,
+    envelope: &Envelope,
+    task: &Task,
+    result: CallResult,
+) -> Result<(), StageError> {
     if svc.clock.now() > task.deadline() {
         // Too late to count: keep the call for the record, fail the task.
-        svc.tasks
-            .put_call(&task.tenant, task.task_id, &result)
-            .await?;
-        return fail_task(
-            svc,
-            &task,
-            TaskError::new("timeout", "the task timed out while calling agents"),
-        )
-        .await;
+        write(|| svc.tasks.put_call(&task.tenant, task.task_id, &result)).await?;
+        return fail_task(svc, task, timed_out()).await;
     }
     if task.expected_calls == Some(1) {
-        // The only call: store its result and finish the task here, rather
-        // than pay for a fan-in count and another hop.
-        svc.tasks
-            .put_call(&task.tenant, task.task_id, &result)
-            .await?;
-        return aggregate::finish(svc, &task, std::slice::from_ref(&result)).await;
+        // The only call: finish the task here, rather than pay for a fan-in
+        // count and another hop.
+        let stored = write(|| svc.tasks.put_call(&task.tenant, task.task_id, &result)).await?;
+        return aggregate::finish(svc, task, std::slice::from_ref(&stored)).await;
     }
-    match svc
-        .tasks
-        .record_call(&task.tenant, task.task_id, &result)
-        .await?
-    {
+    match write(|| svc.tasks.record_call(&task.tenant, task.task_id, &result)).await? {
         FanIn::Won | FanIn::AlreadyComplete => {
             svc.send(
                 QueueName::Aggregate,
@@ -96,56 +137,77 @@ pub async fn handle(svc: &Services, envelope: &Envelope) -> Result<(), StageErro
     }
 }
 
-/// Calls the agent with retries; returns the call's final result, succeeded
-/// or failed. Errors only when the message should be retried later.
-async fn call(
+/// A result write, tried a few times before the delivery gives up: a paid
+/// answer is worth a short wait for the store.
+async fn write<T, F, Fut>(op: F) -> Result<T, StoreError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match op().await {
+            Err(StoreError::Backend(e)) if tries < WRITE_TRIES => {
+                tracing::warn!(error = %e, tries, "storing the call's result failed; trying again");
+                tokio::time::sleep(Duration::from_millis(50 << (2 * (tries - 1)))).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Everything an attempt needs, or the result of a call that cannot be made.
+enum Prepared {
+    Ready(Box<Call>),
+    Failed(CallResult),
+}
+
+struct Call {
+    agent: Agent,
+    client: Arc<dyn ProviderClient>,
+    key: Option<SecretString>,
+    request: ChatRequest,
+    record: CallRecord,
+}
+
+async fn prepare(
     svc: &Services,
     task: &Task,
     call_id: CallId,
     agent_id: &AgentId,
-) -> Result<CallResult, StageError> {
-    let started = Instant::now();
+) -> Result<Prepared, StageError> {
+    let record = CallRecord::start(call_id, agent_id);
+    let now = svc.clock.now();
     let Some(agent) = svc.agents.get(agent_id).await? else {
-        return Ok(failed(
-            svc,
-            call_id,
-            agent_id,
+        return Ok(Prepared::Failed(record.failed(
             None,
             ErrorClass::Unavailable,
             "the agent no longer exists",
-            started,
-            0,
-        ));
+            now,
+        )));
     };
     let Some(client) = svc.providers.get(agent.spec.provider).cloned() else {
         let message = format!(
             "provider {:?} is not available in this deployment",
             agent.spec.provider
         );
-        return Ok(failed(
-            svc,
-            call_id,
-            agent_id,
+        return Ok(Prepared::Failed(record.failed(
             Some(&agent),
             ErrorClass::Unavailable,
             &message,
-            started,
-            0,
-        ));
+            now,
+        )));
     };
-    let mut key = match key_for(svc, &agent).await {
+    let key = match key_for(svc, &agent).await {
         Ok(key) => key,
         Err(SecretError::NotFound(_)) => {
-            return Ok(failed(
-                svc,
-                call_id,
-                agent_id,
+            return Ok(Prepared::Failed(record.failed(
                 Some(&agent),
                 ErrorClass::Auth,
                 "no API key is configured for this agent",
-                started,
-                0,
-            ));
+                now,
+            )));
         }
         Err(e) => {
             return Err(StageError::RetryLater {
@@ -165,80 +227,257 @@ async fn call(
         temperature: None,
         stop: Vec::new(),
     };
-    let max_attempts = agent.spec.constraints.max_attempts();
-    let mut refreshed_key = false;
-    let mut attempt = 0;
-    let mut retried_errors = Vec::new();
-    loop {
-        attempt += 1;
-        // No attempt outlives the task's deadline.
-        let remaining = (task.deadline() - svc.clock.now())
-            .to_std()
-            .unwrap_or_default();
-        let answer =
-            tokio::time::timeout(remaining, client.complete(&agent, key.as_ref(), &request))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ProviderError::new(
+    Ok(Prepared::Ready(Box::new(Call {
+        agent,
+        client,
+        key,
+        request,
+        record,
+    })))
+}
+
+impl Call {
+    /// Attempts the call until it succeeds, fails for good, or must wait in
+    /// the queue. Every attempt is made holding the call's lease, so no other
+    /// delivery calls (and pays) at the same time.
+    async fn run(
+        mut self,
+        svc: &Services,
+        deadline: Deadline,
+        lease: &Lease<'_>,
+    ) -> Result<CallResult, StageError> {
+        let agent_timeout = Duration::from_millis(self.agent.spec.constraints.timeout_ms());
+        let max_attempts = self.agent.spec.constraints.max_attempts();
+        let mut key_refreshed = false;
+        loop {
+            let now = svc.clock.now();
+            let budget = match deadline.attempt_budget(now, agent_timeout, self.record.attempts) {
+                Budget::Attempt(budget) => budget,
+                Budget::TaskOver => {
+                    lease.end_at(now).await;
+                    let error = ProviderError::new(
                         ErrorClass::Timeout,
-                        "the task's deadline passed during the call",
-                    ))
-                });
-        let error: ProviderError = match answer {
-            Ok(response) => {
-                if agent.spec.pricing.is_none() {
-                    tracing::warn!(
-                        "the agent has no prices: this call's cost is unknown (null), not zero"
+                        "the task's deadline passed before the call could be made",
                     );
+                    return Ok(self.record.failed_with(&self.agent, error, now));
                 }
-                return Ok(CallResult {
-                    call_id,
-                    agent_id: agent_id.clone(),
-                    provider: Some(agent.spec.provider),
-                    status: CallStatus::Succeeded,
-                    output: Some(response.output),
-                    cost_usd: agent.cost(&response.usage),
-                    usage: response.usage,
-                    latency_ms: started.elapsed().as_millis() as u64,
-                    attempts: attempt,
-                    error: None,
-                    retried_errors,
-                    finished_at: svc.clock.now(),
+                Budget::InvocationOver => {
+                    // Another invocation has the time this one lacks.
+                    lease.end_at(now).await;
+                    return Err(StageError::RetryLater {
+                        after: Duration::ZERO,
+                        reason: "the invocation's deadline is too near for another attempt".into(),
+                    });
+                }
+            };
+            if let LeaseOutcome::Held { until } =
+                lease.hold_until(now + budget + LEASE_MARGIN).await?
+            {
+                return Err(StageError::RetryLater {
+                    after: deadline.cap(LeaseOutcome::remaining(until, now), now),
+                    reason: "another delivery is calling the agent".into(),
                 });
             }
-            Err(error) => error,
+            self.record.attempts += 1;
+            let error = match self.attempt(budget).await {
+                Ok(response) => {
+                    return Ok(self
+                        .record
+                        .succeeded(&self.agent, response, svc.clock.now()));
+                }
+                Err(error) => error,
+            };
+            tracing::warn!(attempt = self.record.attempts, class = ?error.class, status = error.status, "provider call failed");
+            let next = next_step(
+                &error,
+                Tries {
+                    attempts: self.record.attempts,
+                    max_attempts,
+                    key_refreshed,
+                    has_key: self.key.is_some(),
+                },
+                backoff(self.record.attempts),
+                svc.settings.max_inline_wait,
+            );
+            match next {
+                Next::RefreshKey => {
+                    key_refreshed = true;
+                    // A key refresh is not a failed attempt.
+                    self.record.attempts -= 1;
+                    if let Some(name) = self.agent.spec.secret.as_deref() {
+                        svc.secrets.invalidate(name);
+                    }
+                    self.key = key_for(svc, &self.agent).await.ok().flatten();
+                    if self.key.is_none() {
+                        self.record.attempts += 1;
+                        return Ok(self.record.failed_with(&self.agent, error, svc.clock.now()));
+                    }
+                }
+                Next::Sleep(wait) => {
+                    self.record.retry(&error);
+                    tokio::time::sleep(wait).await;
+                }
+                Next::Requeue(wait) => {
+                    // Too long to sleep in a Lambda: the queue brings the
+                    // message back, and the lease keeps every delivery
+                    // waiting as long as the provider asked.
+                    self.record.retry(&error);
+                    let now = svc.clock.now();
+                    let wait = deadline.cap(wait, now);
+                    lease.end_at(now + wait).await;
+                    return Err(StageError::RetryLater {
+                        after: wait,
+                        reason: error.message,
+                    });
+                }
+                Next::GiveUp => {
+                    return Ok(self.record.failed_with(&self.agent, error, svc.clock.now()));
+                }
+            }
+        }
+    }
+
+    /// One provider request, cut off at `budget`.
+    async fn attempt(&self, budget: Duration) -> Result<ChatResponse, ProviderError> {
+        let call = self
+            .client
+            .complete(&self.agent, self.key.as_ref(), &self.request);
+        tokio::time::timeout(budget, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProviderError::new(
+                    ErrorClass::Timeout,
+                    "the task's deadline passed during the call",
+                ))
+            })
+    }
+}
+
+/// The lease one delivery holds on its call.
+struct Lease<'a> {
+    svc: &'a Services,
+    task: &'a Task,
+    call_id: CallId,
+    holder: LeaseHolder,
+}
+
+impl Lease<'_> {
+    async fn hold_until(&self, until: DateTime<Utc>) -> Result<LeaseOutcome, StoreError> {
+        let lease = CallLease {
+            holder: self.holder.clone(),
+            until,
         };
-        tracing::warn!(attempt, class = ?error.class, status = error.status, "provider call failed");
-        // A rotated key: fetch it again once.
-        if error.class == ErrorClass::Auth && !refreshed_key && key.is_some() {
-            refreshed_key = true;
-            if let Some(name) = agent.spec.secret.as_deref() {
-                svc.secrets.invalidate(name);
-            }
-            key = key_for(svc, &agent).await.ok().flatten();
-            if key.is_some() {
-                attempt -= 1;
-                continue;
-            }
+        self.svc
+            .tasks
+            .lease_call(
+                &self.task.tenant,
+                self.task.task_id,
+                self.call_id,
+                &lease,
+                self.svc.clock.now(),
+            )
+            .await
+    }
+
+    /// Shortens the lease to `until` (now, to let another delivery call at
+    /// once). Best effort: a lease left longer only delays a redelivery.
+    async fn end_at(&self, until: DateTime<Utc>) {
+        if let Err(e) = self.hold_until(until).await {
+            tracing::warn!(error = %e, "could not shorten the call's lease");
         }
-        if !error.class.is_retryable() || attempt >= max_attempts {
-            return Ok(failed_with(
-                svc, call_id, agent_id, &agent, error, started, attempt,
-            ));
+    }
+}
+
+/// The moments a call must respect: the task's deadline, and the deadline of
+/// the Lambda invocation running it (none in the local runner, whose
+/// heartbeat keeps the message hidden however long the call takes).
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    task: DateTime<Utc>,
+    invocation: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    /// Start an attempt, cut off after this long.
+    Attempt(Duration),
+    /// The task's deadline has passed.
+    TaskOver,
+    /// Too little of the invocation is left: requeue rather than start.
+    InvocationOver,
+}
+
+impl Deadline {
+    /// How long the next attempt may take. An attempt the invocation cannot
+    /// see through is not started once this delivery has made one: the
+    /// message goes back to the queue for a fresh invocation. The first
+    /// attempt is cut to fit, since requeueing would not give it more time.
+    fn attempt_budget(&self, now: DateTime<Utc>, agent_timeout: Duration, made: u32) -> Budget {
+        let task_left = LeaseOutcome::remaining(self.task, now);
+        if task_left.is_zero() {
+            return Budget::TaskOver;
         }
-        let wait = error.retry_after.unwrap_or_else(|| backoff(attempt));
-        retried_errors.push(CallError {
-            class: error.class,
-            message: error.message.clone(),
-        });
-        if wait > svc.settings.max_inline_wait {
-            // Too long to sleep in a Lambda: the queue brings the message back.
-            return Err(StageError::RetryLater {
-                after: wait,
-                reason: error.message,
-            });
+        let budget = agent_timeout.min(task_left);
+        let Some(invocation) = self.invocation else {
+            return Budget::Attempt(budget);
+        };
+        let invocation_left = LeaseOutcome::remaining(invocation, now).saturating_sub(WRITE_MARGIN);
+        if invocation_left >= budget {
+            Budget::Attempt(budget)
+        } else if made == 0 && invocation_left >= MIN_ATTEMPT {
+            Budget::Attempt(invocation_left)
+        } else {
+            Budget::InvocationOver
         }
-        tokio::time::sleep(wait).await;
+    }
+
+    /// A requeue delay no longer than the task has left (plus a moment, so
+    /// that the redelivery finds it past its deadline and ends it).
+    fn cap(&self, wait: Duration, now: DateTime<Utc>) -> Duration {
+        wait.min(LeaseOutcome::remaining(self.task, now) + Duration::from_secs(1))
+    }
+}
+
+/// What the delivery has done so far, as the retry policy needs it.
+#[derive(Debug, Clone, Copy)]
+struct Tries {
+    attempts: u32,
+    max_attempts: u32,
+    key_refreshed: bool,
+    has_key: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// The key may have been rotated: fetch it again (once) and retry.
+    RefreshKey,
+    /// Retry after this wait, in process.
+    Sleep(Duration),
+    /// Retry after this wait, by the queue's visibility.
+    Requeue(Duration),
+    /// The error is final.
+    GiveUp,
+}
+
+/// The retry policy: after `error`, what next. `backoff` is this attempt's
+/// jittered backoff, used when the provider asked for no particular wait.
+fn next_step(
+    error: &ProviderError,
+    tries: Tries,
+    backoff: Duration,
+    max_inline_wait: Duration,
+) -> Next {
+    if error.class == ErrorClass::Auth && !tries.key_refreshed && tries.has_key {
+        return Next::RefreshKey;
+    }
+    if !error.class.is_retryable() || tries.attempts >= tries.max_attempts {
+        return Next::GiveUp;
+    }
+    let wait = error.retry_after.unwrap_or(backoff);
+    if wait > max_inline_wait {
+        Next::Requeue(wait)
+    } else {
+        Next::Sleep(wait)
     }
 }
 
@@ -255,53 +494,199 @@ async fn key_for(svc: &Services, agent: &Agent) -> Result<Option<SecretString>, 
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn failed(
-    svc: &Services,
+/// Builds a call's result as the delivery goes: attempts made, the errors
+/// retried, the time taken.
+pub(crate) struct CallRecord {
     call_id: CallId,
-    agent_id: &AgentId,
-    agent: Option<&Agent>,
-    class: ErrorClass,
-    message: &str,
+    agent_id: AgentId,
     started: Instant,
     attempts: u32,
-) -> CallResult {
-    CallResult {
-        call_id,
-        agent_id: agent_id.clone(),
-        provider: agent.map(|a| a.spec.provider),
-        status: CallStatus::Failed,
-        output: None,
-        usage: Usage::default(),
-        cost_usd: agent.and_then(|a| a.cost(&Usage::default())),
-        latency_ms: started.elapsed().as_millis() as u64,
-        attempts,
-        error: Some(CallError {
-            class,
-            message: message.to_owned(),
-        }),
-        retried_errors: Vec::new(),
-        finished_at: svc.clock.now(),
+    retried_errors: Vec<CallError>,
+}
+
+impl CallRecord {
+    pub(crate) fn start(call_id: CallId, agent_id: &AgentId) -> Self {
+        CallRecord {
+            call_id,
+            agent_id: agent_id.clone(),
+            started: Instant::now(),
+            attempts: 0,
+            retried_errors: Vec::new(),
+        }
+    }
+
+    fn retry(&mut self, error: &ProviderError) {
+        self.retried_errors.push(CallError {
+            class: error.class,
+            message: error.message.clone(),
+        });
+    }
+
+    fn succeeded(self, agent: &Agent, response: ChatResponse, now: DateTime<Utc>) -> CallResult {
+        if agent.spec.pricing.is_none() {
+            tracing::warn!("the agent has no prices: this call's cost is unknown (null), not zero");
+        }
+        CallResult {
+            call_id: self.call_id,
+            agent_id: self.agent_id,
+            provider: Some(agent.spec.provider),
+            status: CallStatus::Succeeded,
+            output: Some(response.output),
+            cost_usd: agent.cost(&response.usage),
+            usage: response.usage,
+            latency_ms: self.started.elapsed().as_millis() as u64,
+            attempts: self.attempts,
+            error: None,
+            retried_errors: self.retried_errors,
+            finished_at: now,
+        }
+    }
+
+    fn failed_with(self, agent: &Agent, error: ProviderError, now: DateTime<Utc>) -> CallResult {
+        self.failed(Some(agent), error.class, &error.message, now)
+    }
+
+    /// A failed call: nothing answered, so nothing used; the cost is zero at
+    /// the agent's prices (unknown without them).
+    pub(crate) fn failed(
+        self,
+        agent: Option<&Agent>,
+        class: ErrorClass,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> CallResult {
+        CallResult {
+            call_id: self.call_id,
+            agent_id: self.agent_id,
+            provider: agent.map(|a| a.spec.provider),
+            status: CallStatus::Failed,
+            output: None,
+            usage: Usage::default(),
+            cost_usd: agent.and_then(|a| a.cost(&Usage::default())),
+            latency_ms: self.started.elapsed().as_millis() as u64,
+            attempts: self.attempts,
+            error: Some(CallError {
+                class,
+                message: message.to_owned(),
+            }),
+            retried_errors: self.retried_errors,
+            finished_at: now,
+        }
     }
 }
 
-fn failed_with(
-    svc: &Services,
-    call_id: CallId,
-    agent_id: &AgentId,
-    agent: &Agent,
-    error: ProviderError,
-    started: Instant,
-    attempts: u32,
-) -> CallResult {
-    failed(
-        svc,
-        call_id,
-        agent_id,
-        Some(agent),
-        error.class,
-        &error.message,
-        started,
-        attempts,
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(class: ErrorClass, retry_after: Option<u64>) -> ProviderError {
+        ProviderError {
+            retry_after: retry_after.map(Duration::from_secs),
+            ..ProviderError::new(class, "x")
+        }
+    }
+
+    const TRIES: Tries = Tries {
+        attempts: 1,
+        max_attempts: 3,
+        key_refreshed: false,
+        has_key: true,
+    };
+    const BACKOFF: Duration = Duration::from_millis(150);
+    const INLINE: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn the_retry_policy() {
+        let step = |e: &ProviderError, tries: Tries| next_step(e, tries, BACKOFF, INLINE);
+        assert_eq!(
+            step(&error(ErrorClass::Auth, None), TRIES),
+            Next::RefreshKey
+        );
+        let refreshed = Tries {
+            key_refreshed: true,
+            ..TRIES
+        };
+        assert_eq!(
+            step(&error(ErrorClass::Auth, None), refreshed),
+            Next::GiveUp
+        );
+        let keyless = Tries {
+            has_key: false,
+            ..TRIES
+        };
+        assert_eq!(step(&error(ErrorClass::Auth, None), keyless), Next::GiveUp);
+        assert_eq!(
+            step(&error(ErrorClass::Server, None), TRIES),
+            Next::Sleep(BACKOFF)
+        );
+        assert_eq!(
+            step(&error(ErrorClass::RateLimited, Some(1)), TRIES),
+            Next::Sleep(Duration::from_secs(1))
+        );
+        assert_eq!(
+            step(&error(ErrorClass::RateLimited, Some(30)), TRIES),
+            Next::Requeue(Duration::from_secs(30))
+        );
+        let last = Tries {
+            attempts: 3,
+            ..TRIES
+        };
+        assert_eq!(step(&error(ErrorClass::Server, None), last), Next::GiveUp);
+        for final_class in [
+            ErrorClass::BadRequest,
+            ErrorClass::ContextLengthExceeded,
+            ErrorClass::ResponseTooLarge,
+        ] {
+            assert_eq!(step(&error(final_class, None), TRIES), Next::GiveUp);
+        }
+    }
+
+    #[test]
+    fn attempts_fit_the_task_and_the_invocation() {
+        let now = Utc::now();
+        let secs = |s: i64| now + chrono::Duration::seconds(s);
+        let agent = Duration::from_secs(30);
+        let local = Deadline {
+            task: secs(60),
+            invocation: None,
+        };
+        assert_eq!(local.attempt_budget(now, agent, 3), Budget::Attempt(agent));
+        let short_task = Deadline {
+            task: secs(10),
+            invocation: None,
+        };
+        assert_eq!(
+            short_task.attempt_budget(now, agent, 0),
+            Budget::Attempt(Duration::from_secs(10))
+        );
+        assert_eq!(
+            short_task.attempt_budget(secs(11), agent, 0),
+            Budget::TaskOver
+        );
+        let lambda = Deadline {
+            task: secs(600),
+            invocation: Some(secs(20)),
+        };
+        // The first attempt is cut to what the invocation has (less the write margin)...
+        assert_eq!(
+            lambda.attempt_budget(now, agent, 0),
+            Budget::Attempt(Duration::from_secs(18))
+        );
+        // ...a later one goes back to the queue.
+        assert_eq!(lambda.attempt_budget(now, agent, 1), Budget::InvocationOver);
+        assert_eq!(
+            lambda.attempt_budget(secs(19), agent, 0),
+            Budget::InvocationOver
+        );
+        let roomy = Deadline {
+            task: secs(600),
+            invocation: Some(secs(300)),
+        };
+        assert_eq!(roomy.attempt_budget(now, agent, 2), Budget::Attempt(agent));
+        assert_eq!(
+            roomy.cap(Duration::from_secs(3600), now),
+            Duration::from_secs(601),
+            "a requeue never outlasts the task"
+        );
+    }
 }

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use chrono::Utc;
 use futures::future::join_all;
 use maof::domain::{
-    AgentId, AggregateResult, AggregationStrategy, CallId, CallResult, CallStatus, IdempotencyKey,
-    PlannedCall, Provider, Task, TaskError, TaskPatch, TaskRequest, TaskStatus, TenantId, Usage,
-    Usd,
+    AgentId, AggregateResult, AggregationStrategy, CallId, CallLease, CallResult, CallStatus,
+    IdempotencyKey, LeaseHolder, LeaseOutcome, PlannedCall, Provider, Task, TaskError, TaskPatch,
+    TaskRequest, TaskStatus, TenantId, Usage, Usd,
 };
 use maof::ports::{FanIn, StoreError, TaskStore};
 use maof_tests::backends::Backend;
@@ -398,14 +398,23 @@ async fn put_call_stores_once_without_counting(b: Backend) {
     b.tasks.create(&task).await.unwrap();
     let calls = running_with_calls(b.tasks.as_ref(), &task, 2).await;
     let (t, id) = (&task.tenant, task.task_id);
-    b.tasks
+    let stored = b
+        .tasks
         .put_call(t, id, &call_result(calls[0], "first"))
         .await
         .unwrap();
-    b.tasks
+    assert_eq!(stored.output.as_deref(), Some("first"));
+    let stored = b
+        .tasks
         .put_call(t, id, &call_result(calls[0], "second"))
         .await
         .unwrap();
+    assert_eq!(
+        stored.output.as_deref(),
+        Some("first"),
+        "{}: a duplicate write returns the result that stands",
+        b.name
+    );
     let record = b.tasks.get_with_calls(t, id).await.unwrap().unwrap();
     assert_eq!(record.calls.len(), 1, "{}", b.name);
     assert_eq!(record.calls[0].output.as_deref(), Some("first"));
@@ -545,7 +554,101 @@ async fn usage_and_cost_survive_storage_exactly(b: Backend) {
     assert!(counts.values().all(|n| *n == 1));
 }
 
+async fn a_call_lease_is_held_by_one_delivery_at_a_time(b: Backend) {
+    let task = new_task("acme", None);
+    b.tasks.create(&task).await.unwrap();
+    let calls = running_with_calls(b.tasks.as_ref(), &task, 2).await;
+    let (t, id) = (&task.tenant, task.task_id);
+    // Leases are kept to the millisecond.
+    let now = chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+    let secs = |s: i64| now + chrono::Duration::seconds(s);
+    let (first, second) = (LeaseHolder::new(), LeaseHolder::new());
+    let lease = |holder: &LeaseHolder, until| CallLease {
+        holder: holder.clone(),
+        until,
+    };
+    let call = calls[0];
+    let tasks = b.tasks.clone();
+    let take = |holder: &LeaseHolder, until, at| {
+        let lease = lease(holder, until);
+        let tasks = tasks.clone();
+        async move { tasks.lease_call(t, id, call, &lease, at).await.unwrap() }
+    };
+    assert_eq!(take(&first, secs(30), now).await, LeaseOutcome::Acquired);
+    assert_eq!(
+        take(&second, secs(60), now).await,
+        LeaseOutcome::Held { until: secs(30) },
+        "{}: another delivery waits, and learns until when",
+        b.name
+    );
+    assert_eq!(
+        take(&first, secs(40), now).await,
+        LeaseOutcome::Acquired,
+        "{}: the holder renews it",
+        b.name
+    );
+    assert_eq!(
+        take(&second, secs(60), secs(39)).await,
+        LeaseOutcome::Held { until: secs(40) }
+    );
+    assert_eq!(
+        take(&second, secs(70), secs(40)).await,
+        LeaseOutcome::Acquired,
+        "{}: an ended lease is free",
+        b.name
+    );
+    // The holder ends its lease early by writing `until = now`.
+    assert_eq!(
+        take(&second, secs(41), secs(41)).await,
+        LeaseOutcome::Acquired
+    );
+    assert_eq!(
+        take(&first, secs(50), secs(41)).await,
+        LeaseOutcome::Acquired
+    );
+    // Leases are per call: the other call is free, and none shows as a result.
+    assert_eq!(
+        b.tasks
+            .lease_call(t, id, calls[1], &lease(&second, secs(30)), now)
+            .await
+            .unwrap(),
+        LeaseOutcome::Acquired
+    );
+    let record = b.tasks.get_with_calls(t, id).await.unwrap().unwrap();
+    assert!(record.calls.is_empty(), "{}: {:?}", b.name, record.calls);
+}
+
+async fn of_concurrent_deliveries_one_takes_the_lease(b: Backend) {
+    let task = new_task("acme", None);
+    b.tasks.create(&task).await.unwrap();
+    let calls = running_with_calls(b.tasks.as_ref(), &task, 1).await;
+    let now = Utc::now();
+    let outcomes = join_all((0..10).map(|_| {
+        let tasks = b.tasks.clone();
+        let task = task.clone();
+        let call = calls[0];
+        async move {
+            let lease = CallLease {
+                holder: LeaseHolder::new(),
+                until: now + chrono::Duration::seconds(30),
+            };
+            tasks
+                .lease_call(&task.tenant, task.task_id, call, &lease, now)
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    let acquired = outcomes
+        .iter()
+        .filter(|o| **o == LeaseOutcome::Acquired)
+        .count();
+    assert_eq!(acquired, 1, "{}: {outcomes:?}", b.name);
+}
+
 on_both_backends!(
+    a_call_lease_is_held_by_one_delivery_at_a_time,
+    of_concurrent_deliveries_one_takes_the_lease,
     a_created_task_reads_back_whole,
     a_duplicate_create_is_refused,
     a_reused_idempotency_key_returns_the_first_task,

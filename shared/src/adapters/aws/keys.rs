@@ -11,6 +11,7 @@ pub const GSI1_SK: &str = "gsi1sk";
 
 pub const TASK_SK: &str = "TASK";
 pub const CALL_SK_PREFIX: &str = "CALL#";
+pub const LEASE_SK_PREFIX: &str = "LEASE#";
 pub const IDEM_SK: &str = "IDEM";
 pub const AGENT_SK: &str = "AGENT";
 
@@ -20,6 +21,10 @@ pub fn task_pk(tenant: &TenantId, task: TaskId) -> String {
 
 pub fn call_sk(call: CallId) -> String {
     format!("{CALL_SK_PREFIX}{call}")
+}
+
+pub fn lease_sk(call: CallId) -> String {
+    format!("{LEASE_SK_PREFIX}{call}")
 }
 
 pub fn idempotency_pk(tenant: &TenantId, key: &IdempotencyKey) -> String {

@@ -6,7 +6,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
 
 use super::{ResourceNames, describe};
-use crate::ports::queue::{MAX_DELAY, MAX_VISIBILITY};
+use crate::ports::queue::{MAX_DELAY, MAX_VISIBILITY, whole_seconds};
 use crate::ports::{OutgoingMessage, Queue, QueueError, QueueName, ReceivedMessage};
 
 /// SQS queues, resolved to URLs once at start-up.
@@ -20,8 +20,8 @@ fn backend<E: std::error::Error>(err: E) -> QueueError {
     QueueError::Backend(describe(err))
 }
 
-fn secs(d: Duration) -> i32 {
-    d.as_secs().min(i32::MAX as u64) as i32
+fn secs(d: Duration, max: Duration) -> i32 {
+    whole_seconds(d, max).as_secs() as i32
 }
 
 impl SqsQueue {
@@ -62,7 +62,7 @@ impl Queue for SqsQueue {
             .send_message()
             .queue_url(self.url(queue)?)
             .message_body(message.body)
-            .delay_seconds(secs(message.delay.min(MAX_DELAY)))
+            .delay_seconds(secs(message.delay, MAX_DELAY))
             .send()
             .await
             .map_err(backend)?;
@@ -83,7 +83,7 @@ impl Queue for SqsQueue {
                 let entry = SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
                     .message_body(message.body)
-                    .delay_seconds(secs(message.delay.min(MAX_DELAY)))
+                    .delay_seconds(secs(message.delay, MAX_DELAY))
                     .build()
                     .map_err(backend)?;
                 batch = batch.entries(entry);
@@ -115,8 +115,8 @@ impl Queue for SqsQueue {
             .receive_message()
             .queue_url(self.url(queue)?)
             .max_number_of_messages(max.clamp(1, 10) as i32)
-            .visibility_timeout(secs(visibility.min(MAX_VISIBILITY)))
-            .wait_time_seconds(secs(wait.min(Duration::from_secs(20))))
+            .visibility_timeout(secs(visibility, MAX_VISIBILITY))
+            .wait_time_seconds(wait.as_secs().min(20) as i32)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await
@@ -171,7 +171,7 @@ impl Queue for SqsQueue {
             .change_message_visibility()
             .queue_url(self.url(queue)?)
             .receipt_handle(receipt)
-            .visibility_timeout(secs(visibility.min(MAX_VISIBILITY)))
+            .visibility_timeout(secs(visibility, MAX_VISIBILITY))
             .send()
             .await
             .map_err(backend)?;

@@ -3,14 +3,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, TransactWriteItem};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_dynamo::{from_item, to_attribute_value, to_item};
 
 use super::describe;
 use super::keys::{self, GSI1, GSI1_PK, GSI1_SK, PK, SK};
-use crate::domain::{CallResult, Task, TaskId, TaskPatch, TaskStatus, TenantId, TransitionError};
+use crate::domain::{
+    CallId, CallLease, CallResult, LeaseHolder, LeaseOutcome, Task, TaskId, TaskPatch, TaskStatus,
+    TenantId, TransitionError,
+};
 use crate::ports::task_store::fan_in_outcome;
 use crate::ports::{FanIn, Page, StoreError, TaskRecord, TaskStore};
 
@@ -36,6 +41,17 @@ struct CallItem {
     expires_at: i64,
     #[serde(flatten)]
     result: CallResult,
+}
+
+/// A call's lease. `until_ms` is epoch milliseconds: a number, so that the
+/// condition compares it numerically.
+#[derive(Serialize, Deserialize)]
+struct LeaseItem {
+    pk: String,
+    sk: String,
+    holder: LeaseHolder,
+    until_ms: i64,
+    expires_at: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -82,6 +98,19 @@ impl DynamoTaskStore {
             (PK.to_owned(), AttributeValue::S(pk)),
             (SK.to_owned(), AttributeValue::S(sk.to_owned())),
         ])
+    }
+
+    async fn get_item(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(pk, sk)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(out.item)
     }
 
     /// Explains a refused transition by the task's current status.
@@ -380,13 +409,66 @@ impl TaskStore for DynamoTaskStore {
         }
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %tenant, task_id = %task_id, call_id = %call_id))]
+    async fn lease_call(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+        call_id: CallId,
+        lease: &CallLease,
+        now: DateTime<Utc>,
+    ) -> Result<LeaseOutcome, StoreError> {
+        let item = to_item(LeaseItem {
+            pk: keys::task_pk(tenant, task_id),
+            sk: keys::lease_sk(call_id),
+            holder: lease.holder.clone(),
+            until_ms: lease.until.timestamp_millis(),
+            expires_at: self.expires_at(now),
+        })
+        .map_err(encode)?;
+        // The same rule as `CallLease::may_be_taken_by`, checked atomically.
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR until_ms <= :now OR holder = :me")
+            .expression_attribute_values(
+                ":now",
+                AttributeValue::N(now.timestamp_millis().to_string()),
+            )
+            .expression_attribute_values(":me", s(lease.holder.as_str()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let existing = match put {
+            Ok(_) => return Ok(LeaseOutcome::Acquired),
+            Err(e) => match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(held)) => {
+                    held.item().cloned()
+                }
+                _ => return Err(backend(e)),
+            },
+        };
+        let existing = match existing {
+            Some(item) => item,
+            None => self
+                .get_item(keys::task_pk(tenant, task_id), &keys::lease_sk(call_id))
+                .await?
+                .unwrap_or_default(),
+        };
+        let held: LeaseItem = from_item(existing).map_err(decode)?;
+        let until = DateTime::from_timestamp_millis(held.until_ms).unwrap_or(now);
+        Ok(LeaseOutcome::Held { until })
+    }
+
     #[tracing::instrument(skip_all, fields(tenant = %tenant, task_id = %task_id, call_id = %result.call_id))]
     async fn put_call(
         &self,
         tenant: &TenantId,
         task_id: TaskId,
         result: &CallResult,
-    ) -> Result<(), StoreError> {
+    ) -> Result<CallResult, StoreError> {
         let item = to_item(CallItem {
             pk: keys::task_pk(tenant, task_id),
             sk: keys::call_sk(result.call_id),
@@ -400,18 +482,32 @@ impl TaskStore for DynamoTaskStore {
             .table_name(&self.table)
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(pk)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        match put {
-            Ok(_) => Ok(()),
-            // A duplicate: the first result stands.
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
+        // A duplicate: the first result stands, and is what the caller goes on with.
+        let first = match put {
+            Ok(_) => return Ok(result.clone()),
+            Err(e) => match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(first)) => {
+                    first.item().cloned()
+                }
+                _ => return Err(backend(e)),
+            },
+        };
+        let first = match first {
+            Some(item) => Some(item),
+            None => {
+                self.get_item(
+                    keys::task_pk(tenant, task_id),
+                    &keys::call_sk(result.call_id),
+                )
+                .await?
             }
-            Err(e) => Err(backend(e)),
+        };
+        match first {
+            Some(item) => Ok(from_item::<_, CallItem>(item).map_err(decode)?.result),
+            None => Ok(result.clone()),
         }
     }
 

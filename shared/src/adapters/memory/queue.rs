@@ -7,7 +7,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::lock;
-use crate::ports::queue::MAX_VISIBILITY;
+use crate::ports::queue::{MAX_DELAY, MAX_VISIBILITY, whole_seconds};
 use crate::ports::{OutgoingMessage, Queue, QueueError, QueueName, ReceivedMessage};
 
 struct Message {
@@ -145,7 +145,7 @@ impl Queue for MemoryQueue {
                     Message {
                         id: ulid::Ulid::new().to_string(),
                         body: message.body,
-                        visible_at: now + message.delay,
+                        visible_at: now + whole_seconds(message.delay, MAX_DELAY),
                         receive_count: 0,
                         receipt: None,
                     },
@@ -163,7 +163,7 @@ impl Queue for MemoryQueue {
         visibility: Duration,
         wait: Duration,
     ) -> Result<Vec<ReceivedMessage>, QueueError> {
-        let visibility = visibility.min(MAX_VISIBILITY);
+        let visibility = whole_seconds(visibility, MAX_VISIBILITY);
         let deadline = Instant::now() + wait;
         loop {
             // Register interest before looking, so a send in between is not missed.
@@ -197,7 +197,7 @@ impl Queue for MemoryQueue {
     ) -> Result<(), QueueError> {
         let mut state = lock(&self.queues);
         let (_, message) = Self::find_receipt(&mut state, queue, receipt)?;
-        message.visible_at = Instant::now() + visibility.min(MAX_VISIBILITY);
+        message.visible_at = Instant::now() + whole_seconds(visibility, MAX_VISIBILITY);
         drop(state);
         if visibility.is_zero() {
             self.arrived.notify_waiters();

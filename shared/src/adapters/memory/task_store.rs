@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 
 use super::lock;
 use crate::domain::{
-    CallId, CallResult, IdempotencyKey, Task, TaskId, TaskPatch, TaskStatus, TenantId,
+    CallId, CallLease, CallResult, IdempotencyKey, LeaseOutcome, Task, TaskId, TaskPatch,
+    TaskStatus, TenantId,
 };
 use crate::ports::task_store::fan_in_outcome;
 use crate::ports::{FanIn, Page, StoreError, TaskRecord, TaskStore};
@@ -15,6 +16,7 @@ struct Entry {
     task: Task,
     calls: BTreeMap<CallId, CallResult>,
     done: BTreeSet<CallId>,
+    leases: HashMap<CallId, CallLease>,
 }
 
 #[derive(Default)]
@@ -91,6 +93,7 @@ impl TaskStore for MemoryTaskStore {
                 task: task.clone(),
                 calls: BTreeMap::new(),
                 done: BTreeSet::new(),
+                leases: HashMap::new(),
             },
         );
         Ok(())
@@ -141,21 +144,49 @@ impl TaskStore for MemoryTaskStore {
         Ok(task)
     }
 
+    async fn lease_call(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+        call_id: CallId,
+        lease: &CallLease,
+        now: DateTime<Utc>,
+    ) -> Result<LeaseOutcome, StoreError> {
+        let mut state = lock(&self.state);
+        // Like an orphan DynamoDB item, a lease on a missing task is written
+        // and never read: nothing to keep.
+        let Some(entry) = state.tasks.get_mut(&(tenant.clone(), task_id)) else {
+            return Ok(LeaseOutcome::Acquired);
+        };
+        match entry.leases.get(&call_id) {
+            Some(existing) if !existing.may_be_taken_by(&lease.holder, now) => {
+                Ok(LeaseOutcome::Held {
+                    until: existing.until,
+                })
+            }
+            _ => {
+                entry.leases.insert(call_id, lease.clone());
+                Ok(LeaseOutcome::Acquired)
+            }
+        }
+    }
+
     async fn put_call(
         &self,
         tenant: &TenantId,
         task_id: TaskId,
         result: &CallResult,
-    ) -> Result<(), StoreError> {
+    ) -> Result<CallResult, StoreError> {
         let mut state = lock(&self.state);
         // Like an orphan DynamoDB item, a result for a missing task is invisible.
-        if let Some(entry) = state.tasks.get_mut(&(tenant.clone(), task_id)) {
-            entry
+        match state.tasks.get_mut(&(tenant.clone(), task_id)) {
+            Some(entry) => Ok(entry
                 .calls
                 .entry(result.call_id)
-                .or_insert_with(|| result.clone());
+                .or_insert_with(|| result.clone())
+                .clone()),
+            None => Ok(result.clone()),
         }
-        Ok(())
     }
 
     async fn record_call(
