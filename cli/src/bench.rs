@@ -309,63 +309,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 mod aws_ops {
-    //! Counts the AWS API operations the pipeline makes per task, by service
-    //! and operation, with an SDK interceptor on every client.
-
-    use std::collections::BTreeMap;
-    use std::sync::{Arc, Mutex};
-    use std::time::Duration;
+    //! Prints the AWS API operations per task that `maof::metering` counts,
+    //! beside each row's ceiling.
 
     use anyhow::Context;
-    use aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef;
-    use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
-    use aws_smithy_runtime_api::box_error::BoxError;
-    use aws_smithy_runtime_api::client::orchestrator::Metadata;
-    use maof::adapters::aws::{Bootstrap, ResourceNames, load_sdk_config};
-    use maof::domain::{AgentId, AgentSpec, Principal, Role, TaskRequest, TaskStatus, TenantId};
-    use maof::ports::Expect;
-    use maof::runner::{Runner, RunnerConfig};
-    use maof::stages::intake;
-    use serde_json::json;
-
-    #[derive(Debug, Clone, Default)]
-    struct CountOps(Arc<Mutex<BTreeMap<String, u64>>>);
-
-    impl CountOps {
-        fn take(&self) -> BTreeMap<String, u64> {
-            std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
-        }
-    }
-
-    impl Intercept for CountOps {
-        fn name(&self) -> &'static str {
-            "CountOps"
-        }
-
-        // Once per operation (not per retry), after the operation's metadata is set.
-        fn read_before_serialization(
-            &self,
-            _context: &BeforeSerializationInterceptorContextRef<'_>,
-            _runtime_components: &RuntimeComponents,
-            cfg: &mut ConfigBag,
-        ) -> Result<(), BoxError> {
-            if let Some(meta) = cfg.load::<Metadata>() {
-                let key = format!("{}.{}", meta.service(), meta.name());
-                *self
-                    .0
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(key)
-                    .or_default() += 1;
-            }
-            Ok(())
-        }
-    }
-
-    /// Operations the Lambda event source mapping makes on AWS (not our code).
-    fn by_trigger(op: &str) -> bool {
-        op.ends_with(".ReceiveMessage") || op.ends_with(".DeleteMessage")
-    }
+    use maof::adapters::aws::load_sdk_config;
+    use maof::metering::{by_cache_refresh, by_trigger, measure};
 
     pub async fn run(tasks: usize) -> anyhow::Result<()> {
         if std::env::var_os("AWS_ENDPOINT_URL").is_none() {
@@ -374,110 +323,29 @@ mod aws_ops {
             );
         }
         let config = load_sdk_config().await;
-        let counter = CountOps::default();
-        let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-            aws_sdk_dynamodb::config::Builder::from(&config)
-                .interceptor(counter.clone())
-                .build(),
-        );
-        let sqs = aws_sdk_sqs::Client::from_conf(
-            aws_sdk_sqs::config::Builder::from(&config)
-                .interceptor(counter.clone())
-                .build(),
-        );
-        let secrets = aws_sdk_secretsmanager::Client::from_conf(
-            aws_sdk_secretsmanager::config::Builder::from(&config)
-                .interceptor(counter.clone())
-                .build(),
-        );
-        let names = ResourceNames::with_prefix(&format!(
-            "bench{}",
-            ulid::Ulid::new().to_string().to_lowercase()
-        ));
-        Bootstrap::new(&config, names.clone()).ensure_all().await?;
-        let svc = maof::setup::aws_services_with(dynamodb, sqs, secrets, &names).await?;
-        for (id, model) in [("ops-a", "a"), ("ops-b", "b"), ("ops-c", "c")] {
-            let spec: AgentSpec = serde_json::from_value(json!({
-                "name": id, "provider": "mock", "model": model, "capabilities": ["text"],
-                "pricing": {"input_per_mtok": 0.15, "output_per_mtok": 0.60}
-            }))?;
-            svc.registry
-                .put(&AgentId::parse(id)?, spec, Expect::Any)
-                .await?;
-        }
-        let runner = Runner::spawn(
-            svc.clone(),
-            RunnerConfig {
-                wait: Duration::from_millis(100),
-                ..RunnerConfig::default()
-            },
-        );
-        let principal = Principal {
-            sub: "bench".into(),
-            tenant: TenantId::parse("bench")?,
-            roles: vec![Role::Submitter],
-        };
+        let rows = measure(&config, tasks)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("measuring operations per task")?;
         println!(
             "\nAWS API operations per task (moto at AWS_ENDPOINT_URL), steady state, {tasks} tasks each:"
         );
-        for fanout in [1u32, 3] {
-            let request = || -> anyhow::Result<TaskRequest> {
-                Ok(serde_json::from_value(
-                    json!({"task_type": "text", "content": "count me", "routing": {"fanout": fanout}}),
-                )?)
-            };
-            // Warm-up: fills the registry and key caches.
-            let warm = intake::submit(&svc, &principal, request()?, None)
-                .await?
-                .task;
-            intake::wait(
-                &svc,
-                &principal.tenant,
-                warm.task_id,
-                Duration::from_secs(20),
-            )
-            .await?;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            counter.take();
-            for _ in 0..tasks {
-                let done = svc.completions.clone();
-                let task = intake::submit(&svc, &principal, request()?, None)
-                    .await?
-                    .task;
-                let notify = done.watch(&task.tenant, task.task_id);
-                tokio::time::timeout(Duration::from_secs(20), notify.notified())
-                    .await
-                    .context("a task did not finish in 20 s")?;
-                done.unwatch(&task.tenant, task.task_id);
-            }
-            // Let the last deletes land before reading the counts.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let counts = counter.take();
-            let per_task = |n: u64| n as f64 / tasks as f64;
-            let ours: u64 = counts
-                .iter()
-                .filter(|(op, _)| !by_trigger(op))
-                .map(|(_, n)| n)
-                .sum();
+        for row in rows {
             println!(
-                "  fanout {fanout}: {:.2} operations per task by the pipeline's code",
-                per_task(ours)
+                "  {}: {:.2} operations per task by the pipeline's code (ceiling {})",
+                row.ceiling.name, row.per_task, row.ceiling.max_ops
             );
-            for (op, n) in &counts {
+            for (op, n) in &row.by_op {
                 let note = if by_trigger(op) {
                     "  (done by the Lambda SQS trigger on AWS; the local runner's polling here)"
+                } else if by_cache_refresh(op) {
+                    "  (the registry cache's refresh: once per 30 s per process, not per task)"
                 } else {
                     ""
                 };
-                println!("    {op:<32} {:>6.2}{note}", per_task(*n));
+                println!("    {op:<32} {n:>6.2}{note}");
             }
-            let check = intake::get(&svc, &principal.tenant, warm.task_id).await?;
-            anyhow::ensure!(
-                check.is_some_and(|r| r.task.status == TaskStatus::Completed),
-                "warm-up task did not complete"
-            );
         }
-        runner.shutdown().await;
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ pub mod adapters;
 pub mod api;
 pub mod domain;
 pub mod lambda;
+pub mod metering;
 pub mod ports;
 pub mod providers;
 pub mod runner;

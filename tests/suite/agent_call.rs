@@ -70,7 +70,7 @@ async fn harness(upstream: &MockServer, settings: Settings) -> Harness {
         .put(&AgentId::parse("upstream").unwrap(), spec, Expect::Absent)
         .await
         .unwrap();
-    // The default 30 s visibility: a redelivery sooner than that was asked for.
+    // The template's visibility (minutes): a redelivery sooner than that was asked for.
     let runner = Runner::spawn(
         svc.clone(),
         RunnerConfig {
@@ -86,13 +86,16 @@ async fn harness(upstream: &MockServer, settings: Settings) -> Harness {
 }
 
 async fn run_task(h: &Harness) -> maof::ports::TaskRecord {
+    run(h, json!({"task_type": "text", "content": "I love it"})).await
+}
+
+async fn run(h: &Harness, request: serde_json::Value) -> maof::ports::TaskRecord {
     let principal = Principal {
         sub: "u".into(),
         tenant: TenantId::parse("acme").unwrap(),
         roles: vec![Role::Submitter],
     };
-    let request: TaskRequest =
-        serde_json::from_value(json!({"task_type": "text", "content": "I love it"})).unwrap();
+    let request: TaskRequest = serde_json::from_value(request).unwrap();
     let task = intake::submit(&h.svc, &principal, request, None)
         .await
         .unwrap()
@@ -190,9 +193,40 @@ async fn a_long_retry_after_goes_back_to_the_queue_with_that_visibility() {
     );
     assert!(
         elapsed < Duration::from_secs(10),
-        "not after the queue's 30 s visibility: {elapsed:?}"
+        "not after the queue's visibility timeout: {elapsed:?}"
     );
     assert_eq!(upstream.received_requests().await.unwrap().len(), 2);
+    h.runner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hour_long_retry_after_ends_the_task_at_its_deadline() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(rate_limited("3600"))
+        .mount(&upstream)
+        .await;
+    let h = harness(&upstream, Settings::default()).await;
+
+    let started = Instant::now();
+    let record = run(
+        &h,
+        json!({"task_type": "text", "content": "I love it", "timeout_ms": 3000}),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert_eq!(record.task.status, TaskStatus::Failed);
+    assert_eq!(record.task.error.as_ref().unwrap().code, "timeout");
+    assert!(
+        elapsed < Duration::from_secs(8),
+        "the wait was cut to the task's 3 s deadline (plus SQS's whole seconds), not an hour: {elapsed:?}"
+    );
+    assert_eq!(
+        upstream.received_requests().await.unwrap().len(),
+        1,
+        "no second request while the provider's wait was pending"
+    );
     h.runner.shutdown().await;
 }
 

@@ -5,5 +5,6 @@ mod bootstrap;
 mod contract;
 mod events;
 mod lambda;
+mod ops;
 mod pipeline;
 mod providers;
