@@ -113,7 +113,10 @@ pub struct OpsRow {
 /// Runs `tasks` tasks of each kind in [`CEILINGS`] through the pipeline on
 /// the AWS backend at `config` (fresh tables and queues under a unique
 /// prefix), one at a time after a warm-up, and counts their operations.
-pub async fn measure(config: &aws_config::SdkConfig, tasks: usize) -> Result<Vec<OpsRow>, BoxError> {
+pub async fn measure(
+    config: &aws_config::SdkConfig,
+    tasks: usize,
+) -> Result<Vec<OpsRow>, BoxError> {
     let counter = CountOps::default();
     let dynamodb = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(config)
@@ -167,7 +170,13 @@ pub async fn measure(config: &aws_config::SdkConfig, tasks: usize) -> Result<Vec
         let warm = intake::submit(&svc, &principal, request()?, None)
             .await?
             .task;
-        intake::wait(&svc, &principal.tenant, warm.task_id, Duration::from_secs(20)).await?;
+        intake::wait(
+            &svc,
+            &principal.tenant,
+            warm.task_id,
+            Duration::from_secs(20),
+        )
+        .await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         counter.take();
         let mut measured = Vec::with_capacity(tasks);

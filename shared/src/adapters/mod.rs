@@ -2,4 +2,5 @@
 //! and `aws` (DynamoDB, SQS, Secrets Manager). Both pass the same contract suite.
 
 pub mod aws;
+pub mod layout;
 pub mod memory;

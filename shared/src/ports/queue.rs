@@ -77,9 +77,19 @@ pub struct ReceivedMessage {
 pub enum QueueError {
     #[error("unknown or expired receipt")]
     UnknownReceipt,
+    /// A message body over the queue's `MaximumMessageSize`.
+    #[error("the message is too large ({bytes} bytes; the limit is {MAX_MESSAGE_BYTES})")]
+    MessageTooLarge { bytes: usize },
     #[error("queue backend error: {0}")]
     Backend(String),
 }
+
+/// The largest message body, as template.yaml pins each queue's
+/// `MaximumMessageSize` (SQS's own ceiling is now 1 MiB; pinning 256 KiB keeps
+/// AWS and the memory backend in agreement).
+pub const MAX_MESSAGE_BYTES: usize = 262_144;
+/// The largest batch: the sum of its bodies.
+pub const MAX_BATCH_BYTES: usize = 1_048_576;
 
 /// Longest delay or visibility SQS accepts for one message.
 pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);

@@ -19,6 +19,9 @@ pub enum StoreError {
     NotFound,
     #[error(transparent)]
     Transition(#[from] TransitionError),
+    /// The item would be larger than DynamoDB's 400 KB.
+    #[error("the item is too large to store ({bytes} bytes; the limit is 400 KB)")]
+    ItemTooLarge { bytes: usize },
     /// An optimistic write lost: the item changed since it was read.
     #[error("version conflict: the item is now at version {current:?}")]
     VersionConflict { current: Option<u64> },

@@ -172,7 +172,53 @@ async fn a_forged_receipt_is_refused(b: Backend) {
     );
 }
 
+async fn a_message_over_256_kib_is_refused(b: Backend) {
+    let q = QueueName::Aggregate;
+    let limit = maof::ports::queue::MAX_MESSAGE_BYTES;
+    assert_eq!(limit, 262_144);
+    let refused = b
+        .queue
+        .send(q, OutgoingMessage::now("a".repeat(limit + 1)))
+        .await;
+    assert!(
+        matches!(refused, Err(QueueError::MessageTooLarge { bytes }) if bytes == limit + 1),
+        "{}: {refused:?}",
+        b.name
+    );
+    let refused = b
+        .queue
+        .send_batch(
+            q,
+            vec![
+                OutgoingMessage::now("small"),
+                OutgoingMessage::now("b".repeat(limit + 1)),
+            ],
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(QueueError::MessageTooLarge { .. })),
+        "{}: {refused:?}",
+        b.name
+    );
+    // Exactly at the limit is accepted, and arrives whole.
+    b.queue
+        .send(q, OutgoingMessage::now("c".repeat(limit)))
+        .await
+        .unwrap();
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        let got = b
+            .queue
+            .receive(q, 10, Duration::from_secs(30), Duration::from_secs(1))
+            .await
+            .unwrap();
+        bodies.extend(got.into_iter().map(|m| m.body.len()));
+    }
+    assert!(bodies.contains(&limit), "{}: {bodies:?}", b.name);
+}
+
 on_both_backends!(
+    a_message_over_256_kib_is_refused,
     a_message_comes_back_after_its_visibility_timeout_unless_deleted,
     a_message_received_too_often_lands_in_the_dlq,
     a_batch_of_many_messages_all_arrive_once,

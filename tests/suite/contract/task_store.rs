@@ -646,7 +646,81 @@ async fn of_concurrent_deliveries_one_takes_the_lease(b: Backend) {
     assert_eq!(acquired, 1, "{}: {outcomes:?}", b.name);
 }
 
+/// A task whose content is `kb` kilobytes of ASCII.
+fn task_of_size(tenant_name: &str, kb: usize) -> Task {
+    let request: TaskRequest = serde_json::from_value(json!({
+        "task_type": "text",
+        "content": "x".repeat(kb * 1000),
+    }))
+    .unwrap();
+    let (spec, _) = request.parse().unwrap();
+    Task::new(tenant(tenant_name), spec, None, "user-1", Utc::now())
+}
+
+async fn an_item_over_400_kb_is_refused_and_changes_nothing(b: Backend) {
+    let task = new_task("acme", None);
+    b.tasks.create(&task).await.unwrap();
+    let calls = running_with_calls(b.tasks.as_ref(), &task, 2).await;
+    let (t, id) = (&task.tenant, task.task_id);
+    let big = call_result(calls[0], &"y".repeat(450_000));
+    let refused = b.tasks.put_call(t, id, &big).await;
+    assert!(
+        matches!(refused, Err(StoreError::ItemTooLarge { bytes }) if bytes > 400 * 1024),
+        "{}: {refused:?}",
+        b.name
+    );
+    let refused = b.tasks.record_call(t, id, &big).await;
+    assert!(
+        matches!(refused, Err(StoreError::ItemTooLarge { .. })),
+        "{}: {refused:?}",
+        b.name
+    );
+    // Below the limit, the whole answer is kept.
+    let fits = call_result(calls[1], &"z".repeat(300_000));
+    b.tasks.put_call(t, id, &fits).await.unwrap();
+    let record = b.tasks.get_with_calls(t, id).await.unwrap().unwrap();
+    assert_eq!(record.calls.len(), 1, "{}", b.name);
+    assert_eq!(
+        record.calls[0].output.as_deref().map(str::len),
+        Some(300_000)
+    );
+
+    // DynamoDB also refuses an UpdateItem that would grow an item past the
+    // limit (moto does not check updates; the memory backend's unit tests do).
+}
+
+async fn a_list_page_stops_at_1_mb_and_pagination_still_sees_every_task(b: Backend) {
+    // Items of about 190 KB: five fit in a 1 MB page, six do not.
+    let mut created = Vec::new();
+    for _ in 0..8 {
+        let task = task_of_size("acme", 190);
+        b.tasks.create(&task).await.unwrap();
+        created.push(task.task_id);
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    created.reverse();
+    let t = tenant("acme");
+    let first = b.tasks.list(&t, 10, None).await.unwrap();
+    assert_eq!(
+        first.items.len(),
+        5,
+        "{}: the page stopped at 1 MB, before the limit of 10",
+        b.name
+    );
+    assert!(first.next.is_some(), "{}: and says there is more", b.name);
+    let mut seen: Vec<_> = first.items.iter().map(|t| t.task_id).collect();
+    let mut cursor = first.next;
+    while let Some(next) = cursor {
+        let page = b.tasks.list(&t, 10, Some(&next)).await.unwrap();
+        seen.extend(page.items.iter().map(|t| t.task_id));
+        cursor = page.next;
+    }
+    assert_eq!(seen, created, "{}: every task once, newest first", b.name);
+}
+
 on_both_backends!(
+    an_item_over_400_kb_is_refused_and_changes_nothing,
+    a_list_page_stops_at_1_mb_and_pagination_still_sees_every_task,
     a_call_lease_is_held_by_one_delivery_at_a_time,
     of_concurrent_deliveries_one_takes_the_lease,
     a_created_task_reads_back_whole,

@@ -95,6 +95,9 @@ impl Bootstrap {
             if let Some(seconds) = queue.visibility_timeout {
                 attributes.insert(QueueAttributeName::VisibilityTimeout, seconds.to_string());
             }
+            if let Some(bytes) = queue.max_message_size {
+                attributes.insert(QueueAttributeName::MaximumMessageSize, bytes.to_string());
+            }
             if let Some(seconds) = queue.retention {
                 attributes.insert(
                     QueueAttributeName::MessageRetentionPeriod,

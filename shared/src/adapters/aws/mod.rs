@@ -4,7 +4,6 @@
 
 mod bootstrap;
 mod events;
-mod keys;
 mod queue;
 mod registry;
 mod secrets;

@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
 
 use super::{ResourceNames, describe};
@@ -18,6 +19,11 @@ pub struct SqsQueue {
 
 fn backend<E: std::error::Error>(err: E) -> QueueError {
     QueueError::Backend(describe(err))
+}
+
+/// SQS's words for a body over the queue's `MaximumMessageSize`.
+fn too_long(message: &str) -> bool {
+    message.contains("must be shorter than")
 }
 
 fn secs(d: Duration, max: Duration) -> i32 {
@@ -58,6 +64,7 @@ impl SqsQueue {
 impl Queue for SqsQueue {
     #[tracing::instrument(skip_all, fields(queue = queue.as_str()))]
     async fn send(&self, queue: QueueName, message: OutgoingMessage) -> Result<(), QueueError> {
+        let bytes = message.body.len();
         self.client
             .send_message()
             .queue_url(self.url(queue)?)
@@ -65,7 +72,16 @@ impl Queue for SqsQueue {
             .delay_seconds(secs(message.delay, MAX_DELAY))
             .send()
             .await
-            .map_err(backend)?;
+            .map_err(|e| {
+                let too_long = e.as_service_error().is_some_and(|e| {
+                    e.code() == Some("InvalidParameterValue") && e.message().is_some_and(too_long)
+                });
+                if too_long {
+                    QueueError::MessageTooLarge { bytes }
+                } else {
+                    backend(e)
+                }
+            })?;
         Ok(())
     }
 
@@ -79,7 +95,9 @@ impl Queue for SqsQueue {
         let mut messages = messages.into_iter().enumerate().peekable();
         while messages.peek().is_some() {
             let mut batch = self.client.send_message_batch().queue_url(url);
+            let mut sizes = HashMap::new();
             for (i, message) in messages.by_ref().take(10) {
+                sizes.insert(i.to_string(), message.body.len());
                 let entry = SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
                     .message_body(message.body)
@@ -88,9 +106,23 @@ impl Queue for SqsQueue {
                     .map_err(backend)?;
                 batch = batch.entries(entry);
             }
-            let out = batch.send().await.map_err(backend)?;
+            let out = batch.send().await.map_err(|e| {
+                let too_long = e.as_service_error().is_some_and(|e| {
+                    e.code() == Some("InvalidParameterValue") && e.message().is_some_and(too_long)
+                });
+                if too_long {
+                    let bytes = sizes.values().copied().max().unwrap_or_default();
+                    QueueError::MessageTooLarge { bytes }
+                } else {
+                    backend(e)
+                }
+            })?;
             // A batch call succeeds even when entries fail; those are errors too.
             if let Some(failed) = out.failed.first() {
+                if failed.message.as_deref().is_some_and(too_long) {
+                    let bytes = sizes.get(&failed.id).copied().unwrap_or_default();
+                    return Err(QueueError::MessageTooLarge { bytes });
+                }
                 return Err(QueueError::Backend(format!(
                     "{} of the batch failed, first: {} {}",
                     out.failed.len(),

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_dynamo::{from_item, to_item};
 
 use super::describe;
-use super::keys::{self, PK, SK};
+use crate::adapters::layout::keys::{self, PK, SK};
 use crate::domain::{Agent, AgentId, AgentSpec};
 use crate::ports::{Expect, Registry, StoreError};
 

@@ -3,64 +3,23 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
 };
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_dynamo::{from_item, to_attribute_value, to_item};
 
 use super::describe;
-use super::keys::{self, GSI1, GSI1_PK, GSI1_SK, PK, SK};
+use crate::adapters::layout;
+use crate::adapters::layout::keys::{self, GSI1, GSI1_PK, GSI1_SK, PK, SK};
+use crate::adapters::layout::{CallItem, DONE_CALLS, IdempotencyItem, LeaseItem, TaskItem};
 use crate::domain::{
-    CallId, CallLease, CallResult, LeaseHolder, LeaseOutcome, Task, TaskId, TaskPatch, TaskStatus,
-    TenantId, TransitionError,
+    CallId, CallLease, CallResult, LeaseOutcome, Task, TaskId, TaskPatch, TaskStatus, TenantId,
+    TransitionError,
 };
 use crate::ports::task_store::fan_in_outcome;
 use crate::ports::{FanIn, Page, StoreError, TaskRecord, TaskStore};
-
-/// The set of call ids counted toward the fan-in (a DynamoDB string set, so a
-/// duplicate `ADD` adds nothing).
-const DONE_CALLS: &str = "done_calls";
-
-#[derive(Serialize, Deserialize)]
-struct TaskItem {
-    pk: String,
-    sk: String,
-    gsi1pk: String,
-    gsi1sk: String,
-    expires_at: i64,
-    #[serde(flatten)]
-    task: Task,
-}
-
-#[derive(Serialize, Deserialize)]
-struct CallItem {
-    pk: String,
-    sk: String,
-    expires_at: i64,
-    #[serde(flatten)]
-    result: CallResult,
-}
-
-/// A call's lease. `until_ms` is epoch milliseconds: a number, so that the
-/// condition compares it numerically.
-#[derive(Serialize, Deserialize)]
-struct LeaseItem {
-    pk: String,
-    sk: String,
-    holder: LeaseHolder,
-    until_ms: i64,
-    expires_at: i64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct IdempotencyItem {
-    pk: String,
-    sk: String,
-    task_id: TaskId,
-    expires_at: i64,
-}
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -126,15 +85,7 @@ impl DynamoTaskStore {
     }
 
     fn task_item(&self, task: &Task) -> Result<Item, StoreError> {
-        let item = TaskItem {
-            pk: keys::task_pk(&task.tenant, task.task_id),
-            sk: keys::TASK_SK.to_owned(),
-            gsi1pk: keys::tenant_tasks(&task.tenant),
-            gsi1sk: task.task_id.to_string(),
-            expires_at: self.expires_at(task.created_at),
-            task: task.clone(),
-        };
-        to_item(item).map_err(encode)
+        to_item(TaskItem::new(task, self.expires_at(task.created_at))).map_err(encode)
     }
 }
 
@@ -148,6 +99,33 @@ fn decode(err: serde_dynamo::Error) -> StoreError {
 
 fn backend<E: std::error::Error>(err: E) -> StoreError {
     StoreError::Backend(describe(err))
+}
+
+/// A write DynamoDB refused for the item's size becomes `ItemTooLarge`,
+/// with `size` (what was written, as DynamoDB counts it); anything else is
+/// a backend error.
+fn write_error<E, R>(err: SdkError<E, R>, size: impl FnOnce() -> usize) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let too_large = err.as_service_error().is_some_and(|e| {
+        e.code() == Some("ValidationException")
+            && e.message().is_some_and(|m| m.contains("Item size"))
+    });
+    if too_large {
+        return StoreError::ItemTooLarge { bytes: size() };
+    }
+    backend(err)
+}
+
+/// `layout::item_size` for an item already in the SDK's form.
+fn sdk_item_size(item: &Item) -> usize {
+    item.iter().map(|(k, v)| k.len() + sdk_value_size(v)).sum()
+}
+
+fn sdk_value_size(value: &AttributeValue) -> usize {
+    layout::value_size(&serde_dynamo::AttributeValue::from(value.clone()))
 }
 
 fn s(value: impl Into<String>) -> AttributeValue {
@@ -170,7 +148,7 @@ impl TaskStore for DynamoTaskStore {
                 .client
                 .put_item()
                 .table_name(&self.table)
-                .set_item(Some(item))
+                .set_item(Some(item.clone()))
                 .condition_expression("attribute_not_exists(pk)")
                 .send()
                 .await;
@@ -182,17 +160,17 @@ impl TaskStore for DynamoTaskStore {
                 {
                     Err(StoreError::AlreadyExists)
                 }
-                Err(e) => Err(backend(e)),
+                Err(e) => Err(write_error(e, || sdk_item_size(&item))),
             };
         };
         // The task and its idempotency record are written together or not at all.
         let idem_pk = keys::idempotency_pk(&task.tenant, idem);
-        let idem_item = to_item(IdempotencyItem {
-            pk: idem_pk.clone(),
-            sk: keys::IDEM_SK.to_owned(),
-            task_id: task.task_id,
-            expires_at: self.expires_at(task.created_at),
-        })
+        let idem_item = to_item(IdempotencyItem::new(
+            &task.tenant,
+            idem,
+            task.task_id,
+            self.expires_at(task.created_at),
+        ))
         .map_err(encode)?;
         let put = |item: Item| -> Result<TransactWriteItem, StoreError> {
             let put = Put::builder()
@@ -374,8 +352,10 @@ impl TaskStore for DynamoTaskStore {
                     .map_err(encode)?,
             ),
         ];
+        let mut written = 0;
         for (field, value) in fields {
             if let Some(value) = value {
+                written += field.len() + sdk_value_size(&value);
                 sets.push(format!("#{field} = :{field}"));
                 update = update
                     .expression_attribute_names(format!("#{field}"), field)
@@ -405,7 +385,7 @@ impl TaskStore for DynamoTaskStore {
             {
                 Err(self.refused(tenant, task_id, to).await)
             }
-            Err(e) => Err(backend(e)),
+            Err(e) => Err(write_error(e, || written)),
         }
     }
 
@@ -418,13 +398,13 @@ impl TaskStore for DynamoTaskStore {
         lease: &CallLease,
         now: DateTime<Utc>,
     ) -> Result<LeaseOutcome, StoreError> {
-        let item = to_item(LeaseItem {
-            pk: keys::task_pk(tenant, task_id),
-            sk: keys::lease_sk(call_id),
-            holder: lease.holder.clone(),
-            until_ms: lease.until.timestamp_millis(),
-            expires_at: self.expires_at(now),
-        })
+        let item = to_item(LeaseItem::new(
+            tenant,
+            task_id,
+            call_id,
+            lease,
+            self.expires_at(now),
+        ))
         .map_err(encode)?;
         // The same rule as `CallLease::may_be_taken_by`, checked atomically.
         let put = self
@@ -469,18 +449,18 @@ impl TaskStore for DynamoTaskStore {
         task_id: TaskId,
         result: &CallResult,
     ) -> Result<CallResult, StoreError> {
-        let item = to_item(CallItem {
-            pk: keys::task_pk(tenant, task_id),
-            sk: keys::call_sk(result.call_id),
-            expires_at: self.expires_at(result.finished_at),
-            result: result.clone(),
-        })
+        let item: Item = to_item(CallItem::new(
+            tenant,
+            task_id,
+            result,
+            self.expires_at(result.finished_at),
+        ))
         .map_err(encode)?;
         let put = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(item))
+            .set_item(Some(item.clone()))
             .condition_expression("attribute_not_exists(pk)")
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
@@ -492,7 +472,7 @@ impl TaskStore for DynamoTaskStore {
                 Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(first)) => {
                     first.item().cloned()
                 }
-                _ => return Err(backend(e)),
+                _ => return Err(write_error(e, || sdk_item_size(&item))),
             },
         };
         let first = match first {
@@ -593,6 +573,8 @@ impl TaskStore for DynamoTaskStore {
             None => query.key_condition_expression("#p = :p"),
         };
         let out = query.send().await.map_err(backend)?;
+        // A page read past 1 MB stops early, with a `LastEvaluatedKey`.
+        let cut = out.last_evaluated_key.is_some();
         let mut items = out
             .items
             .unwrap_or_default()
@@ -601,7 +583,7 @@ impl TaskStore for DynamoTaskStore {
             .collect::<Result<Vec<_>, _>>()?;
         let more = items.len() > limit as usize;
         items.truncate(limit as usize);
-        let next = if more {
+        let next = if more || cut {
             items.last().map(|t| t.task_id.to_string())
         } else {
             None

@@ -49,6 +49,8 @@ pub struct QueueShape {
     pub name: String,
     pub visibility_timeout: Option<u64>,
     pub retention: Option<u64>,
+    /// `MaximumMessageSize`, in bytes.
+    pub max_message_size: Option<u64>,
     /// The logical id of the dead-letter queue and the receives before redrive.
     pub dead_letter: Option<(String, u64)>,
 }
@@ -340,6 +342,7 @@ impl TemplateShape {
                         name: name("QueueName")?,
                         visibility_timeout: cx.number(props.get("VisibilityTimeout"))?,
                         retention: cx.number(props.get("MessageRetentionPeriod"))?,
+                        max_message_size: cx.number(props.get("MaximumMessageSize"))?,
                         dead_letter,
                     });
                 }
@@ -387,6 +390,11 @@ mod tests {
             let dlq = shape.queues.iter().find(|s| s.logical_id == dlq).unwrap();
             assert_eq!(dlq.name, format!("{q}-dlq"));
             assert!(queue.visibility_timeout.unwrap() > 0);
+            assert_eq!(
+                queue.max_message_size,
+                Some(crate::ports::queue::MAX_MESSAGE_BYTES as u64),
+                "the template pins the message size the memory queue enforces"
+            );
         }
         assert!(shape.secrets.contains(&"x/jwt".to_owned()));
         let order = shape.queues_in_creation_order();

@@ -7,7 +7,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::lock;
-use crate::ports::queue::{MAX_DELAY, MAX_VISIBILITY, whole_seconds};
+use crate::ports::queue::{
+    MAX_BATCH_BYTES, MAX_DELAY, MAX_MESSAGE_BYTES, MAX_VISIBILITY, whole_seconds,
+};
 use crate::ports::{OutgoingMessage, Queue, QueueError, QueueName, ReceivedMessage};
 
 struct Message {
@@ -134,6 +136,18 @@ impl Queue for MemoryQueue {
         queue: QueueName,
         messages: Vec<OutgoingMessage>,
     ) -> Result<(), QueueError> {
+        // What SQS refuses, refused before anything is sent.
+        if let Some(big) = messages.iter().find(|m| m.body.len() > MAX_MESSAGE_BYTES) {
+            return Err(QueueError::MessageTooLarge {
+                bytes: big.body.len(),
+            });
+        }
+        for batch in messages.chunks(10) {
+            let bytes: usize = batch.iter().map(|m| m.body.len()).sum();
+            if bytes > MAX_BATCH_BYTES {
+                return Err(QueueError::MessageTooLarge { bytes });
+            }
+        }
         let now = Instant::now();
         {
             let mut state = lock(&self.queues);

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::lock;
+use crate::adapters::layout::{self, CallItem, IdempotencyItem, TaskItem};
 use crate::domain::{
     CallId, CallLease, CallResult, IdempotencyKey, LeaseOutcome, Task, TaskId, TaskPatch,
     TaskStatus, TenantId,
@@ -57,6 +58,38 @@ impl MemoryTaskStore {
     }
 }
 
+/// The size of `item` as DynamoDB counts it, plus `extra` bytes of
+/// attributes it does not carry; refused past DynamoDB's item limit.
+fn sized<T: serde::Serialize>(item: &T, extra: usize) -> Result<usize, StoreError> {
+    let bytes = layout::item_size(item)
+        .map_err(|e| StoreError::Backend(format!("cannot encode item: {e}")))?
+        + extra;
+    if bytes > layout::MAX_ITEM_BYTES {
+        return Err(StoreError::ItemTooLarge { bytes });
+    }
+    Ok(bytes)
+}
+
+/// The stand-in for the TTL attribute's value (a ten-digit number, as the
+/// real one is), so that sizes count it.
+fn expires(at: DateTime<Utc>) -> i64 {
+    at.timestamp()
+}
+
+fn call_size(tenant: &TenantId, task_id: TaskId, result: &CallResult) -> Result<usize, StoreError> {
+    sized(
+        &CallItem::new(tenant, task_id, result, expires(result.finished_at)),
+        0,
+    )
+}
+
+fn task_size(task: &Task, done_calls: usize) -> Result<usize, StoreError> {
+    sized(
+        &TaskItem::new(task, expires(task.created_at)),
+        layout::done_calls_size(done_calls),
+    )
+}
+
 impl State {
     fn evict_beyond(&mut self, max_finished: usize) {
         while self.finished.len() > max_finished {
@@ -75,6 +108,13 @@ impl State {
 #[async_trait]
 impl TaskStore for MemoryTaskStore {
     async fn create(&self, task: &Task) -> Result<(), StoreError> {
+        task_size(task, 0)?;
+        if let Some(idem) = &task.idempotency_key {
+            sized(
+                &IdempotencyItem::new(&task.tenant, idem, task.task_id, expires(task.created_at)),
+                0,
+            )?;
+        }
         let mut state = lock(&self.state);
         let key = (task.tenant.clone(), task.task_id);
         if state.tasks.contains_key(&key) {
@@ -135,8 +175,11 @@ impl TaskStore for MemoryTaskStore {
             .tasks
             .get_mut(&(tenant.clone(), task_id))
             .ok_or(StoreError::NotFound)?;
-        entry.task.apply(to, patch, now)?;
-        let task = entry.task.clone();
+        // Applied to a copy first: an update DynamoDB refuses changes nothing.
+        let mut task = entry.task.clone();
+        task.apply(to, patch, now)?;
+        task_size(&task, entry.done.len())?;
+        entry.task = task.clone();
         if to.is_terminal() {
             state.finished.push_back((tenant.clone(), task_id));
             state.evict_beyond(self.max_finished);
@@ -177,6 +220,7 @@ impl TaskStore for MemoryTaskStore {
         task_id: TaskId,
         result: &CallResult,
     ) -> Result<CallResult, StoreError> {
+        call_size(tenant, task_id, result)?;
         let mut state = lock(&self.state);
         // Like an orphan DynamoDB item, a result for a missing task is invisible.
         match state.tasks.get_mut(&(tenant.clone(), task_id)) {
@@ -195,6 +239,7 @@ impl TaskStore for MemoryTaskStore {
         task_id: TaskId,
         result: &CallResult,
     ) -> Result<FanIn, StoreError> {
+        call_size(tenant, task_id, result)?;
         let mut state = lock(&self.state);
         let entry = state
             .tasks
@@ -223,6 +268,7 @@ impl TaskStore for MemoryTaskStore {
             .map(TaskId::parse)
             .transpose()
             .map_err(|_| StoreError::Backend("bad cursor".into()))?;
+        let limit = limit.clamp(1, 1000);
         let state = lock(&self.state);
         let mut tasks: Vec<&Task> = state
             .tasks
@@ -231,9 +277,23 @@ impl TaskStore for MemoryTaskStore {
             .map(|(_, e)| &e.task)
             .collect();
         tasks.sort_by_key(|t| std::cmp::Reverse(t.task_id));
-        let more = tasks.len() > limit as usize;
-        let items: Vec<Task> = tasks.into_iter().take(limit as usize).cloned().collect();
-        let next = if more {
+        // As a DynamoDB Query: up to `limit + 1` items (to know whether there
+        // is another page), stopping early where the page would pass 1 MB.
+        let mut items = Vec::new();
+        let mut page_bytes = 0;
+        let mut cut = false;
+        for task in tasks.into_iter().take(limit as usize + 1) {
+            let bytes = task_size(task, 0).unwrap_or(layout::MAX_ITEM_BYTES);
+            if page_bytes + bytes > layout::MAX_PAGE_BYTES {
+                cut = true;
+                break;
+            }
+            page_bytes += bytes;
+            items.push(task.clone());
+        }
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        let next = if more || cut {
             items.last().map(|t| t.task_id.to_string())
         } else {
             None
@@ -245,7 +305,51 @@ impl TaskStore for MemoryTaskStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::TaskRequest;
+    use crate::domain::{AggregateResult, AggregationStrategy, TaskRequest};
+
+    /// DynamoDB refuses an UpdateItem whose result would pass 400 KB (moto
+    /// does not, so the contract suite cannot hold the AWS side to it).
+    #[tokio::test]
+    async fn an_update_past_400_kb_is_refused_and_changes_nothing() {
+        let store = MemoryTaskStore::new();
+        let request: TaskRequest = serde_json::from_value(
+            serde_json::json!({"task_type": "text", "content": "x".repeat(190_000)}),
+        )
+        .unwrap();
+        let (spec, _) = request.parse().unwrap();
+        let task = Task::new(TenantId::parse("t").unwrap(), spec, None, "u", Utc::now());
+        store.create(&task).await.unwrap();
+        let patch = TaskPatch {
+            result: Some(AggregateResult {
+                strategy: AggregationStrategy::First,
+                output: "r".repeat(250_000),
+                confidence: 1.0,
+                candidates: Vec::new(),
+                conflicts: Vec::new(),
+            }),
+            ..TaskPatch::default()
+        };
+        let refused = store
+            .transition(
+                &task.tenant,
+                task.task_id,
+                TaskStatus::Failed,
+                patch,
+                Utc::now(),
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::ItemTooLarge { bytes }) if bytes > 440_000),
+            "{refused:?}"
+        );
+        let unchanged = store
+            .get(&task.tenant, task.task_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(unchanged.status, TaskStatus::Queued);
+        assert!(unchanged.result.is_none());
+    }
 
     #[tokio::test]
     async fn retention_evicts_the_oldest_finished_tasks_only() {

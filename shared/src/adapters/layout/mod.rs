@@ -1,0 +1,190 @@
+//! The context table's item layout, and what DynamoDB allows of it. Both
+//! backends use it: the AWS one writes these items; the memory one keeps the
+//! same data and measures it as these items, so that whatever DynamoDB would
+//! refuse for its size, the memory backend refuses too.
+
+pub mod keys;
+
+use serde::{Deserialize, Serialize};
+use serde_dynamo::AttributeValue;
+
+use crate::domain::{
+    CallId, CallLease, CallResult, IdempotencyKey, LeaseHolder, Task, TaskId, TenantId,
+};
+
+/// DynamoDB's largest item: 400 KB, counting attribute names and values.
+pub const MAX_ITEM_BYTES: usize = 400 * 1024;
+/// The most a Query reads before it stops and returns a `LastEvaluatedKey`.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+
+/// The set of call ids counted toward the fan-in (a DynamoDB string set, so a
+/// duplicate `ADD` adds nothing).
+pub const DONE_CALLS: &str = "done_calls";
+
+#[derive(Serialize, Deserialize)]
+pub struct TaskItem {
+    pub pk: String,
+    pub sk: String,
+    pub gsi1pk: String,
+    pub gsi1sk: String,
+    pub expires_at: i64,
+    #[serde(flatten)]
+    pub task: Task,
+}
+
+impl TaskItem {
+    pub fn new(task: &Task, expires_at: i64) -> Self {
+        TaskItem {
+            pk: keys::task_pk(&task.tenant, task.task_id),
+            sk: keys::TASK_SK.to_owned(),
+            gsi1pk: keys::tenant_tasks(&task.tenant),
+            gsi1sk: task.task_id.to_string(),
+            expires_at,
+            task: task.clone(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct CallItem {
+    pub pk: String,
+    pub sk: String,
+    pub expires_at: i64,
+    #[serde(flatten)]
+    pub result: CallResult,
+}
+
+impl CallItem {
+    pub fn new(tenant: &TenantId, task_id: TaskId, result: &CallResult, expires_at: i64) -> Self {
+        CallItem {
+            pk: keys::task_pk(tenant, task_id),
+            sk: keys::call_sk(result.call_id),
+            expires_at,
+            result: result.clone(),
+        }
+    }
+}
+
+/// A call's lease. `until_ms` is epoch milliseconds: a number, so that the
+/// condition compares it numerically.
+#[derive(Serialize, Deserialize)]
+pub struct LeaseItem {
+    pub pk: String,
+    pub sk: String,
+    pub holder: LeaseHolder,
+    pub until_ms: i64,
+    pub expires_at: i64,
+}
+
+impl LeaseItem {
+    pub fn new(
+        tenant: &TenantId,
+        task_id: TaskId,
+        call_id: CallId,
+        lease: &CallLease,
+        expires_at: i64,
+    ) -> Self {
+        LeaseItem {
+            pk: keys::task_pk(tenant, task_id),
+            sk: keys::lease_sk(call_id),
+            holder: lease.holder.clone(),
+            until_ms: lease.until.timestamp_millis(),
+            expires_at,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct IdempotencyItem {
+    pub pk: String,
+    pub sk: String,
+    pub task_id: TaskId,
+    pub expires_at: i64,
+}
+
+impl IdempotencyItem {
+    pub fn new(tenant: &TenantId, key: &IdempotencyKey, task_id: TaskId, expires_at: i64) -> Self {
+        IdempotencyItem {
+            pk: keys::idempotency_pk(tenant, key),
+            sk: keys::IDEM_SK.to_owned(),
+            task_id,
+            expires_at,
+        }
+    }
+}
+
+/// An item's size as DynamoDB counts it: each attribute's name (UTF-8 bytes)
+/// plus its value. `extra` adds attributes the struct does not carry (the
+/// fan-in's set), as `(name, value size)`.
+pub fn item_size<T: Serialize>(item: &T) -> Result<usize, serde_dynamo::Error> {
+    let item: serde_dynamo::Item = serde_dynamo::to_item(item)?;
+    Ok(item
+        .iter()
+        .map(|(name, value)| name.len() + value_size(value))
+        .sum())
+}
+
+/// The size of the fan-in's string set of `n` call ids, with its name.
+pub fn done_calls_size(n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    // A call id is a 26-character ULID.
+    DONE_CALLS.len() + n * 26
+}
+
+/// A value's size by DynamoDB's rules: strings and binaries by their bytes;
+/// numbers about one byte per two significant digits, plus one; booleans and
+/// nulls one byte; lists and maps three bytes plus their elements (a map's
+/// with their names, a list's with a byte each); sets their elements.
+pub fn value_size(value: &AttributeValue) -> usize {
+    match value {
+        AttributeValue::S(s) => s.len(),
+        AttributeValue::N(n) => number_size(n),
+        AttributeValue::B(b) => b.len(),
+        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
+        AttributeValue::M(m) => {
+            3 + m
+                .iter()
+                .map(|(k, v)| k.len() + value_size(v))
+                .sum::<usize>()
+        }
+        AttributeValue::L(l) => 3 + l.iter().map(|v| 1 + value_size(v)).sum::<usize>(),
+        AttributeValue::Ss(set) => set.iter().map(String::len).sum(),
+        AttributeValue::Ns(set) => set.iter().map(|n| number_size(n)).sum(),
+        AttributeValue::Bs(set) => set.iter().map(Vec::len).sum(),
+    }
+}
+
+fn number_size(n: &str) -> usize {
+    let digits: String = n.chars().filter(char::is_ascii_digit).collect();
+    let significant = digits.trim_start_matches('0').trim_end_matches('0').len();
+    significant.div_ceil(2) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_count_names_and_values_as_dynamodb_does() {
+        #[derive(Serialize)]
+        struct Item {
+            pk: String,
+            n: u64,
+            ok: bool,
+            tags: Vec<String>,
+        }
+        let item = Item {
+            pk: "abc".into(),
+            n: 12_300,
+            ok: true,
+            tags: vec!["xy".into(), "z".into()],
+        };
+        // pk: 2 + 3; n: 1 + (3 significant digits → 2 + 1); ok: 2 + 1;
+        // tags: 4 + 3 + (1 + 2) + (1 + 1).
+        assert_eq!(item_size(&item).unwrap(), 5 + 4 + 3 + 12);
+        assert_eq!(number_size("0.000059"), 2);
+        assert_eq!(number_size("-123456789"), 6);
+    }
+}
