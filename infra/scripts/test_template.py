@@ -169,7 +169,7 @@ def code_queue_names() -> dict[str, str]:
 
 
 def code_key_constants() -> dict[str, str]:
-    src = rust("shared/src/adapters/aws/keys.rs")
+    src = rust("shared/src/adapters/layout/keys.rs")
     return dict(re.findall(r'pub const (\w+): &str = "([^"]*)";', src))
 
 
@@ -287,10 +287,39 @@ def test_agent_call_trigger_has_a_maximum_concurrency():
     assert 2 <= param["MinValue"] <= param["Default"] <= param["MaxValue"] <= 1000
 
 
-def test_queues_are_encrypted():
+def test_queues_are_encrypted_and_pin_the_message_size_the_memory_queue_enforces():
+    limit = int(re.search(r"pub const MAX_MESSAGE_BYTES: usize = ([\d_]+);",
+                          rust("shared/src/ports/queue.rs")).group(1).replace("_", ""))
     for queue, q in resources("AWS::SQS::Queue").items():
         props = q["Properties"]
         assert props.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in props, queue
+        assert props.get("MaximumMessageSize") == limit, queue
+
+
+def test_the_claim_check_bucket_is_private_encrypted_tls_only_and_expires_with_the_tables():
+    buckets = resources("AWS::S3::Bucket")
+    assert set(buckets) == {"BlobBucket"}
+    props = buckets["BlobBucket"]["Properties"]
+    assert "BucketName" not in props, "CloudFormation names it: bucket names are global"
+    sse = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+    assert sse["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True, "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
+    assert props["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    # Blobs live as long as the items that refer to them (the table TTL).
+    retention_secs = re.search(r"DEFAULT_RETENTION: Duration = Duration::from_secs\(([\d* ]+)\)",
+                               rust("shared/src/adapters/aws/task_store.rs")).group(1)
+    days = eval(retention_secs) // 86400  # e.g. "30 * 24 * 3600"
+    rules = props["LifecycleConfiguration"]["Rules"]
+    assert any(r["Status"] == "Enabled" and r.get("ExpirationInDays") == days for r in rules), rules
+    policy = resources("AWS::S3::BucketPolicy")["BlobBucketPolicy"]["Properties"]
+    assert policy["Bucket"] == {"Ref": "BlobBucket"}
+    tls = [st for st in policy["PolicyDocument"]["Statement"] if st["Effect"] == "Deny"]
+    assert tls and tls[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert "MAOF_BLOB_BUCKET" in rust("shared/src/adapters/aws/mod.rs")
+    for fn in FUNCTIONS:
+        assert function(fn)["Environment"]["Variables"]["MAOF_BLOB_BUCKET"] == {"Ref": "BlobBucket"}
 
 
 def test_tables_key_schema_billing_ttl_pitr_sse():
@@ -298,7 +327,7 @@ def test_tables_key_schema_billing_ttl_pitr_sse():
     pk, sk, gsi1, gsi1pk, gsi1sk = (keys[k] for k in ("PK", "SK", "GSI1", "GSI1_PK", "GSI1_SK"))
     # The TTL attribute is the items' `expires_at` field (serde names it so).
     ttl = keys.get("TTL", "expires_at")
-    assert re.search(rf"\b{ttl}: i64,", rust("shared/src/adapters/aws/task_store.rs")), ttl
+    assert re.search(rf"\b{ttl}: i64,", rust("shared/src/adapters/layout/mod.rs")), ttl
     tables = resources("AWS::DynamoDB::Table")
     assert set(tables) == {"ContextTable", "RegistryTable"}
     assert tables["ContextTable"]["Properties"]["TableName"] == {"Fn::Sub": "${Prefix}-context"}
@@ -422,6 +451,7 @@ CONTEXT = "GetAtt(ContextTable.Arn)"
 CONTEXT_INDEX = "Sub(${ContextTable.Arn}/index/gsi1)"
 REGISTRY = "GetAtt(RegistryTable.Arn)"
 BUS = "GetAtt(EventBus.Arn)"
+BLOBS = "Sub(${BlobBucket.Arn}/*)"
 PROVIDER_SECRETS = ("Sub(arn:${AWS::Partition}:secretsmanager:${AWS::Region}:"
                     "${AWS::AccountId}:secret:${ProviderSecretPrefix}*)")
 BEDROCK = {
@@ -452,6 +482,7 @@ EXPECTED_ALLOW = {
         ("sqs:SendMessage", "GetAtt(RouteQueue.Arn)"),
         ("secretsmanager:GetSecretValue", "Ref(JwtSecret)"),
         ("events:PutEvents", BUS),
+        ("s3:GetObject", BLOBS),
     ),
     "RouteRole": grants(
         *common("RouteLogs"),
@@ -470,12 +501,14 @@ EXPECTED_ALLOW = {
         ("secretsmanager:GetSecretValue", PROVIDER_SECRETS),
         ("bedrock:InvokeModel", BEDROCK),
         ("events:PutEvents", BUS),
+        ({"s3:PutObject", "s3:GetObject"}, BLOBS),
     ),
     "AggregateRole": grants(
         *common("AggregateLogs"),
         ({GET, UPDATE, QUERY}, CONTEXT),
         (CONSUME, {"GetAtt(AggregateQueue.Arn)", "GetAtt(AggregateDlq.Arn)"}),
         ("events:PutEvents", BUS),
+        ({"s3:PutObject", "s3:GetObject"}, BLOBS),
     ),
     "EventsRole": grants(
         *common("EventsLogs"),
@@ -545,7 +578,8 @@ TASK_STORE_ACTIONS = {
     "get_with_calls": {(QUERY, CONTEXT)},
     "create": {(PUT, CONTEXT), (GET, CONTEXT)},  # a transaction of puts; get on conflict
     "transition": {(UPDATE, CONTEXT), (GET, CONTEXT)},  # get when refused
-    "put_call": {(PUT, CONTEXT)},
+    "lease_call": {(PUT, CONTEXT), (GET, CONTEXT)},  # get when moto returns no old item
+    "put_call": {(PUT, CONTEXT), (GET, CONTEXT)},  # likewise
     "record_call": {(UPDATE, CONTEXT)},
     "list": {(QUERY, CONTEXT_INDEX)},
 }

@@ -138,7 +138,18 @@ pub async fn measure(
         ulid::Ulid::new().to_string().to_lowercase()
     ));
     Bootstrap::new(config, names.clone()).ensure_all().await?;
-    let svc = crate::setup::aws_services_with(dynamodb, sqs, secrets, &names).await?;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        crate::adapters::aws::s3_config(config)
+            .interceptor(counter.clone())
+            .build(),
+    );
+    let clients = crate::setup::AwsClients {
+        dynamodb,
+        sqs,
+        secrets,
+        s3,
+    };
+    let svc = crate::setup::aws_services_with(clients, &names).await?;
     for (id, model) in [("ops-a", "a"), ("ops-b", "b"), ("ops-c", "c")] {
         let spec: AgentSpec = serde_json::from_value(json!({
             "name": id, "provider": "mock", "model": model, "capabilities": ["text"],

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::adapters::aws::{
-    DynamoRegistry, DynamoTaskStore, EventBridgePublisher, ResourceNames, SecretsManagerSource,
-    SqsQueue,
+    DynamoRegistry, DynamoTaskStore, EventBridgePublisher, ResourceNames, S3Blobs,
+    SecretsManagerSource, SqsQueue,
 };
 use crate::adapters::memory::{
-    MemoryEvents, MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore,
+    MemoryBlobs, MemoryEvents, MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore,
 };
 use crate::domain::{AgentId, AgentSpec};
 use crate::ports::{
@@ -53,7 +53,7 @@ fn services(
         secrets,
         Providers::new(http_client()),
         clock,
-        Settings::default(),
+        Settings::from_env(),
     )
 }
 
@@ -67,7 +67,8 @@ pub fn memory_services() -> (Services, Arc<MemoryQueue>) {
         queue.clone(),
         Arc::new(MemorySecrets::with_env_fallback()),
     )
-    .with_events(Arc::new(MemoryEvents::new()));
+    .with_events(Arc::new(MemoryEvents::new()))
+    .with_blobs(Arc::new(MemoryBlobs::new()));
     (svc, queue)
 }
 
@@ -93,13 +94,7 @@ pub async fn aws_services(
     config: &aws_config::SdkConfig,
     names: &ResourceNames,
 ) -> Result<Services, SetupError> {
-    let svc = aws_services_with(
-        aws_sdk_dynamodb::Client::new(config),
-        aws_sdk_sqs::Client::new(config),
-        aws_sdk_secretsmanager::Client::new(config),
-        names,
-    )
-    .await?;
+    let svc = aws_services_with(AwsClients::new(config), names).await?;
     Ok(match std::env::var("MAOF_EVENT_BUS") {
         Ok(bus) if !bus.is_empty() => svc.with_events(Arc::new(EventBridgePublisher::new(
             aws_sdk_eventbridge::Client::new(config),
@@ -109,26 +104,51 @@ pub async fn aws_services(
     })
 }
 
+/// The SDK clients the AWS backends use, built once per process.
+#[derive(Clone)]
+pub struct AwsClients {
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
+    pub s3: aws_sdk_s3::Client,
+}
+
+impl AwsClients {
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        AwsClients {
+            dynamodb: aws_sdk_dynamodb::Client::new(config),
+            sqs: aws_sdk_sqs::Client::new(config),
+            secrets: aws_sdk_secretsmanager::Client::new(config),
+            s3: aws_sdk_s3::Client::from_conf(crate::adapters::aws::s3_config(config).build()),
+        }
+    }
+}
+
 /// As `aws_services`, with clients the caller built (e.g. with interceptors).
 pub async fn aws_services_with(
-    dynamodb: aws_sdk_dynamodb::Client,
-    sqs: aws_sdk_sqs::Client,
-    secrets: aws_sdk_secretsmanager::Client,
+    clients: AwsClients,
     names: &ResourceNames,
 ) -> Result<Services, SetupError> {
     let queue = match queue_urls_from_env() {
-        Some(urls) => SqsQueue::from_urls(sqs, urls),
-        None => SqsQueue::connect(sqs, names).await?,
+        Some(urls) => SqsQueue::from_urls(clients.sqs, urls),
+        None => SqsQueue::connect(clients.sqs, names).await?,
     };
     Ok(services(
         Arc::new(DynamoTaskStore::new(
-            dynamodb.clone(),
+            clients.dynamodb.clone(),
             names.context_table.clone(),
         )),
-        Arc::new(DynamoRegistry::new(dynamodb, names.registry_table.clone())),
+        Arc::new(DynamoRegistry::new(
+            clients.dynamodb,
+            names.registry_table.clone(),
+        )),
         Arc::new(queue),
-        Arc::new(SecretsManagerSource::new(secrets)),
-    ))
+        Arc::new(SecretsManagerSource::new(clients.secrets)),
+    )
+    .with_blobs(Arc::new(S3Blobs::new(
+        clients.s3,
+        names.blob_bucket.clone(),
+    ))))
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,10 +5,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use maof::adapters::aws::{
-    Bootstrap, DynamoRegistry, DynamoTaskStore, ResourceNames, SecretsManagerSource, SqsQueue,
+    Bootstrap, DynamoRegistry, DynamoTaskStore, ResourceNames, S3Blobs, SecretsManagerSource,
+    SqsQueue, s3_config,
 };
-use maof::adapters::memory::{MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore};
-use maof::ports::{Queue, Registry, SecretSource, TaskStore};
+use maof::adapters::memory::{
+    MemoryBlobs, MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore,
+};
+use maof::ports::{BlobStore, Queue, Registry, SecretSource, TaskStore};
 
 /// Receives after which a message is dead-lettered, on both backends (as
 /// template.yaml's redrive policies say).
@@ -27,6 +30,7 @@ pub struct Backend {
     pub queue: Arc<dyn Queue>,
     pub secrets: Arc<dyn SecretSource>,
     pub secret_admin: Arc<dyn SecretAdmin>,
+    pub blobs: Arc<dyn BlobStore>,
 }
 
 #[async_trait]
@@ -45,6 +49,7 @@ pub fn memory() -> Backend {
         queue: Arc::new(MemoryQueue::new(MAX_RECEIVES)),
         secrets: secrets.clone(),
         secret_admin: secrets,
+        blobs: Arc::new(MemoryBlobs::new()),
     }
 }
 
@@ -97,5 +102,9 @@ pub async fn aws() -> Backend {
         queue: Arc::new(SqsQueue::from_urls(sqs, urls)),
         secrets: Arc::new(SecretsManagerSource::new(secrets.clone())),
         secret_admin: Arc::new(SecretsManagerAdmin(secrets)),
+        blobs: Arc::new(S3Blobs::new(
+            aws_sdk_s3::Client::from_conf(s3_config(&config).build()),
+            names.blob_bucket,
+        )),
     }
 }

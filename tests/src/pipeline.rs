@@ -70,7 +70,8 @@ impl Pipeline {
             providers,
             clock,
             Settings::default(),
-        );
+        )
+        .with_blobs(backend.blobs);
         maof::setup::seed_registry(&services, &seed_file())
             .await
             .unwrap_or_else(|e| panic!("seeding the test registry: {e}"));

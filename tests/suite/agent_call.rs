@@ -231,6 +231,52 @@ async fn an_hour_long_retry_after_ends_the_task_at_its_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_the_agents_response_cap_fails_once_as_response_too_large() {
+    let upstream = MockServer::start().await;
+    let huge = "A".repeat(64 * 1024);
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": huge}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 13, "completion_tokens": 7, "total_tokens": 20}
+        })))
+        .mount(&upstream)
+        .await;
+    let h = harness(&upstream, Settings::default()).await;
+    let mut spec = h
+        .svc
+        .registry
+        .get(&AgentId::parse("upstream").unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .spec;
+    spec.constraints.max_response_bytes = Some(16 * 1024);
+    h.svc
+        .registry
+        .put(&AgentId::parse("upstream").unwrap(), spec, Expect::Any)
+        .await
+        .unwrap();
+
+    let record = run_task(&h).await;
+    assert_eq!(record.task.status, TaskStatus::Failed);
+    let call = &record.calls[0];
+    let error = call.error.as_ref().unwrap();
+    assert_eq!(
+        error.class,
+        maof::domain::ErrorClass::ResponseTooLarge,
+        "{error:?}"
+    );
+    assert_eq!(
+        upstream.received_requests().await.unwrap().len(),
+        1,
+        "not retried: the answer would be as large again"
+    );
+    h.runner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_key_is_used_after_a_401() {
     let upstream = MockServer::start().await;
     Mock::given(method("POST"))
@@ -316,6 +362,7 @@ fn cost_sums_are_exact_for_a_thousand_calls_of_odd_token_counts() {
             provider: Some(Provider::Mock),
             status: CallStatus::Succeeded,
             output: Some("x".into()),
+            output_ref: None,
             cost_usd: agent.cost(&usage),
             usage,
             latency_ms: 1,

@@ -252,6 +252,50 @@ async fn a_dead_lettered_call_fails_alone_and_the_fan_out_completes(b: Backend) 
     p.stop().await;
 }
 
+async fn a_mebibyte_answer_completes_through_the_claim_check(b: Backend) {
+    let name = b.name;
+    let p = Pipeline::start(b, Faults::default()).await;
+    let token = p.submitter("acme");
+    let body = json!({"task_type": "huge", "content": "draw a cat", "timeout_ms": 30000});
+    let (status, task) = submit(&p, &token, body, "?wait=20").await;
+    assert_eq!(status, 200, "{name}: {task}");
+    assert_eq!(task["status"], "completed", "{name}: {task}");
+    assert_eq!(
+        p.provider.count("mock-huge", "draw a cat"),
+        1,
+        "{name}: stored on the first delivery, never asked again"
+    );
+    let tenant = maof::domain::TenantId::parse("acme").unwrap();
+    let id = maof::domain::TaskId::parse(task["task_id"].as_str().unwrap()).unwrap();
+    let record = p
+        .services
+        .tasks
+        .get_with_calls(&tenant, id)
+        .await
+        .unwrap()
+        .unwrap();
+    let call = &record.calls[0];
+    assert_eq!(call.output, None, "{name}: not in the item");
+    let reference = call.output_ref.clone().expect("a claim check");
+    assert_eq!(reference.bytes, 1_048_576);
+    let blob = p
+        .services
+        .blobs
+        .get(&maof::ports::BlobKey::stored(&tenant, &reference.key).unwrap())
+        .await
+        .unwrap()
+        .expect("the blob");
+    assert_eq!(blob.len(), 1_048_576);
+    assert!(blob.starts_with(b"[mock-huge]"));
+    let result = record.task.result.expect("a result");
+    assert_eq!(
+        result.output_ref,
+        Some(reference),
+        "{name}: the result refers to the call's blob, not a copy"
+    );
+    p.stop().await;
+}
+
 async fn a_poison_message_ends_in_the_dlq_and_fails_its_task(b: Backend) {
     let faults = Faults {
         wrap_tasks: Some(Box::new(|inner| {
@@ -408,6 +452,7 @@ on_both_backends!(
     a_result_write_that_fails_once_does_not_call_the_agent_again,
     a_call_slower_than_the_visibility_timeout_is_made_once,
     a_dead_lettered_call_fails_alone_and_the_fan_out_completes,
+    a_mebibyte_answer_completes_through_the_claim_check,
     a_poison_message_ends_in_the_dlq_and_fails_its_task,
     the_same_idempotency_key_returns_the_same_task,
     cross_tenant_reads_are_404_and_bad_tokens_401,

@@ -67,11 +67,22 @@ pub struct Constraints {
     pub timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// The largest provider response read, in bytes (default 16 MiB); a
+    /// larger one fails the call as `response_too_large`, not retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub max_response_bytes: Option<u64>,
 }
 
 impl Constraints {
     pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
     pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+    pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+
+    pub fn max_response_bytes(&self) -> u64 {
+        self.max_response_bytes
+            .unwrap_or(Self::DEFAULT_MAX_RESPONSE_BYTES)
+    }
 
     pub fn timeout_ms(&self) -> u64 {
         self.timeout_ms.unwrap_or(Self::DEFAULT_TIMEOUT_MS)
@@ -155,6 +166,10 @@ pub struct MockOptions {
     pub fault: Option<MockFault>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// Pads every answer to this many bytes (a large answer, such as a
+    /// base64 image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -51,6 +51,7 @@ pub fn combine(task: &Task, calls: &[CallResult]) -> (TaskStatus, TaskPatch) {
                 .map(|c| format!("[{}] {}", c.agent_id, c.output.as_deref().unwrap_or("")))
                 .collect::<Vec<_>>()
                 .join("\n\n"),
+            output_ref: None,
             confidence: succeeded.len() as f64 / ordered.len() as f64,
             candidates: succeeded.iter().map(|c| candidate(c)).collect(),
             conflicts: Vec::new(),
@@ -59,6 +60,7 @@ pub fn combine(task: &Task, calls: &[CallResult]) -> (TaskStatus, TaskPatch) {
         _ => AggregateResult {
             strategy: AggregationStrategy::First,
             output: succeeded[0].output.clone().unwrap_or_default(),
+            output_ref: None,
             confidence: 1.0,
             candidates: vec![candidate(succeeded[0])],
             conflicts: Vec::new(),
@@ -111,6 +113,7 @@ mod tests {
                 CallStatus::Failed
             },
             output: ok.then(|| format!("out{i}")),
+            output_ref: None,
             usage: Usage {
                 input_tokens: 10,
                 output_tokens: 5,

@@ -86,6 +86,15 @@ pub enum CallStatus {
     Failed,
 }
 
+/// An output kept in the blob store (the claim check) rather than in its item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    /// The blob's key, which starts with the tenant.
+    pub key: String,
+    /// The output's length in bytes (UTF-8).
+    pub bytes: u64,
+}
+
 /// The final outcome of one call; written once per call (first write wins).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallResult {
@@ -94,7 +103,11 @@ pub struct CallResult {
     /// `None` when the agent no longer existed when its call was made.
     pub provider: Option<Provider>,
     pub status: CallStatus,
+    /// The answer, when it is small enough to keep in the item; a larger one
+    /// is in the blob store at `output_ref` (and this is `None`).
     pub output: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_ref: Option<BlobRef>,
     pub usage: Usage,
     /// `None` when the agent has no prices: unknown, not free.
     pub cost_usd: Option<Usd>,

@@ -15,7 +15,7 @@ pub mod workflow;
 pub use agent::{
     Agent, AgentSpec, AgentSpecError, Constraints, MockFault, MockOptions, Pricing, Provider,
 };
-pub use call::{CallError, CallResult, CallStatus, ErrorClass, Usage};
+pub use call::{BlobRef, CallError, CallResult, CallStatus, ErrorClass, Usage};
 pub use envelope::{Envelope, MessageKind};
 pub use ids::{AgentId, CallId, IdError, IdempotencyKey, TaskId, TenantId, WorkflowId};
 pub use lease::{CallLease, LeaseHolder, LeaseOutcome};

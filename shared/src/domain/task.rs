@@ -329,7 +329,11 @@ impl TaskRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AggregateResult {
     pub strategy: AggregationStrategy,
+    /// The combined answer; empty when it is in the blob store at `output_ref`.
     pub output: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub output_ref: Option<super::call::BlobRef>,
     pub confidence: f64,
     #[serde(default)]
     pub candidates: Vec<serde_json::Value>,

@@ -1,6 +1,7 @@
 //! Ports: one trait per outside thing. Stages are written against these only;
 //! `adapters` implements them in memory and on AWS.
 
+pub mod blobs;
 pub mod clock;
 pub mod events;
 pub mod queue;
@@ -8,6 +9,7 @@ pub mod registry;
 pub mod secrets;
 pub mod task_store;
 
+pub use blobs::{BlobError, BlobKey, BlobStore, NoBlobs};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use events::{EventError, EventPublisher, NoEvents, TaskFinished};
 pub use queue::{OutgoingMessage, Queue, QueueError, QueueName, ReceivedMessage};

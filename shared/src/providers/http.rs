@@ -39,21 +39,42 @@ pub(super) async fn send(
     builder: reqwest::RequestBuilder,
     timeout_ms: u64,
 ) -> Result<RawResponse, ProviderError> {
-    let response = builder
+    let mut response = builder
         .timeout(Duration::from_millis(timeout_ms))
         .send()
         .await
         .map_err(|e| transport_error(agent, e, timeout_ms))?;
     let status = response.status();
     let headers = response.headers().clone();
-    let body = response
-        .bytes()
+    let cap = agent.spec.constraints.max_response_bytes();
+    let too_large = |bytes: u64| {
+        ProviderError::new(
+            ErrorClass::ResponseTooLarge,
+            format!(
+                "the provider's response is larger than this agent's cap of {cap} bytes ({bytes} bytes or more)"
+            ),
+        )
+    };
+    if let Some(length) = response.content_length().filter(|n| *n > cap) {
+        return Err(too_large(length));
+    }
+    // Read chunk by chunk, so that a response without a length (or with a
+    // false one) is cut off at the cap rather than held whole in memory.
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
         .await
-        .map_err(|e| transport_error(agent, e, timeout_ms))?;
+        .map_err(|e| transport_error(agent, e, timeout_ms))?
+    {
+        if (body.len() + chunk.len()) as u64 > cap {
+            return Err(too_large((body.len() + chunk.len()) as u64));
+        }
+        body.extend_from_slice(&chunk);
+    }
     Ok(RawResponse {
         status,
         headers,
-        body: body.to_vec(),
+        body,
     })
 }
 

@@ -66,10 +66,16 @@ impl ProviderClient for MockProvider {
         }
 
         let tally = Tally::of(request);
-        let output = format!(
+        let mut output = format!(
             "[{}] {} words; digest {:016x}",
             agent.spec.model, tally.words, tally.hash
         );
+        if let Some(bytes) = agent.spec.mock.as_ref().and_then(|m| m.output_bytes) {
+            // Base64-like padding, to the size asked for.
+            let pad = (bytes as usize).saturating_sub(output.len() + 1);
+            output.push(' ');
+            output.extend(std::iter::repeat_n('A', pad));
+        }
         Ok(ChatResponse {
             usage: Usage {
                 input_tokens: tally.chars.div_ceil(4).max(1),

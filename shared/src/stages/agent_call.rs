@@ -17,10 +17,10 @@ use crate::domain::{
     Agent, AgentId, CallError, CallId, CallLease, CallResult, CallStatus, Envelope, ErrorClass,
     LeaseHolder, LeaseOutcome, MessageKind, Task, TaskError, Usage,
 };
-use crate::ports::{FanIn, QueueName, SecretError, SecretSource, StoreError};
+use crate::ports::{BlobError, FanIn, QueueName, SecretError, SecretSource, StoreError};
 use crate::providers::{ChatRequest, ChatResponse, Message, ProviderClient, ProviderError, Role};
 
-use super::{Services, StageError, aggregate, fail_task};
+use super::{Services, StageError, aggregate, claim_check, fail_task};
 
 /// How long a lease outlives the attempt it covers: time to write the result.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
@@ -66,7 +66,7 @@ pub async fn handle(
     };
     let call = match prepare(svc, &task, call_id, &agent_id).await? {
         Prepared::Ready(call) => call,
-        Prepared::Failed(result) => return conclude(svc, envelope, &task, result).await,
+        Prepared::Failed(result) => return conclude(svc, envelope, &task, *result).await,
     };
     let lease = Lease {
         svc,
@@ -110,18 +110,19 @@ pub(crate) async fn conclude(
     task: &Task,
     result: CallResult,
 ) -> Result<(), StageError> {
+    let result = persist(|| claim_check::offload_call(svc, task, result.clone())).await?;
     if svc.clock.now() > task.deadline() {
         // Too late to count: keep the call for the record, fail the task.
-        write(|| svc.tasks.put_call(&task.tenant, task.task_id, &result)).await?;
+        persist(|| svc.tasks.put_call(&task.tenant, task.task_id, &result)).await?;
         return fail_task(svc, task, timed_out()).await;
     }
     if task.expected_calls == Some(1) {
         // The only call: finish the task here, rather than pay for a fan-in
         // count and another hop.
-        let stored = write(|| svc.tasks.put_call(&task.tenant, task.task_id, &result)).await?;
+        let stored = persist(|| svc.tasks.put_call(&task.tenant, task.task_id, &result)).await?;
         return aggregate::finish(svc, task, std::slice::from_ref(&stored)).await;
     }
-    match write(|| svc.tasks.record_call(&task.tenant, task.task_id, &result)).await? {
+    match persist(|| svc.tasks.record_call(&task.tenant, task.task_id, &result)).await? {
         FanIn::Won | FanIn::AlreadyComplete => {
             svc.send(
                 QueueName::Aggregate,
@@ -137,18 +138,84 @@ pub(crate) async fn conclude(
     }
 }
 
+/// A write that may work when tried again.
+trait Transient: std::fmt::Display {
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for StoreError {
+    fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Backend(_))
+    }
+}
+
+impl Transient for BlobError {
+    fn is_transient(&self) -> bool {
+        matches!(self, BlobError::Backend(_))
+    }
+}
+
+/// How long the dead-letter consumer holds a call's lease while it records
+/// the call as failed.
+const DEAD_LETTER_LEASE: Duration = Duration::from_secs(60);
+
+/// Records a dead call as failed, unless a delivery is still calling it (its
+/// lease is live): then the message comes back when the lease ends.
+pub(crate) async fn dead_lettered(
+    svc: &Services,
+    envelope: &Envelope,
+    task: &Task,
+) -> Result<(), StageError> {
+    let (call_id, agent_id) = call_of(envelope)?;
+    let now = svc.clock.now();
+    let lease = CallLease {
+        holder: LeaseHolder::new(),
+        until: now + DEAD_LETTER_LEASE,
+    };
+    if let LeaseOutcome::Held { until } = svc
+        .tasks
+        .lease_call(&task.tenant, task.task_id, call_id, &lease, now)
+        .await?
+    {
+        return Err(StageError::RetryLater {
+            after: LeaseOutcome::remaining(until, now),
+            reason: "a delivery of this call is still calling the agent".into(),
+        });
+    }
+    let agent = svc.agents.get(&agent_id).await.ok().flatten();
+    let result = CallRecord::start(call_id, &agent_id).failed(
+        agent.as_ref(),
+        ErrorClass::DeadLetter,
+        "the call's message kept failing; no answer was recorded",
+        now,
+    );
+    match conclude(svc, envelope, task, result).await {
+        Ok(()) => Ok(()),
+        Err(StageError::Store(e)) => {
+            // The call cannot even be recorded: end the task rather than leave it hanging.
+            tracing::error!(error = %e, "could not record the dead call; failing its task");
+            let reason = format!(
+                "the agent-call stage kept failing for agent {agent_id}; gave up after repeated attempts"
+            );
+            fail_task(svc, task, TaskError::new("stage_failed", reason)).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A result write, tried a few times before the delivery gives up: a paid
 /// answer is worth a short wait for the store.
-async fn write<T, F, Fut>(op: F) -> Result<T, StoreError>
+async fn persist<T, E, F, Fut>(op: F) -> Result<T, E>
 where
+    E: Transient,
     F: Fn() -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let mut tries = 0;
     loop {
         tries += 1;
         match op().await {
-            Err(StoreError::Backend(e)) if tries < WRITE_TRIES => {
+            Err(e) if e.is_transient() && tries < WRITE_TRIES => {
                 tracing::warn!(error = %e, tries, "storing the call's result failed; trying again");
                 tokio::time::sleep(Duration::from_millis(50 << (2 * (tries - 1)))).await;
             }
@@ -160,7 +227,7 @@ where
 /// Everything an attempt needs, or the result of a call that cannot be made.
 enum Prepared {
     Ready(Box<Call>),
-    Failed(CallResult),
+    Failed(Box<CallResult>),
 }
 
 struct Call {
@@ -180,34 +247,34 @@ async fn prepare(
     let record = CallRecord::start(call_id, agent_id);
     let now = svc.clock.now();
     let Some(agent) = svc.agents.get(agent_id).await? else {
-        return Ok(Prepared::Failed(record.failed(
+        return Ok(Prepared::Failed(Box::new(record.failed(
             None,
             ErrorClass::Unavailable,
             "the agent no longer exists",
             now,
-        )));
+        ))));
     };
     let Some(client) = svc.providers.get(agent.spec.provider).cloned() else {
         let message = format!(
             "provider {:?} is not available in this deployment",
             agent.spec.provider
         );
-        return Ok(Prepared::Failed(record.failed(
+        return Ok(Prepared::Failed(Box::new(record.failed(
             Some(&agent),
             ErrorClass::Unavailable,
             &message,
             now,
-        )));
+        ))));
     };
     let key = match key_for(svc, &agent).await {
         Ok(key) => key,
         Err(SecretError::NotFound(_)) => {
-            return Ok(Prepared::Failed(record.failed(
+            return Ok(Prepared::Failed(Box::new(record.failed(
                 Some(&agent),
                 ErrorClass::Auth,
                 "no API key is configured for this agent",
                 now,
-            )));
+            ))));
         }
         Err(e) => {
             return Err(StageError::RetryLater {
@@ -532,6 +599,7 @@ impl CallRecord {
             provider: Some(agent.spec.provider),
             status: CallStatus::Succeeded,
             output: Some(response.output),
+            output_ref: None,
             cost_usd: agent.cost(&response.usage),
             usage: response.usage,
             latency_ms: self.started.elapsed().as_millis() as u64,
@@ -561,6 +629,7 @@ impl CallRecord {
             provider: agent.map(|a| a.spec.provider),
             status: CallStatus::Failed,
             output: None,
+            output_ref: None,
             usage: Usage::default(),
             cost_usd: agent.and_then(|a| a.cost(&Usage::default())),
             latency_ms: self.started.elapsed().as_millis() as u64,

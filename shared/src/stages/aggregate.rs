@@ -4,7 +4,7 @@ use crate::domain::aggregation::combine;
 use crate::domain::{CallResult, Envelope, Task};
 use crate::ports::StoreError;
 
-use super::{Services, StageError};
+use super::{Services, StageError, claim_check};
 
 #[tracing::instrument(skip_all, fields(stage = "aggregate", tenant = %envelope.tenant, task_id = %envelope.task_id))]
 pub async fn handle(svc: &Services, envelope: &Envelope) -> Result<(), StageError> {
@@ -30,7 +30,13 @@ pub(crate) async fn finish(
     task: &Task,
     calls: &[CallResult],
 ) -> Result<(), StageError> {
-    let (status, patch) = combine(task, calls);
+    // Outputs kept in the blob store are read back to be combined, and a
+    // combined output too large for the task's item goes there in turn.
+    let calls = claim_check::hydrate(svc, task, calls).await?;
+    let (status, mut patch) = combine(task, &calls);
+    if let Some(result) = patch.result.as_mut() {
+        claim_check::offload_result(svc, task, &calls, result).await?;
+    }
     match svc
         .tasks
         .transition(&task.tenant, task.task_id, status, patch, svc.clock.now())

@@ -5,6 +5,7 @@ pub mod agent_call;
 mod agents;
 pub mod aggregate;
 pub mod batch;
+mod claim_check;
 mod completions;
 pub mod dead_letter;
 pub mod inbox;
@@ -21,8 +22,8 @@ use crate::domain::{
     Envelope, MessageKind, Task, TaskError, TaskId, TaskPatch, TaskStatus, TenantId,
 };
 use crate::ports::{
-    CachedSecrets, Clock, EventPublisher, NoEvents, OutgoingMessage, Queue, QueueError, QueueName,
-    Registry, StoreError, TaskFinished, TaskStore,
+    BlobStore, CachedSecrets, Clock, EventPublisher, NoBlobs, NoEvents, OutgoingMessage, Queue,
+    QueueError, QueueName, Registry, StoreError, TaskFinished, TaskStore,
 };
 use crate::providers::Providers;
 
@@ -41,6 +42,8 @@ pub struct Services {
     pub completions: Arc<Completions>,
     /// Announces finished tasks to other pipelines.
     pub events: Arc<dyn EventPublisher>,
+    /// The claim check: outputs above `settings.claim_check_bytes`.
+    pub blobs: Arc<dyn BlobStore>,
     pub settings: Settings,
 }
 
@@ -51,6 +54,25 @@ pub struct Settings {
     /// A provider wait up to this long is slept in process; longer ones go
     /// back to the queue with that visibility.
     pub max_inline_wait: Duration,
+    /// An output larger than this is kept in the blob store, and its item
+    /// (and the task API) refers to it instead of holding it.
+    pub claim_check_bytes: usize,
+}
+
+impl Settings {
+    pub const DEFAULT_CLAIM_CHECK_BYTES: usize = 64 * 1024;
+
+    /// The defaults, with `MAOF_CLAIM_CHECK_BYTES` when it is set.
+    pub fn from_env() -> Self {
+        let mut settings = Settings::default();
+        if let Some(bytes) = std::env::var("MAOF_CLAIM_CHECK_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            settings.claim_check_bytes = bytes;
+        }
+        settings
+    }
 }
 
 impl Default for Settings {
@@ -58,6 +80,7 @@ impl Default for Settings {
         Settings {
             registry_ttl: Duration::from_secs(30),
             max_inline_wait: Duration::from_secs(2),
+            claim_check_bytes: Self::DEFAULT_CLAIM_CHECK_BYTES,
         }
     }
 }
@@ -82,8 +105,14 @@ impl Services {
             clock,
             completions: Arc::new(Completions::default()),
             events: Arc::new(NoEvents),
+            blobs: Arc::new(NoBlobs),
             settings,
         }
+    }
+
+    pub fn with_blobs(mut self, blobs: Arc<dyn BlobStore>) -> Self {
+        self.blobs = blobs;
+        self
     }
 
     pub fn with_events(mut self, events: Arc<dyn EventPublisher>) -> Self {
@@ -128,6 +157,8 @@ pub enum StageError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Blob(#[from] crate::ports::BlobError),
     /// Try again after `after` (a provider asked us to wait).
     #[error("retry after {after:?}: {reason}")]
     RetryLater { after: Duration, reason: String },

@@ -46,6 +46,7 @@ fn call_result(call_id: CallId, output: &str) -> CallResult {
         provider: Some(Provider::Mock),
         status: CallStatus::Succeeded,
         output: Some(output.to_owned()),
+        output_ref: None,
         usage: Usage {
             input_tokens: 12,
             output_tokens: 30,
@@ -182,6 +183,7 @@ async fn a_transition_from_the_wrong_state_is_refused(b: Backend) {
     let result = AggregateResult {
         strategy: AggregationStrategy::All,
         output: "positive".into(),
+        output_ref: None,
         confidence: 1.0,
         candidates: vec![json!({"agent_id": "mock-a", "output": "positive"})],
         conflicts: vec![],

@@ -16,6 +16,9 @@ use super::template::{TEMPLATE, TableShape, TemplateError, TemplateShape};
 use super::{ResourceNames, describe};
 use crate::ports::QueueName;
 
+/// The template's logical id of the claim check's bucket.
+const BLOB_BUCKET: &str = "BlobBucket";
+
 #[derive(Debug, thiserror::Error)]
 #[error("bootstrap failed at {step}: {message}")]
 pub struct BootstrapError {
@@ -52,6 +55,7 @@ pub struct Bootstrap {
     pub sqs: aws_sdk_sqs::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
     pub events: aws_sdk_eventbridge::Client,
+    pub s3: aws_sdk_s3::Client,
     /// `queue_prefix` is the template's `Prefix` parameter.
     pub names: ResourceNames,
 }
@@ -63,6 +67,7 @@ impl Bootstrap {
             sqs: aws_sdk_sqs::Client::new(config),
             secrets: aws_sdk_secretsmanager::Client::new(config),
             events: aws_sdk_eventbridge::Client::new(config),
+            s3: aws_sdk_s3::Client::from_conf(super::s3_config(config).build()),
             names,
         }
     }
@@ -148,7 +153,33 @@ impl Bootstrap {
         for bus in &shape.event_buses {
             self.ensure_bus(bus).await?;
         }
+        if !shape.buckets.iter().any(|b| b == BLOB_BUCKET) {
+            return Err(missing(
+                "checking names",
+                &format!("template.yaml declares no {BLOB_BUCKET}"),
+            ));
+        }
+        self.ensure_bucket(&self.names.blob_bucket).await?;
         Ok(urls)
+    }
+
+    /// Creates the claim check's bucket (CloudFormation names it on AWS;
+    /// here it takes the local name).
+    async fn ensure_bucket(&self, name: &str) -> Result<(), BootstrapError> {
+        if self.s3.head_bucket().bucket(name).send().await.is_ok() {
+            return Ok(());
+        }
+        match self.s3.create_bucket().bucket(name).send().await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error().is_some_and(|e| {
+                    e.is_bucket_already_owned_by_you() || e.is_bucket_already_exists()
+                }) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(failed(format!("create bucket {name}"))(e)),
+        }
     }
 
     async fn queue_arn(&self, url: &str) -> Result<String, BootstrapError> {

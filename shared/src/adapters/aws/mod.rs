@@ -2,6 +2,7 @@
 //! SQS for the queues, Secrets Manager for keys. The endpoint comes from the
 //! standard `AWS_ENDPOINT_URL` (moto locally); clients are built once per process.
 
+mod blobs;
 mod bootstrap;
 mod events;
 mod queue;
@@ -10,6 +11,7 @@ mod secrets;
 mod task_store;
 pub mod template;
 
+pub use blobs::S3Blobs;
 pub use bootstrap::{Bootstrap, BootstrapError};
 pub use events::EventBridgePublisher;
 pub use queue::SqsQueue;
@@ -24,6 +26,12 @@ pub async fn load_sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest()).load().await
 }
 
+/// The S3 client's configuration: path-style addressing when an endpoint is
+/// configured (moto locally), since `bucket.127.0.0.1` resolves nowhere.
+pub fn s3_config(config: &SdkConfig) -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::from(config).force_path_style(config.endpoint_url().is_some())
+}
+
 /// Resource names, from the template's parameters in production.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourceNames {
@@ -31,6 +39,10 @@ pub struct ResourceNames {
     pub registry_table: String,
     /// Queues are named `{queue_prefix}-{stage}` (and `-dlq`).
     pub queue_prefix: String,
+    /// The claim check's bucket. On AWS CloudFormation names it (bucket
+    /// names are global) and the template passes it in `MAOF_BLOB_BUCKET`;
+    /// locally it is `{prefix}-blobs`.
+    pub blob_bucket: String,
 }
 
 impl ResourceNames {
@@ -39,11 +51,12 @@ impl ResourceNames {
             context_table: format!("{prefix}-context"),
             registry_table: format!("{prefix}-registry"),
             queue_prefix: prefix.to_owned(),
+            blob_bucket: format!("{prefix}-blobs"),
         }
     }
 
-    /// From `MAOF_CONTEXT_TABLE`, `MAOF_REGISTRY_TABLE` and `MAOF_QUEUE_PREFIX`,
-    /// defaulting to the `maof` prefix.
+    /// From `MAOF_CONTEXT_TABLE`, `MAOF_REGISTRY_TABLE`, `MAOF_QUEUE_PREFIX`
+    /// and `MAOF_BLOB_BUCKET`, defaulting to the `maof` prefix.
     pub fn from_env() -> Self {
         let defaults = Self::with_prefix("maof");
         let var = |name: &str, default: String| std::env::var(name).unwrap_or(default);
@@ -51,6 +64,7 @@ impl ResourceNames {
             context_table: var("MAOF_CONTEXT_TABLE", defaults.context_table),
             registry_table: var("MAOF_REGISTRY_TABLE", defaults.registry_table),
             queue_prefix: var("MAOF_QUEUE_PREFIX", defaults.queue_prefix),
+            blob_bucket: var("MAOF_BLOB_BUCKET", defaults.blob_bucket),
         }
     }
 

@@ -62,6 +62,8 @@ pub struct TemplateShape {
     /// Names of secrets the stack creates (with generated values).
     pub secrets: Vec<String>,
     pub event_buses: Vec<String>,
+    /// Logical ids of S3 buckets (their names are CloudFormation's to choose).
+    pub buckets: Vec<String>,
 }
 
 struct Context<'a> {
@@ -348,6 +350,7 @@ impl TemplateShape {
                 }
                 "AWS::SecretsManager::Secret" => shape.secrets.push(name("Name")?),
                 "AWS::Events::EventBus" => shape.event_buses.push(name("Name")?),
+                "AWS::S3::Bucket" => shape.buckets.push(logical_id.clone()),
                 _ => {}
             }
         }

@@ -1,12 +1,14 @@
 //! In-process backends for `maof dev` and fast tests. Each keeps the exact
 //! semantics of its AWS counterpart (conditions, visibility, redrive).
 
+mod blobs;
 mod events;
 mod queue;
 mod registry;
 mod secrets;
 mod task_store;
 
+pub use blobs::MemoryBlobs;
 pub use events::MemoryEvents;
 pub use queue::MemoryQueue;
 pub use registry::MemoryRegistry;

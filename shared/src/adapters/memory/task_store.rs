@@ -323,6 +323,7 @@ mod tests {
             result: Some(AggregateResult {
                 strategy: AggregationStrategy::First,
                 output: "r".repeat(250_000),
+                output_ref: None,
                 confidence: 1.0,
                 candidates: Vec::new(),
                 conflicts: Vec::new(),
