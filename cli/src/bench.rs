@@ -33,6 +33,10 @@ pub struct BenchArgs {
     /// Instead, count AWS API operations per task against AWS_ENDPOINT_URL (moto).
     #[arg(long)]
     aws_ops: bool,
+    /// Instead, measure the memory left behind by this many `?wait`
+    /// waiters whose clients went away (the future dropped mid-wait).
+    #[arg(long, value_name = "N")]
+    abandoned_waits: Option<usize>,
     /// Instead, measure the init time of the Lambda binaries under this
     /// directory (`target/lambda` after `cargo lambda build --release`).
     #[arg(long, value_name = "DIR")]
@@ -85,6 +89,65 @@ fn peak_rss_kib(pid: &str) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// Current resident set (VmRSS) of this process, from /proc.
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Memory left behind by `?wait` waiters whose clients went away: `waits`
+/// tasks are submitted (no runner, so none finishes), then each gets a
+/// waiter dropped after 10 ms, as axum drops a request's future when its
+/// client disconnects. The baseline is the same process after the submits.
+async fn abandoned_waits(waits: usize) -> anyhow::Result<()> {
+    let (svc, _) = maof::setup::memory_services();
+    let principal = Principal {
+        sub: "bench".into(),
+        tenant: TenantId::parse("bench")?,
+        roles: vec![Role::Submitter],
+    };
+    let mut ids = Vec::with_capacity(waits);
+    for _ in 0..waits {
+        ids.push(
+            intake::submit(&svc, &principal, request(), None)
+                .await?
+                .task
+                .task_id,
+        );
+    }
+    let baseline = rss_kib();
+    for round in 0..2 {
+        let started = Instant::now();
+        let abandoned = ids.iter().map(|id| {
+            tokio::time::timeout(
+                Duration::from_millis(10),
+                intake::wait(&svc, &principal.tenant, *id, Duration::from_secs(25)),
+            )
+        });
+        let finished = join_all(abandoned)
+            .await
+            .iter()
+            .filter(|r| r.is_ok())
+            .count();
+        let mb = |k: Option<u64>| k.map_or("-".into(), |k| format!("{:.1} MB", k as f64 / 1024.0));
+        println!(
+            "round {}: {waits} waits abandoned in {:.2} s ({finished} finished first); waiters left {}; RSS {} (after the submits: {})",
+            round + 1,
+            started.elapsed().as_secs_f64(),
+            svc.completions.watched(),
+            mb(rss_kib()),
+            mb(baseline),
+        );
+    }
+    Ok(())
 }
 
 /// Runs `total` jobs on `concurrency` workers; returns each job's latency and the failures.
@@ -288,6 +351,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = &args.lambda_init {
         return lambda_init::run(dir).await;
+    }
+    if let Some(waits) = args.abandoned_waits {
+        return abandoned_waits(waits).await;
     }
     println!(
         "machine: {} cores; peak RSS is VmHWM of the process serving the tasks",

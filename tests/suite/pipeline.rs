@@ -417,6 +417,52 @@ async fn a_task_past_its_timeout_fails_as_timed_out(b: Backend) {
     p.stop().await;
 }
 
+/// A money amount as the API renders it (a decimal string, or a number).
+fn dollars(v: &Value) -> f64 {
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or_else(|| panic!("not an amount: {v}"))
+}
+
+async fn a_task_that_times_out_carries_the_cost_of_the_calls_it_made(b: Backend) {
+    let name = b.name;
+    let p = Pipeline::start(b, Faults::default()).await;
+    let token = p.submitter("acme");
+    // mock-a answers at once; mock-slower would take 2.5 s, past the deadline,
+    // so its attempt is cut off there.
+    let body = json!({"task_type": "text", "content": "race the clock", "timeout_ms": 1500,
+        "routing": {"fanout": 2, "agents": ["mock-a", "mock-slower"]},
+        "aggregation": {"strategy": "all"}});
+    let (_, task) = submit(&p, &token, body, "").await;
+    let id = task["task_id"].as_str().unwrap().to_owned();
+    let task = finished(&p, &token, &id, Duration::from_secs(10)).await;
+    assert_eq!(task["status"], "failed", "{name}: {task}");
+    assert_eq!(task["error"]["code"], "timeout", "{name}: {task}");
+    let (_, task) = get_task(&p, &token, &id).await;
+    let calls = task["calls"].as_array().unwrap();
+    assert_eq!(
+        calls.len(),
+        2,
+        "{name}: both calls were made and recorded: {task}"
+    );
+    let input: u64 = calls
+        .iter()
+        .map(|c| c["usage"]["input_tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        task["usage"]["input_tokens"].as_u64(),
+        Some(input),
+        "{name}: {task}"
+    );
+    let cost: f64 = calls.iter().map(|c| dollars(&c["cost_usd"])).sum();
+    assert!(cost > 0.0, "{name}: mock-a's answer was paid for: {task}");
+    assert!(
+        (dollars(&task["cost_usd"]) - cost).abs() < 1e-12,
+        "{name}: the failed task owes what its calls cost: {task}"
+    );
+    p.stop().await;
+}
+
 async fn queues_are_empty_after_tasks_finish(b: Backend) {
     let p = Pipeline::start(b, Faults::default()).await;
     let token = p.submitter("acme");
@@ -458,5 +504,6 @@ on_both_backends!(
     cross_tenant_reads_are_404_and_bad_tokens_401,
     a_task_no_agent_can_serve_fails_at_once_with_the_reason,
     a_task_past_its_timeout_fails_as_timed_out,
+    a_task_that_times_out_carries_the_cost_of_the_calls_it_made,
     queues_are_empty_after_tasks_finish,
 );

@@ -7,6 +7,14 @@ use super::money::Usd;
 use super::task::{AggregateResult, AggregationStrategy, Task, TaskError, TaskPatch, TaskStatus};
 
 /// The final status and fields of a task whose calls are all done.
+/// What a task's calls used and cost, in all: the cost is unknown (`None`)
+/// if any call's is, never a silent zero.
+pub fn totals(calls: &[CallResult]) -> (Usage, Option<Usd>) {
+    let usage: Usage = calls.iter().map(|c| c.usage).sum();
+    let cost: Option<Usd> = calls.iter().map(|c| c.cost_usd).sum();
+    (usage, cost)
+}
+
 pub fn combine(task: &Task, calls: &[CallResult]) -> (TaskStatus, TaskPatch) {
     // Call order is the plan's order, whatever order results arrived in.
     let mut ordered: Vec<&CallResult> = calls.iter().collect();
@@ -16,9 +24,7 @@ pub fn combine(task: &Task, calls: &[CallResult]) -> (TaskStatus, TaskPatch) {
             .position(|p| p.call_id == c.call_id)
             .unwrap_or(usize::MAX)
     });
-    let usage: Usage = ordered.iter().map(|c| c.usage).sum();
-    // Unknown if any call's cost is unknown: never a silent zero.
-    let cost: Option<Usd> = ordered.iter().map(|c| c.cost_usd).sum();
+    let (usage, cost) = totals(calls);
     let succeeded: Vec<&&CallResult> = ordered
         .iter()
         .filter(|c| c.status == CallStatus::Succeeded)

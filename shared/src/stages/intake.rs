@@ -174,27 +174,22 @@ pub async fn wait(
     timeout: Duration,
 ) -> Result<Option<TaskRecord>, StoreError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let notify = svc.completions.watch(tenant, task_id);
+    // Dropped with this future, also when the client goes away mid-wait.
+    let watch = svc.completions.watch(tenant, task_id);
     let mut poll = Duration::from_millis(50);
-    let outcome = loop {
-        let notified = notify.notified();
+    loop {
+        let notified = watch.notify().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let record = match svc.tasks.get_with_calls(tenant, task_id).await {
-            Ok(record) => record,
-            Err(e) => break Err(e),
-        };
+        let record = svc.tasks.get_with_calls(tenant, task_id).await?;
         let done = record.as_ref().is_none_or(|r| r.task.status.is_terminal());
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         if done || remaining.is_zero() {
-            break Ok(record);
+            return Ok(record);
         }
         let _ = tokio::time::timeout(poll.min(remaining), notified).await;
         poll = (poll * 2).min(Duration::from_millis(500));
-    };
-    drop(notify);
-    svc.completions.unwatch(tenant, task_id);
-    outcome
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,12 +207,18 @@ pub async fn cancel(
     principal: &Principal,
     task_id: TaskId,
 ) -> Result<Task, CancelError> {
+    // A cancelled task owes what its finished calls cost.
+    let spent = match svc.tasks.get(&principal.tenant, task_id).await {
+        Ok(Some(task)) => super::spent(svc, &task).await.map_err(CancelError::Store)?,
+        Ok(None) => return Err(CancelError::NotFound),
+        Err(e) => return Err(CancelError::Store(e)),
+    };
     let patch = TaskPatch {
         error: Some(TaskError::new(
             "cancelled",
             format!("cancelled by {}", principal.sub),
         )),
-        ..TaskPatch::default()
+        ..spent
     };
     match svc
         .tasks

@@ -146,6 +146,27 @@ impl Services {
     }
 }
 
+/// The usage and cost of the calls a task has made so far, as a patch: what
+/// a task that ends before aggregation still owes.
+pub(crate) async fn spent(svc: &Services, task: &Task) -> Result<TaskPatch, StoreError> {
+    if task.plan.is_empty() {
+        // Not routed: no call was made.
+        return Ok(TaskPatch::default());
+    }
+    let calls = svc
+        .tasks
+        .get_with_calls(&task.tenant, task.task_id)
+        .await?
+        .map(|r| r.calls)
+        .unwrap_or_default();
+    let (usage, cost) = crate::domain::aggregation::totals(&calls);
+    Ok(TaskPatch {
+        usage: Some(usage),
+        cost_usd: cost,
+        ..TaskPatch::default()
+    })
+}
+
 /// Why a stage could not finish a message. Every variant leaves the message
 /// for redelivery; after the queue's maximum receives it is dead-lettered
 /// and its task marked failed.
@@ -164,8 +185,8 @@ pub enum StageError {
     RetryLater { after: Duration, reason: String },
 }
 
-/// Ends an unfinished task as failed with `error`. A task that finished
-/// meanwhile keeps its outcome.
+/// Ends an unfinished task as failed with `error`, with the usage and cost
+/// of the calls it made. A task that finished meanwhile keeps its outcome.
 pub(crate) async fn fail_task(
     svc: &Services,
     task: &Task,
@@ -174,7 +195,7 @@ pub(crate) async fn fail_task(
     tracing::info!(code = %error.code, reason = %error.message, "task failed");
     let patch = TaskPatch {
         error: Some(error),
-        ..TaskPatch::default()
+        ..spent(svc, task).await?
     };
     match svc
         .tasks
