@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::ProvideErrorMetadata;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
 
 use super::{ResourceNames, describe};
@@ -24,6 +24,24 @@ fn backend<E: std::error::Error>(err: E) -> QueueError {
 /// SQS's words for a body over the queue's `MaximumMessageSize`.
 fn too_long(message: &str) -> bool {
     message.contains("must be shorter than")
+}
+
+/// A send SQS refused for a body over the queue's `MaximumMessageSize`
+/// becomes `MessageTooLarge` (`bytes`: the body's size, or the largest of
+/// the batch); anything else is a backend error.
+fn send_error<E, R>(err: SdkError<E, R>, bytes: usize) -> QueueError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let refused_for_size = err.as_service_error().is_some_and(|e| {
+        e.code() == Some("InvalidParameterValue") && e.message().is_some_and(too_long)
+    });
+    if refused_for_size {
+        QueueError::MessageTooLarge { bytes }
+    } else {
+        backend(err)
+    }
 }
 
 fn secs(d: Duration, max: Duration) -> i32 {
@@ -72,16 +90,7 @@ impl Queue for SqsQueue {
             .delay_seconds(secs(message.delay, MAX_DELAY))
             .send()
             .await
-            .map_err(|e| {
-                let too_long = e.as_service_error().is_some_and(|e| {
-                    e.code() == Some("InvalidParameterValue") && e.message().is_some_and(too_long)
-                });
-                if too_long {
-                    QueueError::MessageTooLarge { bytes }
-                } else {
-                    backend(e)
-                }
-            })?;
+            .map_err(|e| send_error(e, bytes))?;
         Ok(())
     }
 
@@ -106,17 +115,8 @@ impl Queue for SqsQueue {
                     .map_err(backend)?;
                 batch = batch.entries(entry);
             }
-            let out = batch.send().await.map_err(|e| {
-                let too_long = e.as_service_error().is_some_and(|e| {
-                    e.code() == Some("InvalidParameterValue") && e.message().is_some_and(too_long)
-                });
-                if too_long {
-                    let bytes = sizes.values().copied().max().unwrap_or_default();
-                    QueueError::MessageTooLarge { bytes }
-                } else {
-                    backend(e)
-                }
-            })?;
+            let largest = sizes.values().copied().max().unwrap_or_default();
+            let out = batch.send().await.map_err(|e| send_error(e, largest))?;
             // A batch call succeeds even when entries fail; those are errors too.
             if let Some(failed) = out.failed.first() {
                 if failed.message.as_deref().is_some_and(too_long) {
