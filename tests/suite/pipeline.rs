@@ -100,7 +100,15 @@ async fn a_single_agent_task_completes(b: Backend) {
     assert_eq!(calls[0]["status"], "succeeded");
     assert!(task["usage"]["input_tokens"].as_u64().unwrap() > 0);
     assert_eq!(task["usage"], calls[0]["usage"]);
-    assert!(task["cost_usd"].as_f64().unwrap() > 0.0);
+    // Money is an exact decimal string, equal to the one call's cost.
+    let cost = task["cost_usd"]
+        .as_str()
+        .expect("cost_usd is a decimal string");
+    assert!(
+        maof::domain::Usd::parse(cost).unwrap() > maof::domain::Usd::ZERO,
+        "{cost}"
+    );
+    assert_eq!(task["cost_usd"], calls[0]["cost_usd"]);
     p.stop().await;
 }
 

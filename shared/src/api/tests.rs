@@ -14,7 +14,11 @@ use tower::ServiceExt;
 use super::{ApiState, Authenticator, MAX_BODY_BYTES, router};
 use crate::adapters::memory::{MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore};
 use crate::domain::task::MAX_CONTENT_BYTES;
-use crate::domain::{Role, TaskId, TenantId};
+use crate::domain::{
+    AgentId, CallId, CallResult, CallStatus, Provider, Role, TaskId, TaskPatch, TaskStatus,
+    TenantId, Usage, Usd,
+};
+use crate::ports::TaskStore;
 use crate::ports::{CachedSecrets, Clock, QueueName, SystemClock};
 use crate::providers::{Providers, http_client};
 use crate::stages::{Services, Settings};
@@ -25,6 +29,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
 struct Harness {
     app: Router,
     queue: Arc<MemoryQueue>,
+    tasks: Arc<MemoryTaskStore>,
     auth: Arc<Authenticator>,
 }
 
@@ -61,8 +66,9 @@ fn harness() -> Harness {
         clock.clone(),
         Duration::from_secs(60),
     ));
+    let tasks = Arc::new(MemoryTaskStore::new());
     let services = Services::new(
-        Arc::new(MemoryTaskStore::new()),
+        tasks.clone(),
         Arc::new(MemoryRegistry::new()),
         queue.clone(),
         secrets,
@@ -75,7 +81,12 @@ fn harness() -> Harness {
         services,
         auth: auth.clone(),
     });
-    Harness { app, queue, auth }
+    Harness {
+        app,
+        queue,
+        tasks,
+        auth,
+    }
 }
 
 impl Harness {
@@ -612,10 +623,10 @@ async fn agents_are_created_replaced_guarded_and_deleted() {
     assert_eq!(read.status, StatusCode::OK, "{}", read.body);
     assert_eq!(read.header(header::ETAG), "\"2\"");
     assert_eq!(read.body["name"], "A2");
-    // Prices come back as the numbers a PUT sends, ready to be sent again.
+    // Prices come back as decimal strings, which a PUT takes back as they are.
     assert_eq!(
         read.body["pricing"],
-        json!({"input_per_mtok": 0.15, "output_per_mtok": 0.6})
+        json!({"input_per_mtok": "0.15", "output_per_mtok": "0.6"})
     );
     let listed = h.get(&viewer, "/v1/agents").await;
     assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
@@ -690,6 +701,124 @@ async fn only_admins_write_agents_and_bad_input_is_refused() {
     )
     .await
     .problem(StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn prices_are_taken_as_numbers_or_strings_and_given_back_as_strings() {
+    let h = harness();
+    let admin = h.token("acme", &[Role::Admin]);
+    let put = |pricing: Value| {
+        serde_json::to_vec(&json!({
+            "name": "A", "provider": "mock", "model": "m", "capabilities": ["text"],
+            "pricing": pricing
+        }))
+        .unwrap()
+    };
+    let numbers =
+        json!({"input_per_mtok": 0.15, "output_per_mtok": 0.6, "cached_input_per_mtok": 0.075});
+    let strings = json!({"input_per_mtok": "0.15", "output_per_mtok": "0.60", "cached_input_per_mtok": "0.075"});
+    let expected = json!({"input_per_mtok": "0.15", "output_per_mtok": "0.6", "cached_input_per_mtok": "0.075"});
+    for (id, pricing) in [("by-number", numbers), ("by-string", strings)] {
+        let uri = format!("/v1/agents/{id}");
+        let reply = h
+            .call(Method::PUT, &uri, Some(&admin), &[], Some(put(pricing)))
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        assert_eq!(reply.body["pricing"], expected);
+        // What a GET gives a PUT takes back unchanged.
+        let read = h.get(&admin, &uri).await;
+        let again = h
+            .call(
+                Method::PUT,
+                &uri,
+                Some(&admin),
+                &[],
+                Some(put(read.body["pricing"].clone())),
+            )
+            .await;
+        assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+        assert_eq!(again.body["pricing"], expected);
+    }
+    for bad in [json!("1e-7"), json!("0,15"), json!(" 0.15"), json!(true)] {
+        let reply = h
+            .call(
+                Method::PUT,
+                "/v1/agents/bad",
+                Some(&admin),
+                &[],
+                Some(put(json!({"input_per_mtok": bad, "output_per_mtok": 1}))),
+            )
+            .await;
+        reply.problem(StatusCode::BAD_REQUEST);
+    }
+    let negative = h
+        .call(
+            Method::PUT,
+            "/v1/agents/bad",
+            Some(&admin),
+            &[],
+            Some(put(json!({"input_per_mtok": "-0.1", "output_per_mtok": 1}))),
+        )
+        .await;
+    assert_eq!(
+        negative.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
+        "pricing"
+    );
+}
+
+#[tokio::test]
+async fn money_in_a_task_is_a_decimal_string_not_a_float() {
+    let h = harness();
+    let token = h.token("acme", &[Role::Submitter]);
+    let id = h.submit(&token, text_task("cost me")).await.body["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let task_id = TaskId::parse(&id).unwrap();
+    let tenant = TenantId::parse("acme").unwrap();
+    // 59 tokens at $1 per million: 5.9e-05 as a float.
+    let cost = Usd::for_tokens(59, Usd::parse("1").unwrap());
+    let call = CallResult {
+        call_id: CallId::new(),
+        agent_id: AgentId::parse("mock-a").unwrap(),
+        provider: Some(Provider::Mock),
+        status: CallStatus::Succeeded,
+        output: Some("ok".into()),
+        output_ref: None,
+        usage: Usage {
+            input_tokens: 59,
+            output_tokens: 0,
+            cached_input_tokens: 0,
+        },
+        cost_usd: Some(cost),
+        latency_ms: 1,
+        attempts: 1,
+        error: None,
+        retried_errors: Vec::new(),
+        finished_at: chrono::Utc::now(),
+    };
+    h.tasks.put_call(&tenant, task_id, &call).await.unwrap();
+    let patch = TaskPatch {
+        cost_usd: Some(cost),
+        ..TaskPatch::default()
+    };
+    h.tasks
+        .transition(
+            &tenant,
+            task_id,
+            TaskStatus::Cancelled,
+            patch,
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+
+    let task = h.get(&token, &format!("/v1/tasks/{id}")).await;
+    assert_eq!(task.status, StatusCode::OK, "{}", task.body);
+    assert_eq!(task.body["cost_usd"], "0.000059");
+    assert_eq!(task.body["calls"][0]["cost_usd"], "0.000059");
+    let listed = h.get(&token, "/v1/tasks").await;
+    assert_eq!(listed.body["items"][0]["cost_usd"], "0.000059");
 }
 
 // --- the rest of the surface ---

@@ -1,5 +1,5 @@
 //! What the API returns: domain types shaped for clients. Ids are strings and
-//! money is a JSON number here (exact decimals stay inside the system).
+//! money is a decimal string (`"0.0000198"`), exact as it is inside.
 
 use std::collections::BTreeMap;
 
@@ -12,10 +12,6 @@ use crate::domain::{
     TaskError, TaskStatus, Usage, Usd,
 };
 use crate::ports::TaskRecord;
-
-fn dollars(amount: Option<Usd>) -> Option<f64> {
-    amount.map(Usd::to_f64_lossy)
-}
 
 /// A task just accepted (or still under way when `?wait` ran out).
 #[derive(Debug, Serialize, ToSchema)]
@@ -49,7 +45,7 @@ pub struct TaskView {
     pub calls: Option<Vec<CallView>>,
     pub usage: Usage,
     /// US dollars; null when an agent has no prices (unknown, not free).
-    pub cost_usd: Option<f64>,
+    pub cost_usd: Option<Usd>,
     pub error: Option<TaskError>,
     pub metadata: BTreeMap<String, serde_json::Value>,
 }
@@ -66,7 +62,7 @@ impl TaskView {
             result: task.result,
             calls: None,
             usage: task.usage,
-            cost_usd: dollars(task.cost_usd),
+            cost_usd: task.cost_usd,
             error: task.error,
             metadata: task.spec.metadata,
         }
@@ -92,7 +88,8 @@ pub struct CallView {
     pub status: CallStatus,
     pub output: Option<String>,
     pub usage: Usage,
-    pub cost_usd: Option<f64>,
+    /// US dollars; null when the agent has no prices.
+    pub cost_usd: Option<Usd>,
     pub latency_ms: u64,
     pub attempts: u32,
     pub error: Option<CallError>,
@@ -110,7 +107,7 @@ impl From<CallResult> for CallView {
             status: call.status,
             output: call.output,
             usage: call.usage,
-            cost_usd: dollars(call.cost_usd),
+            cost_usd: call.cost_usd,
             latency_ms: call.latency_ms,
             attempts: call.attempts,
             error: call.error,
@@ -128,13 +125,13 @@ pub struct TaskPage {
     pub next: Option<String>,
 }
 
-/// Prices as JSON numbers, the way a `PUT` sends them.
+/// Dollars per million tokens, as decimal strings (a `PUT` takes them back as they are).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PricingView {
-    pub input_per_mtok: f64,
-    pub output_per_mtok: f64,
+    pub input_per_mtok: Usd,
+    pub output_per_mtok: Usd,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cached_input_per_mtok: Option<f64>,
+    pub cached_input_per_mtok: Option<Usd>,
 }
 
 /// A registry entry: the spec as written, its id and its version (also the ETag).
@@ -151,9 +148,9 @@ pub struct AgentView {
 impl From<Agent> for AgentView {
     fn from(mut agent: Agent) -> Self {
         let pricing = agent.spec.pricing.take().map(|p| PricingView {
-            input_per_mtok: p.input_per_mtok.to_f64_lossy(),
-            output_per_mtok: p.output_per_mtok.to_f64_lossy(),
-            cached_input_per_mtok: dollars(p.cached_input_per_mtok),
+            input_per_mtok: p.input_per_mtok,
+            output_per_mtok: p.output_per_mtok,
+            cached_input_per_mtok: p.cached_input_per_mtok,
         });
         AgentView {
             id: agent.id.to_string(),

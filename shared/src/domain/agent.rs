@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::call::Usage;
 use super::ids::AgentId;
-use super::money::Usd;
+use super::money::{self, Usd};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -27,13 +27,17 @@ impl Provider {
     }
 }
 
-/// Dollars per million tokens.
+/// Dollars per million tokens, each a JSON number or a decimal string.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Pricing {
+    #[schema(schema_with = money::amount_in)]
     pub input_per_mtok: Usd,
+    #[schema(schema_with = money::amount_in)]
     pub output_per_mtok: Usd,
+    /// The price of cached input tokens; without it they cost `input_per_mtok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = money::nullable_amount_in)]
     pub cached_input_per_mtok: Option<Usd>,
 }
 
@@ -294,6 +298,25 @@ mod tests {
             cached_input_tokens: 0,
         };
         assert_eq!(p.cost(&usage), Usd::parse("0.0000198").unwrap());
+    }
+
+    #[test]
+    fn prices_are_numbers_or_decimal_strings() {
+        let mut strings = serde_json::to_value(spec()).unwrap();
+        strings["pricing"] = serde_json::json!({"input_per_mtok": "0.15",
+            "output_per_mtok": "0.60", "cached_input_per_mtok": "0.075"});
+        let strings: AgentSpec = serde_json::from_value(strings).unwrap();
+        assert_eq!(strings.pricing, spec().pricing);
+        // Written back as strings, which read back the same.
+        let written = serde_json::to_value(spec()).unwrap();
+        assert_eq!(
+            written["pricing"],
+            serde_json::json!({"input_per_mtok": "0.15", "output_per_mtok": "0.6", "cached_input_per_mtok": "0.075"})
+        );
+        assert_eq!(
+            serde_json::from_value::<AgentSpec>(written).unwrap(),
+            spec()
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub use call::{BlobRef, CallError, CallResult, CallStatus, ErrorClass, Usage};
 pub use envelope::{Envelope, MessageKind};
 pub use ids::{AgentId, CallId, IdError, IdempotencyKey, TaskId, TenantId, WorkflowId};
 pub use lease::{CallLease, LeaseHolder, LeaseOutcome};
-pub use money::Usd;
+pub use money::{MoneyError, Usd};
 pub use principal::{Principal, Role};
 pub use task::{
     AggregateResult, AggregationStrategy, PlannedCall, RequestError, RoutingStrategy, Task,

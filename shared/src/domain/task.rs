@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::call::Usage;
 use super::ids::{AgentId, CallId, IdError, IdempotencyKey, TaskId, TenantId};
-use super::money::Usd;
+use super::money::{self, Usd};
 
 /// Largest `content` accepted, in bytes; larger is refused (413), never truncated.
 pub const MAX_CONTENT_BYTES: usize = 200 * 1024;
@@ -172,7 +172,9 @@ pub struct TaskRequest {
     pub routing: RoutingRequest,
     #[serde(default)]
     pub aggregation: AggregationRequest,
+    /// The most the task may cost, in US dollars: a number or a decimal string, not negative.
     #[serde(default)]
+    #[schema(schema_with = money::nullable_amount_in)]
     pub budget_usd: Option<Usd>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::domain::{Task, TaskError, TaskStatus, Usage};
+use crate::domain::{Task, TaskError, TaskStatus, Usage, Usd};
 
 /// The detail of a task's finishing event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -14,7 +14,8 @@ pub struct TaskFinished {
     pub status: TaskStatus,
     pub task_type: String,
     pub usage: Usage,
-    pub cost_usd: Option<f64>,
+    /// A decimal string, as everywhere money leaves the system.
+    pub cost_usd: Option<Usd>,
     pub error: Option<TaskError>,
     pub metadata: std::collections::BTreeMap<String, serde_json::Value>,
 }
@@ -27,7 +28,7 @@ impl TaskFinished {
             status: task.status,
             task_type: task.spec.task_type.clone(),
             usage: task.usage,
-            cost_usd: task.cost_usd.map(crate::domain::Usd::to_f64_lossy),
+            cost_usd: task.cost_usd,
             error: task.error.clone(),
             metadata: task.spec.metadata.clone(),
         }
