@@ -186,11 +186,8 @@ pub async fn seed_registry(svc: &Services, path: &Path) -> Result<Vec<Seeded>, S
         message: e.to_string(),
     })?;
     let mut seeded = Vec::new();
+    // Each spec was checked by every rule as it was read.
     for SeedAgent { id, mut spec } in file.agents {
-        spec.validate().map_err(|e| SetupError::Config {
-            path: path.display().to_string(),
-            message: format!("agent {id}: {e}"),
-        })?;
         let mut note = None;
         if spec.provider.needs_secret()
             && let Some(secret) = spec.secret.as_deref()
@@ -211,4 +208,53 @@ pub async fn seed_registry(svc: &Services, path: &Path) -> Result<Vec<Seeded>, S
     }
     svc.agents.invalidate();
     Ok(seeded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_seed_agent_is_read_by_the_rules_of_a_put() {
+        let dir = std::env::temp_dir().join(format!("maof-seed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agents.yaml");
+        let seed = |capabilities: &str, pricing: &str| {
+            format!(
+                "agents:\n  - id: m\n    name: M\n    provider: mock\n    model: m\n    \
+                 capabilities: {capabilities}\n    pricing: {pricing}\n"
+            )
+        };
+        let (svc, _) = memory_services();
+
+        std::fs::write(
+            &path,
+            seed(
+                "[text, code-review]",
+                "{input_per_mtok: 1, output_per_mtok: 2}",
+            ),
+        )
+        .unwrap();
+        let err = seed_registry(&svc, &path).await.unwrap_err().to_string();
+        assert!(err.contains("capabilities[1]"), "{err}");
+
+        std::fs::write(
+            &path,
+            seed("[text]", "{input_per_mtok: \"0.15\", output_per_mtok: 0.6}"),
+        )
+        .unwrap();
+        let seeded = seed_registry(&svc, &path).await.unwrap();
+        assert_eq!(seeded.len(), 1);
+        let agent = svc.registry.get(&seeded[0].id).await.unwrap().unwrap();
+        let pricing = agent.spec.pricing.unwrap();
+        assert_eq!(
+            pricing.input_per_mtok,
+            crate::domain::Usd::parse("0.15").unwrap()
+        );
+        assert_eq!(
+            pricing.output_per_mtok,
+            crate::domain::Usd::parse("0.6").unwrap()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

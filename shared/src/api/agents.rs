@@ -14,7 +14,7 @@ use super::auth::{Admin, Caller, Viewer};
 use super::extract::{header_text, json_body};
 use super::problem::{Problem, path_not_found, registry_write};
 use super::views::{AgentList, AgentView};
-use crate::domain::{Agent, AgentId, AgentSpec};
+use crate::domain::{Agent, AgentId, AgentRequest};
 use crate::ports::Expect;
 use crate::stages::intake;
 
@@ -146,7 +146,7 @@ pub(crate) async fn get_agent(
         ("If-Match" = Option<String>, Header, description = "Replace only this version (the ETag)"),
         ("If-None-Match" = Option<String>, Header, description = "`*`: create only"),
     ),
-    request_body(content = AgentSpec, content_type = "application/json"),
+    request_body(content = AgentRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Replaced", body = AgentView, headers(("ETag" = String))),
         (status = 201, description = "Created", body = AgentView, headers(("ETag" = String), ("Location" = String))),
@@ -169,8 +169,8 @@ pub(crate) async fn put_agent(
     let id = new_id(path)?;
     tracing::Span::current().record("agent_id", tracing::field::display(&id));
     let expect = put_expectation(&headers)?;
-    let spec: AgentSpec = json_body(&headers, body)?;
-    let agent = intake::put_agent(&state.services, &id, spec, expect).await?;
+    let request: AgentRequest = json_body(&headers, body)?;
+    let agent = intake::put_agent(&state.services, &id, request, expect).await?;
     tracing::info!(version = agent.version, "agent written");
     if agent.version > 1 {
         return Ok(agent_response(StatusCode::OK, agent));

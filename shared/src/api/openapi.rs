@@ -10,7 +10,7 @@ use super::views::{
     Accepted, AgentList, AgentView, CallView, Health, PricingView, TaskPage, TaskView,
 };
 use super::{agents, tasks};
-use crate::domain::{AgentSpec, TaskRequest};
+use crate::domain::{AgentRequest, TaskRequest};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,7 +32,7 @@ use crate::domain::{AgentSpec, TaskRequest};
         openapi_json,
     ),
     components(schemas(
-        Problem, TaskRequest, Accepted, TaskView, CallView, TaskPage, AgentSpec, AgentView, PricingView, AgentList, Health,
+        Problem, TaskRequest, Accepted, TaskView, CallView, TaskPage, AgentRequest, AgentView, PricingView, AgentList, Health,
     )),
     modifiers(&BearerAuth),
     tags(

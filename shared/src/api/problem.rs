@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::domain::{AgentSpecError, RequestError};
+use crate::domain::RequestError;
 use crate::ports::StoreError;
 use crate::stages::intake::{AgentWriteError, CancelError, SubmitError};
 
@@ -211,26 +211,10 @@ impl From<AgentWriteError> for Problem {
     fn from(e: AgentWriteError) -> Self {
         match e {
             AgentWriteError::Invalid(e) => {
-                Problem::unprocessable(e.to_string()).with_field(agent_field(&e))
+                Problem::unprocessable(e.to_string()).with_field(e.field())
             }
             AgentWriteError::Store(e) => registry_write(e),
         }
-    }
-}
-
-/// The agent field a validation error is about.
-fn agent_field(e: &AgentSpecError) -> &'static str {
-    match e {
-        AgentSpecError::EmptyName => "name",
-        AgentSpecError::EmptyModel => "model",
-        AgentSpecError::NoCapabilities => "capabilities",
-        AgentSpecError::QualityOutOfRange => "quality",
-        AgentSpecError::BaseUrlRequired | AgentSpecError::BadBaseUrl => "base_url",
-        AgentSpecError::SecretRequired => "secret",
-        AgentSpecError::NegativePrice => "pricing",
-        AgentSpecError::MaxAttemptsOutOfRange => "constraints.max_attempts",
-        AgentSpecError::FailureRateOutOfRange => "mock.failure_rate",
-        AgentSpecError::MockOptionsOnRealProvider => "mock",
     }
 }
 

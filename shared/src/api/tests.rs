@@ -704,6 +704,84 @@ async fn only_admins_write_agents_and_bad_input_is_refused() {
 }
 
 #[tokio::test]
+async fn a_capability_no_task_could_ask_for_is_422_naming_it() {
+    let h = harness();
+    let admin = h.token("acme", &[Role::Admin]);
+    let agent = |capabilities: Value| {
+        serde_json::to_vec(&json!({
+            "name": "A", "provider": "mock", "model": "m", "capabilities": capabilities
+        }))
+        .unwrap()
+    };
+    for (capabilities, field) in [
+        (json!(["text", "code-review"]), "capabilities[1]"),
+        (json!(["Text"]), "capabilities[0]"),
+        (json!([]), "capabilities"),
+    ] {
+        let reply = h
+            .call(
+                Method::PUT,
+                "/v1/agents/a",
+                Some(&admin),
+                &[],
+                Some(agent(capabilities.clone())),
+            )
+            .await;
+        let body = reply.problem(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body["field"], field, "{capabilities}");
+    }
+    let viewer = h.token("acme", &[Role::Viewer]);
+    h.get(&viewer, "/v1/agents/a")
+        .await
+        .problem(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_task_type_and_a_capability_follow_one_rule() {
+    let h = harness();
+    let admin = h.token("acme", &[Role::Admin]);
+    let long = "x".repeat(33);
+    for name in [
+        "text",
+        "image_2",
+        "code-review",
+        "Text",
+        " text",
+        "",
+        "a.b",
+        long.as_str(),
+    ] {
+        let agent = serde_json::to_vec(&json!({
+            "name": "A", "provider": "mock", "model": "m", "capabilities": [name]
+        }))
+        .unwrap();
+        let put = h
+            .call(Method::PUT, "/v1/agents/a", Some(&admin), &[], Some(agent))
+            .await;
+        let submit = h
+            .submit(&admin, json!({"task_type": name, "content": "x"}))
+            .await;
+        let agent_ok = put.status.is_success();
+        let task_ok = submit.status.is_success();
+        assert_eq!(
+            agent_ok, task_ok,
+            "{name:?}: {} / {}",
+            put.body, submit.body
+        );
+        if !task_ok {
+            assert_eq!(
+                put.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
+                "capabilities[0]"
+            );
+            assert_eq!(
+                submit.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
+                "task_type"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn prices_are_taken_as_numbers_or_strings_and_given_back_as_strings() {
     let h = harness();
     let admin = h.token("acme", &[Role::Admin]);

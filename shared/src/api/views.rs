@@ -8,8 +8,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::{
-    Agent, AgentSpec, AggregateResult, CallError, CallResult, CallStatus, Provider, Task,
-    TaskError, TaskStatus, Usage, Usd,
+    Agent, AggregateResult, CallError, CallResult, CallStatus, Constraints, MockOptions, Pricing,
+    Provider, Task, TaskError, TaskStatus, TaskType, Usage, Usd,
 };
 use crate::ports::TaskRecord;
 
@@ -36,7 +36,7 @@ pub struct TaskView {
     #[schema(example = "01JD8X3F6ZQ8Y2W0K4J6M9N1PB")]
     pub task_id: String,
     pub status: TaskStatus,
-    pub task_type: String,
+    pub task_type: TaskType,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub result: Option<AggregateResult>,
@@ -134,28 +134,57 @@ pub struct PricingView {
     pub cached_input_per_mtok: Option<Usd>,
 }
 
-/// A registry entry: the spec as written, its id and its version (also the ETag).
+impl From<Pricing> for PricingView {
+    fn from(p: Pricing) -> Self {
+        PricingView {
+            input_per_mtok: p.input_per_mtok,
+            output_per_mtok: p.output_per_mtok,
+            cached_input_per_mtok: p.cached_input_per_mtok,
+        }
+    }
+}
+
+/// A registry entry: the agent as written, its id and its version (also the ETag).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AgentView {
     pub id: String,
-    /// Every field but `pricing`, which is `pricing` below.
-    #[serde(flatten)]
-    pub spec: AgentSpec,
+    pub name: String,
+    pub provider: Provider,
+    pub model: String,
+    pub base_url: Option<String>,
+    /// The name of the secret holding the key, never the key itself.
+    pub secret: Option<String>,
+    pub capabilities: Vec<TaskType>,
     pub pricing: Option<PricingView>,
+    pub constraints: Constraints,
+    pub quality: f64,
+    pub tier: u8,
+    pub weight: u32,
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mock: Option<MockOptions>,
+    /// Bumped by every write; the ETag is this number, quoted.
     pub version: u64,
 }
 
 impl From<Agent> for AgentView {
-    fn from(mut agent: Agent) -> Self {
-        let pricing = agent.spec.pricing.take().map(|p| PricingView {
-            input_per_mtok: p.input_per_mtok,
-            output_per_mtok: p.output_per_mtok,
-            cached_input_per_mtok: p.cached_input_per_mtok,
-        });
+    fn from(agent: Agent) -> Self {
+        let spec = agent.spec;
         AgentView {
             id: agent.id.to_string(),
-            spec: agent.spec,
-            pricing,
+            name: spec.name,
+            provider: spec.provider,
+            model: spec.model,
+            base_url: spec.base_url,
+            secret: spec.secret,
+            capabilities: spec.capabilities,
+            pricing: spec.pricing.map(PricingView::from),
+            constraints: spec.constraints,
+            quality: spec.quality,
+            tier: spec.tier,
+            weight: spec.weight,
+            enabled: spec.enabled,
+            mock: spec.mock,
             version: agent.version,
         }
     }

@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use super::call::Usage;
 use super::ids::AgentId;
 use super::money::{self, Usd};
+use super::task_type::{TaskType, TaskTypeError};
+use super::text;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -67,8 +69,10 @@ pub struct Constraints {
     pub rpm: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<u32>,
+    /// One attempt's limit (default 30,000); a task's own deadline still applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Attempts per call, 1 to 10 (default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
     /// The largest provider response read, in bytes (default 16 MiB); a
@@ -113,23 +117,31 @@ fn default_tier() -> u8 {
     1
 }
 
-/// An agent as an admin writes it (`PUT /v1/agents/{id}`); the id comes from the path.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+// It becomes an `AgentSpec` through `TryFrom`, which applies every rule.
+/// An agent as an admin writes it (`PUT /v1/agents/{id}`); the id comes from
+/// the path. Unknown fields are refused (400); a field that breaks its rule is
+/// refused with 422, and the problem's `field` names it (`capabilities[1]`).
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AgentSpec {
+pub struct AgentRequest {
     pub name: String,
     pub provider: Provider,
     pub model: String,
+    /// Where the provider's API is: `http://` or `https://`; required for
+    /// `openai_compatible`.
     #[serde(default)]
     pub base_url: Option<String>,
-    /// The name of the secret holding the key, never the key itself.
+    /// The name of the secret holding the key, never the key itself; required
+    /// for every provider but `mock` and `bedrock`.
     #[serde(default)]
     pub secret: Option<String>,
+    /// The task types the agent serves: the same rule as a task's `task_type`.
     pub capabilities: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pricing: Option<Pricing>,
     #[serde(default)]
     pub constraints: Constraints,
+    /// 0 to 1 (default 0.5); `best` routing prefers higher.
     #[serde(default = "default_quality")]
     pub quality: f64,
     #[serde(default = "default_tier")]
@@ -138,8 +150,32 @@ pub struct AgentSpec {
     pub weight: u32,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Behaviour of a `mock` agent (only `mock`): latency and injected faults.
+    #[serde(default)]
+    pub mock: Option<MockOptions>,
+}
+
+/// A registry agent's definition, every rule checked: built from an
+/// `AgentRequest` (deserializing one goes through it too).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "AgentRequest")]
+pub struct AgentSpec {
+    pub name: String,
+    pub provider: Provider,
+    pub model: String,
+    pub base_url: Option<String>,
+    /// The name of the secret holding the key, never the key itself.
+    pub secret: Option<String>,
+    pub capabilities: Vec<TaskType>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<Pricing>,
+    pub constraints: Constraints,
+    pub quality: f64,
+    pub tier: u8,
+    pub weight: u32,
+    pub enabled: bool,
     /// Behaviour of a `mock` agent: latency and injected faults.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mock: Option<MockOptions>,
 }
 
@@ -184,6 +220,8 @@ pub enum AgentSpecError {
     EmptyModel,
     #[error("capabilities must list at least one task type")]
     NoCapabilities,
+    #[error("capabilities[{index}] {error}")]
+    BadCapability { index: usize, error: TaskTypeError },
     #[error("quality must be between 0 and 1")]
     QualityOutOfRange,
     #[error("base_url is required for provider openai_compatible")]
@@ -202,22 +240,54 @@ pub enum AgentSpecError {
     MockOptionsOnRealProvider,
 }
 
-impl AgentSpec {
-    pub fn validate(&self) -> Result<(), AgentSpecError> {
-        if self.name.trim().is_empty() {
+impl AgentSpecError {
+    /// The request field the error is about, for problem details.
+    pub fn field(&self) -> String {
+        let field = match self {
+            AgentSpecError::EmptyName => "name",
+            AgentSpecError::EmptyModel => "model",
+            AgentSpecError::NoCapabilities => "capabilities",
+            AgentSpecError::BadCapability { index, .. } => {
+                return format!("capabilities[{index}]");
+            }
+            AgentSpecError::QualityOutOfRange => "quality",
+            AgentSpecError::BaseUrlRequired | AgentSpecError::BadBaseUrl => "base_url",
+            AgentSpecError::SecretRequired => "secret",
+            AgentSpecError::NegativePrice => "pricing",
+            AgentSpecError::MaxAttemptsOutOfRange => "constraints.max_attempts",
+            AgentSpecError::FailureRateOutOfRange => "mock.failure_rate",
+            AgentSpecError::MockOptionsOnRealProvider => "mock",
+        };
+        field.to_owned()
+    }
+}
+
+impl TryFrom<AgentRequest> for AgentSpec {
+    type Error = AgentSpecError;
+
+    fn try_from(request: AgentRequest) -> Result<Self, AgentSpecError> {
+        if text::is_blank(&request.name) {
             return Err(AgentSpecError::EmptyName);
         }
-        if self.model.trim().is_empty() {
+        if text::is_blank(&request.model) {
             return Err(AgentSpecError::EmptyModel);
         }
-        if self.capabilities.iter().all(|c| c.trim().is_empty()) {
+        if request.capabilities.is_empty() {
             return Err(AgentSpecError::NoCapabilities);
         }
-        if !(0.0..=1.0).contains(&self.quality) {
+        let capabilities = request
+            .capabilities
+            .into_iter()
+            .enumerate()
+            .map(|(index, c)| {
+                TaskType::parse(c).map_err(|error| AgentSpecError::BadCapability { index, error })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !(0.0..=1.0).contains(&request.quality) {
             return Err(AgentSpecError::QualityOutOfRange);
         }
-        match &self.base_url {
-            None if self.provider == Provider::OpenaiCompatible => {
+        match &request.base_url {
+            None if request.provider == Provider::OpenaiCompatible => {
                 return Err(AgentSpecError::BaseUrlRequired);
             }
             Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
@@ -225,10 +295,10 @@ impl AgentSpec {
             }
             _ => {}
         }
-        if self.provider.needs_secret() && self.secret.is_none() {
+        if request.provider.needs_secret() && request.secret.is_none() {
             return Err(AgentSpecError::SecretRequired);
         }
-        if let Some(p) = &self.pricing {
+        if let Some(p) = &request.pricing {
             let negative = p.input_per_mtok.is_negative()
                 || p.output_per_mtok.is_negative()
                 || p.cached_input_per_mtok.is_some_and(Usd::is_negative);
@@ -236,20 +306,34 @@ impl AgentSpec {
                 return Err(AgentSpecError::NegativePrice);
             }
         }
-        if let Some(n) = self.constraints.max_attempts
+        if let Some(n) = request.constraints.max_attempts
             && !(1..=10).contains(&n)
         {
             return Err(AgentSpecError::MaxAttemptsOutOfRange);
         }
-        if let Some(mock) = &self.mock {
-            if self.provider != Provider::Mock {
+        if let Some(mock) = &request.mock {
+            if request.provider != Provider::Mock {
                 return Err(AgentSpecError::MockOptionsOnRealProvider);
             }
             if !(0.0..=1.0).contains(&mock.failure_rate) {
                 return Err(AgentSpecError::FailureRateOutOfRange);
             }
         }
-        Ok(())
+        Ok(AgentSpec {
+            name: request.name,
+            provider: request.provider,
+            model: request.model,
+            base_url: request.base_url,
+            secret: request.secret,
+            capabilities,
+            pricing: request.pricing,
+            constraints: request.constraints,
+            quality: request.quality,
+            tier: request.tier,
+            weight: request.weight,
+            enabled: request.enabled,
+            mock: request.mock,
+        })
     }
 }
 
@@ -264,8 +348,8 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn can_serve(&self, task_type: &str) -> bool {
-        self.spec.enabled && self.spec.capabilities.iter().any(|c| c == task_type)
+    pub fn can_serve(&self, task_type: &TaskType) -> bool {
+        self.spec.enabled && self.spec.capabilities.contains(task_type)
     }
 
     /// The cost of a call, or `None` when the agent has no prices (never a silent zero).
@@ -276,15 +360,29 @@ impl Agent {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
 
-    fn spec() -> AgentSpec {
-        serde_json::from_value(serde_json::json!({
+    fn request() -> Value {
+        json!({
             "name": "GPT-4o mini", "provider": "openai", "model": "gpt-4o-mini",
             "secret": "maof/openai", "capabilities": ["text"],
             "pricing": {"input_per_mtok": 0.15, "output_per_mtok": 0.60, "cached_input_per_mtok": 0.075}
-        }))
-        .unwrap()
+        })
+    }
+
+    fn spec() -> AgentSpec {
+        serde_json::from_value(request()).unwrap()
+    }
+
+    /// The rule a request breaks, if any, once it has the shape of a request.
+    fn parse(changes: Value) -> Result<AgentSpec, AgentSpecError> {
+        let mut body = request();
+        for (k, v) in changes.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        AgentSpec::try_from(serde_json::from_value::<AgentRequest>(body).unwrap())
     }
 
     #[test]
@@ -302,16 +400,21 @@ mod tests {
 
     #[test]
     fn prices_are_numbers_or_decimal_strings() {
-        let mut strings = serde_json::to_value(spec()).unwrap();
-        strings["pricing"] = serde_json::json!({"input_per_mtok": "0.15",
-            "output_per_mtok": "0.60", "cached_input_per_mtok": "0.075"});
-        let strings: AgentSpec = serde_json::from_value(strings).unwrap();
+        let strings = parse(json!({"pricing": {"input_per_mtok": "0.15",
+            "output_per_mtok": "0.60", "cached_input_per_mtok": "0.075"}}))
+        .unwrap();
         assert_eq!(strings.pricing, spec().pricing);
+        let mixed =
+            parse(json!({"pricing": {"input_per_mtok": "0.15", "output_per_mtok": 0.6}})).unwrap();
+        assert_eq!(
+            mixed.pricing.unwrap().output_per_mtok,
+            Usd::parse("0.6").unwrap()
+        );
         // Written back as strings, which read back the same.
         let written = serde_json::to_value(spec()).unwrap();
         assert_eq!(
             written["pricing"],
-            serde_json::json!({"input_per_mtok": "0.15", "output_per_mtok": "0.6", "cached_input_per_mtok": "0.075"})
+            json!({"input_per_mtok": "0.15", "output_per_mtok": "0.6", "cached_input_per_mtok": "0.075"})
         );
         assert_eq!(
             serde_json::from_value::<AgentSpec>(written).unwrap(),
@@ -331,19 +434,82 @@ mod tests {
     }
 
     #[test]
+    fn a_capability_follows_the_task_type_rule() {
+        let err = parse(json!({"capabilities": ["text", "code-review"]})).unwrap_err();
+        assert_eq!(
+            err,
+            AgentSpecError::BadCapability {
+                index: 1,
+                error: TaskTypeError::BadCharacter
+            }
+        );
+        assert_eq!(err.field(), "capabilities[1]");
+        assert!(
+            err.to_string()
+                .starts_with("capabilities[1] must be a lower-case word")
+        );
+        assert_eq!(
+            parse(json!({"capabilities": ["Text"]}))
+                .unwrap_err()
+                .field(),
+            "capabilities[0]"
+        );
+        assert_eq!(
+            parse(json!({"capabilities": []})),
+            Err(AgentSpecError::NoCapabilities)
+        );
+        // Deserializing a spec (a stored one, the seed file) applies the rule too.
+        let mut stored = request();
+        stored["capabilities"] = json!(["code-review"]);
+        assert!(serde_json::from_value::<AgentSpec>(stored).is_err());
+    }
+
+    #[test]
+    fn the_agent_serves_exactly_its_capabilities() {
+        let agent = Agent {
+            id: AgentId::parse("a").unwrap(),
+            spec: parse(json!({"capabilities": ["text", "code"]})).unwrap(),
+            version: 1,
+        };
+        assert!(agent.can_serve(&TaskType::parse("code").unwrap()));
+        assert!(!agent.can_serve(&TaskType::parse("image").unwrap()));
+    }
+
+    #[test]
     fn unknown_fields_and_bad_specs_are_refused() {
-        let bad = serde_json::json!({"name": "x", "provider": "openai", "model": "m",
+        let bad = json!({"name": "x", "provider": "openai", "model": "m",
             "capabilities": ["text"], "surprise": 1});
+        assert!(serde_json::from_value::<AgentRequest>(bad.clone()).is_err());
         assert!(serde_json::from_value::<AgentSpec>(bad).is_err());
 
-        let mut s = spec();
-        s.provider = Provider::OpenaiCompatible;
-        assert_eq!(s.validate(), Err(AgentSpecError::BaseUrlRequired));
-        s.base_url = Some("ftp://x".into());
-        assert_eq!(s.validate(), Err(AgentSpecError::BadBaseUrl));
-        let mut s = spec();
-        s.secret = None;
-        assert_eq!(s.validate(), Err(AgentSpecError::SecretRequired));
-        assert!(spec().validate().is_ok());
+        assert_eq!(
+            parse(json!({"provider": "openai_compatible"})),
+            Err(AgentSpecError::BaseUrlRequired)
+        );
+        assert_eq!(
+            parse(json!({"provider": "openai_compatible", "base_url": "ftp://x"})),
+            Err(AgentSpecError::BadBaseUrl)
+        );
+        assert_eq!(
+            parse(json!({"secret": null})),
+            Err(AgentSpecError::SecretRequired)
+        );
+        assert_eq!(
+            parse(json!({"name": " \u{3000}"})),
+            Err(AgentSpecError::EmptyName)
+        );
+        assert_eq!(
+            parse(json!({"quality": 1.5})),
+            Err(AgentSpecError::QualityOutOfRange)
+        );
+        assert_eq!(
+            parse(json!({"pricing": {"input_per_mtok": "-1", "output_per_mtok": 0}})),
+            Err(AgentSpecError::NegativePrice)
+        );
+        assert_eq!(
+            parse(json!({"mock": {}})),
+            Err(AgentSpecError::MockOptionsOnRealProvider)
+        );
+        assert!(parse(json!({})).is_ok());
     }
 }

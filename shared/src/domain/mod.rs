@@ -10,10 +10,13 @@ pub mod money;
 pub mod principal;
 pub mod routing;
 pub mod task;
+pub mod task_type;
+pub mod text;
 pub mod workflow;
 
 pub use agent::{
-    Agent, AgentSpec, AgentSpecError, Constraints, MockFault, MockOptions, Pricing, Provider,
+    Agent, AgentRequest, AgentSpec, AgentSpecError, Constraints, MockFault, MockOptions, Pricing,
+    Provider,
 };
 pub use call::{BlobRef, CallError, CallResult, CallStatus, ErrorClass, Usage};
 pub use envelope::{Envelope, MessageKind};
@@ -25,4 +28,5 @@ pub use task::{
     AggregateResult, AggregationStrategy, PlannedCall, RequestError, RoutingStrategy, Task,
     TaskError, TaskPatch, TaskRequest, TaskSpec, TaskStatus, TransitionError,
 };
+pub use task_type::{TaskType, TaskTypeError};
 pub use workflow::{Step, Workflow, WorkflowError};

@@ -6,11 +6,12 @@ use std::collections::HashSet;
 use super::agent::Agent;
 use super::money::Usd;
 use super::task::{RoutingStrategy, TaskSpec};
+use super::task_type::TaskType;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RoutingError {
     #[error("no enabled agent can serve task_type `{0}`")]
-    NoCapableAgent(String),
+    NoCapableAgent(TaskType),
     #[error("routing.agents names `{0}`, which is unknown or disabled")]
     UnknownAgent(String),
     #[error(
@@ -19,7 +20,7 @@ pub enum RoutingError {
     NotEnoughAgents {
         wanted: u32,
         available: usize,
-        task_type: String,
+        task_type: TaskType,
     },
 }
 

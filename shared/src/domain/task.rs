@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use super::call::Usage;
 use super::ids::{AgentId, CallId, IdError, IdempotencyKey, TaskId, TenantId};
 use super::money::{self, Usd};
+use super::task_type::{TaskType, TaskTypeError};
+use super::text;
 
 /// Largest `content` accepted, in bytes; larger is refused (413), never truncated.
 pub const MAX_CONTENT_BYTES: usize = 200 * 1024;
@@ -164,6 +166,7 @@ pub struct AggregationRequest {
 #[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
+    /// The capability asked for; only agents that list it serve the task.
     pub task_type: String,
     pub content: String,
     #[serde(default)]
@@ -187,8 +190,8 @@ pub struct TaskRequest {
 /// Why a request is refused, one variant per field rule.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RequestError {
-    #[error("task_type must be a lower-case word such as `text` or `code`")]
-    BadTaskType,
+    #[error("task_type {0}")]
+    BadTaskType(TaskTypeError),
     #[error("content must not be empty")]
     EmptyContent,
     #[error("content is {size} bytes; the limit is {limit}")]
@@ -221,7 +224,7 @@ impl RequestError {
     /// The request field the error is about, for problem details.
     pub fn field(&self) -> &'static str {
         match self {
-            RequestError::BadTaskType => "task_type",
+            RequestError::BadTaskType(_) => "task_type",
             RequestError::EmptyContent | RequestError::ContentTooLarge { .. } => "content",
             RequestError::SystemTooLarge { .. } => "system",
             RequestError::FanoutOutOfRange { .. } | RequestError::FanoutExceedsAgents { .. } => {
@@ -238,7 +241,7 @@ impl RequestError {
 /// A validated task request: every field is within its rules.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
-    pub task_type: String,
+    pub task_type: TaskType,
     pub content: String,
     pub system: Option<String>,
     pub routing_strategy: RoutingStrategy,
@@ -254,16 +257,8 @@ pub struct TaskSpec {
 impl TaskRequest {
     /// Parses the request into a spec and its idempotency key (the body's, if any).
     pub fn parse(self) -> Result<(TaskSpec, Option<IdempotencyKey>), RequestError> {
-        let task_type = self.task_type.trim();
-        let type_ok = !task_type.is_empty()
-            && task_type.len() <= 32
-            && task_type
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !type_ok {
-            return Err(RequestError::BadTaskType);
-        }
-        if self.content.trim().is_empty() {
+        let task_type = TaskType::parse(self.task_type).map_err(RequestError::BadTaskType)?;
+        if text::is_blank(&self.content) {
             return Err(RequestError::EmptyContent);
         }
         if self.content.len() > MAX_CONTENT_BYTES {
@@ -311,7 +306,7 @@ impl TaskRequest {
             .transpose()
             .map_err(RequestError::BadIdempotencyKey)?;
         let spec = TaskSpec {
-            task_type: task_type.to_owned(),
+            task_type,
             content: self.content,
             system: self.system,
             routing_strategy: routing.strategy,
@@ -514,7 +509,12 @@ mod tests {
         let parse = |v| request(v).unwrap().parse().unwrap_err();
         assert_eq!(
             parse(json!({"task_type": "Text!", "content": "x"})),
-            RequestError::BadTaskType
+            RequestError::BadTaskType(TaskTypeError::BadCharacter)
+        );
+        // The rule is exact: no trimming on the way in.
+        assert_eq!(
+            parse(json!({"task_type": " text", "content": "x"})).field(),
+            "task_type"
         );
         assert_eq!(
             parse(json!({"task_type": "text", "content": "  "})),

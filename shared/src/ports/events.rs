@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::domain::{Task, TaskError, TaskStatus, Usage, Usd};
+use crate::domain::{Task, TaskError, TaskStatus, TaskType, Usage, Usd};
 
 /// The detail of a task's finishing event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -12,7 +12,7 @@ pub struct TaskFinished {
     pub tenant: String,
     pub task_id: String,
     pub status: TaskStatus,
-    pub task_type: String,
+    pub task_type: TaskType,
     pub usage: Usage,
     /// A decimal string, as everywhere money leaves the system.
     pub cost_usd: Option<Usd>,

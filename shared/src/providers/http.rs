@@ -370,7 +370,7 @@ mod tests {
             content: content.into(),
         };
         let mut request = ChatRequest {
-            task_type: "image".into(),
+            task_type: super::super::TASK_IMAGE,
             system: None,
             messages: vec![
                 message(Role::User, "first"),

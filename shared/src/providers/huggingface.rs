@@ -29,10 +29,10 @@ use serde::{Deserialize, Serialize};
 use super::http::{self, RawResponse, retry_after_header};
 use super::openai_compatible::OpenAiCompatible;
 use super::{ChatRequest, ChatResponse, ProviderClient, ProviderError};
-use crate::domain::{Agent, ErrorClass, Usage};
+use crate::domain::{Agent, ErrorClass, TaskType, Usage};
 
 /// The task type served by the inference API; every other goes to the router.
-pub const TASK_CLASSIFICATION: &str = "classification";
+pub const TASK_CLASSIFICATION: TaskType = TaskType::from_static("classification");
 
 /// A client for HuggingFace over the process's one `reqwest::Client`.
 #[derive(Debug, Clone)]

@@ -163,7 +163,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::domain::{AgentId, AgentSpec};
+    use crate::domain::{AgentId, AgentSpec, TaskType};
     use crate::providers::Message;
 
     fn agent(mock: serde_json::Value) -> Agent {
@@ -183,7 +183,7 @@ mod tests {
 
     fn request(system: Option<&str>, user: &str) -> ChatRequest {
         ChatRequest {
-            task_type: "text".into(),
+            task_type: TaskType::from_static("text"),
             system: system.map(Into::into),
             messages: vec![Message {
                 role: Role::User,

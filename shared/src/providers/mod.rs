@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use secrecy::SecretString;
 
-use crate::domain::{Agent, ErrorClass, Provider, Usage};
+use crate::domain::{Agent, ErrorClass, Provider, TaskType, Usage};
 
 pub use anthropic::Anthropic;
 pub use bedrock::Bedrock;
@@ -46,7 +46,7 @@ pub struct Message {
 /// What every provider is asked, whatever its wire format.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest {
-    pub task_type: String,
+    pub task_type: TaskType,
     pub system: Option<String>,
     pub messages: Vec<Message>,
     pub max_tokens: Option<u32>,

@@ -30,12 +30,12 @@ use serde::{Deserialize, Serialize};
 use super::http::{self, RawResponse};
 use super::openai_compatible::{self, OpenAiCompatible};
 use super::{ChatRequest, ChatResponse, ProviderClient, ProviderError};
-use crate::domain::{Agent, ErrorClass, Usage};
+use crate::domain::{Agent, ErrorClass, TaskType, Usage};
 
 /// The task type answered by image generation.
-pub const TASK_IMAGE: &str = "image";
+pub const TASK_IMAGE: TaskType = TaskType::from_static("image");
 /// The task type answered by audio transcription.
-pub const TASK_TRANSCRIPTION: &str = "transcription";
+pub const TASK_TRANSCRIPTION: TaskType = TaskType::from_static("transcription");
 /// The largest audio file sent for transcription: OpenAI's limit, 25 MiB.
 pub const MAX_AUDIO_BYTES: usize = 25 * 1024 * 1024;
 
@@ -52,8 +52,8 @@ impl OpenAiMedia {
     }
 
     /// Whether `task_type` is one this client answers.
-    pub fn serves(task_type: &str) -> bool {
-        task_type == TASK_IMAGE || task_type == TASK_TRANSCRIPTION
+    pub fn serves(task_type: &TaskType) -> bool {
+        *task_type == TASK_IMAGE || *task_type == TASK_TRANSCRIPTION
     }
 
     /// `POST {root}/images/generations`: the image URLs, one a line.
@@ -199,13 +199,16 @@ impl ProviderClient for OpenAiMedia {
         key: Option<&SecretString>,
         request: &ChatRequest,
     ) -> Result<ChatResponse, ProviderError> {
-        match request.task_type.as_str() {
-            TASK_IMAGE => self.generate_image(agent, key, request).await,
-            TASK_TRANSCRIPTION => self.transcribe(agent, key, request).await,
-            other => Err(ProviderError::new(
+        let task_type = &request.task_type;
+        if *task_type == TASK_IMAGE {
+            self.generate_image(agent, key, request).await
+        } else if *task_type == TASK_TRANSCRIPTION {
+            self.transcribe(agent, key, request).await
+        } else {
+            Err(ProviderError::new(
                 ErrorClass::BadRequest,
-                format!("task type {other:?} is not a media task"),
-            )),
+                format!("task type `{task_type}` is not a media task"),
+            ))
         }
     }
 }

@@ -4,7 +4,10 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use super::{ChatRequest, Message, Role};
-use crate::domain::{Agent, AgentId, AgentSpec};
+use crate::domain::{Agent, AgentId, AgentSpec, TaskType};
+
+/// The task type of most tests.
+pub const TEXT: TaskType = TaskType::from_static("text");
 
 pub const KEY: &str = "sk-test-0123456789abcdef";
 
@@ -30,7 +33,7 @@ pub fn agent(provider: &str, model: &str, base_url: Option<String>, constraints:
 /// A system prompt, a short dialogue and every optional field set.
 pub fn chat_request() -> ChatRequest {
     ChatRequest {
-        task_type: "text".into(),
+        task_type: TEXT,
         system: Some("You are terse.".into()),
         messages: vec![
             Message {
@@ -53,9 +56,9 @@ pub fn chat_request() -> ChatRequest {
 }
 
 /// A single user message of `task_type`, nothing else set.
-pub fn single_request(task_type: &str, content: &str) -> ChatRequest {
+pub fn single_request(task_type: TaskType, content: &str) -> ChatRequest {
     ChatRequest {
-        task_type: task_type.into(),
+        task_type,
         system: None,
         messages: vec![Message {
             role: Role::User,

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use crate::domain::{
-    Agent, AgentId, AgentSpec, AgentSpecError, AggregationStrategy, IdempotencyKey, MessageKind,
-    Principal, RequestError, RoutingStrategy, Task, TaskError, TaskId, TaskPatch, TaskRequest,
-    TaskStatus, TenantId,
+    Agent, AgentId, AgentRequest, AgentSpec, AgentSpecError, AggregationStrategy, IdempotencyKey,
+    MessageKind, Principal, RequestError, RoutingStrategy, Task, TaskError, TaskId, TaskPatch,
+    TaskRequest, TaskStatus, TenantId,
 };
 use crate::ports::{Expect, Page, QueueError, QueueName, StoreError, TaskRecord};
 
@@ -254,10 +254,10 @@ pub enum AgentWriteError {
 pub async fn put_agent(
     svc: &Services,
     id: &AgentId,
-    spec: AgentSpec,
+    request: AgentRequest,
     expect: Expect,
 ) -> Result<Agent, AgentWriteError> {
-    spec.validate()?;
+    let spec = AgentSpec::try_from(request)?;
     let agent = svc.registry.put(id, spec, expect).await?;
     svc.agents.invalidate();
     Ok(agent)

@@ -8,7 +8,9 @@ use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use super::*;
-use crate::providers::test_support::{KEY, agent, chat_request, dead_address, key, single_request};
+use crate::providers::test_support::{
+    KEY, TEXT, agent, chat_request, dead_address, key, single_request,
+};
 
 const MODEL: &str = "claude-sonnet-4-20250514";
 
@@ -106,7 +108,7 @@ async fn max_tokens_is_always_sent() {
         .respond_with(ResponseTemplate::new(200).set_body_json(success_body()))
         .mount(&server)
         .await;
-    let bare = single_request("text", "Hi");
+    let bare = single_request(TEXT, "Hi");
 
     // Neither the request nor the agent sets it: the documented default.
     client()

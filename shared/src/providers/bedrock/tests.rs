@@ -10,7 +10,7 @@ use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use super::*;
-use crate::providers::test_support::{agent, chat_request, dead_address, single_request};
+use crate::providers::test_support::{TEXT, agent, chat_request, dead_address, single_request};
 
 const MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
 /// The model id as the SDK puts it in the path: `:` percent-encoded.
@@ -146,7 +146,7 @@ async fn omits_absent_fields_and_reuses_the_client() {
         .mount(&server)
         .await;
     let bedrock = client();
-    let bare = single_request("text", "Hi");
+    let bare = single_request(TEXT, "Hi");
     let response = bedrock
         .complete(&agent_at(&server, json!({})), None, &bare)
         .await

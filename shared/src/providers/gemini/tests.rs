@@ -7,7 +7,9 @@ use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use super::*;
-use crate::providers::test_support::{KEY, agent, chat_request, dead_address, key, single_request};
+use crate::providers::test_support::{
+    KEY, TEXT, agent, chat_request, dead_address, key, single_request,
+};
 
 const MODEL: &str = "gemini-2.5-flash";
 const PATH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
@@ -116,7 +118,7 @@ async fn omits_empty_config_and_system() {
         .respond_with(ResponseTemplate::new(200).set_body_json(success_body()))
         .mount(&server)
         .await;
-    let bare = single_request("text", "Hi");
+    let bare = single_request(TEXT, "Hi");
     client()
         .complete(&agent_at(&server, json!({})), Some(&key()), &bare)
         .await

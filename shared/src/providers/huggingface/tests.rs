@@ -21,7 +21,7 @@ fn client() -> HuggingFace {
 }
 
 fn classify_request() -> ChatRequest {
-    single_request("classification", "I love this movie!")
+    single_request(TASK_CLASSIFICATION, "I love this movie!")
 }
 
 async fn answer_with(response: ResponseTemplate) -> Result<ChatResponse, ProviderError> {

@@ -7,7 +7,7 @@ use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use super::*;
-use crate::providers::test_support::{KEY, agent, dead_address, key, single_request};
+use crate::providers::test_support::{KEY, TEXT, agent, dead_address, key, single_request};
 
 const AUDIO: &[u8] = b"ID3\x03\x00\x00\x00\x00\x00\x00\xff\xfb\x90\x00\r\n--not-a-boundary\r\n";
 
@@ -25,7 +25,7 @@ fn client() -> OpenAiMedia {
 }
 
 fn image_request() -> ChatRequest {
-    single_request("image", "A watercolor fox in the snow")
+    single_request(TASK_IMAGE, "A watercolor fox in the snow")
 }
 
 fn audio_data_url() -> String {
@@ -67,7 +67,7 @@ async fn transcription_answer(response: ResponseTemplate) -> Result<ChatResponse
         .complete(
             &agent_at(&server, "whisper-1", json!({})),
             Some(&key()),
-            &single_request("transcription", &audio_data_url()),
+            &single_request(TASK_TRANSCRIPTION, &audio_data_url()),
         )
         .await
 }
@@ -323,7 +323,7 @@ async fn sends_a_data_url_as_a_multipart_upload() {
         .complete(
             &agent_at(&server, "whisper-1", json!({})),
             Some(&key()),
-            &single_request("transcription", &audio_data_url()),
+            &single_request(TASK_TRANSCRIPTION, &audio_data_url()),
         )
         .await
         .unwrap();
@@ -385,7 +385,7 @@ async fn downloads_an_audio_url_and_names_the_file_by_its_type() {
         .complete(
             &agent,
             Some(&key()),
-            &single_request("transcription", &format!("{}/media/clip", server.uri())),
+            &single_request(TASK_TRANSCRIPTION, &format!("{}/media/clip", server.uri())),
         )
         .await
         .unwrap();
@@ -404,7 +404,7 @@ async fn downloads_an_audio_url_and_names_the_file_by_its_type() {
             &agent,
             Some(&key()),
             &single_request(
-                "transcription",
+                TASK_TRANSCRIPTION,
                 &format!("{}/media/clip.flac", server.uri()),
             ),
         )
@@ -499,7 +499,7 @@ async fn audio_that_cannot_be_sent_is_refused_before_any_upload() {
             .complete(
                 &agent,
                 Some(&key()),
-                &single_request("transcription", &content),
+                &single_request(TASK_TRANSCRIPTION, &content),
             )
             .await
             .unwrap_err();
@@ -515,7 +515,7 @@ async fn an_unreachable_audio_host_is_a_network_error() {
         .complete(
             &agent("openai", "whisper-1", Some(dead_address()), json!({})),
             Some(&key()),
-            &single_request("transcription", &format!("{}/a.mp3", dead_address())),
+            &single_request(TASK_TRANSCRIPTION, &format!("{}/a.mp3", dead_address())),
         )
         .await
         .unwrap_err();
@@ -607,7 +607,7 @@ async fn transcription_slower_than_the_timeout_is_a_timeout() {
         .complete(
             &agent_at(&server, "whisper-1", json!({"timeout_ms": 200})),
             Some(&key()),
-            &single_request("transcription", &audio_data_url()),
+            &single_request(TASK_TRANSCRIPTION, &audio_data_url()),
         )
         .await
         .unwrap_err();
@@ -647,21 +647,21 @@ async fn the_openai_client_routes_by_task_type() {
         .await;
     let openai = OpenAi::new(reqwest::Client::new());
     let agent = agent_at(&server, "gpt-4o", json!({}));
-    let ask = |task: &str, content: &str| single_request(task, content);
+    let ask = |task: TaskType, content: &str| single_request(task, content);
 
     let text = openai
-        .complete(&agent, Some(&key()), &ask("text", "hi"))
+        .complete(&agent, Some(&key()), &ask(TEXT, "hi"))
         .await
         .unwrap();
     let image = openai
-        .complete(&agent, Some(&key()), &ask("image", "a fox"))
+        .complete(&agent, Some(&key()), &ask(TASK_IMAGE, "a fox"))
         .await
         .unwrap();
     let heard = openai
         .complete(
             &agent,
             Some(&key()),
-            &ask("transcription", &audio_data_url()),
+            &ask(TASK_TRANSCRIPTION, &audio_data_url()),
         )
         .await
         .unwrap();
@@ -671,7 +671,7 @@ async fn the_openai_client_routes_by_task_type() {
     assert_eq!(heard.output, "heard");
     // The media client alone refuses text tasks.
     let err = client()
-        .complete(&agent, None, &ask("text", "hi"))
+        .complete(&agent, None, &ask(TEXT, "hi"))
         .await
         .unwrap_err();
     assert_eq!(err.class, ErrorClass::BadRequest);
