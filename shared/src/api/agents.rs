@@ -50,14 +50,18 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
         return Ok(None);
     };
     let tag = value.trim();
-    let tag = tag
+    let digits = tag
         .strip_prefix('"')
         .and_then(|t| t.strip_suffix('"'))
         .unwrap_or(tag);
-    tag.parse().map(Some).map_err(|_| {
+    let bad = || {
         Problem::bad_request("If-Match must be the agent's ETag, such as \"3\"")
             .with_field("If-Match")
-    })
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    digits.parse().map(Some).map_err(|_| bad())
 }
 
 /// The condition of a PUT, from `If-Match` or `If-None-Match: *`.
@@ -109,7 +113,7 @@ pub(crate) async fn list_agents(
     get,
     path = "/v1/agents/{id}",
     tag = "agents",
-    params(("id" = String, Path, description = "The agent id")),
+    params(("id" = AgentId, Path, description = "The agent id; one that cannot exist is 404")),
     responses(
         (status = 200, description = "The agent", body = AgentView,
             headers(("ETag" = String, description = "The version, quoted; send it back in If-Match"))),
@@ -142,19 +146,32 @@ pub(crate) async fn get_agent(
     path = "/v1/agents/{id}",
     tag = "agents",
     params(
-        ("id" = String, Path, description = "The agent id: letters, digits, '-', '_', '.'"),
-        ("If-Match" = Option<String>, Header, description = "Replace only this version (the ETag)"),
-        ("If-None-Match" = Option<String>, Header, description = "`*`: create only"),
+        ("id" = AgentId, Path, description = "The agent id: 1 to 64 letters, digits, '-', '_', '.' (400 otherwise)"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^("[0-9]+"|[0-9]+)$"#,
+            description = "Replace only this version (the ETag); not with If-None-Match"),
+        ("If-None-Match" = Option<String>, Header, pattern = r"^\*$",
+            description = "`*`: create only; not with If-Match"),
     ),
     request_body(content = AgentRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Replaced", body = AgentView, headers(("ETag" = String))),
-        (status = 201, description = "Created", body = AgentView, headers(("ETag" = String), ("Location" = String))),
-        (status = 400, description = "Malformed JSON, unknown field, bad id or bad precondition header", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Replaced", body = AgentView, headers(("ETag" = String)),
+            links(
+                ("GetAgent" = (operation_id = "get_agent", parameters(("id" = "$response.body#/id")))),
+                ("DeleteAgent" = (operation_id = "delete_agent", parameters(("id" = "$response.body#/id")))),
+            )),
+        (status = 201, description = "Created", body = AgentView, headers(("ETag" = String), ("Location" = String)),
+            links(
+                ("GetAgent" = (operation_id = "get_agent", parameters(("id" = "$response.body#/id")))),
+                ("DeleteAgent" = (operation_id = "delete_agent", parameters(("id" = "$response.body#/id")))),
+            )),
+        (status = 400, description = "Malformed JSON, unknown or missing field, wrong type, bad id or bad precondition header", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the admin role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "An empty id: no such route", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The precondition failed: the agent exists, or is not at the If-Match version", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The spec breaks a rule (`field` names it)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 256 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The agent breaks a rule (`field` names it)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -188,8 +205,9 @@ pub(crate) async fn put_agent(
     path = "/v1/agents/{id}",
     tag = "agents",
     params(
-        ("id" = String, Path, description = "The agent id"),
-        ("If-Match" = Option<String>, Header, description = "Delete only this version (the ETag)"),
+        ("id" = AgentId, Path, description = "The agent id; one that cannot exist is 404"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^("[0-9]+"|[0-9]+)$"#,
+            description = "Delete only this version (the ETag)"),
     ),
     responses(
         (status = 204, description = "Deleted"),

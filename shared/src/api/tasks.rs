@@ -17,7 +17,7 @@ use super::auth::{Caller, Submitter, Viewer};
 use super::extract::{header_text, json_body};
 use super::problem::{Problem, path_not_found};
 use super::views::{Accepted, TaskPage, TaskView};
-use crate::domain::{Task, TaskId, TaskRequest};
+use crate::domain::{IdempotencyKey, Task, TaskId, TaskRequest};
 use crate::stages::intake;
 
 /// Longest `?wait`: API Gateway ends an integration after 29 seconds, so the
@@ -30,7 +30,7 @@ pub const MAX_PAGE: u32 = 100;
 #[into_params(parameter_in = Query)]
 pub(crate) struct SubmitParams {
     /// Seconds (0 to 25) to wait for the task to finish; 200 with the task if it does.
-    #[param(maximum = 25)]
+    #[param(minimum = 0, maximum = 25)]
     wait: Option<u64>,
 }
 
@@ -40,7 +40,8 @@ pub(crate) struct ListParams {
     /// Page size, 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
-    /// The `next` of the previous page.
+    /// The `next` of the previous page (a task id); empty: the first page.
+    #[param(pattern = "^([0-7][0-9A-HJKMNP-TV-Z]{25})?$")]
     cursor: Option<String>,
 }
 
@@ -64,18 +65,28 @@ fn accepted(task: &Task) -> Response {
     post,
     path = "/v1/tasks",
     tag = "tasks",
-    params(SubmitParams, ("Idempotency-Key" = Option<String>, Header,
-        description = "Makes a retry return the first task instead of creating another")),
+    params(SubmitParams, ("Idempotency-Key" = Option<IdempotencyKey>, Header,
+        description = "Makes a retry return the first task instead of creating another; \
+            if the body has an `idempotency_key` too, they must be equal")),
     request_body(content = TaskRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Finished within `wait` (or an idempotent replay of a finished task)", body = TaskView),
+        (status = 200, description = "Finished within `wait` (or an idempotent replay of a finished task)", body = TaskView,
+            links(
+                ("GetTask" = (operation_id = "get_task", parameters(("id" = "$response.body#/task_id")))),
+                ("CancelTask" = (operation_id = "cancel_task", parameters(("id" = "$response.body#/task_id")))),
+            )),
         (status = 202, description = "Accepted; poll the Location", body = Accepted,
-            headers(("Location" = String, description = "/v1/tasks/{task_id}"))),
-        (status = 400, description = "Malformed JSON, unknown field or bad query", body = Problem, content_type = "application/problem+json"),
+            headers(("Location" = String, description = "/v1/tasks/{task_id}")),
+            links(
+                ("GetTask" = (operation_id = "get_task", parameters(("id" = "$response.body#/task_id")))),
+                ("CancelTask" = (operation_id = "cancel_task", parameters(("id" = "$response.body#/task_id")))),
+            )),
+        (status = 400, description = "Malformed JSON, unknown or missing field, wrong type, bad query or header", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the submitter role", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 256 KiB, or content/system over its limit", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field breaks its rule (`field` names it)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field breaks its rule (`field` names it), or the two idempotency keys differ", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "A backend is unavailable; retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -127,7 +138,7 @@ pub(crate) async fn submit_task(
     get,
     path = "/v1/tasks/{id}",
     tag = "tasks",
-    params(("id" = String, Path, description = "The task id (a ULID)")),
+    params(("id" = TaskId, Path, description = "The task id; one that cannot exist is 404")),
     responses(
         (status = 200, description = "The task", body = TaskView),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
@@ -207,7 +218,7 @@ pub(crate) async fn list_tasks(
     post,
     path = "/v1/tasks/{id}/cancel",
     tag = "tasks",
-    params(("id" = String, Path, description = "The task id (a ULID)")),
+    params(("id" = TaskId, Path, description = "The task id; one that cannot exist is 404")),
     responses(
         (status = 200, description = "The cancelled task", body = TaskView),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),

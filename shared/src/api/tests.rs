@@ -16,7 +16,7 @@ use crate::adapters::memory::{MemoryQueue, MemoryRegistry, MemorySecrets, Memory
 use crate::domain::task::MAX_CONTENT_BYTES;
 use crate::domain::{
     AgentId, CallId, CallResult, CallStatus, Provider, Role, TaskId, TaskPatch, TaskStatus,
-    TenantId, Usage, Usd,
+    TaskType, TenantId, Usage, Usd,
 };
 use crate::ports::TaskStore;
 use crate::ports::{CachedSecrets, Clock, QueueName, SystemClock};
@@ -692,15 +692,23 @@ async fn only_admins_write_agents_and_bad_input_is_refused() {
         "secret"
     );
 
-    h.call(
-        Method::PUT,
-        uri,
-        Some(&admin),
-        &[("If-Match", "soon")],
-        Some(mock_agent("A")),
-    )
-    .await
-    .problem(StatusCode::BAD_REQUEST);
+    // If-Match is the ETag, quoted or not, and nothing else.
+    for tag in ["soon", "+1", "\"1", "W/\"1\"", "*"] {
+        let reply = h
+            .call(
+                Method::PUT,
+                uri,
+                Some(&admin),
+                &[("If-Match", tag)],
+                Some(mock_agent("A")),
+            )
+            .await;
+        assert_eq!(
+            reply.problem(StatusCode::BAD_REQUEST)["field"],
+            "If-Match",
+            "{tag}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -933,6 +941,119 @@ async fn the_openapi_document_describes_the_routes() {
     );
     assert!(doc["components"]["schemas"]["TaskRequest"].is_object());
     assert!(doc["components"]["schemas"]["Problem"].is_object());
+}
+
+#[tokio::test]
+async fn the_openapi_document_states_the_rules_the_api_enforces() {
+    let h = harness();
+    let doc = h
+        .call(Method::GET, "/openapi.json", None, &[], None)
+        .await
+        .body;
+    let schemas = &doc["components"]["schemas"];
+    let task_type = json!({"$ref": "#/components/schemas/TaskType"});
+
+    // One rule for a task's task_type and an agent's capabilities.
+    assert_eq!(schemas["TaskType"]["pattern"], TaskType::PATTERN);
+    assert_eq!(schemas["TaskType"]["maxLength"], TaskType::MAX_LEN);
+    let task = &schemas["TaskRequest"];
+    assert_eq!(task["properties"]["task_type"]["$ref"], task_type["$ref"]);
+    assert_eq!(
+        schemas["AgentRequest"]["properties"]["capabilities"]["items"],
+        task_type
+    );
+    assert_eq!(
+        schemas["AgentRequest"]["properties"]["capabilities"]["minItems"],
+        1
+    );
+
+    // Limits and ranges.
+    assert_eq!(
+        task["properties"]["content"]["maxLength"],
+        MAX_CONTENT_BYTES
+    );
+    let routing = &schemas["RoutingRequest"]["properties"];
+    assert_eq!(routing["fanout"]["minimum"], 1);
+    assert_eq!(routing["fanout"]["maximum"], 10);
+    assert_eq!(task["properties"]["timeout_ms"]["minimum"], 1);
+    assert_eq!(task["properties"]["timeout_ms"]["maximum"], 900_000);
+    assert_eq!(schemas["IdempotencyKey"]["maxLength"], 255);
+    assert_eq!(routing["strategy"]["enum"], json!(["best", "cheapest"]));
+
+    // Unknown fields are refused wherever the API refuses them.
+    for name in [
+        "TaskRequest",
+        "RoutingRequest",
+        "AggregationRequest",
+        "AgentRequest",
+        "Pricing",
+        "Constraints",
+        "MockOptions",
+    ] {
+        assert_eq!(schemas[name]["additionalProperties"], false, "{name}");
+    }
+
+    // An agent as returned: its id and version are part of it.
+    let agent = &schemas["AgentView"];
+    assert!(agent.get("allOf").is_none(), "{agent}");
+    assert!(agent.get("additionalProperties").is_none(), "{agent}");
+    for field in ["id", "version", "capabilities", "pricing"] {
+        assert!(
+            agent["required"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(field)),
+            "{field}"
+        );
+    }
+
+    // Money: a decimal string out, a number or a decimal string in.
+    assert_eq!(schemas["Usd"]["type"], "string");
+    assert_eq!(schemas["Usd"]["pattern"], Usd::PATTERN);
+    let usd = json!({"$ref": "#/components/schemas/Usd"});
+    assert_eq!(schemas["PricingView"]["properties"]["input_per_mtok"], usd);
+    let price_in = &schemas["Pricing"]["properties"]["input_per_mtok"]["oneOf"];
+    assert_eq!(price_in[0]["type"], "number");
+    assert_eq!(price_in[0]["minimum"], 0);
+    assert_eq!(price_in[1]["type"], "string");
+    for view in ["TaskView", "CallView"] {
+        let cost = &schemas[view]["properties"]["cost_usd"]["oneOf"];
+        assert!(
+            cost.as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["$ref"] == usd["$ref"]),
+            "{view}"
+        );
+    }
+
+    // Path ids and the parameters' bounds.
+    let agent_id = &doc["paths"]["/v1/agents/{id}"]["put"]["parameters"][0];
+    assert_eq!(agent_id["schema"]["$ref"], "#/components/schemas/AgentId");
+    assert_eq!(schemas["AgentId"]["maxLength"], 64);
+    let wait = &doc["paths"]["/v1/tasks"]["post"]["parameters"][0];
+    assert_eq!(
+        (wait["name"].as_str(), wait["schema"]["maximum"].as_u64()),
+        (Some("wait"), Some(25))
+    );
+
+    // Links name their target the way OpenAPI spells it.
+    let links = &doc["paths"]["/v1/tasks"]["post"]["responses"]["202"]["links"];
+    assert_eq!(links["GetTask"]["operationId"], "get_task");
+    assert!(links["GetTask"].get("operation_id").is_none());
+
+    // Every error is problem+json, and only that.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                if status.starts_with('4') || status.starts_with('5') {
+                    let types: Vec<&String> =
+                        response["content"].as_object().unwrap().keys().collect();
+                    assert_eq!(types, [PROBLEM_JSON], "{method} {path} {status}");
+                }
+            }
+        }
+    }
 }
 
 #[tokio::test]

@@ -8,23 +8,22 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::{
-    Agent, AggregateResult, CallError, CallResult, CallStatus, Constraints, MockOptions, Pricing,
-    Provider, Task, TaskError, TaskStatus, TaskType, Usage, Usd,
+    Agent, AgentId, AggregateResult, CallError, CallId, CallResult, CallStatus, Constraints,
+    MockOptions, Pricing, Provider, Task, TaskError, TaskId, TaskStatus, TaskType, Usage, Usd,
 };
 use crate::ports::TaskRecord;
 
 /// A task just accepted (or still under way when `?wait` ran out).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Accepted {
-    #[schema(example = "01JD8X3F6ZQ8Y2W0K4J6M9N1PB")]
-    pub task_id: String,
+    pub task_id: TaskId,
     pub status: TaskStatus,
 }
 
 impl From<&Task> for Accepted {
     fn from(task: &Task) -> Self {
         Accepted {
-            task_id: task.task_id.to_string(),
+            task_id: task.task_id,
             status: task.status,
         }
     }
@@ -33,19 +32,21 @@ impl From<&Task> for Accepted {
 /// A task: its status, combined result, per-agent calls, usage, cost and error.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TaskView {
-    #[schema(example = "01JD8X3F6ZQ8Y2W0K4J6M9N1PB")]
-    pub task_id: String,
+    pub task_id: TaskId,
     pub status: TaskStatus,
     pub task_type: TaskType,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub result: Option<AggregateResult>,
     /// The agent calls made; left out of task lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calls: Option<Vec<CallView>>,
     pub usage: Usage,
     /// US dollars; null when an agent has no prices (unknown, not free).
+    #[schema(required = true)]
     pub cost_usd: Option<Usd>,
+    #[schema(required = true)]
     pub error: Option<TaskError>,
     pub metadata: BTreeMap<String, serde_json::Value>,
 }
@@ -54,7 +55,7 @@ impl TaskView {
     /// A task without its calls, as lists show it.
     pub fn summary(task: Task) -> Self {
         TaskView {
-            task_id: task.task_id.to_string(),
+            task_id: task.task_id,
             status: task.status,
             task_type: task.spec.task_type,
             created_at: task.created_at,
@@ -82,16 +83,20 @@ impl From<TaskRecord> for TaskView {
 /// One call of one agent for the task.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CallView {
-    pub call_id: String,
-    pub agent_id: String,
+    pub call_id: CallId,
+    pub agent_id: AgentId,
+    #[schema(required = true)]
     pub provider: Option<Provider>,
     pub status: CallStatus,
+    #[schema(required = true)]
     pub output: Option<String>,
     pub usage: Usage,
     /// US dollars; null when the agent has no prices.
+    #[schema(required = true)]
     pub cost_usd: Option<Usd>,
     pub latency_ms: u64,
     pub attempts: u32,
+    #[schema(required = true)]
     pub error: Option<CallError>,
     /// The errors of earlier attempts, oldest first.
     pub retried_errors: Vec<CallError>,
@@ -101,8 +106,8 @@ pub struct CallView {
 impl From<CallResult> for CallView {
     fn from(call: CallResult) -> Self {
         CallView {
-            call_id: call.call_id.to_string(),
-            agent_id: call.agent_id.to_string(),
+            call_id: call.call_id,
+            agent_id: call.agent_id,
             provider: call.provider,
             status: call.status,
             output: call.output,
@@ -122,6 +127,7 @@ pub struct TaskPage {
     /// Newest first.
     pub items: Vec<TaskView>,
     /// Pass as `cursor` for the next page; null on the last one.
+    #[schema(required = true)]
     pub next: Option<String>,
 }
 
@@ -147,14 +153,17 @@ impl From<Pricing> for PricingView {
 /// A registry entry: the agent as written, its id and its version (also the ETag).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AgentView {
-    pub id: String,
+    pub id: AgentId,
     pub name: String,
     pub provider: Provider,
     pub model: String,
+    #[schema(required = true)]
     pub base_url: Option<String>,
     /// The name of the secret holding the key, never the key itself.
+    #[schema(required = true)]
     pub secret: Option<String>,
     pub capabilities: Vec<TaskType>,
+    #[schema(required = true)]
     pub pricing: Option<PricingView>,
     pub constraints: Constraints,
     pub quality: f64,
@@ -171,7 +180,7 @@ impl From<Agent> for AgentView {
     fn from(agent: Agent) -> Self {
         let spec = agent.spec;
         AgentView {
-            id: agent.id.to_string(),
+            id: agent.id,
             name: spec.name,
             provider: spec.provider,
             model: spec.model,

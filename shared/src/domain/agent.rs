@@ -62,18 +62,23 @@ impl Pricing {
 #[serde(deny_unknown_fields)]
 pub struct Constraints {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 4294967295_u64)]
     pub max_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 4294967295_u64)]
     pub context_window: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 4294967295_u64)]
     pub rpm: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 4294967295_u64)]
     pub tpm: Option<u32>,
     /// One attempt's limit (default 30,000); a task's own deadline still applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     /// Attempts per call, 1 to 10 (default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10)]
     pub max_attempts: Option<u32>,
     /// The largest provider response read, in bytes (default 16 MiB); a
     /// larger one fails the call as `response_too_large`, not retried.
@@ -124,18 +129,22 @@ fn default_tier() -> u8 {
 #[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentRequest {
+    #[schema(schema_with = not_blank)]
     pub name: String,
     pub provider: Provider,
+    #[schema(schema_with = not_blank)]
     pub model: String,
     /// Where the provider's API is: `http://` or `https://`; required for
     /// `openai_compatible`.
     #[serde(default)]
+    #[schema(pattern = "^https?://")]
     pub base_url: Option<String>,
     /// The name of the secret holding the key, never the key itself; required
     /// for every provider but `mock` and `bedrock`.
     #[serde(default)]
     pub secret: Option<String>,
     /// The task types the agent serves: the same rule as a task's `task_type`.
+    #[schema(value_type = Vec<TaskType>, min_items = 1)]
     pub capabilities: Vec<String>,
     #[serde(default)]
     pub pricing: Option<Pricing>,
@@ -143,16 +152,23 @@ pub struct AgentRequest {
     pub constraints: Constraints,
     /// 0 to 1 (default 0.5); `best` routing prefers higher.
     #[serde(default = "default_quality")]
+    #[schema(minimum = 0, maximum = 1)]
     pub quality: f64,
     #[serde(default = "default_tier")]
+    #[schema(maximum = 255)]
     pub tier: u8,
     #[serde(default = "default_weight")]
+    #[schema(maximum = 4294967295_u64)]
     pub weight: u32,
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// Behaviour of a `mock` agent (only `mock`): latency and injected faults.
     #[serde(default)]
     pub mock: Option<MockOptions>,
+}
+
+fn not_blank() -> utoipa::openapi::schema::Object {
+    text::not_blank_schema(None, "Not blank")
 }
 
 /// A registry agent's definition, every rule checked: built from an
@@ -201,6 +217,7 @@ pub struct MockOptions {
     pub latency_ms: u64,
     /// Probability (0 to 1) that a call fails with `fault` (a 500 if unset).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     pub failure_rate: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<MockFault>,

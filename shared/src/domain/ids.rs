@@ -36,6 +36,9 @@ fn check_name(kind: &'static str, value: &str, max: usize) -> Result<(), IdError
     Ok(())
 }
 
+/// `check_name`'s alphabet as a JSON Schema pattern; the length is separate.
+const NAME_PATTERN: &str = "^[A-Za-z0-9._-]+$";
+
 macro_rules! name_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $max:literal) => {
         $(#[$doc])*
@@ -79,7 +82,35 @@ macro_rules! name_id {
                 Self::parse(raw).map_err(serde::de::Error::custom)
             }
         }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                string_schema(
+                    NAME_PATTERN,
+                    $max,
+                    concat!("The ", $kind, ": 1 to ", $max, " of letters, digits, '-', '_' and '.'"),
+                )
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
+}
+
+/// A string schema with a pattern, a length from 1 to `max` and a description.
+fn string_schema(
+    pattern: &str,
+    max: usize,
+    description: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(pattern))
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .description(Some(description))
+        .into()
 }
 
 name_id!(
@@ -128,6 +159,24 @@ impl<'de> Deserialize<'de> for IdempotencyKey {
     }
 }
 
+impl utoipa::PartialSchema for IdempotencyKey {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        // `!` to `~`: printable ASCII without the space.
+        string_schema(
+            "^[!-~]+$",
+            Self::MAX_LEN,
+            "Makes a retry return the first task instead of creating another: \
+             1 to 255 printable ASCII characters, no spaces",
+        )
+    }
+}
+
+impl utoipa::ToSchema for IdempotencyKey {}
+
+/// A ULID as this API writes it: 26 upper-case Crockford base32 characters,
+/// the first at most `7` (128 bits).
+const ULID_PATTERN: &str = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$";
+
 macro_rules! ulid_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*
@@ -145,10 +194,15 @@ macro_rules! ulid_id {
                 Self(ulid)
             }
 
+            /// Only the canonical spelling, the one this API writes: the
+            /// decoder also takes lower case, and drops the bits of a first
+            /// character above `7`, which would make two strings one id.
             pub fn parse(value: &str) -> Result<Self, IdError> {
                 Ulid::from_string(value)
+                    .ok()
+                    .filter(|ulid| ulid.to_string() == value)
                     .map(Self)
-                    .map_err(|_| IdError::NotUlid { kind: $kind })
+                    .ok_or(IdError::NotUlid { kind: $kind })
             }
         }
 
@@ -170,6 +224,20 @@ macro_rules! ulid_id {
                 Self::parse(s)
             }
         }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                use utoipa::openapi::schema::{ObjectBuilder, Type};
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(ULID_PATTERN))
+                    .description(Some(concat!("The ", $kind, ": a ULID")))
+                    .examples(["01JD8X3F6ZQ8Y2W0K4J6M9N1PB"])
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
 }
 
@@ -211,6 +279,17 @@ mod tests {
         assert_eq!(serde_json::from_str::<TaskId>(&json).unwrap(), id);
         assert!(serde_json::from_str::<TaskId>("\"nope\"").is_err());
         assert!(serde_json::from_str::<AgentId>("\"bad id\"").is_err());
+    }
+
+    #[test]
+    fn a_ulid_parses_only_as_written() {
+        let id = TaskId::new();
+        let text = id.to_string();
+        assert_eq!(TaskId::parse(&text), Ok(id));
+        // The decoder would take these, and the last is another id's alias.
+        assert!(TaskId::parse(&text.to_lowercase()).is_err());
+        assert!(TaskId::parse(&format!("8{}", &text[1..])).is_err());
+        assert!(TaskId::parse("ZZZZZZZZZZZZZZZZZZZZZZZZZZ").is_err());
     }
 
     #[test]

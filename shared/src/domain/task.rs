@@ -110,6 +110,21 @@ pub enum RoutingStrategy {
     Weighted,
 }
 
+impl RoutingStrategy {
+    /// The strategies a request may name today; the others are refused (422).
+    pub const OFFERED: [RoutingStrategy; 2] = [RoutingStrategy::Best, RoutingStrategy::Cheapest];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoutingStrategy::Best => "best",
+            RoutingStrategy::Cheapest => "cheapest",
+            RoutingStrategy::Fastest => "fastest",
+            RoutingStrategy::RoundRobin => "round_robin",
+            RoutingStrategy::Weighted => "weighted",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AggregationStrategy {
@@ -121,6 +136,61 @@ pub enum AggregationStrategy {
     Vote,
     Merge,
     Judge,
+}
+
+impl AggregationStrategy {
+    /// The strategies a request may name today; the others are refused (422).
+    pub const OFFERED: [AggregationStrategy; 2] =
+        [AggregationStrategy::First, AggregationStrategy::All];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AggregationStrategy::First => "first",
+            AggregationStrategy::All => "all",
+            AggregationStrategy::Best => "best",
+            AggregationStrategy::Consensus => "consensus",
+            AggregationStrategy::Vote => "vote",
+            AggregationStrategy::Merge => "merge",
+            AggregationStrategy::Judge => "judge",
+        }
+    }
+}
+
+/// A string enum of `values`, for request fields that take fewer values
+/// than their type has.
+fn enum_schema<'a>(
+    values: impl IntoIterator<Item = &'a str>,
+    description: &str,
+) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values))
+        .description(Some(description))
+        .build()
+}
+
+fn content_schema() -> utoipa::openapi::schema::Object {
+    text::not_blank_schema(
+        Some(MAX_CONTENT_BYTES),
+        "The text to work on: not blank, at most 204,800 bytes of UTF-8 (over is 413). \
+         `maxLength` counts characters, so text of multi-byte characters can be over \
+         the limit in fewer.",
+    )
+}
+
+fn offered_routing() -> utoipa::openapi::schema::Object {
+    enum_schema(
+        RoutingStrategy::OFFERED.map(RoutingStrategy::as_str),
+        "How agents are picked (default `best`); the other strategies are not offered yet",
+    )
+}
+
+fn offered_aggregation() -> utoipa::openapi::schema::Object {
+    enum_schema(
+        AggregationStrategy::OFFERED.map(AggregationStrategy::as_str),
+        "How answers are combined (default `first`); the other strategies are not offered yet",
+    )
 }
 
 fn default_fanout() -> u32 {
@@ -135,10 +205,15 @@ fn default_true() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct RoutingRequest {
     #[serde(default)]
+    #[schema(schema_with = offered_routing)]
     pub strategy: RoutingStrategy,
+    /// Exactly these agents, in order (at least `fanout` of them); none: any capable agent.
     #[serde(default)]
+    #[schema(value_type = Vec<AgentId>)]
     pub agents: Vec<String>,
+    /// How many agents are called (default 1).
     #[serde(default = "default_fanout")]
+    #[schema(minimum = 1, maximum = 10)]
     pub fanout: u32,
     #[serde(default = "default_true")]
     pub fallback: bool,
@@ -159,17 +234,25 @@ impl Default for RoutingRequest {
 #[serde(deny_unknown_fields)]
 pub struct AggregationRequest {
     #[serde(default)]
+    #[schema(schema_with = offered_aggregation)]
     pub strategy: AggregationStrategy,
 }
 
 /// A task as a client sends it. Unknown fields are refused, not ignored.
+///
+/// A field that breaks its rule is refused with 422 (413 for `content` and
+/// `system` over their limit), and the problem's `field` names it.
 #[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
     /// The capability asked for; only agents that list it serve the task.
+    #[schema(value_type = TaskType)]
     pub task_type: String,
+    #[schema(schema_with = content_schema)]
     pub content: String,
+    /// At most 32,768 bytes of UTF-8 (over is 413).
     #[serde(default)]
+    #[schema(max_length = 32768)]
     pub system: Option<String>,
     #[serde(default)]
     pub routing: RoutingRequest,
@@ -179,10 +262,15 @@ pub struct TaskRequest {
     #[serde(default)]
     #[schema(schema_with = money::nullable_amount_in)]
     pub budget_usd: Option<Usd>,
+    /// How long the task may take, 1 to 900,000 (default 60,000).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 900000)]
     pub timeout_ms: Option<u64>,
+    /// The `Idempotency-Key` header works too; if both are sent they must be equal.
     #[serde(default)]
+    #[schema(value_type = Option<IdempotencyKey>)]
     pub idempotency_key: Option<String>,
+    /// Returned with the task as sent.
     #[serde(default)]
     pub metadata: BTreeMap<String, serde_json::Value>,
 }

@@ -39,18 +39,13 @@ fn check_offered(
     routing: RoutingStrategy,
     aggregation: AggregationStrategy,
 ) -> Result<(), SubmitError> {
-    let routing_ok = matches!(routing, RoutingStrategy::Best | RoutingStrategy::Cheapest);
-    let aggregation_ok = matches!(
-        aggregation,
-        AggregationStrategy::First | AggregationStrategy::All
-    );
-    if !routing_ok {
+    if !RoutingStrategy::OFFERED.contains(&routing) {
         return Err(SubmitError::NotOffered(format!(
             "routing.strategy {:?} is not offered yet; use best or cheapest",
             routing
         )));
     }
-    if !aggregation_ok {
+    if !AggregationStrategy::OFFERED.contains(&aggregation) {
         return Err(SubmitError::NotOffered(format!(
             "aggregation.strategy {:?} is not offered yet; use first or all",
             aggregation
