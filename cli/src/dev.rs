@@ -23,6 +23,7 @@ pub enum Backend {
 
 #[derive(clap::Args)]
 pub struct DevArgs {
+    /// The loopback port; 0 picks a free one (the address is printed).
     #[arg(long, default_value_t = 3000)]
     port: u16,
     #[arg(long, value_enum, default_value_t = Backend::Memory)]
@@ -105,6 +106,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (is the port taken? use --port)"))?;
+    // The port actually bound, which differs from the one asked for with --port 0.
+    let addr = listener.local_addr().context("the listening address")?;
 
     println!("\nmaof dev: listening on http://{addr}");
     println!("token (tenant {tenant}, admin, 12 h):\n  {token}\n");
