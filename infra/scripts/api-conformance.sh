@@ -20,14 +20,18 @@ target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 maof="$target_dir/debug/maof"
 
-log=$(mktemp)
+# The server's log and Hypothesis's files (it keeps them in `.hypothesis/`
+# of the working directory otherwise) live outside the work tree.
+scratch=$(mktemp -d)
+log="$scratch/maof-dev.log"
+export HYPOTHESIS_STORAGE_DIRECTORY="$scratch/hypothesis"
 server=
 stop() {
   if [ -n "$server" ]; then
     kill "$server" 2>/dev/null || true
     wait "$server" 2>/dev/null || true
   fi
-  rm -f "$log"
+  rm -rf "$scratch"
 }
 trap stop EXIT
 
