@@ -90,6 +90,7 @@ fn put_expectation(headers: &HeaderMap) -> Result<Expect, Problem> {
         (status = 200, description = "Every agent, ordered by id", body = AgentList),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the viewer role", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -120,6 +121,7 @@ pub(crate) async fn list_agents(
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the viewer role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -172,6 +174,7 @@ pub(crate) async fn get_agent(
         (status = 413, description = "Body over 256 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not JSON (Content-Type)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The agent breaks a rule (`field` names it)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -216,6 +219,7 @@ pub(crate) async fn put_agent(
         (status = 403, description = "Needs the admin role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The agent is not at the If-Match version", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

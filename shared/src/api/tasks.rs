@@ -144,6 +144,7 @@ pub(crate) async fn submit_task(
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the viewer role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such task in the caller's tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -172,6 +173,7 @@ pub(crate) async fn get_task(
         (status = 400, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the viewer role", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -225,6 +227,7 @@ pub(crate) async fn list_tasks(
         (status = 403, description = "Needs the submitter role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such task in the caller's tenant", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The task has already finished", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
