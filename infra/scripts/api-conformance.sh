@@ -14,8 +14,9 @@ cd "$(dirname "$0")/../.."
 schemathesis=${SCHEMATHESIS:-.venv/bin/schemathesis}
 examples=${MAOF_SCHEMATHESIS_EXAMPLES:-100}
 
-# Same features as `cargo test --workspace`, so that nothing is built twice.
-cargo build --workspace --all-targets --locked --quiet
+# The tests in the same build resolve the same features as `cargo test
+# --workspace`, so after it only the binary itself is built.
+cargo build --workspace --tests --bin maof --locked --quiet
 target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 maof="$target_dir/debug/maof"
