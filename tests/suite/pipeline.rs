@@ -100,6 +100,25 @@ async fn a_single_agent_task_completes(b: Backend) {
     assert_eq!(calls[0]["status"], "succeeded");
     assert!(task["usage"]["input_tokens"].as_u64().unwrap() > 0);
     assert_eq!(task["usage"], calls[0]["usage"]);
+    assert!(calls[0].get("output_url").is_none(), "a small answer is inline: {task}");
+    let served = p
+        .http
+        .get(format!(
+            "{}/v1/tasks/{}/calls/{}/output",
+            p.base,
+            task["task_id"].as_str().unwrap(),
+            calls[0]["call_id"].as_str().unwrap()
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(
+        served.text().await.unwrap(),
+        calls[0]["output"].as_str().unwrap(),
+        "the route serves an inline answer too"
+    );
     // Money is an exact decimal string, equal to the one call's cost.
     let cost = task["cost_usd"]
         .as_str()
@@ -301,6 +320,44 @@ async fn a_mebibyte_answer_completes_through_the_claim_check(b: Backend) {
         Some(reference),
         "{name}: the result refers to the call's blob, not a copy"
     );
+
+    // The task API links to the answers rather than inlining a mebibyte.
+    let id = task["task_id"].as_str().unwrap();
+    let call = &task["calls"][0];
+    assert!(call["output"].is_null(), "{name}: {call}");
+    assert_eq!(call["output_bytes"], 1_048_576);
+    let call_url = format!("/v1/tasks/{id}/calls/{}/output", call["call_id"].as_str().unwrap());
+    assert_eq!(call["output_url"], call_url.as_str());
+    assert!(task["result"]["output"].is_null(), "{name}: {}", task["result"]);
+    let task_url = format!("/v1/tasks/{id}/output");
+    assert_eq!(task["result"]["output_url"], task_url.as_str());
+    let viewer = p.token("acme", &[maof::domain::Role::Viewer]);
+    for url in [&call_url, &task_url] {
+        let response = p
+            .http
+            .get(format!("{}{url}", p.base))
+            .bearer_auth(&viewer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{name}: {url}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/plain; charset=utf-8"
+        );
+        let body = response.bytes().await.unwrap();
+        assert_eq!(body.len(), 1_048_576, "{name}: {url}");
+        assert!(body.starts_with(b"[mock-huge]"));
+        // Another tenant finds nothing there.
+        let other = p
+            .http
+            .get(format!("{}{url}", p.base))
+            .bearer_auth(p.token("globex", &[maof::domain::Role::Admin]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(other.status(), 404, "{name}: {url}");
+    }
     p.stop().await;
 }
 

@@ -45,6 +45,11 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/tasks", post(tasks::submit_task).get(tasks::list_tasks))
         .route("/v1/tasks/{id}", get(tasks::get_task))
+        .route("/v1/tasks/{id}/output", get(tasks::get_task_output))
+        .route(
+            "/v1/tasks/{id}/calls/{call_id}/output",
+            get(tasks::get_call_output),
+        )
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel_task))
         .route("/v1/agents", get(agents::list_agents))
         .route(

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::problem::Problem;
 use super::views::{
-    Accepted, AgentList, AgentView, CallView, Health, PricingView, TaskPage, TaskView,
+    Accepted, AgentList, AgentView, CallView, Health, PricingView, ResultView, TaskPage, TaskView,
 };
 use super::{agents, tasks};
 use crate::domain::{AgentRequest, TaskRequest};
@@ -23,6 +23,8 @@ use crate::domain::{AgentRequest, TaskRequest};
         tasks::submit_task,
         tasks::list_tasks,
         tasks::get_task,
+        tasks::get_task_output,
+        tasks::get_call_output,
         tasks::cancel_task,
         agents::list_agents,
         agents::get_agent,
@@ -32,7 +34,7 @@ use crate::domain::{AgentRequest, TaskRequest};
         openapi_json,
     ),
     components(schemas(
-        Problem, TaskRequest, Accepted, TaskView, CallView, TaskPage, AgentRequest, AgentView, PricingView, AgentList, Health,
+        Problem, TaskRequest, Accepted, TaskView, ResultView, CallView, TaskPage, AgentRequest, AgentView, PricingView, AgentList, Health,
     )),
     modifiers(&BearerAuth),
     tags(

@@ -17,7 +17,7 @@ use super::auth::{Caller, Submitter, Viewer};
 use super::extract::{header_text, json_body};
 use super::problem::{Problem, path_not_found};
 use super::views::{Accepted, TaskPage, TaskView};
-use crate::domain::{IdempotencyKey, Task, TaskId, TaskRequest};
+use crate::domain::{CallId, IdempotencyKey, Task, TaskId, TaskRequest};
 use crate::stages::intake;
 
 /// Longest `?wait`: API Gateway ends an integration after 29 seconds, so the
@@ -161,6 +161,82 @@ pub(crate) async fn get_task(
         .map_err(Problem::server)?
         .ok_or_else(|| Problem::not_found("task"))?;
     Ok(Json(record.into()))
+}
+
+/// The answer as text, or the problem of its absence.
+async fn serve_output(
+    state: &ApiState,
+    caller: &Caller<Viewer>,
+    task_id: TaskId,
+    of: intake::OutputOf,
+) -> Result<Response, Problem> {
+    match intake::output(&state.services, &caller.principal.tenant, task_id, of).await {
+        Ok(text) => {
+            Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+        }
+        Err(intake::OutputError::TaskNotFound) => Err(Problem::not_found("task")),
+        Err(intake::OutputError::NoOutput) => Err(Problem::not_found("output")),
+        Err(intake::OutputError::Store(e)) => Err(Problem::server(e)),
+        Err(intake::OutputError::Blob(e)) => Err(Problem::unavailable(&e)),
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}/output",
+    tag = "tasks",
+    params(("id" = TaskId, Path, description = "The task id; one that cannot exist is 404")),
+    responses(
+        (status = 200, description = "The task's combined answer in full, inline or claim-checked", body = String, content_type = "text/plain; charset=utf-8"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the viewer role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task in the caller's tenant, or no answer (yet)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant, stage = "intake", task_id))]
+pub(crate) async fn get_task_output(
+    State(state): State<ApiState>,
+    caller: Caller<Viewer>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, Problem> {
+    let id = parse_id(path)?;
+    tracing::Span::current().record("task_id", tracing::field::display(id));
+    serve_output(&state, &caller, id, intake::OutputOf::Task).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}/calls/{call_id}/output",
+    tag = "tasks",
+    params(
+        ("id" = TaskId, Path, description = "The task id; one that cannot exist is 404"),
+        ("call_id" = CallId, Path, description = "One of the task's calls; one that cannot exist is 404"),
+    ),
+    responses(
+        (status = 200, description = "The call's answer in full, inline or claim-checked", body = String, content_type = "text/plain; charset=utf-8"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the viewer role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task in the caller's tenant, no such call, or no answer", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant, stage = "intake", task_id, call_id))]
+pub(crate) async fn get_call_output(
+    State(state): State<ApiState>,
+    caller: Caller<Viewer>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, Problem> {
+    let Path((task, call)) = path.map_err(path_not_found("task"))?;
+    // Ids that cannot exist are as absent as ones that do not.
+    let task_id = TaskId::parse(&task).map_err(|_| Problem::not_found("task"))?;
+    let call_id = CallId::parse(&call).map_err(|_| Problem::not_found("output"))?;
+    let span = tracing::Span::current();
+    span.record("task_id", tracing::field::display(task_id));
+    span.record("call_id", tracing::field::display(call_id));
+    serve_output(&state, &caller, task_id, intake::OutputOf::Call(call_id)).await
 }
 
 #[utoipa::path(

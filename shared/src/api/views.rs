@@ -8,8 +8,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::{
-    Agent, AgentId, AggregateResult, CallError, CallId, CallResult, CallStatus, Constraints,
-    MockOptions, Pricing, Provider, Task, TaskError, TaskId, TaskStatus, TaskType, Usage, Usd,
+    Agent, AgentId, AggregateResult, AggregationStrategy, CallError, CallId, CallResult,
+    CallStatus, Constraints, MockOptions, Pricing, Provider, Task, TaskError, TaskId, TaskStatus,
+    TaskType, Usage, Usd,
 };
 use crate::ports::TaskRecord;
 
@@ -38,7 +39,7 @@ pub struct TaskView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     #[schema(required = true)]
-    pub result: Option<AggregateResult>,
+    pub result: Option<ResultView>,
     /// The agent calls made; left out of task lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calls: Option<Vec<CallView>>,
@@ -60,7 +61,7 @@ impl TaskView {
             task_type: task.spec.task_type,
             created_at: task.created_at,
             updated_at: task.updated_at,
-            result: task.result,
+            result: task.result.map(|r| ResultView::of(task.task_id, r)),
             calls: None,
             usage: task.usage,
             cost_usd: task.cost_usd,
@@ -72,7 +73,12 @@ impl TaskView {
 
 impl From<TaskRecord> for TaskView {
     fn from(record: TaskRecord) -> Self {
-        let calls = record.calls.into_iter().map(CallView::from).collect();
+        let task_id = record.task.task_id;
+        let calls = record
+            .calls
+            .into_iter()
+            .map(|c| CallView::of(task_id, c))
+            .collect();
         TaskView {
             calls: Some(calls),
             ..TaskView::summary(record.task)
@@ -80,7 +86,44 @@ impl From<TaskRecord> for TaskView {
     }
 }
 
-/// One call of one agent for the task.
+/// The combined answer of a finished task. An answer larger than the
+/// claim-check threshold (64 KiB by default) is not inline: `output` is null,
+/// and `output_url` serves it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResultView {
+    pub strategy: AggregationStrategy,
+    #[schema(required = true)]
+    pub output: Option<String>,
+    /// The answer's size in bytes, when it is served at `output_url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
+    /// `/v1/tasks/{id}/output`, when the answer is not inline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_url: Option<String>,
+    pub confidence: f64,
+    /// The answers the result was made from, each with its call; a large one
+    /// has a null `output` and its `output_bytes` (its call serves it).
+    pub candidates: Vec<serde_json::Value>,
+    pub conflicts: Vec<serde_json::Value>,
+}
+
+impl ResultView {
+    fn of(task_id: TaskId, result: AggregateResult) -> Self {
+        let stored = result.output_ref.map(|r| r.bytes);
+        ResultView {
+            strategy: result.strategy,
+            output: stored.is_none().then_some(result.output),
+            output_bytes: stored,
+            output_url: stored.map(|_| format!("/v1/tasks/{task_id}/output")),
+            confidence: result.confidence,
+            candidates: result.candidates,
+            conflicts: result.conflicts,
+        }
+    }
+}
+
+/// One call of one agent for the task. An answer larger than the claim-check
+/// threshold is not inline: `output` is null, and `output_url` serves it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CallView {
     pub call_id: CallId,
@@ -90,6 +133,12 @@ pub struct CallView {
     pub status: CallStatus,
     #[schema(required = true)]
     pub output: Option<String>,
+    /// The answer's size in bytes, when it is served at `output_url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
+    /// `/v1/tasks/{id}/calls/{call_id}/output`, when the answer is not inline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_url: Option<String>,
     pub usage: Usage,
     /// US dollars; null when the agent has no prices.
     #[schema(required = true)]
@@ -103,9 +152,13 @@ pub struct CallView {
     pub finished_at: DateTime<Utc>,
 }
 
-impl From<CallResult> for CallView {
-    fn from(call: CallResult) -> Self {
+impl CallView {
+    fn of(task_id: TaskId, call: CallResult) -> Self {
+        let stored = call.output_ref.map(|r| r.bytes);
         CallView {
+            output_bytes: stored,
+            output_url: stored
+                .map(|_| format!("/v1/tasks/{task_id}/calls/{}/output", call.call_id)),
             call_id: call.call_id,
             agent_id: call.agent_id,
             provider: call.provider,

@@ -56,18 +56,28 @@ pub(crate) async fn read(
     task: &Task,
     reference: &BlobRef,
 ) -> Result<String, BlobError> {
+    read_if_kept(svc, task, reference)
+        .await?
+        .ok_or_else(|| BlobError::Backend(format!("blob {} is missing", reference.key)))
+}
+
+/// A claim-checked output, or `None` once the bucket's lifecycle expired it.
+pub(crate) async fn read_if_kept(
+    svc: &Services,
+    task: &Task,
+    reference: &BlobRef,
+) -> Result<Option<String>, BlobError> {
     let key = BlobKey::stored(&task.tenant, &reference.key).ok_or_else(|| {
         BlobError::Backend(format!(
             "blob {} does not belong to the task's tenant",
             reference.key
         ))
     })?;
-    let body = svc
-        .blobs
-        .get(&key)
-        .await?
-        .ok_or_else(|| BlobError::Backend(format!("blob {} is missing", reference.key)))?;
+    let Some(body) = svc.blobs.get(&key).await? else {
+        return Ok(None);
+    };
     String::from_utf8(body)
+        .map(Some)
         .map_err(|_| BlobError::Backend(format!("blob {} is not UTF-8", reference.key)))
 }
 

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use crate::domain::{
-    Agent, AgentId, AgentRequest, AgentSpec, AgentSpecError, AggregationStrategy, IdempotencyKey,
-    MessageKind, Principal, RequestError, RoutingStrategy, Task, TaskError, TaskId, TaskPatch,
-    TaskRequest, TaskStatus, TenantId,
+    Agent, AgentId, AgentRequest, AgentSpec, AgentSpecError, AggregationStrategy, CallId,
+    IdempotencyKey, MessageKind, Principal, RequestError, RoutingStrategy, Task, TaskError, TaskId,
+    TaskPatch, TaskRequest, TaskStatus, TenantId,
 };
 use crate::ports::{Expect, Page, QueueError, QueueName, StoreError, TaskRecord};
 
@@ -184,6 +184,61 @@ pub async fn wait(
         }
         let _ = tokio::time::timeout(poll.min(remaining), notified).await;
         poll = (poll * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// Whose answer: the task's combined one, or one call's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputOf {
+    Task,
+    Call(CallId),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("no such task")]
+    TaskNotFound,
+    /// No such call, no answer (yet), or an answer the blob store expired.
+    #[error("no such output")]
+    NoOutput,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Blob(#[from] crate::ports::BlobError),
+}
+
+/// An answer in full, from its item or from the blob store (the claim
+/// check), within the tenant.
+pub async fn output(
+    svc: &Services,
+    tenant: &TenantId,
+    task_id: TaskId,
+    of: OutputOf,
+) -> Result<String, OutputError> {
+    let record = svc
+        .tasks
+        .get_with_calls(tenant, task_id)
+        .await?
+        .ok_or(OutputError::TaskNotFound)?;
+    let (inline, reference) = match of {
+        OutputOf::Task => {
+            let result = record.task.result.clone().ok_or(OutputError::NoOutput)?;
+            (Some(result.output), result.output_ref)
+        }
+        OutputOf::Call(call_id) => {
+            let call = record
+                .calls
+                .into_iter()
+                .find(|c| c.call_id == call_id)
+                .ok_or(OutputError::NoOutput)?;
+            (call.output, call.output_ref)
+        }
+    };
+    match reference {
+        Some(reference) => super::claim_check::read_if_kept(svc, &record.task, &reference)
+            .await?
+            .ok_or(OutputError::NoOutput),
+        None => inline.ok_or(OutputError::NoOutput),
     }
 }
 
