@@ -350,6 +350,7 @@ fn cost_sums_are_exact_for_a_thousand_calls_of_odd_token_counts() {
             input_tokens: 2 * i + 1,
             output_tokens: 3 * i + 7,
             cached_input_tokens: i % 3,
+            cache_write_input_tokens: 0,
         };
         let call_id = CallId::new();
         task.plan.push(PlannedCall {

@@ -100,7 +100,10 @@ async fn a_single_agent_task_completes(b: Backend) {
     assert_eq!(calls[0]["status"], "succeeded");
     assert!(task["usage"]["input_tokens"].as_u64().unwrap() > 0);
     assert_eq!(task["usage"], calls[0]["usage"]);
-    assert!(calls[0].get("output_url").is_none(), "a small answer is inline: {task}");
+    assert!(
+        calls[0].get("output_url").is_none(),
+        "a small answer is inline: {task}"
+    );
     let served = p
         .http
         .get(format!(
@@ -326,9 +329,16 @@ async fn a_mebibyte_answer_completes_through_the_claim_check(b: Backend) {
     let call = &task["calls"][0];
     assert!(call["output"].is_null(), "{name}: {call}");
     assert_eq!(call["output_bytes"], 1_048_576);
-    let call_url = format!("/v1/tasks/{id}/calls/{}/output", call["call_id"].as_str().unwrap());
+    let call_url = format!(
+        "/v1/tasks/{id}/calls/{}/output",
+        call["call_id"].as_str().unwrap()
+    );
     assert_eq!(call["output_url"], call_url.as_str());
-    assert!(task["result"]["output"].is_null(), "{name}: {}", task["result"]);
+    assert!(
+        task["result"]["output"].is_null(),
+        "{name}: {}",
+        task["result"]
+    );
     let task_url = format!("/v1/tasks/{id}/output");
     assert_eq!(task["result"]["output_url"], task_url.as_str());
     let viewer = p.token("acme", &[maof::domain::Role::Viewer]);

@@ -800,10 +800,12 @@ async fn prices_are_taken_as_numbers_or_strings_and_given_back_as_strings() {
         }))
         .unwrap()
     };
-    let numbers =
-        json!({"input_per_mtok": 0.15, "output_per_mtok": 0.6, "cached_input_per_mtok": 0.075});
-    let strings = json!({"input_per_mtok": "0.15", "output_per_mtok": "0.60", "cached_input_per_mtok": "0.075"});
-    let expected = json!({"input_per_mtok": "0.15", "output_per_mtok": "0.6", "cached_input_per_mtok": "0.075"});
+    let numbers = json!({"input_per_mtok": 0.15, "output_per_mtok": 0.6, "cached_input_per_mtok": 0.075,
+        "cache_write_per_mtok": 0.1875});
+    let strings = json!({"input_per_mtok": "0.15", "output_per_mtok": "0.60", "cached_input_per_mtok": "0.075",
+        "cache_write_per_mtok": "0.1875"});
+    let expected = json!({"input_per_mtok": "0.15", "output_per_mtok": "0.6", "cached_input_per_mtok": "0.075",
+        "cache_write_per_mtok": "0.1875"});
     for (id, pricing) in [("by-number", numbers), ("by-string", strings)] {
         let uri = format!("/v1/agents/{id}");
         let reply = h
@@ -875,6 +877,7 @@ async fn money_in_a_task_is_a_decimal_string_not_a_float() {
             input_tokens: 59,
             output_tokens: 0,
             cached_input_tokens: 0,
+            cache_write_input_tokens: 0,
         },
         cost_usd: Some(cost),
         latency_ms: 1,

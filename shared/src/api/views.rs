@@ -191,6 +191,8 @@ pub struct PricingView {
     pub output_per_mtok: Usd,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cached_input_per_mtok: Option<Usd>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_mtok: Option<Usd>,
 }
 
 impl From<Pricing> for PricingView {
@@ -199,6 +201,7 @@ impl From<Pricing> for PricingView {
             input_per_mtok: p.input_per_mtok,
             output_per_mtok: p.output_per_mtok,
             cached_input_per_mtok: p.cached_input_per_mtok,
+            cache_write_per_mtok: p.cache_write_per_mtok,
         }
     }
 }

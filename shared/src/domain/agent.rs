@@ -41,19 +41,34 @@ pub struct Pricing {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(schema_with = money::nullable_amount_in)]
     pub cached_input_per_mtok: Option<Usd>,
+    /// The price of input tokens written to the provider's prompt cache
+    /// (Anthropic bills them apart, 1.25× input for a 5-minute cache);
+    /// without it they cost `input_per_mtok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = money::nullable_amount_in)]
+    pub cache_write_per_mtok: Option<Usd>,
 }
 
 impl Pricing {
-    /// The exact cost of a call's usage. Cached input tokens are part of the
-    /// input count and billed at the cached price when the agent has one.
+    /// The exact cost of a call's usage. Cached input tokens and cache
+    /// writes are part of the input count, and billed at their own prices
+    /// when the agent has them.
     pub fn cost(&self, usage: &Usage) -> Usd {
         let cached = usage.cached_input_tokens.min(usage.input_tokens);
-        let (fresh, cached_price) = match self.cached_input_per_mtok {
-            Some(price) => (usage.input_tokens - cached, Some(price)),
-            None => (usage.input_tokens, None),
-        };
-        Usd::for_tokens(fresh, self.input_per_mtok)
-            + cached_price.map_or(Usd::ZERO, |p| Usd::for_tokens(cached, p))
+        let written = usage
+            .cache_write_input_tokens
+            .min(usage.input_tokens - cached);
+        let mut fresh = usage.input_tokens;
+        let mut cost = Usd::ZERO;
+        if let Some(price) = self.cached_input_per_mtok {
+            fresh -= cached;
+            cost = cost + Usd::for_tokens(cached, price);
+        }
+        if let Some(price) = self.cache_write_per_mtok {
+            fresh -= written;
+            cost = cost + Usd::for_tokens(written, price);
+        }
+        cost + Usd::for_tokens(fresh, self.input_per_mtok)
             + Usd::for_tokens(usage.output_tokens, self.output_per_mtok)
     }
 }
@@ -411,6 +426,7 @@ mod tests {
             input_tokens: 12,
             output_tokens: 30,
             cached_input_tokens: 0,
+            cache_write_input_tokens: 0,
         };
         assert_eq!(p.cost(&usage), Usd::parse("0.0000198").unwrap());
     }
@@ -446,8 +462,39 @@ mod tests {
             input_tokens: 1_000_000,
             output_tokens: 0,
             cached_input_tokens: 1_000_000,
+            cache_write_input_tokens: 0,
         };
         assert_eq!(p.cost(&usage), Usd::parse("0.075").unwrap());
+    }
+
+    #[test]
+    fn cache_writes_use_their_own_price_when_there_is_one() {
+        // Claude Sonnet: $3 input, $15 output, $0.30 cache reads, $3.75 cache writes.
+        let priced = parse(
+            json!({"pricing": {"input_per_mtok": "3", "output_per_mtok": "15",
+            "cached_input_per_mtok": "0.30", "cache_write_per_mtok": "3.75"}}),
+        )
+        .unwrap()
+        .pricing
+        .unwrap();
+        // 2,150 input tokens: 2,000 read from the cache, 100 written to it, 50 fresh.
+        let usage = Usage {
+            input_tokens: 2_150,
+            output_tokens: 12,
+            cached_input_tokens: 2_000,
+            cache_write_input_tokens: 100,
+        };
+        // 50 × 3 + 2000 × 0.30 + 100 × 3.75 + 12 × 15, per million.
+        assert_eq!(priced.cost(&usage), Usd::parse("0.001305").unwrap());
+        // Without a cache-write price, writes cost plain input.
+        let plain = parse(
+            json!({"pricing": {"input_per_mtok": "3", "output_per_mtok": "15",
+            "cached_input_per_mtok": "0.30"}}),
+        )
+        .unwrap()
+        .pricing
+        .unwrap();
+        assert_eq!(plain.cost(&usage), Usd::parse("0.00123").unwrap());
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub struct Usage {
     /// Part of `input_tokens` that the provider served from its prompt cache.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cached_input_tokens: u64,
+    /// Part of `input_tokens` that the provider wrote to its prompt cache.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_input_tokens: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -27,6 +30,7 @@ impl std::ops::Add for Usage {
             input_tokens: self.input_tokens + rhs.input_tokens,
             output_tokens: self.output_tokens + rhs.output_tokens,
             cached_input_tokens: self.cached_input_tokens + rhs.cached_input_tokens,
+            cache_write_input_tokens: self.cache_write_input_tokens + rhs.cache_write_input_tokens,
         }
     }
 }

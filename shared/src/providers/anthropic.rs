@@ -6,8 +6,9 @@
 //! writes (`cache_creation_input_tokens`) are reported apart. The normalized
 //! [`Usage`] counts every input token in `input_tokens` (so that
 //! `cached_input_tokens <= input_tokens`, as [`Usage`] promises) and puts the
-//! cache reads in `cached_input_tokens`. Cache writes are billed at the plain
-//! input price: `Pricing` has no separate cache-write price.
+//! cache reads in `cached_input_tokens` and the cache writes in
+//! `cache_write_input_tokens`, each billed at its own price when the agent's
+//! `pricing` has one (`cached_input_per_mtok`, `cache_write_per_mtok`).
 
 use std::time::Duration;
 
@@ -156,10 +157,12 @@ struct WireUsage {
 impl From<WireUsage> for Usage {
     fn from(u: WireUsage) -> Usage {
         let cached = u.cache_read_input_tokens.unwrap_or(0);
+        let written = u.cache_creation_input_tokens.unwrap_or(0);
         Usage {
-            input_tokens: u.input_tokens + cached + u.cache_creation_input_tokens.unwrap_or(0),
+            input_tokens: u.input_tokens + cached + written,
             output_tokens: u.output_tokens,
             cached_input_tokens: cached,
+            cache_write_input_tokens: written,
         }
     }
 }

@@ -221,12 +221,12 @@ fn parse_output(agent: &Agent, output: ConverseOutput) -> Result<ChatResponse, P
         .collect::<String>();
     let usage = output.usage().map_or_else(Usage::default, |u| {
         let cached = u.cache_read_input_tokens().map_or(0, tokens);
+        let written = u.cache_write_input_tokens().map_or(0, tokens);
         Usage {
-            input_tokens: tokens(u.input_tokens())
-                + cached
-                + u.cache_write_input_tokens().map_or(0, tokens),
+            input_tokens: tokens(u.input_tokens()) + cached + written,
             output_tokens: tokens(u.output_tokens()),
             cached_input_tokens: cached,
+            cache_write_input_tokens: written,
         }
     });
     Ok(ChatResponse {

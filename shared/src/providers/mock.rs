@@ -82,6 +82,7 @@ impl ProviderClient for MockProvider {
                 // The output is ASCII: bytes are chars.
                 output_tokens: (output.len() as u64).div_ceil(4),
                 cached_input_tokens: 0,
+                cache_write_input_tokens: 0,
             },
             output,
             finish_reason: Some("stop".into()),

@@ -194,6 +194,8 @@ fn parse_success(
             .and_then(|d| d.cached_tokens)
             .or(u.prompt_cache_hit_tokens)
             .unwrap_or(0),
+        // OpenAI-compatible servers do not bill cache writes apart.
+        cache_write_input_tokens: 0,
     });
     Ok(ChatResponse {
         output: choice.message.content.unwrap_or_default(),

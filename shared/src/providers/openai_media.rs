@@ -315,6 +315,7 @@ impl From<TokenUsage> for Usage {
             input_tokens: u.input_tokens,
             output_tokens: u.output_tokens,
             cached_input_tokens: 0,
+            cache_write_input_tokens: 0,
         }
     }
 }

@@ -125,6 +125,7 @@ async fn sends_the_converse_request_signed_with_sigv4() {
                 input_tokens: 1130,
                 output_tokens: 5,
                 cached_input_tokens: 1000,
+                cache_write_input_tokens: 100,
             },
             request_id: Some("6c4b1b9e-0d3a-4b4e-9a55-6f1a1b6d1e01".into()),
         }
@@ -171,7 +172,8 @@ async fn omits_absent_fields_and_reuses_the_client() {
         Usage {
             input_tokens: 3,
             output_tokens: 9,
-            cached_input_tokens: 0
+            cached_input_tokens: 0,
+            cache_write_input_tokens: 0,
         }
     );
     // One SDK client per endpoint, built once.

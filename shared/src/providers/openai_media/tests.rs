@@ -178,7 +178,8 @@ async fn inline_images_become_data_urls_with_token_usage() {
         Usage {
             input_tokens: 50,
             output_tokens: 4160,
-            cached_input_tokens: 0
+            cached_input_tokens: 0,
+            cache_write_input_tokens: 0,
         }
     );
 }
@@ -395,7 +396,8 @@ async fn downloads_an_audio_url_and_names_the_file_by_its_type() {
         Usage {
             input_tokens: 14,
             output_tokens: 45,
-            cached_input_tokens: 0
+            cached_input_tokens: 0,
+            cache_write_input_tokens: 0,
         }
     );
     // A generic content type: the URL's extension names the format.
