@@ -486,7 +486,7 @@ EXPECTED_ALLOW = {
     ),
     "RouteRole": grants(
         *common("RouteLogs"),
-        ({GET, UPDATE}, CONTEXT),
+        ({GET, UPDATE, QUERY}, CONTEXT),
         (SCAN, REGISTRY),
         (CONSUME, {"GetAtt(RouteQueue.Arn)", "GetAtt(RouteDlq.Arn)"}),
         ("sqs:SendMessage", "GetAtt(AgentCallQueue.Arn)"),
@@ -581,6 +581,7 @@ TASK_STORE_ACTIONS = {
     "lease_call": {(PUT, CONTEXT), (GET, CONTEXT)},  # get when moto returns no old item
     "put_call": {(PUT, CONTEXT), (GET, CONTEXT)},  # likewise
     "record_call": {(UPDATE, CONTEXT)},
+    "add_late_calls": {(UPDATE, CONTEXT), (GET, CONTEXT)},  # get when the task changed
     "list": {(QUERY, CONTEXT_INDEX)},
 }
 REGISTRY_ACTIONS = {

@@ -158,6 +158,10 @@ impl TaskStore for FailingRecordCalls {
         self.inner.record_call(tenant, task_id, result).await
     }
 
+    async fn add_late_calls(&self, seen: &Task, calls: &[CallResult]) -> Result<(), StoreError> {
+        self.inner.add_late_calls(seen, calls).await
+    }
+
     async fn list(
         &self,
         tenant: &TenantId,

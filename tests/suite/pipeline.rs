@@ -538,6 +538,65 @@ async fn a_task_that_times_out_carries_the_cost_of_the_calls_it_made(b: Backend)
     p.stop().await;
 }
 
+async fn a_task_cancelled_mid_call_owes_what_its_calls_cost_when_they_land(b: Backend) {
+    let name = b.name;
+    let p = Pipeline::start(b, Faults::default()).await;
+    let token = p.submitter("acme");
+    // Two calls of 0.4 s and 2.5 s; the task is cancelled while they run.
+    let body = json!({"task_type": "text", "content": "cancel me", "timeout_ms": 20000,
+        "routing": {"fanout": 2, "agents": ["mock-slow", "mock-slower"]}});
+    let (_, task) = submit(&p, &token, body, "").await;
+    let id = task["task_id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while get_task(&p, &token, &id).await.1["status"] != "running" {
+        assert!(tokio::time::Instant::now() < deadline, "{name}: never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cancelled = p
+        .http
+        .post(format!("{}/v1/tasks/{id}/cancel", p.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), 200, "{name}");
+    // Both calls land (or are recorded as not made) after the cancel.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, task) = get_task(&p, &token, &id).await;
+        if task["calls_pending"] == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{name}: {task}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The fan-in's hand-off to aggregate adds the late calls.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, task) = get_task(&p, &token, &id).await;
+    assert_eq!(
+        task["status"], "cancelled",
+        "{name}: the status never changes: {task}"
+    );
+    let calls = task["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 2, "{name}: {task}");
+    let input: u64 = calls
+        .iter()
+        .map(|c| c["usage"]["input_tokens"].as_u64().unwrap())
+        .sum();
+    assert!(input > 0, "{name}: at least one call was paid for: {task}");
+    assert_eq!(
+        task["usage"]["input_tokens"].as_u64(),
+        Some(input),
+        "{name}: {task}"
+    );
+    let cost: f64 = calls.iter().map(|c| dollars(&c["cost_usd"])).sum();
+    assert!(
+        (dollars(&task["cost_usd"]) - cost).abs() < 1e-12,
+        "{name}: the cancelled task owes what its calls cost: {task}"
+    );
+    p.stop().await;
+}
+
 async fn queues_are_empty_after_tasks_finish(b: Backend) {
     let p = Pipeline::start(b, Faults::default()).await;
     let token = p.submitter("acme");
@@ -580,5 +639,6 @@ on_both_backends!(
     a_task_no_agent_can_serve_fails_at_once_with_the_reason,
     a_task_past_its_timeout_fails_as_timed_out,
     a_task_that_times_out_carries_the_cost_of_the_calls_it_made,
+    a_task_cancelled_mid_call_owes_what_its_calls_cost_when_they_land,
     queues_are_empty_after_tasks_finish,
 );

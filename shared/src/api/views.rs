@@ -43,6 +43,11 @@ pub struct TaskView {
     /// The agent calls made; left out of task lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calls: Option<Vec<CallView>>,
+    /// Planned calls with no result yet. On an ended task (cancelled, timed
+    /// out) these are calls still under way: their usage and cost are added
+    /// to the task's when they land. Left out of task lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls_pending: Option<u32>,
     pub usage: Usage,
     /// US dollars; null when an agent has no prices (unknown, not free).
     #[schema(required = true)]
@@ -63,6 +68,7 @@ impl TaskView {
             updated_at: task.updated_at,
             result: task.result.map(|r| ResultView::of(task.task_id, r)),
             calls: None,
+            calls_pending: None,
             usage: task.usage,
             cost_usd: task.cost_usd,
             error: task.error,
@@ -74,6 +80,12 @@ impl TaskView {
 impl From<TaskRecord> for TaskView {
     fn from(record: TaskRecord) -> Self {
         let task_id = record.task.task_id;
+        let pending = record
+            .task
+            .plan
+            .iter()
+            .filter(|p| !record.calls.iter().any(|c| c.call_id == p.call_id))
+            .count() as u32;
         let calls = record
             .calls
             .into_iter()
@@ -81,6 +93,7 @@ impl From<TaskRecord> for TaskView {
             .collect();
         TaskView {
             calls: Some(calls),
+            calls_pending: Some(pending),
             ..TaskView::summary(record.task)
         }
     }

@@ -32,6 +32,7 @@ pub fn combine(task: &Task, calls: &[CallResult]) -> (TaskStatus, TaskPatch) {
     let mut patch = TaskPatch {
         usage: Some(usage),
         cost_usd: cost,
+        counted_calls: Some(calls.iter().map(|c| c.call_id).collect()),
         ..TaskPatch::default()
     };
     if succeeded.is_empty() {

@@ -1,7 +1,7 @@
 //! Tasks: the request as a client sends it, the validated spec it parses into,
 //! and the status state machine every stage moves it through.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -471,6 +471,10 @@ pub struct Task {
     pub usage: Usage,
     #[serde(default)]
     pub cost_usd: Option<Usd>,
+    /// The calls whose usage and cost `usage` and `cost_usd` include; a call
+    /// that lands after the task ended is added once, by its id.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub counted_calls: BTreeSet<CallId>,
     #[serde(default)]
     pub error: Option<TaskError>,
 }
@@ -497,8 +501,39 @@ impl Task {
             result: None,
             usage: Usage::default(),
             cost_usd: None,
+            counted_calls: BTreeSet::new(),
             error: None,
         }
+    }
+
+    /// What an ended task owes once `calls` that landed after it ended are
+    /// counted: its usage, its cost (unknown if any call's is) and the calls
+    /// it counts. `None` when the task has not ended, or counts them all.
+    pub fn with_late_calls(
+        &self,
+        calls: &[super::call::CallResult],
+    ) -> Option<(Usage, Option<Usd>, BTreeSet<CallId>)> {
+        if !self.status.is_terminal() {
+            return None;
+        }
+        let late: Vec<_> = calls
+            .iter()
+            .filter(|c| !self.counted_calls.contains(&c.call_id))
+            .collect();
+        if late.is_empty() {
+            return None;
+        }
+        let usage = late.iter().fold(self.usage, |sum, c| sum + c.usage);
+        // A task that counted no call owes nothing yet, whatever its cost says.
+        let before = if self.counted_calls.is_empty() {
+            Some(Usd::ZERO)
+        } else {
+            self.cost_usd
+        };
+        let cost = late.iter().fold(before, |sum, c| Some(sum? + c.cost_usd?));
+        let mut counted = self.counted_calls.clone();
+        counted.extend(late.iter().map(|c| c.call_id));
+        Some((usage, cost, counted))
     }
 
     /// When the task must have finished; past it, whatever stage holds it fails it.
@@ -535,6 +570,7 @@ pub struct TaskPatch {
     pub result: Option<AggregateResult>,
     pub usage: Option<Usage>,
     pub cost_usd: Option<Usd>,
+    pub counted_calls: Option<BTreeSet<CallId>>,
     pub error: Option<TaskError>,
 }
 
@@ -554,6 +590,9 @@ impl TaskPatch {
         }
         if let Some(cost) = self.cost_usd {
             task.cost_usd = Some(cost);
+        }
+        if let Some(counted) = self.counted_calls {
+            task.counted_calls = counted;
         }
         if let Some(error) = self.error {
             task.error = Some(error);

@@ -118,6 +118,12 @@ pub trait TaskStore: Send + Sync {
         result: &CallResult,
     ) -> Result<FanIn, StoreError>;
 
+    /// Adds to an ended task's usage and cost those of `calls` that it does
+    /// not count yet (calls that landed after it ended), each once; never
+    /// changes its status. `seen` is the task as the caller last read it; a
+    /// store that finds it changed reads it again.
+    async fn add_late_calls(&self, seen: &Task, calls: &[CallResult]) -> Result<(), StoreError>;
+
     /// A tenant's tasks, newest first. `cursor` is a previous page's `next`.
     async fn list(
         &self,

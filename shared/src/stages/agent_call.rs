@@ -20,7 +20,7 @@ use crate::domain::{
 use crate::ports::{BlobError, FanIn, QueueName, SecretError, SecretSource, StoreError};
 use crate::providers::{ChatRequest, ChatResponse, Message, ProviderClient, ProviderError, Role};
 
-use super::{Services, StageError, aggregate, claim_check, fail_task};
+use super::{Ended, Services, StageError, aggregate, claim_check, end_task, fail_task};
 
 /// How long a lease outlives the attempt it covers: time to write the result.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
@@ -50,11 +50,23 @@ pub async fn handle(
         return Ok(());
     };
     let task = record.task;
+    // A redelivery after the result was written: do not call (and pay) again.
+    let stored = record.calls.into_iter().find(|c| c.call_id == call_id);
     if task.status.is_terminal() {
+        if stored.is_none() {
+            // The task ended before this call was made: record it as not
+            // made, so that the fan-in completes and no call shows pending.
+            let not_made = CallRecord::start(call_id, &agent_id).failed(
+                None,
+                ErrorClass::Unavailable,
+                "the task had ended; the call was not made",
+                svc.clock.now(),
+            );
+            return conclude(svc, envelope, &task, not_made).await;
+        }
         return Ok(());
     }
-    // A redelivery after the result was written: do not call (and pay) again.
-    if let Some(result) = record.calls.into_iter().find(|c| c.call_id == call_id) {
+    if let Some(result) = stored {
         return conclude(svc, envelope, &task, result).await;
     }
     if svc.clock.now() > task.deadline() {
@@ -111,16 +123,24 @@ pub(crate) async fn conclude(
     result: CallResult,
 ) -> Result<(), StageError> {
     let result = persist(|| claim_check::offload_call(svc, task, result.clone())).await?;
-    if svc.clock.now() > task.deadline() {
-        // Too late to count: keep the call for the record, fail the task.
-        persist(|| svc.tasks.put_call(&task.tenant, task.task_id, &result)).await?;
-        return fail_task(svc, task, timed_out()).await;
-    }
-    if task.expected_calls == Some(1) {
-        // The only call: finish the task here, rather than pay for a fan-in
-        // count and another hop.
+    if task.expected_calls == Some(1) || svc.clock.now() > task.deadline() {
+        // The only call, or one too late to count: finish the task here
+        // (rather than pay for a fan-in count and another hop), from the
+        // result as stored.
         let stored = persist(|| svc.tasks.put_call(&task.tenant, task.task_id, &result)).await?;
-        return aggregate::finish(svc, task, std::slice::from_ref(&stored)).await;
+        let ended = if svc.clock.now() > task.deadline() {
+            end_task(svc, task, timed_out()).await?
+        } else {
+            aggregate::finish(svc, task, std::slice::from_ref(&stored)).await?
+        };
+        if ended == Ended::Before {
+            // It ended while this call ran (cancelled, or timed out by
+            // another call): what this call cost is still owed.
+            svc.tasks
+                .add_late_calls(task, std::slice::from_ref(&stored))
+                .await?;
+        }
+        return Ok(());
     }
     match persist(|| svc.tasks.record_call(&task.tenant, task.task_id, &result)).await? {
         FanIn::Won | FanIn::AlreadyComplete => {

@@ -4,7 +4,7 @@ use crate::domain::aggregation::combine;
 use crate::domain::{CallResult, Envelope, Task};
 use crate::ports::StoreError;
 
-use super::{Services, StageError, claim_check};
+use super::{Ended, Services, StageError, claim_check};
 
 #[tracing::instrument(skip_all, fields(stage = "aggregate", tenant = %envelope.tenant, task_id = %envelope.task_id))]
 pub async fn handle(svc: &Services, envelope: &Envelope) -> Result<(), StageError> {
@@ -17,10 +17,14 @@ pub async fn handle(svc: &Services, envelope: &Envelope) -> Result<(), StageErro
         return Ok(());
     };
     if record.task.status.is_terminal() {
-        // A duplicate: the task is already finished.
+        // A duplicate, or the fan-in of a task that ended before its calls
+        // did (cancelled, timed out): those calls are still owed.
+        svc.tasks
+            .add_late_calls(&record.task, &record.calls)
+            .await?;
         return Ok(());
     }
-    finish(svc, &record.task, &record.calls).await
+    finish(svc, &record.task, &record.calls).await.map(|_| ())
 }
 
 /// Writes the combined result. Conditional on the task being unfinished, so
@@ -29,7 +33,7 @@ pub(crate) async fn finish(
     svc: &Services,
     task: &Task,
     calls: &[CallResult],
-) -> Result<(), StageError> {
+) -> Result<Ended, StageError> {
     // Outputs kept in the blob store are read back to be combined, and a
     // combined output too large for the task's item goes there in turn.
     let calls = claim_check::hydrate(svc, task, calls).await?;
@@ -44,10 +48,10 @@ pub(crate) async fn finish(
     {
         Ok(finished) => {
             svc.finished(&finished).await;
-            Ok(())
+            Ok(Ended::Now)
         }
         // Finished meanwhile (a duplicate, a cancel or a timeout won).
-        Err(StoreError::Transition(_)) | Err(StoreError::NotFound) => Ok(()),
+        Err(StoreError::Transition(_)) | Err(StoreError::NotFound) => Ok(Ended::Before),
         Err(e) => Err(e.into()),
     }
 }

@@ -163,6 +163,7 @@ pub(crate) async fn spent(svc: &Services, task: &Task) -> Result<TaskPatch, Stor
     Ok(TaskPatch {
         usage: Some(usage),
         cost_usd: cost,
+        counted_calls: Some(calls.iter().map(|c| c.call_id).collect()),
         ..TaskPatch::default()
     })
 }
@@ -185,6 +186,13 @@ pub enum StageError {
     RetryLater { after: Duration, reason: String },
 }
 
+/// Whether a write that ends a task ended it, or found it ended before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Now,
+    Before,
+}
+
 /// Ends an unfinished task as failed with `error`, with the usage and cost
 /// of the calls it made. A task that finished meanwhile keeps its outcome.
 pub(crate) async fn fail_task(
@@ -192,6 +200,15 @@ pub(crate) async fn fail_task(
     task: &Task,
     error: TaskError,
 ) -> Result<(), StageError> {
+    end_task(svc, task, error).await.map(|_| ())
+}
+
+/// `fail_task`, saying whether this write ended the task.
+pub(crate) async fn end_task(
+    svc: &Services,
+    task: &Task,
+    error: TaskError,
+) -> Result<Ended, StageError> {
     tracing::info!(code = %error.code, reason = %error.message, "task failed");
     let patch = TaskPatch {
         error: Some(error),
@@ -210,9 +227,9 @@ pub(crate) async fn fail_task(
     {
         Ok(failed) => {
             svc.finished(&failed).await;
-            Ok(())
+            Ok(Ended::Now)
         }
-        Err(StoreError::Transition(_)) | Err(StoreError::NotFound) => Ok(()),
+        Err(StoreError::Transition(_)) | Err(StoreError::NotFound) => Ok(Ended::Before),
         Err(e) => Err(e.into()),
     }
 }

@@ -722,7 +722,68 @@ async fn a_list_page_stops_at_1_mb_and_pagination_still_sees_every_task(b: Backe
     assert_eq!(seen, created, "{}: every task once, newest first", b.name);
 }
 
+async fn calls_that_land_after_the_task_ended_are_added_once(b: Backend) {
+    let task = new_task("acme", None);
+    b.tasks.create(&task).await.unwrap();
+    let calls = running_with_calls(b.tasks.as_ref(), &task, 3).await;
+    let (t, id) = (&task.tenant, task.task_id);
+    let first = call_result(calls[0], "first");
+    // Cancelled with one call counted.
+    let patch = TaskPatch {
+        usage: Some(first.usage),
+        cost_usd: first.cost_usd,
+        counted_calls: Some([calls[0]].into()),
+        ..TaskPatch::default()
+    };
+    let ended = b
+        .tasks
+        .transition(t, id, TaskStatus::Cancelled, patch, Utc::now())
+        .await
+        .unwrap();
+    let late = call_result(calls[1], "late");
+    // Given the task as read before it ended, or after: the same outcome.
+    b.tasks
+        .add_late_calls(&task, &[first.clone(), late.clone()])
+        .await
+        .unwrap();
+    b.tasks
+        .add_late_calls(&ended, std::slice::from_ref(&late))
+        .await
+        .unwrap();
+    let now = b.tasks.get(t, id).await.unwrap().unwrap();
+    assert_eq!(now.status, TaskStatus::Cancelled, "{}", b.name);
+    assert_eq!(
+        now.usage.input_tokens,
+        first.usage.input_tokens + late.usage.input_tokens,
+        "{}: the late call is added once",
+        b.name
+    );
+    assert_eq!(
+        now.cost_usd,
+        Some(first.cost_usd.unwrap() + late.cost_usd.unwrap()),
+        "{}",
+        b.name
+    );
+    // A late call of unknown cost makes the task's cost unknown, not smaller.
+    let mut unpriced = call_result(calls[2], "unpriced");
+    unpriced.cost_usd = None;
+    b.tasks.add_late_calls(&now, &[unpriced]).await.unwrap();
+    let now = b.tasks.get(t, id).await.unwrap().unwrap();
+    assert_eq!(now.cost_usd, None, "{}", b.name);
+    assert_eq!(now.counted_calls.len(), 3, "{}", b.name);
+    // An unfinished task is left alone.
+    let running = new_task("acme", None);
+    b.tasks.create(&running).await.unwrap();
+    b.tasks
+        .add_late_calls(&running, &[call_result(CallId::new(), "x")])
+        .await
+        .unwrap();
+    let untouched = b.tasks.get(t, running.task_id).await.unwrap().unwrap();
+    assert_eq!(untouched.usage, Usage::default(), "{}", b.name);
+}
+
 on_both_backends!(
+    calls_that_land_after_the_task_ended_are_added_once,
     an_item_over_400_kb_is_refused_and_changes_nothing,
     a_list_page_stops_at_1_mb_and_pagination_still_sees_every_task,
     a_call_lease_is_held_by_one_delivery_at_a_time,

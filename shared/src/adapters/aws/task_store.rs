@@ -302,7 +302,7 @@ impl TaskStore for DynamoTaskStore {
             .expression_attribute_values(":now", to_attribute_value(now).map_err(encode)?)
             .return_values(ReturnValue::AllNew);
         let mut sets = vec!["#status = :to".to_owned(), "#updated_at = :now".to_owned()];
-        let fields: [(&str, Option<AttributeValue>); 6] = [
+        let fields: [(&str, Option<AttributeValue>); 7] = [
             (
                 "plan",
                 patch
@@ -339,6 +339,15 @@ impl TaskStore for DynamoTaskStore {
                 "cost_usd",
                 patch
                     .cost_usd
+                    .map(to_attribute_value)
+                    .transpose()
+                    .map_err(encode)?,
+            ),
+            (
+                "counted_calls",
+                patch
+                    .counted_calls
+                    .filter(|set| !set.is_empty())
                     .map(to_attribute_value)
                     .transpose()
                     .map_err(encode)?,
@@ -540,6 +549,98 @@ impl TaskStore for DynamoTaskStore {
             done_before.map_or(0, |set| set.len() as u32),
             already_counted,
             expected,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant = %seen.tenant, task_id = %seen.task_id))]
+    async fn add_late_calls(&self, seen: &Task, calls: &[CallResult]) -> Result<(), StoreError> {
+        let mut task = seen.clone();
+        if !task.status.is_terminal() {
+            // Read before it ended: what it counts now is in the store.
+            match self.get(&seen.tenant, seen.task_id).await? {
+                Some(current) => task = current,
+                None => return Ok(()),
+            }
+        }
+        // Each try is conditional on the counted set the totals were computed
+        // from (it only grows), so concurrent late calls are each added once.
+        for _ in 0..5 {
+            let Some((usage, cost, counted)) = task.with_late_calls(calls) else {
+                return Ok(());
+            };
+            let terminal: Vec<TaskStatus> = TaskStatus::ALL
+                .into_iter()
+                .filter(|s| s.is_terminal())
+                .collect();
+            let mut update = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(Self::key(
+                    keys::task_pk(&task.tenant, task.task_id),
+                    keys::TASK_SK,
+                )))
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_names("#usage", "usage")
+                .expression_attribute_names("#counted", "counted_calls")
+                .expression_attribute_names("#cost", "cost_usd")
+                .expression_attribute_values(":usage", to_attribute_value(usage).map_err(encode)?)
+                .expression_attribute_values(
+                    ":counted",
+                    to_attribute_value(&counted).map_err(encode)?,
+                );
+            let mut placeholders = Vec::new();
+            for (i, status) in terminal.iter().enumerate() {
+                let name = format!(":end{i}");
+                update = update.expression_attribute_values(
+                    &name,
+                    to_attribute_value(status).map_err(encode)?,
+                );
+                placeholders.push(name);
+            }
+            let unchanged = if task.counted_calls.is_empty() {
+                "attribute_not_exists(#counted)".to_owned()
+            } else {
+                update = update.expression_attribute_values(
+                    ":n",
+                    AttributeValue::N(task.counted_calls.len().to_string()),
+                );
+                "size(#counted) = :n".to_owned()
+            };
+            let set = match cost {
+                Some(cost) => {
+                    update = update.expression_attribute_values(
+                        ":cost",
+                        to_attribute_value(cost).map_err(encode)?,
+                    );
+                    "SET #usage = :usage, #counted = :counted, #cost = :cost".to_owned()
+                }
+                None => "SET #usage = :usage, #counted = :counted REMOVE #cost".to_owned(),
+            };
+            let result = update
+                .update_expression(set)
+                .condition_expression(format!(
+                    "#status IN ({}) AND {unchanged}",
+                    placeholders.join(", ")
+                ))
+                .send()
+                .await;
+            match result {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+                {
+                    match self.get(&task.tenant, task.task_id).await? {
+                        Some(current) => task = current,
+                        None => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        Err(StoreError::Backend(
+            "late calls: the task kept changing; gave up after 5 tries".into(),
         ))
     }
 

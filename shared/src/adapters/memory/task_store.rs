@@ -258,6 +258,22 @@ impl TaskStore for MemoryTaskStore {
         ))
     }
 
+    async fn add_late_calls(&self, seen: &Task, calls: &[CallResult]) -> Result<(), StoreError> {
+        let mut state = lock(&self.state);
+        let Some(entry) = state.tasks.get_mut(&(seen.tenant.clone(), seen.task_id)) else {
+            return Ok(());
+        };
+        if let Some((usage, cost, counted)) = entry.task.with_late_calls(calls) {
+            let mut task = entry.task.clone();
+            task.usage = usage;
+            task.cost_usd = cost;
+            task.counted_calls = counted;
+            task_size(&task, entry.done.len())?;
+            entry.task = task;
+        }
+        Ok(())
+    }
+
     async fn list(
         &self,
         tenant: &TenantId,
