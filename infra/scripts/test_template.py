@@ -346,7 +346,8 @@ def test_tables_key_schema_billing_ttl_pitr_sse():
         attrs = {a["AttributeName"]: a["AttributeType"] for a in props["AttributeDefinitions"]}
         expected = {pk: "S", sk: "S"}
         if name == "ContextTable":
-            expected |= {gsi1pk: "S", gsi1sk: "S"}
+            sweep, shard, at = (keys[k] for k in ("SWEEP_INDEX", "SWEEP_SHARD", "SWEEP_AT"))
+            expected |= {gsi1pk: "S", gsi1sk: "S", shard: "S", at: "N"}
             assert props["GlobalSecondaryIndexes"] == [{
                 "IndexName": gsi1,
                 "KeySchema": [
@@ -354,6 +355,14 @@ def test_tables_key_schema_billing_ttl_pitr_sse():
                     {"AttributeName": gsi1sk, "KeyType": "RANGE"},
                 ],
                 "Projection": {"ProjectionType": "ALL"},
+            }, {
+                # The sweeper's sparse, sharded index: keys only.
+                "IndexName": sweep,
+                "KeySchema": [
+                    {"AttributeName": shard, "KeyType": "HASH"},
+                    {"AttributeName": at, "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
             }]
         else:
             assert "GlobalSecondaryIndexes" not in props

@@ -163,6 +163,9 @@ pub async fn measure(
         svc.clone(),
         RunnerConfig {
             wait: Duration::from_millis(100),
+            // The sweeper's passes (16 index queries a minute on AWS) are per
+            // deployment, not per task: none runs while tasks are counted.
+            sweep_every: Duration::from_secs(24 * 3600),
             ..RunnerConfig::default()
         },
     );

@@ -35,6 +35,8 @@ pub struct RunnerConfig {
     pub route_pollers: usize,
     pub agent_call_pollers: usize,
     pub aggregate_pollers: usize,
+    /// How often the sweeper runs (a scheduled Lambda runs it every minute).
+    pub sweep_every: Duration,
 }
 
 /// The visibility of a queue the template does not describe.
@@ -51,6 +53,7 @@ impl Default for RunnerConfig {
             route_pollers: 2,
             agent_call_pollers: 8,
             aggregate_pollers: 2,
+            sweep_every: Duration::from_secs(5),
         }
     }
 }
@@ -119,6 +122,11 @@ impl Runner {
                 )));
             }
         }
+        pollers.push(tokio::spawn(sweep(
+            svc.clone(),
+            config.sweep_every,
+            stopped.clone(),
+        )));
         Runner { stop, pollers }
     }
 
@@ -178,6 +186,27 @@ async fn poll(
                 // The message comes back and is handled again: harmless, as every stage is idempotent.
                 tracing::warn!(queue = queue.as_str(), error = %e, "delete failed");
             }
+        }
+    }
+}
+
+/// The sweeper, every `every`, as the scheduled Lambda runs it on AWS.
+async fn sweep(svc: Services, every: Duration, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match crate::stages::sweeper::sweep(&svc).await {
+            Ok(report) if report.expired + report.redriven > 0 => {
+                tracing::info!(
+                    expired = report.expired,
+                    redriven = report.redriven,
+                    "sweeper pass"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweeper pass failed; the next one retries"),
         }
     }
 }

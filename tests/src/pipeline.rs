@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use maof::api::{ApiState, Authenticator, router};
 use maof::domain::{Provider, Role, TenantId};
-use maof::ports::{CachedSecrets, Queue, SystemClock, TaskStore};
+use maof::ports::{CachedSecrets, Clock, Queue, SystemClock, TaskStore};
 use maof::providers::{MockProvider, Providers, http_client};
 use maof::runner::{Runner, RunnerConfig};
 use maof::stages::{Services, Settings};
@@ -26,6 +26,8 @@ pub type Wrap<T> = Box<dyn FnOnce(Arc<T>) -> Arc<T> + Send>;
 pub struct Faults {
     pub wrap_tasks: Option<Wrap<dyn TaskStore>>,
     pub wrap_queue: Option<Wrap<dyn Queue>>,
+    /// The pipeline's clock (the system's when unset).
+    pub clock: Option<Arc<dyn Clock>>,
 }
 
 pub struct Pipeline {
@@ -53,7 +55,7 @@ impl Pipeline {
             Some(wrap) => wrap(backend.queue),
             None => backend.queue,
         };
-        let clock = Arc::new(SystemClock);
+        let clock: Arc<dyn Clock> = faults.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let secrets = Arc::new(CachedSecrets::new(
             backend.secrets,
             clock.clone(),
@@ -77,6 +79,7 @@ impl Pipeline {
             .unwrap_or_else(|e| panic!("seeding the test registry: {e}"));
         let config = RunnerConfig {
             wait: Duration::from_millis(200),
+            sweep_every: Duration::from_millis(500),
             ..RunnerConfig::default()
         }
         // Failed messages come back quickly in tests.

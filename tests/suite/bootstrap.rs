@@ -45,7 +45,16 @@ async fn bootstrap_creates_exactly_the_resources_the_template_declares() {
         .unwrap()
         .table
         .unwrap();
-    assert_eq!(context.global_secondary_indexes().len(), 1);
+    let indexes: Vec<&str> = context
+        .global_secondary_indexes()
+        .iter()
+        .filter_map(|i| i.index_name())
+        .collect();
+    assert_eq!(
+        indexes,
+        ["gsi1", "sweep"],
+        "the list index and the sweeper's"
+    );
     let ttl = dynamodb
         .describe_time_to_live()
         .table_name(&names.context_table)

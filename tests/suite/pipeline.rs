@@ -9,7 +9,7 @@ use std::time::Duration;
 use maof::domain::Role;
 use maof::ports::{QueueName, TaskStore};
 use maof_tests::backends::{Backend, MAX_RECEIVES};
-use maof_tests::faults::{DuplicatingQueue, FailingRecordCalls};
+use maof_tests::faults::{DroppingRouteMessages, DuplicatingQueue, FailingRecordCalls};
 use maof_tests::pipeline::{Faults, Pipeline};
 use serde_json::{Value, json};
 
@@ -513,7 +513,17 @@ async fn a_task_that_times_out_carries_the_cost_of_the_calls_it_made(b: Backend)
     let task = finished(&p, &token, &id, Duration::from_secs(10)).await;
     assert_eq!(task["status"], "failed", "{name}: {task}");
     assert_eq!(task["error"]["code"], "timeout", "{name}: {task}");
-    let (_, task) = get_task(&p, &token, &id).await;
+    // The slow call may land just after the task ended (the sweeper or the
+    // call itself ends it at the deadline): it is then added when it does.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let task = loop {
+        let (_, task) = get_task(&p, &token, &id).await;
+        if task["calls_pending"] == 0 {
+            break task;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{name}: {task}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let calls = task["calls"].as_array().unwrap();
     assert_eq!(
         calls.len(),
@@ -597,6 +607,60 @@ async fn a_task_cancelled_mid_call_owes_what_its_calls_cost_when_they_land(b: Ba
     p.stop().await;
 }
 
+fn dropping_the_first_route_message(clock: Arc<maof::ports::ManualClock>) -> Faults {
+    Faults {
+        wrap_queue: Some(Box::new(|q| {
+            Arc::new(DroppingRouteMessages {
+                inner: q,
+                left: std::sync::atomic::AtomicU32::new(1),
+            })
+        })),
+        clock: Some(clock),
+        ..Faults::default()
+    }
+}
+
+async fn a_task_stored_without_its_route_message_completes_through_the_sweeper(b: Backend) {
+    let name = b.name;
+    let clock = Arc::new(maof::ports::ManualClock::new(chrono::Utc::now()));
+    let p = Pipeline::start(b, dropping_the_first_route_message(clock.clone())).await;
+    let token = p.submitter("acme");
+    let body = json!({"task_type": "text", "content": "lost at intake", "timeout_ms": 600000});
+    let (status, task) = submit(&p, &token, body, "").await;
+    assert_eq!(status, 202, "{name}: {task}");
+    let id = task["task_id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, task) = get_task(&p, &token, &id).await;
+    assert_eq!(
+        task["status"], "queued",
+        "{name}: nothing moves it yet: {task}"
+    );
+    // A stage's grace later, the sweeper finds it and sends its message again.
+    clock.advance(Duration::from_secs(61));
+    let task = finished(&p, &token, &id, Duration::from_secs(15)).await;
+    assert_eq!(task["status"], "completed", "{name}: {task}");
+    assert_eq!(p.provider.count("mock-a", "lost at intake"), 1, "{name}");
+    p.stop().await;
+}
+
+async fn a_task_whose_messages_are_lost_fails_at_its_deadline_through_the_sweeper(b: Backend) {
+    let name = b.name;
+    let clock = Arc::new(maof::ports::ManualClock::new(chrono::Utc::now()));
+    let p = Pipeline::start(b, dropping_the_first_route_message(clock.clone())).await;
+    let token = p.submitter("acme");
+    let body = json!({"task_type": "text", "content": "lost for good", "timeout_ms": 30000});
+    let (_, task) = submit(&p, &token, body, "").await;
+    let id = task["task_id"].as_str().unwrap().to_owned();
+    // Past its 30 s deadline (sooner than a stage's grace): the sweeper's
+    // first look fails it.
+    clock.advance(Duration::from_secs(32));
+    let task = finished(&p, &token, &id, Duration::from_secs(15)).await;
+    assert_eq!(task["status"], "failed", "{name}: {task}");
+    assert_eq!(task["error"]["code"], "timeout", "{name}: {task}");
+    assert_eq!(p.provider.total(), 0, "{name}: nothing was called");
+    p.stop().await;
+}
+
 async fn queues_are_empty_after_tasks_finish(b: Backend) {
     let p = Pipeline::start(b, Faults::default()).await;
     let token = p.submitter("acme");
@@ -640,5 +704,7 @@ on_both_backends!(
     a_task_past_its_timeout_fails_as_timed_out,
     a_task_that_times_out_carries_the_cost_of_the_calls_it_made,
     a_task_cancelled_mid_call_owes_what_its_calls_cost_when_they_land,
+    a_task_stored_without_its_route_message_completes_through_the_sweeper,
+    a_task_whose_messages_are_lost_fails_at_its_deadline_through_the_sweeper,
     queues_are_empty_after_tasks_finish,
 );

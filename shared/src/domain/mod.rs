@@ -9,6 +9,7 @@ pub mod lease;
 pub mod money;
 pub mod principal;
 pub mod routing;
+pub mod sweep;
 pub mod task;
 pub mod task_type;
 pub mod text;

@@ -124,6 +124,24 @@ pub trait TaskStore: Send + Sync {
     /// store that finds it changed reads it again.
     async fn add_late_calls(&self, seen: &Task, calls: &[CallResult]) -> Result<(), StoreError>;
 
+    /// Unfinished tasks of the sweep index's partition `shard` whose time to
+    /// be looked at has come by `now`, soonest first, at most `limit`.
+    async fn due(
+        &self,
+        shard: u32,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(TenantId, TaskId)>, StoreError>;
+
+    /// When the sweeper next looks at an unfinished task. A task that has
+    /// finished stays out of the index (and this is no error).
+    async fn postpone(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+        until: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
     /// A tenant's tasks, newest first. `cursor` is a previous page's `next`.
     async fn list(
         &self,

@@ -11,6 +11,7 @@ pub mod dead_letter;
 pub mod inbox;
 pub mod intake;
 pub mod route;
+pub mod sweeper;
 
 use std::sync::Arc;
 use std::time::Duration;

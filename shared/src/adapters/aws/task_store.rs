@@ -378,8 +378,17 @@ impl TaskStore for DynamoTaskStore {
                 .expression_attribute_values(&name, to_attribute_value(status).map_err(encode)?);
             placeholders.push(name);
         }
+        // A finished task leaves the sweeper's sparse index.
+        let remove = if to.is_terminal() {
+            update = update
+                .expression_attribute_names("#sweep_shard", keys::SWEEP_SHARD)
+                .expression_attribute_names("#sweep_at", keys::SWEEP_AT);
+            " REMOVE #sweep_shard, #sweep_at"
+        } else {
+            ""
+        };
         let result = update
-            .update_expression(format!("SET {}", sets.join(", ")))
+            .update_expression(format!("SET {}{remove}", sets.join(", ")))
             .condition_expression(format!(
                 "attribute_exists(pk) AND #status IN ({})",
                 placeholders.join(", ")
@@ -550,6 +559,76 @@ impl TaskStore for DynamoTaskStore {
             already_counted,
             expected,
         ))
+    }
+
+    #[tracing::instrument(skip_all, fields(shard))]
+    async fn due(
+        &self,
+        shard: u32,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(TenantId, TaskId)>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(keys::SWEEP_INDEX)
+            .key_condition_expression("#shard = :shard AND #at <= :now")
+            .expression_attribute_names("#shard", keys::SWEEP_SHARD)
+            .expression_attribute_names("#at", keys::SWEEP_AT)
+            .expression_attribute_values(":shard", s(keys::sweep_partition(shard)))
+            .expression_attribute_values(
+                ":now",
+                AttributeValue::N(now.timestamp_millis().to_string()),
+            )
+            .limit(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(out
+            .items
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|item| item.get(PK)?.as_s().ok())
+            .filter_map(|pk| keys::parse_task_pk(pk))
+            .collect())
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant = %tenant, task_id = %task_id))]
+    async fn postpone(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+        until: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(
+                keys::task_pk(tenant, task_id),
+                keys::TASK_SK,
+            )))
+            .update_expression("SET #at = :at")
+            // Only while it is in the index: a finished task stays out.
+            .condition_expression("attribute_exists(#at)")
+            .expression_attribute_names("#at", keys::SWEEP_AT)
+            .expression_attribute_values(
+                ":at",
+                AttributeValue::N(until.timestamp_millis().to_string()),
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(backend(e)),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %seen.tenant, task_id = %seen.task_id))]

@@ -8,6 +8,10 @@ pub const SK: &str = "sk";
 pub const GSI1: &str = "gsi1";
 pub const GSI1_PK: &str = "gsi1pk";
 pub const GSI1_SK: &str = "gsi1sk";
+/// The sweeper's sparse index: unfinished tasks by when to look at them.
+pub const SWEEP_INDEX: &str = "sweep";
+pub const SWEEP_SHARD: &str = "sweep_shard";
+pub const SWEEP_AT: &str = "sweep_at";
 
 pub const TASK_SK: &str = "TASK";
 pub const CALL_SK_PREFIX: &str = "CALL#";
@@ -38,4 +42,25 @@ pub fn tenant_tasks(tenant: &TenantId) -> String {
 
 pub fn agent_pk(id: &AgentId) -> String {
     format!("AGENT#{id}")
+}
+
+/// The sweep index's partition of a task: its id spread over
+/// `SWEEP_SHARDS` partitions, so that no partition is hot.
+pub fn sweep_shard(task: TaskId) -> String {
+    let spread = task
+        .to_string()
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    sweep_partition(spread % crate::domain::sweep::SWEEP_SHARDS)
+}
+
+pub fn sweep_partition(shard: u32) -> String {
+    format!("SWEEP#{shard}")
+}
+
+/// The tenant and task a task item's partition key names.
+pub fn parse_task_pk(pk: &str) -> Option<(TenantId, TaskId)> {
+    let rest = pk.strip_prefix("T#")?;
+    let (tenant, task) = rest.rsplit_once("#TASK#")?;
+    Some((TenantId::parse(tenant).ok()?, TaskId::parse(task).ok()?))
 }

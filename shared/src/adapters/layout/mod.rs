@@ -28,18 +28,28 @@ pub struct TaskItem {
     pub gsi1pk: String,
     pub gsi1sk: String,
     pub expires_at: i64,
+    /// The sweep index's keys, while the task is unfinished (a sparse
+    /// index: a finished task's are removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep_shard: Option<String>,
+    /// Epoch milliseconds: when the sweeper should look at the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep_at: Option<i64>,
     #[serde(flatten)]
     pub task: Task,
 }
 
 impl TaskItem {
     pub fn new(task: &Task, expires_at: i64) -> Self {
+        let unfinished = !task.status.is_terminal();
         TaskItem {
             pk: keys::task_pk(&task.tenant, task.task_id),
             sk: keys::TASK_SK.to_owned(),
             gsi1pk: keys::tenant_tasks(&task.tenant),
             gsi1sk: task.task_id.to_string(),
             expires_at,
+            sweep_shard: unfinished.then(|| keys::sweep_shard(task.task_id)),
+            sweep_at: unfinished.then(|| task.first_sweep().timestamp_millis()),
             task: task.clone(),
         }
     }

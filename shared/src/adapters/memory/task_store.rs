@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::lock;
-use crate::adapters::layout::{self, CallItem, IdempotencyItem, TaskItem};
+use crate::adapters::layout::{self, CallItem, IdempotencyItem, TaskItem, keys};
 use crate::domain::{
     CallId, CallLease, CallResult, IdempotencyKey, LeaseOutcome, Task, TaskId, TaskPatch,
     TaskStatus, TenantId,
@@ -18,6 +18,8 @@ struct Entry {
     calls: BTreeMap<CallId, CallResult>,
     done: BTreeSet<CallId>,
     leases: HashMap<CallId, CallLease>,
+    /// The sweep index's entry, while the task is unfinished.
+    sweep_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Default)]
@@ -134,6 +136,7 @@ impl TaskStore for MemoryTaskStore {
                 calls: BTreeMap::new(),
                 done: BTreeSet::new(),
                 leases: HashMap::new(),
+                sweep_at: (!task.status.is_terminal()).then(|| task.first_sweep()),
             },
         );
         Ok(())
@@ -180,6 +183,9 @@ impl TaskStore for MemoryTaskStore {
         task.apply(to, patch, now)?;
         task_size(&task, entry.done.len())?;
         entry.task = task.clone();
+        if to.is_terminal() {
+            entry.sweep_at = None;
+        }
         if to.is_terminal() {
             state.finished.push_back((tenant.clone(), task_id));
             state.evict_beyond(self.max_finished);
@@ -256,6 +262,44 @@ impl TaskStore for MemoryTaskStore {
             already_counted,
             entry.task.expected_calls,
         ))
+    }
+
+    async fn due(
+        &self,
+        shard: u32,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(TenantId, TaskId)>, StoreError> {
+        let partition = keys::sweep_partition(shard);
+        let state = lock(&self.state);
+        let mut due: Vec<(DateTime<Utc>, TenantId, TaskId)> = state
+            .tasks
+            .iter()
+            .filter_map(|((tenant, id), e)| e.sweep_at.map(|at| (at, tenant, *id)))
+            .filter(|(at, _, id)| *at <= now && keys::sweep_shard(*id) == partition)
+            .map(|(at, tenant, id)| (at, tenant.clone(), id))
+            .collect();
+        due.sort();
+        Ok(due
+            .into_iter()
+            .take(limit as usize)
+            .map(|(_, tenant, id)| (tenant, id))
+            .collect())
+    }
+
+    async fn postpone(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+        until: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut state = lock(&self.state);
+        if let Some(entry) = state.tasks.get_mut(&(tenant.clone(), task_id))
+            && entry.sweep_at.is_some()
+        {
+            entry.sweep_at = Some(until);
+        }
+        Ok(())
     }
 
     async fn add_late_calls(&self, seen: &Task, calls: &[CallResult]) -> Result<(), StoreError> {
