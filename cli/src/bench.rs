@@ -431,7 +431,14 @@ mod lambda_init {
     use axum::routing::{get, post};
     use serde_json::json;
 
-    const FUNCTIONS: [&str; 5] = ["intake", "route", "agent-call", "aggregate", "events"];
+    const FUNCTIONS: [&str; 6] = [
+        "intake",
+        "route",
+        "agent-call",
+        "aggregate",
+        "events",
+        "sweeper",
+    ];
     const RUNS: usize = 5;
 
     pub async fn run(dir: &Path) -> anyhow::Result<()> {

@@ -394,10 +394,10 @@ def test_functions_are_rust_on_arm64_with_tracing():
         binaries[fn] = meta["BuildProperties"]["Binary"]
     assert binaries == {
         "Intake": "intake", "Route": "route", "AgentCall": "agent-call",
-        "Aggregate": "aggregate", "Events": "events",
+        "Aggregate": "aggregate", "Events": "events", "Sweeper": "sweeper",
     }
     packages = workspace_packages()
-    for fn in ("Intake", "Route", "AgentCall", "Aggregate"):
+    for fn in ("Intake", "Route", "AgentCall", "Aggregate", "Sweeper"):
         assert binaries[fn] in packages, f"{binaries[fn]} is not a workspace package"
     # `events` is the inbox binary (functions/events); checked once it exists.
     if (ROOT / "functions/events/Cargo.toml").exists():
@@ -519,6 +519,14 @@ EXPECTED_ALLOW = {
         ("events:PutEvents", BUS),
         ({"s3:PutObject", "s3:GetObject"}, BLOBS),
     ),
+    "SweeperRole": grants(
+        *common("SweeperLogs"),
+        ({GET, UPDATE, QUERY}, CONTEXT),
+        (QUERY, "Sub(${ContextTable.Arn}/index/sweep)"),
+        ("sqs:SendMessage", {"GetAtt(RouteQueue.Arn)", "GetAtt(AgentCallQueue.Arn)",
+                             "GetAtt(AggregateQueue.Arn)"}),
+        ("events:PutEvents", BUS),
+    ),
     "EventsRole": grants(
         *common("EventsLogs"),
         ({GET, PUT, UPDATE}, CONTEXT),
@@ -592,6 +600,8 @@ TASK_STORE_ACTIONS = {
     "record_call": {(UPDATE, CONTEXT)},
     "add_late_calls": {(UPDATE, CONTEXT), (GET, CONTEXT)},  # get when the task changed
     "list": {(QUERY, CONTEXT_INDEX)},
+    "due": {(QUERY, "Sub(${ContextTable.Arn}/index/sweep)")},
+    "postpone": {(UPDATE, CONTEXT)},
 }
 REGISTRY_ACTIONS = {
     "get": {(GET, REGISTRY)},
@@ -612,6 +622,7 @@ CODE_OF = {
     "AggregateRole": ["shared/src/stages/aggregate.rs", "shared/src/stages/dead_letter.rs",
                       "shared/src/stages/mod.rs"],
     "EventsRole": ["shared/src/stages/inbox.rs", "shared/src/stages/intake.rs::submit"],
+    "SweeperRole": ["shared/src/stages/sweeper.rs", "shared/src/stages/mod.rs"],
 }
 
 
@@ -736,6 +747,17 @@ def test_event_bus_rule_delivers_task_requests_to_the_inbox():
     assert allow["Principal"] == {"Service": "events.amazonaws.com"}
     assert allow["Action"] == "sqs:SendMessage"
     assert allow["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["TaskRequestedRule", "Arn"]}}}
+
+
+def test_the_sweeper_runs_every_minute_on_a_schedule():
+    events = function("Sweeper")["Events"]
+    assert list(events.values()) == [{
+        "Type": "Schedule",
+        "Properties": {"Schedule": "rate(1 minute)",
+                       "RetryPolicy": {"MaximumRetryAttempts": 0}},
+    }]
+    assert "fn sweep" in rust("shared/src/stages/sweeper.rs")
+    assert "stages::sweeper::sweep" in rust("functions/sweeper/src/main.rs")
 
 
 def test_outputs():
