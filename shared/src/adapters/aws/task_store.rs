@@ -59,6 +59,21 @@ impl DynamoTaskStore {
         ])
     }
 
+    /// An update of a task's item (the caller adds the expressions).
+    fn update_task(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(
+                keys::task_pk(tenant, task_id),
+                keys::TASK_SK,
+            )))
+    }
+
     async fn get_item(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
@@ -289,13 +304,7 @@ impl TaskStore for DynamoTaskStore {
             return Err(self.refused(tenant, task_id, to).await);
         }
         let mut update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::key(
-                keys::task_pk(tenant, task_id),
-                keys::TASK_SK,
-            )))
+            .update_task(tenant, task_id)
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#updated_at", "updated_at")
             .expression_attribute_values(":to", to_attribute_value(to).map_err(encode)?)
@@ -524,13 +533,7 @@ impl TaskStore for DynamoTaskStore {
         // from expected - 1 to expected.
         let me = result.call_id.to_string();
         let counted = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::key(
-                keys::task_pk(tenant, task_id),
-                keys::TASK_SK,
-            )))
+            .update_task(tenant, task_id)
             .update_expression("ADD #done :me")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_names("#done", DONE_CALLS)
@@ -602,13 +605,7 @@ impl TaskStore for DynamoTaskStore {
         until: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::key(
-                keys::task_pk(tenant, task_id),
-                keys::TASK_SK,
-            )))
+            .update_task(tenant, task_id)
             .update_expression("SET #at = :at")
             // Only while it is in the index: a finished task stays out.
             .condition_expression("attribute_exists(#at)")
@@ -652,13 +649,7 @@ impl TaskStore for DynamoTaskStore {
                 .filter(|s| s.is_terminal())
                 .collect();
             let mut update = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(Self::key(
-                    keys::task_pk(&task.tenant, task.task_id),
-                    keys::TASK_SK,
-                )))
+                .update_task(&task.tenant, task.task_id)
                 .expression_attribute_names("#status", "status")
                 .expression_attribute_names("#usage", "usage")
                 .expression_attribute_names("#counted", "counted_calls")
