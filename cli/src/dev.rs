@@ -47,7 +47,15 @@ pub struct BootstrapArgs {
 pub async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<Services> {
     let config = load_sdk_config().await;
     let names = ResourceNames::from_env();
-    Bootstrap::new(&config, names.clone()).ensure_all().await?;
+    // With MAOF_JWT_SECRET set, the stack's signing key is that value: the
+    // intake Lambda (run locally) then accepts the tokens `maof token` mints.
+    let jwt = std::env::var("MAOF_JWT_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty());
+    Bootstrap::new(&config, names.clone())
+        .with_jwt_secret(jwt)
+        .ensure_all()
+        .await?;
     let svc = setup::aws_services(&config, &names).await?;
     if let Some(seed) = args.seed {
         report_seed(&setup::seed_registry(&svc, &seed).await?);

@@ -1,8 +1,9 @@
 //! `maof`: the local dev server (the whole pipeline in one process), the
-//! AWS bootstrap, token minting and the benchmark.
+//! AWS bootstrap, token minting, Lambda events and the benchmark.
 
 mod bench;
 mod dev;
+mod event;
 mod token;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,8 @@ enum Command {
     Bootstrap(dev::BootstrapArgs),
     /// Measure throughput and latency of the pipeline.
     Bench(bench::BenchArgs),
+    /// Print a ready-to-invoke Lambda event (for `cargo lambda invoke`).
+    Event(event::EventArgs),
 }
 
 #[tokio::main]
@@ -34,5 +37,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Token(args) => token::run(args),
         Command::Bootstrap(args) => dev::bootstrap(args).await.map(|_| ()),
         Command::Bench(args) => bench::run(args).await,
+        Command::Event(args) => event::run(args),
     }
 }

@@ -146,3 +146,44 @@ async fn bootstrap_creates_exactly_the_resources_the_template_declares() {
         events.describe_event_bus().name(bus).send().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_given_jwt_secret_becomes_the_stacks_signing_key_and_the_bucket_exists() {
+    let config = maof_tests::moto::sdk_config().await;
+    let prefix = format!("j{}", ulid::Ulid::new().to_string().to_lowercase());
+    let names = ResourceNames::with_prefix(&prefix);
+    let secrets = aws_sdk_secretsmanager::Client::new(&config);
+    let read = || async {
+        secrets
+            .get_secret_value()
+            .secret_id(format!("{prefix}/jwt"))
+            .send()
+            .await
+            .unwrap()
+            .secret_string
+            .unwrap()
+    };
+    for value in [
+        "first-local-signing-secret-0123456789",
+        "second-local-signing-secret-0123456789",
+    ] {
+        Bootstrap::new(&config, names.clone())
+            .with_jwt_secret(Some(value.to_owned()))
+            .ensure_all()
+            .await
+            .unwrap();
+        assert_eq!(read().await, value, "written, and written over on a re-run");
+    }
+    // Without one, an existing key is kept.
+    Bootstrap::new(&config, names.clone())
+        .ensure_all()
+        .await
+        .unwrap();
+    assert_eq!(read().await, "second-local-signing-secret-0123456789");
+    let s3 = aws_sdk_s3::Client::from_conf(maof::adapters::aws::s3_config(&config).build());
+    s3.head_bucket()
+        .bucket(&names.blob_bucket)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("the claim check's bucket {}: {e:?}", names.blob_bucket));
+}

@@ -58,6 +58,10 @@ pub struct Bootstrap {
     pub s3: aws_sdk_s3::Client,
     /// `queue_prefix` is the template's `Prefix` parameter.
     pub names: ResourceNames,
+    /// The JWT signing secret's value (`{Prefix}/jwt`); generated when `None`.
+    /// Set, it is written even over an existing value, so that locally
+    /// (`MAOF_JWT_SECRET`) the intake Lambda accepts tokens `maof token` mints.
+    pub jwt_secret: Option<String>,
 }
 
 impl Bootstrap {
@@ -69,7 +73,13 @@ impl Bootstrap {
             events: aws_sdk_eventbridge::Client::new(config),
             s3: aws_sdk_s3::Client::from_conf(super::s3_config(config).build()),
             names,
+            jwt_secret: None,
         }
+    }
+
+    pub fn with_jwt_secret(mut self, value: Option<String>) -> Self {
+        self.jwt_secret = value;
+        self
     }
 
     /// The template's resources under this prefix.
@@ -268,10 +278,11 @@ impl Bootstrap {
 
     /// A secret the stack generates (the JWT signing key): a random value.
     async fn ensure_secret(&self, name: &str) -> Result<(), BootstrapError> {
-        let value: String = {
+        let given = self.jwt_secret.clone().filter(|_| name.ends_with("/jwt"));
+        let value: String = given.clone().unwrap_or_else(|| {
             let bytes: [u8; 32] = rand::rng().random();
             bytes.iter().map(|b| format!("{b:02x}")).collect()
-        };
+        });
         match self
             .secrets
             .create_secret()
@@ -285,7 +296,17 @@ impl Bootstrap {
                 if e.as_service_error()
                     .is_some_and(|e| e.is_resource_exists_exception()) =>
             {
-                Ok(())
+                let Some(value) = given else {
+                    return Ok(());
+                };
+                self.secrets
+                    .put_secret_value()
+                    .secret_id(name)
+                    .secret_string(value)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(failed(format!("put secret {name}")))
             }
             Err(e) => Err(failed(format!("create secret {name}"))(e)),
         }
