@@ -219,6 +219,18 @@ fn parse_output(agent: &Agent, output: ConverseOutput) -> Result<ChatResponse, P
         .filter_map(|block| block.as_text().ok())
         .map(String::as_str)
         .collect::<String>();
+    // The SDK reads the whole response; the agent's cap still holds for the
+    // answer it gave (the same class as the HTTP providers' capped reads).
+    let cap = agent.spec.constraints.max_response_bytes();
+    if text.len() as u64 > cap {
+        return Err(ProviderError::new(
+            ErrorClass::ResponseTooLarge,
+            format!(
+                "the provider's answer is larger than this agent's cap of {cap} bytes ({} bytes)",
+                text.len()
+            ),
+        ));
+    }
     let usage = output.usage().map_or_else(Usage::default, |u| {
         let cached = u.cache_read_input_tokens().map_or(0, tokens);
         let written = u.cache_write_input_tokens().map_or(0, tokens);

@@ -181,6 +181,27 @@ async fn omits_absent_fields_and_reuses_the_client() {
 }
 
 #[tokio::test]
+async fn an_answer_over_the_agents_cap_is_response_too_large() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_json(success_body()))
+        .expect(1)
+        .mount(&server)
+        .await;
+    // "positive" is 8 bytes.
+    let err = client()
+        .complete(
+            &agent_at(&server, json!({"max_response_bytes": 4})),
+            None,
+            &chat_request(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::ResponseTooLarge, "{err:?}");
+}
+
+#[tokio::test]
 async fn a_guardrail_is_content_filtered() {
     for reason in ["guardrail_intervened", "content_filtered"] {
         let err = answer_with(ResponseTemplate::new(200).set_body_json(json!({
