@@ -98,7 +98,7 @@ pub struct Constraints {
     /// The largest provider response read, in bytes (default 16 MiB); a
     /// larger one fails the call as `response_too_large`, not retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 1073741824)]
     pub max_response_bytes: Option<u64>,
 }
 
@@ -106,6 +106,7 @@ impl Constraints {
     pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
     pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
     pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+    pub const MAX_RESPONSE_BYTES_LIMIT: u64 = 1024 * 1024 * 1024;
 
     pub fn max_response_bytes(&self) -> u64 {
         self.max_response_bytes
@@ -239,9 +240,14 @@ pub struct MockOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
     /// Pads every answer to this many bytes (a large answer, such as a
-    /// base64 image).
+    /// base64 image); at most 64 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 67108864)]
     pub output_bytes: Option<u64>,
+}
+
+impl MockOptions {
+    pub const MAX_OUTPUT_BYTES: u64 = 64 * 1024 * 1024;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -266,10 +272,14 @@ pub enum AgentSpecError {
     NegativePrice,
     #[error("constraints.max_attempts must be between 1 and 10")]
     MaxAttemptsOutOfRange,
+    #[error("constraints.max_response_bytes must be between 1 and 1073741824 (1 GiB)")]
+    MaxResponseBytesOutOfRange,
     #[error("mock.failure_rate must be between 0 and 1")]
     FailureRateOutOfRange,
     #[error("mock options are only for provider mock")]
     MockOptionsOnRealProvider,
+    #[error("mock.output_bytes must be at most 67108864 (64 MiB)")]
+    MockOutputTooLarge,
 }
 
 impl AgentSpecError {
@@ -287,8 +297,10 @@ impl AgentSpecError {
             AgentSpecError::SecretRequired => "secret",
             AgentSpecError::NegativePrice => "pricing",
             AgentSpecError::MaxAttemptsOutOfRange => "constraints.max_attempts",
+            AgentSpecError::MaxResponseBytesOutOfRange => "constraints.max_response_bytes",
             AgentSpecError::FailureRateOutOfRange => "mock.failure_rate",
             AgentSpecError::MockOptionsOnRealProvider => "mock",
+            AgentSpecError::MockOutputTooLarge => "mock.output_bytes",
         };
         field.to_owned()
     }
@@ -333,7 +345,8 @@ impl TryFrom<AgentRequest> for AgentSpec {
         if let Some(p) = &request.pricing {
             let negative = p.input_per_mtok.is_negative()
                 || p.output_per_mtok.is_negative()
-                || p.cached_input_per_mtok.is_some_and(Usd::is_negative);
+                || p.cached_input_per_mtok.is_some_and(Usd::is_negative)
+                || p.cache_write_per_mtok.is_some_and(Usd::is_negative);
             if negative {
                 return Err(AgentSpecError::NegativePrice);
             }
@@ -343,12 +356,23 @@ impl TryFrom<AgentRequest> for AgentSpec {
         {
             return Err(AgentSpecError::MaxAttemptsOutOfRange);
         }
+        if let Some(n) = request.constraints.max_response_bytes
+            && !(1..=Constraints::MAX_RESPONSE_BYTES_LIMIT).contains(&n)
+        {
+            return Err(AgentSpecError::MaxResponseBytesOutOfRange);
+        }
         if let Some(mock) = &request.mock {
             if request.provider != Provider::Mock {
                 return Err(AgentSpecError::MockOptionsOnRealProvider);
             }
             if !(0.0..=1.0).contains(&mock.failure_rate) {
                 return Err(AgentSpecError::FailureRateOutOfRange);
+            }
+            if mock
+                .output_bytes
+                .is_some_and(|n| n > MockOptions::MAX_OUTPUT_BYTES)
+            {
+                return Err(AgentSpecError::MockOutputTooLarge);
             }
         }
         Ok(AgentSpec {
@@ -465,6 +489,26 @@ mod tests {
             cache_write_input_tokens: 0,
         };
         assert_eq!(p.cost(&usage), Usd::parse("0.075").unwrap());
+    }
+
+    #[test]
+    fn the_response_cap_is_between_one_byte_and_a_gibibyte() {
+        for bad in [0, Constraints::MAX_RESPONSE_BYTES_LIMIT + 1] {
+            let err = parse(json!({"constraints": {"max_response_bytes": bad}})).unwrap_err();
+            assert_eq!(err, AgentSpecError::MaxResponseBytesOutOfRange);
+            assert_eq!(err.field(), "constraints.max_response_bytes");
+        }
+        assert!(parse(json!({"constraints": {"max_response_bytes": 1}})).is_ok());
+        let err = parse(json!({"provider": "mock",
+            "mock": {"output_bytes": MockOptions::MAX_OUTPUT_BYTES + 1}}))
+        .unwrap_err();
+        assert_eq!(err.field(), "mock.output_bytes");
+        let err = parse(
+            json!({"pricing": {"input_per_mtok": 1, "output_per_mtok": 1,
+            "cache_write_per_mtok": -1}}),
+        )
+        .unwrap_err();
+        assert_eq!(err, AgentSpecError::NegativePrice);
     }
 
     #[test]
