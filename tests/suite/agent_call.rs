@@ -393,3 +393,75 @@ fn cost_sums_are_exact_for_a_thousand_calls_of_odd_token_counts() {
         (1_000_000, 1_505_500, 999)
     );
 }
+
+#[tokio::test]
+async fn a_redelivered_call_stored_after_its_task_ended_is_added_to_its_cost() {
+    use maof::domain::{Envelope, MessageKind, TaskPatch};
+    let (svc, _) = maof::setup::memory_services();
+    let request: TaskRequest =
+        serde_json::from_value(json!({"task_type": "text", "content": "x"})).unwrap();
+    let (spec, _) = request.parse().unwrap();
+    let tenant = TenantId::parse("acme").unwrap();
+    let task = Task::new(tenant.clone(), spec, None, "u", Utc::now());
+    svc.tasks.create(&task).await.unwrap();
+    let call_id = CallId::new();
+    let agent_id = AgentId::parse("a").unwrap();
+    let plan = TaskPatch {
+        plan: Some(vec![PlannedCall {
+            call_id,
+            agent_id: agent_id.clone(),
+        }]),
+        expected_calls: Some(1),
+        ..TaskPatch::default()
+    };
+    for (to, patch) in [
+        (TaskStatus::Routing, TaskPatch::default()),
+        (TaskStatus::Running, plan),
+        // Cancelled while the call ran: nothing counted yet.
+        (TaskStatus::Cancelled, TaskPatch::default()),
+    ] {
+        svc.tasks
+            .transition(&tenant, task.task_id, to, patch, Utc::now())
+            .await
+            .unwrap();
+    }
+    // The call's delivery stored its result, then stopped.
+    let usage = Usage {
+        input_tokens: 10,
+        output_tokens: 20,
+        cached_input_tokens: 0,
+        cache_write_input_tokens: 0,
+    };
+    let result = CallResult {
+        call_id,
+        agent_id: agent_id.clone(),
+        provider: Some(Provider::Mock),
+        status: CallStatus::Succeeded,
+        output: Some("late".into()),
+        output_ref: None,
+        usage,
+        cost_usd: Some(Usd::parse("0.001").unwrap()),
+        latency_ms: 1,
+        attempts: 1,
+        error: None,
+        retried_errors: Vec::new(),
+        finished_at: Utc::now(),
+    };
+    svc.tasks
+        .put_call(&tenant, task.task_id, &result)
+        .await
+        .unwrap();
+    // Its redelivery adds what it cost, once however often it comes.
+    let mut envelope = Envelope::new(MessageKind::AgentCall, tenant.clone(), task.task_id);
+    envelope.call_id = Some(call_id);
+    envelope.agent_id = Some(agent_id);
+    for _ in 0..2 {
+        maof::stages::agent_call::handle(&svc, &envelope, None)
+            .await
+            .unwrap();
+    }
+    let ended = svc.tasks.get(&tenant, task.task_id).await.unwrap().unwrap();
+    assert_eq!(ended.status, TaskStatus::Cancelled);
+    assert_eq!(ended.usage, usage);
+    assert_eq!(ended.cost_usd, Some(Usd::parse("0.001").unwrap()));
+}

@@ -53,18 +53,26 @@ pub async fn handle(
     // A redelivery after the result was written: do not call (and pay) again.
     let stored = record.calls.into_iter().find(|c| c.call_id == call_id);
     if task.status.is_terminal() {
-        if stored.is_none() {
+        return match stored {
+            // Stored, but the delivery that stored it may have stopped before
+            // adding it to the ended task: adding is idempotent (by call id),
+            // and writes nothing once it is counted.
+            Some(stored) => Ok(svc
+                .tasks
+                .add_late_calls(&task, std::slice::from_ref(&stored))
+                .await?),
             // The task ended before this call was made: record it as not
             // made, so that the fan-in completes and no call shows pending.
-            let not_made = CallRecord::start(call_id, &agent_id).failed(
-                None,
-                ErrorClass::Unavailable,
-                "the task had ended; the call was not made",
-                svc.clock.now(),
-            );
-            return conclude(svc, envelope, &task, not_made).await;
-        }
-        return Ok(());
+            None => {
+                let not_made = CallRecord::start(call_id, &agent_id).failed(
+                    None,
+                    ErrorClass::Unavailable,
+                    "the task had ended; the call was not made",
+                    svc.clock.now(),
+                );
+                conclude(svc, envelope, &task, not_made).await
+            }
+        };
     }
     if let Some(result) = stored {
         return conclude(svc, envelope, &task, result).await;
