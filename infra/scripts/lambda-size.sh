@@ -8,7 +8,7 @@
 #   infra/scripts/lambda-size.sh intake route    # only these
 #
 # The functions are the packages under functions/ (intake, route, agent-call,
-# aggregate, events, sweeper). cargo-lambda comes from PATH or the project's .venv
+# aggregate, events, sweeper, announcer). cargo-lambda comes from PATH or the project's .venv
 # (infra/scripts/check-template.sh installs it there).
 set -euo pipefail
 cd "$(dirname "$0")/../.."

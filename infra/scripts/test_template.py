@@ -395,9 +395,10 @@ def test_functions_are_rust_on_arm64_with_tracing():
     assert binaries == {
         "Intake": "intake", "Route": "route", "AgentCall": "agent-call",
         "Aggregate": "aggregate", "Events": "events", "Sweeper": "sweeper",
+        "Announcer": "announcer",
     }
     packages = workspace_packages()
-    for fn in ("Intake", "Route", "AgentCall", "Aggregate", "Sweeper"):
+    for fn in ("Intake", "Route", "AgentCall", "Aggregate", "Sweeper", "Announcer"):
         assert binaries[fn] in packages, f"{binaries[fn]} is not a workspace package"
     # `events` is the inbox binary (functions/events); checked once it exists.
     if (ROOT / "functions/events/Cargo.toml").exists():
@@ -430,7 +431,11 @@ def test_environment_matches_what_the_code_reads():
         assert env["MAOF_REGISTRY_TABLE"] == {"Ref": "RegistryTable"}, fn
         assert env["MAOF_QUEUE_PREFIX"] == {"Ref": "Prefix"}, fn
         assert env["RUST_LOG"] == {"Ref": "RustLog"}, fn
-        assert env["MAOF_EVENT_BUS"] == {"Ref": "EventBus"}, fn
+        # Only the announcer publishes; no stage needs the bus.
+        if fn == "Announcer":
+            assert env["MAOF_EVENT_BUS"] == {"Ref": "EventBus"}, fn
+        else:
+            assert "MAOF_EVENT_BUS" not in env, fn
         # All six, or the code falls back to looking the queues up by name.
         for variant, suffix in names.items():
             var = "MAOF_QUEUE_URL_" + suffix.replace("-", "_").upper()
@@ -490,7 +495,6 @@ EXPECTED_ALLOW = {
         ({GET, SCAN, PUT, DELETE}, REGISTRY),
         ("sqs:SendMessage", "GetAtt(RouteQueue.Arn)"),
         ("secretsmanager:GetSecretValue", "Ref(JwtSecret)"),
-        ("events:PutEvents", BUS),
         ("s3:GetObject", BLOBS),
     ),
     "RouteRole": grants(
@@ -499,7 +503,6 @@ EXPECTED_ALLOW = {
         (SCAN, REGISTRY),
         (CONSUME, {"GetAtt(RouteQueue.Arn)", "GetAtt(RouteDlq.Arn)"}),
         ("sqs:SendMessage", "GetAtt(AgentCallQueue.Arn)"),
-        ("events:PutEvents", BUS),
     ),
     "AgentCallRole": grants(
         *common("AgentCallLogs"),
@@ -509,14 +512,12 @@ EXPECTED_ALLOW = {
         ("sqs:SendMessage", "GetAtt(AggregateQueue.Arn)"),
         ("secretsmanager:GetSecretValue", PROVIDER_SECRETS),
         ("bedrock:InvokeModel", BEDROCK),
-        ("events:PutEvents", BUS),
         ({"s3:PutObject", "s3:GetObject"}, BLOBS),
     ),
     "AggregateRole": grants(
         *common("AggregateLogs"),
         ({GET, UPDATE, QUERY}, CONTEXT),
         (CONSUME, {"GetAtt(AggregateQueue.Arn)", "GetAtt(AggregateDlq.Arn)"}),
-        ("events:PutEvents", BUS),
         ({"s3:PutObject", "s3:GetObject"}, BLOBS),
     ),
     "SweeperRole": grants(
@@ -525,6 +526,12 @@ EXPECTED_ALLOW = {
         (QUERY, "Sub(${ContextTable.Arn}/index/sweep)"),
         ("sqs:SendMessage", {"GetAtt(RouteQueue.Arn)", "GetAtt(AgentCallQueue.Arn)",
                              "GetAtt(AggregateQueue.Arn)"}),
+    ),
+    "AnnouncerRole": grants(
+        *common("AnnouncerLogs"),
+        ({"dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator",
+          "dynamodb:ListStreams"}, "Sub(${ContextTable.Arn}/stream/*)"),
+        ("sqs:SendMessage", "GetAtt(AnnounceFailures.Arn)"),
         ("events:PutEvents", BUS),
     ),
     "EventsRole": grants(
@@ -623,6 +630,7 @@ CODE_OF = {
                       "shared/src/stages/mod.rs"],
     "EventsRole": ["shared/src/stages/inbox.rs", "shared/src/stages/intake.rs::submit"],
     "SweeperRole": ["shared/src/stages/sweeper.rs", "shared/src/stages/mod.rs"],
+    "AnnouncerRole": ["shared/src/stages/announce.rs"],
 }
 
 
@@ -655,7 +663,9 @@ def test_roles_cover_the_store_calls_their_code_makes():
                 needed |= tables[store][method]
         missing = needed - EXPECTED_ALLOW[role]
         assert not missing, f"{role} lacks {sorted(missing)} that its code needs"
-        granted = {(a, r) for a, r in EXPECTED_ALLOW[role] if a.startswith("dynamodb:")}
+        # The stream's actions are the trigger's, not the code's.
+        granted = {(a, r) for a, r in EXPECTED_ALLOW[role]
+                   if a.startswith("dynamodb:") and not r.endswith("/stream/*)")}
         unused = granted - needed
         assert not unused, f"{role} grants {sorted(unused)} that its code does not use"
 
@@ -688,7 +698,7 @@ def test_alarms_on_dlq_depth_function_errors_and_throttles():
             for a in alarms
         )
 
-    for dlq in WORK_QUEUES.values():
+    for dlq in [*WORK_QUEUES.values(), "AnnounceFailures"]:
         assert has("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", dlq), dlq
     for fn in FUNCTIONS:
         assert has("AWS/Lambda", "Errors", "FunctionName", fn), fn
@@ -793,7 +803,9 @@ def test_sam_transform_adds_no_permissions_of_its_own():
         assert out[role] == RES[role], f"SAM changed {role}"
     assert not [k for k, v in out.items() if v["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")]
     mappings = [v["Properties"] for v in out.values() if v["Type"] == "AWS::Lambda::EventSourceMapping"]
-    assert len(mappings) == 7
+    assert len(mappings) == 8  # 7 queues, and the announcer's stream
+    stream = [m for m in mappings if m["EventSourceArn"] == {"Fn::GetAtt": ["ContextTable", "StreamArn"]}]
+    assert len(stream) == 1 and "FilterCriteria" in stream[0] and "DestinationConfig" in stream[0]
     for m in mappings:
         assert m["FunctionResponseTypes"] == ["ReportBatchItemFailures"], m
     api = out["HttpApi"]["Properties"]
@@ -821,3 +833,45 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def test_finished_tasks_are_announced_from_the_context_tables_stream():
+    """The announcer's trigger passes exactly the changes `TaskStatus::finishes`
+    announces: a task item (sort key TASK) whose status became terminal."""
+    table = RES["ContextTable"]["Properties"]
+    assert table["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
+    events = RES["Announcer"]["Properties"]["Events"]
+    assert list(events) == ["TaskStream"]
+    trigger = events["TaskStream"]
+    assert trigger["Type"] == "DynamoDB"
+    props = trigger["Properties"]
+    assert props["Stream"] == {"Fn::GetAtt": ["ContextTable", "StreamArn"]}
+    assert props["StartingPosition"] == "TRIM_HORIZON"
+    assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert props["BisectBatchOnFunctionError"] is True
+    assert props["ParallelizationFactor"] == 1  # each task's changes in order
+    # Retried until the record is nearly as old as the stream keeps it.
+    assert props["MaximumRetryAttempts"] == -1
+    assert 3600 <= props["MaximumRecordAgeInSeconds"] < 24 * 3600
+    assert props["DestinationConfig"]["OnFailure"] == {
+        "Type": "SQS", "Destination": {"Fn::GetAtt": ["AnnounceFailures", "Arn"]}}
+    failures = RES["AnnounceFailures"]["Properties"]
+    assert failures["MessageRetentionPeriod"] == 14 * 24 * 3600
+    [flt] = props["FilterCriteria"]["Filters"]
+    pattern = json.loads(flt["Pattern"])
+    task_rs = rust("shared/src/domain/task.rs")
+    terminal = re.search(r"fn is_terminal\(self\) -> bool \{.*?matches!\(\s*self,(.*?)\)",
+                         task_rs, re.S).group(1)
+    terminal = sorted(re.sub(r"(?<!^)([A-Z])", r"_\1", v).lower()
+                      for v in re.findall(r"TaskStatus::(\w+)", terminal))
+    assert terminal == ["cancelled", "completed", "failed"], terminal
+    keys = code_key_constants()
+    assert pattern == {
+        "eventName": ["MODIFY"],
+        "dynamodb": {
+            "NewImage": {keys["SK"]: {"S": [keys["TASK_SK"]]},
+                         "status": {"S": sorted(terminal, key=["completed", "failed", "cancelled"].index)}},
+            "OldImage": {"status": {"S": [{"anything-but": sorted(
+                terminal, key=["completed", "failed", "cancelled"].index)}]}},
+        },
+    }

@@ -122,3 +122,40 @@ pub async fn handle_inbox(
     }
     response
 }
+
+/// The announcer function: the context table's stream records (the trigger's
+/// filter passes only tasks that just finished) become `maof.task.*` events.
+/// When one cannot be published, the first such record is reported: the
+/// trigger retries the batch from it, in order, and after its retries sends
+/// the batch's description to the failure queue.
+pub async fn handle_stream(
+    svc: &Services,
+    event: aws_lambda_events::event::dynamodb::Event,
+) -> aws_lambda_events::event::streams::DynamoDbEventResponse {
+    let records: Vec<(String, Option<crate::domain::Task>)> = event
+        .records
+        .into_iter()
+        .map(|record| {
+            let sequence = record.change.sequence_number.unwrap_or_default();
+            let task = crate::adapters::aws::finished_in(
+                record.change.old_image.into_inner(),
+                record.change.new_image,
+                &sequence,
+            );
+            (sequence, task)
+        })
+        .collect();
+    let finished: Vec<(&str, &crate::domain::Task)> = records
+        .iter()
+        .filter_map(|(sequence, task)| task.as_ref().map(|t| (sequence.as_str(), t)))
+        .collect();
+    let tasks: Vec<&crate::domain::Task> = finished.iter().map(|(_, t)| *t).collect();
+    let announced = crate::stages::announce::announce(svc, &tasks).await;
+    let mut response = aws_lambda_events::event::streams::DynamoDbEventResponse::default();
+    if let Some((sequence, _)) = finished.get(announced) {
+        let mut failure = aws_lambda_events::event::streams::DynamoDbBatchItemFailure::default();
+        failure.item_identifier = Some((*sequence).to_owned());
+        response.batch_item_failures.push(failure);
+    }
+    response
+}

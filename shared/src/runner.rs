@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -18,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::adapters::aws::template::{TEMPLATE, TemplateShape};
-use crate::ports::{QueueName, ReceivedMessage};
+use crate::ports::{FinishedFeed, QueueName, ReceivedMessage};
 use crate::stages::Services;
 use crate::stages::batch::{self, BatchMessage};
 
@@ -127,6 +128,9 @@ impl Runner {
             config.sweep_every,
             stopped.clone(),
         )));
+        if let Some(feed) = svc.feed.clone() {
+            pollers.push(tokio::spawn(announce(svc.clone(), feed, stopped.clone())));
+        }
         Runner { stop, pollers }
     }
 
@@ -207,6 +211,26 @@ async fn sweep(svc: Services, every: Duration, mut stopped: watch::Receiver<bool
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "sweeper pass failed; the next one retries"),
+        }
+    }
+}
+
+/// The announcer: relays finished tasks from the store's change stream to
+/// the event bus, as the stream-triggered Lambda does on AWS.
+async fn announce(svc: Services, feed: Arc<dyn FinishedFeed>, mut stopped: watch::Receiver<bool>) {
+    use crate::stages::announce::{BACKOFF, IDLE, relay};
+    loop {
+        let pause = match relay(&svc, feed.as_ref(), 100).await {
+            Ok(relayed) if relayed.records > 0 => Duration::ZERO,
+            Ok(_) => IDLE,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the task stream failed; retrying");
+                BACKOFF
+            }
+        };
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }

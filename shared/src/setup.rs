@@ -9,10 +9,11 @@ use serde::Deserialize;
 
 use crate::adapters::aws::{
     DynamoRegistry, DynamoTaskStore, EventBridgePublisher, ResourceNames, S3Blobs,
-    SecretsManagerSource, SqsQueue,
+    SecretsManagerSource, SqsQueue, StreamFeed,
 };
 use crate::adapters::memory::{
-    MemoryBlobs, MemoryEvents, MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore,
+    MemoryBlobs, MemoryEvents, MemoryFeed, MemoryQueue, MemoryRegistry, MemorySecrets,
+    MemoryTaskStore,
 };
 use crate::domain::{AgentId, AgentSpec};
 use crate::ports::{
@@ -61,13 +62,15 @@ fn services(
 /// (`maof/openai` from `MAOF_OPENAI`).
 pub fn memory_services() -> (Services, Arc<MemoryQueue>) {
     let queue = Arc::new(MemoryQueue::new(MAX_RECEIVES));
+    let tasks = Arc::new(MemoryTaskStore::new());
     let svc = services(
-        Arc::new(MemoryTaskStore::new()),
+        tasks.clone(),
         Arc::new(MemoryRegistry::new()),
         queue.clone(),
         Arc::new(MemorySecrets::with_env_fallback()),
     )
     .with_events(Arc::new(MemoryEvents::new()))
+    .with_feed(Arc::new(MemoryFeed::new(tasks)))
     .with_blobs(Arc::new(MemoryBlobs::new()));
     (svc, queue)
 }
@@ -111,6 +114,7 @@ pub struct AwsClients {
     pub sqs: aws_sdk_sqs::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
     pub s3: aws_sdk_s3::Client,
+    pub streams: aws_sdk_dynamodbstreams::Client,
 }
 
 impl AwsClients {
@@ -120,6 +124,7 @@ impl AwsClients {
             sqs: aws_sdk_sqs::Client::new(config),
             secrets: aws_sdk_secretsmanager::Client::new(config),
             s3: aws_sdk_s3::Client::from_conf(crate::adapters::aws::s3_config(config).build()),
+            streams: aws_sdk_dynamodbstreams::Client::new(config),
         }
     }
 }
@@ -133,6 +138,11 @@ pub async fn aws_services_with(
         Some(urls) => SqsQueue::from_urls(clients.sqs, urls),
         None => SqsQueue::connect(clients.sqs, names).await?,
     };
+    let feed = StreamFeed::new(
+        clients.streams,
+        clients.dynamodb.clone(),
+        names.context_table.clone(),
+    );
     Ok(services(
         Arc::new(DynamoTaskStore::new(
             clients.dynamodb.clone(),
@@ -145,6 +155,7 @@ pub async fn aws_services_with(
         Arc::new(queue),
         Arc::new(SecretsManagerSource::new(clients.secrets)),
     )
+    .with_feed(Arc::new(feed))
     .with_blobs(Arc::new(S3Blobs::new(
         clients.s3,
         names.blob_bucket.clone(),

@@ -6,12 +6,16 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use maof::adapters::aws::{
     Bootstrap, DynamoRegistry, DynamoTaskStore, ResourceNames, S3Blobs, SecretsManagerSource,
-    SqsQueue, s3_config,
+    SqsQueue, StreamFeed, s3_config,
 };
 use maof::adapters::memory::{
-    MemoryBlobs, MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore,
+    MemoryBlobs, MemoryFeed, MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore,
 };
-use maof::ports::{BlobStore, Queue, Registry, SecretSource, TaskStore};
+use maof::ports::{BlobStore, FinishedFeed, Queue, Registry, SecretSource, TaskStore};
+
+/// Makes a new reader of a task store's change stream: what an announcer
+/// that (re)starts builds.
+pub type NewFeed = Arc<dyn Fn() -> Arc<dyn FinishedFeed> + Send + Sync>;
 
 /// Receives after which a message is dead-lettered, on both backends (as
 /// template.yaml's redrive policies say).
@@ -31,6 +35,7 @@ pub struct Backend {
     pub secrets: Arc<dyn SecretSource>,
     pub secret_admin: Arc<dyn SecretAdmin>,
     pub blobs: Arc<dyn BlobStore>,
+    pub new_feed: NewFeed,
 }
 
 #[async_trait]
@@ -42,9 +47,12 @@ impl SecretAdmin for MemorySecrets {
 
 pub fn memory() -> Backend {
     let secrets = Arc::new(MemorySecrets::new());
+    let tasks = Arc::new(MemoryTaskStore::new());
+    let store = tasks.clone();
     Backend {
         name: "memory",
-        tasks: Arc::new(MemoryTaskStore::new()),
+        tasks,
+        new_feed: Arc::new(move || Arc::new(MemoryFeed::new(store.clone()))),
         registry: Arc::new(MemoryRegistry::new()),
         queue: Arc::new(MemoryQueue::new(MAX_RECEIVES)),
         secrets: secrets.clone(),
@@ -95,8 +103,17 @@ pub async fn aws() -> Backend {
         .ensure_all()
         .await
         .unwrap_or_else(|e| panic!("bootstrap on moto: {e}"));
+    let streams = aws_sdk_dynamodbstreams::Client::new(&config);
+    let (feed_dynamodb, table) = (dynamodb.clone(), names.context_table.clone());
     Backend {
         name: "aws",
+        new_feed: Arc::new(move || {
+            Arc::new(StreamFeed::new(
+                streams.clone(),
+                feed_dynamodb.clone(),
+                table.clone(),
+            ))
+        }),
         tasks: Arc::new(DynamoTaskStore::new(dynamodb.clone(), names.context_table)),
         registry: Arc::new(DynamoRegistry::new(dynamodb, names.registry_table)),
         queue: Arc::new(SqsQueue::from_urls(sqs, urls)),

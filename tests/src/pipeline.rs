@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use maof::adapters::memory::MemoryEvents;
 use maof::api::{ApiState, Authenticator, router};
 use maof::domain::{Provider, Role, TenantId};
 use maof::ports::{CachedSecrets, Clock, Queue, SystemClock, TaskStore};
@@ -37,6 +38,8 @@ pub struct Pipeline {
     pub auth: Arc<Authenticator>,
     /// Every request the mock agents received.
     pub provider: Arc<CountingProvider>,
+    /// Every finished task announced (read from the store's change stream).
+    pub events: Arc<MemoryEvents>,
     runner: Option<Runner>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -62,6 +65,7 @@ impl Pipeline {
             CachedSecrets::DEFAULT_TTL,
         ));
         let provider = Arc::new(CountingProvider::new(Arc::new(MockProvider)));
+        let events = Arc::new(MemoryEvents::new());
         let mut providers = Providers::new(http_client());
         providers.insert(Provider::Mock, provider.clone());
         let services = Services::new(
@@ -73,7 +77,9 @@ impl Pipeline {
             clock,
             Settings::default(),
         )
-        .with_blobs(backend.blobs);
+        .with_blobs(backend.blobs)
+        .with_events(events.clone())
+        .with_feed((backend.new_feed)());
         maof::setup::seed_registry(&services, &seed_file())
             .await
             .unwrap_or_else(|e| panic!("seeding the test registry: {e}"));
@@ -103,6 +109,7 @@ impl Pipeline {
             services,
             auth,
             provider,
+            events,
             runner: Some(runner),
             server,
         }

@@ -188,6 +188,11 @@ async fn finished_tasks_are_announced() {
             .unwrap();
         assert!(done.task.status.is_terminal());
     }
+    // The announcer relays the finishings from the store's change stream.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while events.published().len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     runner.shutdown().await;
     let published = events.published();
     let of = |id: String| {
@@ -200,6 +205,7 @@ async fn finished_tasks_are_announced() {
     let completed = of(ok.task_id.to_string());
     assert_eq!(completed.len(), 1, "announced once");
     assert_eq!(completed[0].detail_type(), "maof.task.completed");
+    assert_eq!(completed[0].event_id, format!("{}.completed", ok.task_id));
     assert_eq!(completed[0].tenant, "acme");
     assert!(completed[0].usage.input_tokens > 0);
     let failed = of(bad.task_id.to_string());

@@ -165,3 +165,121 @@ fn a_dead_letter_queue_arn_selects_the_dead_letter_handler() {
     );
     assert_eq!(queue_of(QueueName::Route, None), QueueName::Route);
 }
+
+/// A stream record as the announcer's trigger delivers it: the item's images
+/// in DynamoDB JSON.
+fn stream_record(
+    sequence: &str,
+    old: &maof::domain::Task,
+    new: &maof::domain::Task,
+) -> serde_json::Value {
+    use maof::adapters::layout::TaskItem;
+    let image = |task: &maof::domain::Task| {
+        let item: serde_dynamo::Item = serde_dynamo::to_item(TaskItem::new(task, 0)).unwrap();
+        serde_json::to_value(item).unwrap()
+    };
+    serde_json::json!({
+        "eventID": format!("e-{sequence}"),
+        "eventName": "MODIFY",
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": {
+            "ApproximateCreationDateTime": 1_764_000_000,
+            "Keys": {"pk": {"S": "k"}, "sk": {"S": "TASK"}},
+            "OldImage": image(old),
+            "NewImage": image(new),
+            "SequenceNumber": sequence,
+            "SizeBytes": 512,
+            "StreamViewType": "NEW_AND_OLD_IMAGES"
+        },
+        "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/maof-context/stream/2026-01-01T00:00:00.000"
+    })
+}
+
+/// A bus that is down.
+struct DownBus;
+
+#[async_trait::async_trait]
+impl maof::ports::EventPublisher for DownBus {
+    async fn task_finished(
+        &self,
+        _event: &maof::ports::TaskFinished,
+    ) -> Result<(), maof::ports::EventError> {
+        Err(maof::ports::EventError("the bus is down".into()))
+    }
+}
+
+#[tokio::test]
+async fn the_announcer_publishes_finishings_and_reports_the_first_it_could_not() {
+    use maof::domain::{TaskPatch, TaskRequest};
+    let request: TaskRequest =
+        serde_json::from_value(serde_json::json!({"task_type": "text", "content": "x"})).unwrap();
+    let (spec, _) = request.parse().unwrap();
+    let running = {
+        let mut t = maof::domain::Task::new(
+            TenantId::parse("acme").unwrap(),
+            spec,
+            None,
+            "u",
+            chrono::Utc::now(),
+        );
+        t.status = TaskStatus::Running;
+        t
+    };
+    let finish = |to: TaskStatus| {
+        let mut t = running.clone();
+        t.apply(to, TaskPatch::default(), chrono::Utc::now())
+            .unwrap();
+        t
+    };
+    let completed = finish(TaskStatus::Completed);
+    let mut other = running.clone();
+    other.task_id = TaskId::new();
+    let cancelled = {
+        let mut t = other.clone();
+        t.apply(
+            TaskStatus::Cancelled,
+            TaskPatch::default(),
+            chrono::Utc::now(),
+        )
+        .unwrap();
+        t
+    };
+    let event = serde_json::json!({"Records": [
+        // Routing → running: not a finishing (the trigger's filter would
+        // drop it; the handler holds the same rule).
+        stream_record("100", &running, &running),
+        stream_record("200", &running, &completed),
+        // A cost added to a finished task: not a finishing either.
+        stream_record("300", &completed, &completed),
+        stream_record("400", &other, &cancelled),
+    ]});
+    let event: aws_lambda_events::event::dynamodb::Event =
+        serde_json::from_value(event).expect("a DynamoDB stream event");
+
+    let (svc, _) = maof::setup::memory_services();
+    let events = Arc::new(maof::adapters::memory::MemoryEvents::new());
+    let up = svc.clone().with_events(events.clone());
+    let response = maof::lambda::handle_stream(&up, event.clone()).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let ids: Vec<String> = events.published().into_iter().map(|e| e.event_id).collect();
+    assert_eq!(
+        ids,
+        [
+            format!("{}.completed", completed.task_id),
+            format!("{}.cancelled", cancelled.task_id)
+        ]
+    );
+
+    // With the bus down, the trigger is told to retry from the first
+    // finishing, not from the record before it or the batch's end.
+    let down = svc.with_events(Arc::new(DownBus));
+    let response = maof::lambda::handle_stream(&down, event).await;
+    let failed: Vec<Option<String>> = response
+        .batch_item_failures
+        .into_iter()
+        .map(|f| f.item_identifier)
+        .collect();
+    assert_eq!(failed, [Some("200".to_owned())]);
+}

@@ -76,6 +76,28 @@ async fn finished(p: &Pipeline, token: &str, id: &str, limit: Duration) -> Value
     }
 }
 
+/// The events announced for task `id`, once at least one is (the announcer
+/// relays them from the store's change stream, a little after the task ends).
+async fn announced(p: &Pipeline, id: &str) -> Vec<maof::ports::TaskFinished> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let events: Vec<_> = p
+            .events
+            .published()
+            .into_iter()
+            .filter(|e| e.task_id == id)
+            .collect();
+        if !events.is_empty() {
+            return events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "task {id} was never announced"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn text_task(content: &str) -> Value {
     json!({"task_type": "text", "content": content})
 }
@@ -194,6 +216,12 @@ async fn every_message_delivered_twice_still_calls_each_agent_once(b: Backend) {
         "no agent was asked the same task twice"
     );
     assert_eq!(p.provider.total(), 8, "4 tasks × 2 agents, once each");
+    // One finishing per task in the stream, however often messages came.
+    for id in &ids {
+        let events = announced(&p, id).await;
+        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, [format!("{id}.completed")], "announced once");
+    }
     p.stop().await;
 }
 
@@ -604,6 +632,11 @@ async fn a_task_cancelled_mid_call_owes_what_its_calls_cost_when_they_land(b: Ba
         (dollars(&task["cost_usd"]) - cost).abs() < 1e-12,
         "{name}: the cancelled task owes what its calls cost: {task}"
     );
+    // Announced once, as cancelled: adding the late calls' cost afterwards
+    // changes a finished task, which announces nothing more.
+    let events = announced(&p, &id).await;
+    assert_eq!(events.len(), 1, "{name}: {events:?}");
+    assert_eq!(events[0].event_id, format!("{id}.cancelled"), "{name}");
     p.stop().await;
 }
 

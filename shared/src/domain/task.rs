@@ -64,6 +64,13 @@ impl TaskStatus {
         }
     }
 
+    /// Whether a write that took a task from `before` (`None`: no task) to
+    /// `after` finished it: the one write whose change announces the task.
+    /// Later writes to a finished task (costs of late calls) announce nothing.
+    pub fn finishes(before: Option<TaskStatus>, after: TaskStatus) -> bool {
+        after.is_terminal() && !before.is_some_and(TaskStatus::is_terminal)
+    }
+
     /// Every status from which `next` may be reached: the condition a store
     /// checks atomically when it applies a transition.
     pub fn predecessors(next: TaskStatus) -> Vec<TaskStatus> {

@@ -1,14 +1,23 @@
 //! Events other pipelines can follow: a finished task is announced (on AWS,
-//! to an EventBridge bus as `maof.task.completed` / `maof.task.failed`).
+//! to an EventBridge bus as `maof.task.completed` / `failed` / `cancelled`).
+//!
+//! Announcements come from the task store's change stream, not from the
+//! stage that finished the task, so a crash between the two loses none:
+//! the stream keeps the change until it is announced. Delivery is at least
+//! once; each event's id is stable, for consumers to drop duplicates.
 
 use async_trait::async_trait;
 use serde::Serialize;
 
+use super::StoreError;
 use crate::domain::{Task, TaskError, TaskStatus, TaskType, Usage, Usd};
 
 /// The detail of a task's finishing event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TaskFinished {
+    /// The same on every delivery of this event: a task finishes once, so
+    /// its id and final status name the event.
+    pub event_id: String,
     pub tenant: String,
     pub task_id: String,
     pub status: TaskStatus,
@@ -23,6 +32,7 @@ pub struct TaskFinished {
 impl TaskFinished {
     pub fn of(task: &Task) -> Self {
         TaskFinished {
+            event_id: format!("{}.{}", task.task_id, task.status.as_str()),
             tenant: task.tenant.to_string(),
             task_id: task.task_id.to_string(),
             status: task.status,
@@ -57,4 +67,41 @@ impl EventPublisher for NoEvents {
     async fn task_finished(&self, _event: &TaskFinished) -> Result<(), EventError> {
         Ok(())
     }
+}
+
+/// A place in the store's change stream: a shard, and a record in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedPosition {
+    pub shard: String,
+    pub sequence: String,
+}
+
+/// What one read of the feed found.
+#[derive(Debug, Clone, Default)]
+pub struct FeedBatch {
+    /// The tasks that finished in the records read, in stream order, each
+    /// with its record's position.
+    pub finished: Vec<(FeedPosition, Task)>,
+    /// How many records were read, finishing or not.
+    pub records: usize,
+}
+
+/// The task store's change stream, filtered to tasks finishing, read from a
+/// checkpoint the feed keeps. On AWS the announcer Lambda's trigger does this
+/// reading; the local runner reads this port instead.
+#[async_trait]
+pub trait FinishedFeed: Send + Sync {
+    /// The next records after the last read (after the checkpoint, on the
+    /// first read and after `rewind`), at most `limit`.
+    async fn read(&self, limit: usize) -> Result<FeedBatch, StoreError>;
+
+    /// Everything up to and including `position` is announced: a reader that
+    /// starts again starts after it. Only finishings are checkpointed: a
+    /// checkpoint is itself a change to the table, so checkpointing past
+    /// every record read would never run out of records.
+    async fn checkpoint(&self, position: &FeedPosition) -> Result<(), StoreError>;
+
+    /// The next read starts again from the checkpoint (after records were
+    /// read but not all announced).
+    async fn rewind(&self);
 }

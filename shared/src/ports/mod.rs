@@ -11,7 +11,9 @@ pub mod task_store;
 
 pub use blobs::{BlobError, BlobKey, BlobStore, NoBlobs};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use events::{EventError, EventPublisher, NoEvents, TaskFinished};
+pub use events::{
+    EventError, EventPublisher, FeedBatch, FeedPosition, FinishedFeed, NoEvents, TaskFinished,
+};
 pub use queue::{OutgoingMessage, Queue, QueueError, QueueName, ReceivedMessage};
 pub use registry::{Expect, Registry};
 pub use secrets::{CachedSecrets, SecretError, SecretSource};

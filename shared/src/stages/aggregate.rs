@@ -47,7 +47,7 @@ pub(crate) async fn finish(
         .await
     {
         Ok(finished) => {
-            svc.finished(&finished).await;
+            svc.finished(&finished);
             Ok(Ended::Now)
         }
         // Finished meanwhile (a duplicate, a cancel or a timeout won).

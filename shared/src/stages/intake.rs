@@ -282,7 +282,7 @@ pub async fn cancel(
         .await
     {
         Ok(task) => {
-            svc.finished(&task).await;
+            svc.finished(&task);
             Ok(task)
         }
         Err(StoreError::NotFound) => Err(CancelError::NotFound),

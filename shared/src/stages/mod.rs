@@ -4,6 +4,7 @@
 pub mod agent_call;
 mod agents;
 pub mod aggregate;
+pub mod announce;
 pub mod batch;
 mod claim_check;
 mod completions;
@@ -23,8 +24,8 @@ use crate::domain::{
     Envelope, MessageKind, Task, TaskError, TaskId, TaskPatch, TaskStatus, TenantId,
 };
 use crate::ports::{
-    BlobStore, CachedSecrets, Clock, EventPublisher, NoBlobs, NoEvents, OutgoingMessage, Queue,
-    QueueError, QueueName, Registry, StoreError, TaskFinished, TaskStore,
+    BlobStore, CachedSecrets, Clock, EventPublisher, FinishedFeed, NoBlobs, NoEvents,
+    OutgoingMessage, Queue, QueueError, QueueName, Registry, StoreError, TaskStore,
 };
 use crate::providers::Providers;
 
@@ -41,8 +42,11 @@ pub struct Services {
     pub clock: Arc<dyn Clock>,
     /// Wakes in-process waiters (`?wait=N`) when a task finishes.
     pub completions: Arc<Completions>,
-    /// Announces finished tasks to other pipelines.
+    /// Where finished tasks are announced to other pipelines.
     pub events: Arc<dyn EventPublisher>,
+    /// The task store's changes, for the local runner's announcer (on AWS the
+    /// announcer Lambda gets them from its stream trigger instead).
+    pub feed: Option<Arc<dyn FinishedFeed>>,
     /// The claim check: outputs above `settings.claim_check_bytes`.
     pub blobs: Arc<dyn BlobStore>,
     pub settings: Settings,
@@ -106,6 +110,7 @@ impl Services {
             clock,
             completions: Arc::new(Completions::default()),
             events: Arc::new(NoEvents),
+            feed: None,
             blobs: Arc::new(NoBlobs),
             settings,
         }
@@ -121,14 +126,15 @@ impl Services {
         self
     }
 
-    /// Wakes local waiters and announces a task that just finished. The
-    /// transition already happened, so a failed announcement is logged, not
-    /// retried by redelivery (which would find the task finished).
-    pub(crate) async fn finished(&self, task: &Task) {
+    pub fn with_feed(mut self, feed: Arc<dyn FinishedFeed>) -> Self {
+        self.feed = Some(feed);
+        self
+    }
+
+    /// Wakes local waiters on a task that just finished. Its announcement
+    /// comes from the store's change stream (`announce`), not from here.
+    pub(crate) fn finished(&self, task: &Task) {
         self.completions.finished(&task.tenant, task.task_id);
-        if let Err(e) = self.events.task_finished(&TaskFinished::of(task)).await {
-            tracing::error!(error = %e, task_id = %task.task_id, "could not announce the finished task");
-        }
     }
 
     pub(crate) async fn send(
@@ -227,7 +233,7 @@ pub(crate) async fn end_task(
         .await
     {
         Ok(failed) => {
-            svc.finished(&failed).await;
+            svc.finished(&failed);
             Ok(Ended::Now)
         }
         Err(StoreError::Transition(_)) | Err(StoreError::NotFound) => Ok(Ended::Before),

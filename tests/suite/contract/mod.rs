@@ -4,6 +4,7 @@
 //! Each case is written once against the ports; `backends!` runs every case
 //! on `memory` and on `aws` (DynamoDB, SQS, Secrets Manager on moto).
 
+mod announcements;
 mod blobs;
 mod queue;
 mod registry;

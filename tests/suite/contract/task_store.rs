@@ -39,7 +39,7 @@ fn new_task(tenant_name: &str, key: Option<&str>) -> Task {
     )
 }
 
-fn call_result(call_id: CallId, output: &str) -> CallResult {
+pub(super) fn call_result(call_id: CallId, output: &str) -> CallResult {
     CallResult {
         call_id,
         agent_id: AgentId::parse("mock-a").unwrap(),

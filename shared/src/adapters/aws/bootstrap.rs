@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+    ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType,
+    TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use rand::Rng;
@@ -250,6 +251,15 @@ impl Bootstrap {
                 builder = builder.key_schema(key(&k.attribute, &k.key_type)?);
             }
             create = create.global_secondary_indexes(builder.build().map_err(failed("index"))?);
+        }
+        if let Some(view) = &table.stream_view {
+            create = create.stream_specification(
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::from(view.as_str()))
+                    .build()
+                    .map_err(failed("stream"))?,
+            );
         }
         match create.send().await {
             Ok(_) => {}

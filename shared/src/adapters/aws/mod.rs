@@ -5,6 +5,7 @@
 mod blobs;
 mod bootstrap;
 mod events;
+mod feed;
 mod queue;
 mod registry;
 mod secrets;
@@ -14,6 +15,8 @@ pub mod template;
 pub use blobs::S3Blobs;
 pub use bootstrap::{Bootstrap, BootstrapError};
 pub use events::EventBridgePublisher;
+pub use feed::StreamFeed;
+pub(crate) use feed::finished_in;
 pub use queue::SqsQueue;
 pub use registry::DynamoRegistry;
 pub use secrets::SecretsManagerSource;

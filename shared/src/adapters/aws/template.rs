@@ -41,6 +41,8 @@ pub struct TableShape {
     pub keys: Vec<KeyElement>,
     pub indexes: Vec<IndexShape>,
     pub ttl_attribute: Option<String>,
+    /// The stream's view type (`NEW_AND_OLD_IMAGES`), when the table has one.
+    pub stream_view: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,12 +303,18 @@ impl TemplateShape {
                         .and_then(|t| t.get("AttributeName"))
                         .map(|a| cx.scalar(a))
                         .transpose()?;
+                    let stream_view = props
+                        .get("StreamSpecification")
+                        .and_then(|s| s.get("StreamViewType"))
+                        .map(|v| cx.scalar(v))
+                        .transpose()?;
                     shape.tables.push(TableShape {
                         name: name("TableName")?,
                         attributes,
                         keys: cx.keys(props.get("KeySchema"))?,
                         indexes,
                         ttl_attribute,
+                        stream_view,
                     });
                 }
                 "AWS::SQS::Queue" => {
@@ -382,6 +390,7 @@ mod tests {
         let context = shape.tables.iter().find(|t| t.name == "x-context").unwrap();
         assert_eq!(context.indexes[0].name, "gsi1");
         assert_eq!(context.ttl_attribute.as_deref(), Some("expires_at"));
+        assert_eq!(context.stream_view.as_deref(), Some("NEW_AND_OLD_IMAGES"));
         for q in ["x-route", "x-agent-call", "x-aggregate"] {
             let queue = shape
                 .queues

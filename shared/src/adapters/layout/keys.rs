@@ -18,6 +18,10 @@ pub const CALL_SK_PREFIX: &str = "CALL#";
 pub const LEASE_SK_PREFIX: &str = "LEASE#";
 pub const IDEM_SK: &str = "IDEM";
 pub const AGENT_SK: &str = "AGENT";
+/// The local announcer's checkpoints, one item per stream shard (sort key:
+/// the shard id). The one partition that belongs to no tenant: it holds no
+/// tenant data.
+pub const FEED_PK: &str = "FEED#announcer";
 
 pub fn task_pk(tenant: &TenantId, task: TaskId) -> String {
     format!("T#{tenant}#TASK#{task}")

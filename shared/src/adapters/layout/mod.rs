@@ -5,11 +5,13 @@
 
 pub mod keys;
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use serde_dynamo::AttributeValue;
 
 use crate::domain::{
-    CallId, CallLease, CallResult, IdempotencyKey, LeaseHolder, Task, TaskId, TenantId,
+    CallId, CallLease, CallResult, IdempotencyKey, LeaseHolder, Task, TaskId, TaskStatus, TenantId,
 };
 
 /// DynamoDB's largest item: 400 KB, counting attribute names and values.
@@ -120,6 +122,28 @@ impl IdempotencyItem {
             task_id,
             expires_at,
         }
+    }
+}
+
+/// The task that a change to an item finished, if it did: a task item whose
+/// status became terminal with this write (`TaskStatus::finishes`). Every
+/// other change (other items, later writes to a finished task) is `None`.
+/// `old` and `new` are the stream record's images, empty when absent.
+pub fn finished_task(
+    old: &HashMap<String, AttributeValue>,
+    new: serde_dynamo::Item,
+) -> Result<Option<Task>, serde_dynamo::Error> {
+    let status = |image: &HashMap<String, AttributeValue>| match image.get("status") {
+        Some(AttributeValue::S(s)) => serde_json::from_value::<TaskStatus>(s.as_str().into()).ok(),
+        _ => None,
+    };
+    let is_task = matches!(new.get(keys::SK), Some(AttributeValue::S(sk)) if sk == keys::TASK_SK);
+    match status(&new) {
+        Some(after) if is_task && TaskStatus::finishes(status(old), after) => {
+            let item: TaskItem = serde_dynamo::from_item(new)?;
+            Ok(Some(item.task))
+        }
+        _ => Ok(None),
     }
 }
 

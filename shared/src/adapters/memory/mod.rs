@@ -3,6 +3,7 @@
 
 mod blobs;
 mod events;
+mod feed;
 mod queue;
 mod registry;
 mod secrets;
@@ -10,6 +11,7 @@ mod task_store;
 
 pub use blobs::MemoryBlobs;
 pub use events::MemoryEvents;
+pub use feed::MemoryFeed;
 pub use queue::MemoryQueue;
 pub use registry::MemoryRegistry;
 pub use secrets::MemorySecrets;

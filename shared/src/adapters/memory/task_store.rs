@@ -29,6 +29,12 @@ struct State {
     idempotency: HashMap<(TenantId, IdempotencyKey), TaskId>,
     /// Finished tasks, oldest first: what retention evicts.
     finished: VecDeque<(TenantId, TaskId)>,
+    /// The change stream, as the table's stream filtered by the announcer's
+    /// trigger: each task's finishing, numbered, oldest first.
+    stream: VecDeque<(u64, Task)>,
+    next_sequence: u64,
+    /// The last finishing announced (the announcer's checkpoint).
+    announced: Option<u64>,
 }
 
 /// Tasks in process. Like the DynamoDB table's TTL, retention bounds what is
@@ -93,6 +99,16 @@ fn task_size(task: &Task, done_calls: usize) -> Result<usize, StoreError> {
 }
 
 impl State {
+    /// Appends to the change stream, which keeps as many finishings as
+    /// retention keeps finished tasks (DynamoDB's keeps a day of changes).
+    fn record_finishing(&mut self, task: &Task, keep: usize) {
+        self.next_sequence += 1;
+        self.stream.push_back((self.next_sequence, task.clone()));
+        while self.stream.len() > keep.max(1) {
+            self.stream.pop_front();
+        }
+    }
+
     fn evict_beyond(&mut self, max_finished: usize) {
         while self.finished.len() > max_finished {
             let Some(key) = self.finished.pop_front() else {
@@ -104,6 +120,37 @@ impl State {
                 self.idempotency.remove(&(key.0, idem));
             }
         }
+    }
+}
+
+/// The memory change stream's side of the announcer (see `MemoryFeed`).
+impl MemoryTaskStore {
+    /// Up to `limit` finishings numbered after `after` (after the checkpoint
+    /// when `None`). Numbers are one stream "shard"'s sequence.
+    pub(super) fn finishings_after(&self, after: Option<u64>, limit: usize) -> Vec<(u64, Task)> {
+        let state = lock(&self.state);
+        let after = after.or(state.announced).unwrap_or(0);
+        if let Some((oldest, _)) = state.stream.front()
+            && *oldest > after + 1
+        {
+            tracing::error!(
+                from = after + 1,
+                oldest,
+                "finishings were trimmed from the stream before they were announced"
+            );
+        }
+        state
+            .stream
+            .iter()
+            .filter(|(n, _)| *n > after)
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    pub(super) fn set_announced(&self, through: u64) {
+        let mut state = lock(&self.state);
+        state.announced = Some(state.announced.map_or(through, |a| a.max(through)));
     }
 }
 
@@ -182,13 +229,15 @@ impl TaskStore for MemoryTaskStore {
         let mut task = entry.task.clone();
         task.apply(to, patch, now)?;
         task_size(&task, entry.done.len())?;
+        let before = entry.task.status;
         entry.task = task.clone();
         if to.is_terminal() {
             entry.sweep_at = None;
         }
-        if to.is_terminal() {
+        if TaskStatus::finishes(Some(before), to) {
             state.finished.push_back((tenant.clone(), task_id));
             state.evict_beyond(self.max_finished);
+            state.record_finishing(&task, self.max_finished);
         }
         Ok(task)
     }
