@@ -4,6 +4,9 @@
 //! refuse for its size, the memory backend refuses too.
 
 pub mod keys;
+mod size;
+
+pub use size::{SizeError, item_size};
 
 use std::collections::HashMap;
 
@@ -147,17 +150,6 @@ pub fn finished_task(
     }
 }
 
-/// An item's size as DynamoDB counts it: each attribute's name (UTF-8 bytes)
-/// plus its value. `extra` adds attributes the struct does not carry (the
-/// fan-in's set), as `(name, value size)`.
-pub fn item_size<T: Serialize>(item: &T) -> Result<usize, serde_dynamo::Error> {
-    let item: serde_dynamo::Item = serde_dynamo::to_item(item)?;
-    Ok(item
-        .iter()
-        .map(|(name, value)| name.len() + value_size(value))
-        .sum())
-}
-
 /// The size of the fan-in's string set of `n` call ids, with its name.
 pub fn done_calls_size(n: usize) -> usize {
     if n == 0 {
@@ -190,11 +182,7 @@ pub fn value_size(value: &AttributeValue) -> usize {
     }
 }
 
-fn number_size(n: &str) -> usize {
-    let digits: String = n.chars().filter(char::is_ascii_digit).collect();
-    let significant = digits.trim_start_matches('0').trim_end_matches('0').len();
-    significant.div_ceil(2) + 1
-}
+use size::number_size;
 
 #[cfg(test)]
 mod tests {
@@ -218,7 +206,75 @@ mod tests {
         // pk: 2 + 3; n: 1 + (3 significant digits → 2 + 1); ok: 2 + 1;
         // tags: 4 + 3 + (1 + 2) + (1 + 1).
         assert_eq!(item_size(&item).unwrap(), 5 + 4 + 3 + 12);
+        assert_eq!(reference_size(&item), 5 + 4 + 3 + 12);
         assert_eq!(number_size("0.000059"), 2);
         assert_eq!(number_size("-123456789"), 6);
+        assert_eq!(number_size("0"), 1);
+        assert_eq!(number_size("120.50"), 3);
+    }
+
+    /// The size from the attribute values `serde_dynamo` builds.
+    fn reference_size<T: Serialize>(item: &T) -> usize {
+        let item: serde_dynamo::Item = serde_dynamo::to_item(item).unwrap();
+        item.iter()
+            .map(|(name, value)| name.len() + value_size(value))
+            .sum()
+    }
+
+    #[test]
+    fn sizing_while_serializing_matches_the_attribute_values_serde_dynamo_builds() {
+        use crate::domain::{
+            AgentId, CallId, CallStatus, ErrorClass, Provider, TaskError, TaskRequest, Usd,
+        };
+        let request: TaskRequest = serde_json::from_value(serde_json::json!({
+            "task_type": "text", "content": "Grüße ✓ ".repeat(40), "system": "be brief",
+            "routing": {"strategy": "cheapest", "fanout": 2, "agents": ["a-1", "b-2"]},
+            "aggregation": {"strategy": "all"}, "budget_usd": 0.05, "timeout_ms": 120_000,
+            "metadata": {"n": 3, "f": 0.000_125, "neg": -40, "big": 12_300_000u64,
+                         "list": [1, "x", null, true, {"k": []}], "none": null}
+        }))
+        .unwrap();
+        let (spec, _) = request.parse().unwrap();
+        let now = chrono::Utc::now();
+        let mut task = Task::new(TenantId::parse("acme").unwrap(), spec, None, "u", now);
+        assert_eq!(
+            item_size(&TaskItem::new(&task, 1_795_000_000)).unwrap(),
+            reference_size(&TaskItem::new(&task, 1_795_000_000))
+        );
+        task.status = crate::domain::TaskStatus::Failed;
+        task.error = Some(TaskError::new("timeout", "past its deadline"));
+        task.cost_usd = Some(Usd::parse("0.0000198").unwrap());
+        task.counted_calls = [CallId::new(), CallId::new()].into();
+        let item = TaskItem::new(&task, 1_795_000_000);
+        assert_eq!(item_size(&item).unwrap(), reference_size(&item));
+
+        let call = CallResult {
+            call_id: CallId::new(),
+            agent_id: AgentId::parse("mock-a").unwrap(),
+            provider: Some(Provider::Mock),
+            status: CallStatus::Failed,
+            output: None,
+            output_ref: None,
+            usage: crate::domain::Usage {
+                input_tokens: 1200,
+                output_tokens: 30,
+                cached_input_tokens: 0,
+                cache_write_input_tokens: 7,
+            },
+            cost_usd: Some(Usd::parse("1.5").unwrap()),
+            latency_ms: 100,
+            attempts: 3,
+            error: Some(crate::domain::CallError {
+                class: ErrorClass::RateLimited,
+                message: "slow down".into(),
+            }),
+            retried_errors: vec![crate::domain::CallError {
+                class: ErrorClass::Server,
+                message: "upstream 502".into(),
+            }],
+            finished_at: now,
+        };
+        let item = CallItem::new(&task.tenant, task.task_id, &call, 0);
+        assert_eq!(item_size(&item).unwrap(), reference_size(&item));
     }
 }
