@@ -376,11 +376,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 mod aws_ops {
     //! Prints the AWS API operations per task that `maof::metering` counts,
-    //! beside each row's ceiling.
+    //! beside each row's ceiling; the storage units per task; and an
+    //! estimate of what AWS bills per million tasks.
 
     use anyhow::Context;
     use maof::adapters::aws::load_sdk_config;
-    use maof::metering::{by_cache_refresh, by_trigger, measure};
+    use maof::metering::{
+        UnitsRow, assumed, by_cache_refresh, by_trigger, cost_per_million, measure, measure_units,
+    };
 
     pub async fn run(tasks: usize) -> anyhow::Result<()> {
         if std::env::var_os("AWS_ENDPOINT_URL").is_none() {
@@ -396,7 +399,7 @@ mod aws_ops {
         println!(
             "\nAWS API operations per task (moto at AWS_ENDPOINT_URL), steady state, {tasks} tasks each:"
         );
-        for row in rows {
+        for row in &rows {
             println!(
                 "  {}: {:.2} operations per task by the pipeline's code (ceiling {})",
                 row.ceiling.name, row.per_task, row.ceiling.max_ops
@@ -412,7 +415,58 @@ mod aws_ops {
                 println!("    {op:<32} {n:>6.2}{note}");
             }
         }
+        let small = units(tasks, 2_000).await?;
+        let large = units(tasks, 200_000).await?;
+        println!(
+            "\nDynamoDB capacity units per task, as DynamoDB bills them (write: 1 KB, read: 4 KB; \
+             indexes included), metered on the memory backend's identical layout:"
+        );
+        println!(
+            "  {:<10} {:>9} {:>12} {:>11} {:>12}",
+            "task", "request", "write units", "read units", "write ceiling"
+        );
+        for row in small.iter().chain(&large) {
+            println!(
+                "  {:<10} {:>7} B {:>12.2} {:>11.2} {:>12}",
+                row.ceiling.name,
+                row.content_bytes,
+                row.write_units,
+                row.read_units,
+                if row.content_bytes == 2_000 {
+                    row.ceiling.max_write_units.to_string()
+                } else {
+                    "-".into()
+                }
+            );
+        }
+        println!(
+            "\nEstimated AWS cost per million tasks, 2 KB request, provider cost excluded \
+             (list prices; every message its own {} GB invocation of {} ms; {} log bytes each):",
+            assumed::FUNCTION_GB,
+            assumed::STAGE_SECONDS * 1000.0,
+            assumed::LOG_BYTES
+        );
+        for (ops, units) in rows.iter().zip(&small) {
+            let parts = cost_per_million(ops, units);
+            let total: f64 = parts.iter().map(|(_, usd)| usd).sum();
+            let listed: Vec<String> = parts
+                .iter()
+                .map(|(part, usd)| format!("{part} ${usd:.2}"))
+                .collect();
+            println!(
+                "  {}: ${total:.2} ({})",
+                ops.ceiling.name,
+                listed.join(", ")
+            );
+        }
         Ok(())
+    }
+
+    async fn units(tasks: usize, content_bytes: usize) -> anyhow::Result<Vec<UnitsRow>> {
+        measure_units(tasks, content_bytes)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("metering storage units per task")
     }
 }
 
@@ -431,13 +485,14 @@ mod lambda_init {
     use axum::routing::{get, post};
     use serde_json::json;
 
-    const FUNCTIONS: [&str; 6] = [
+    const FUNCTIONS: [&str; 7] = [
         "intake",
         "route",
         "agent-call",
         "aggregate",
         "events",
         "sweeper",
+        "announcer",
     ];
     const RUNS: usize = 5;
 

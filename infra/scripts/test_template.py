@@ -354,7 +354,8 @@ def test_tables_key_schema_billing_ttl_pitr_sse():
                     {"AttributeName": gsi1pk, "KeyType": "HASH"},
                     {"AttributeName": gsi1sk, "KeyType": "RANGE"},
                 ],
-                "Projection": {"ProjectionType": "ALL"},
+                # Keys only: a task's list entry is written once.
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
             }, {
                 # The sweeper's sparse, sharded index: keys only.
                 "IndexName": sweep,
@@ -490,7 +491,7 @@ def common(logs: str):
 EXPECTED_ALLOW = {
     "IntakeRole": grants(
         *common("IntakeLogs"),
-        ({GET, PUT, UPDATE, QUERY}, CONTEXT),
+        ({GET, PUT, UPDATE, QUERY, "dynamodb:BatchGetItem"}, CONTEXT),
         (QUERY, CONTEXT_INDEX),
         ({GET, SCAN, PUT, DELETE}, REGISTRY),
         ("sqs:SendMessage", "GetAtt(RouteQueue.Arn)"),
@@ -499,7 +500,7 @@ EXPECTED_ALLOW = {
     ),
     "RouteRole": grants(
         *common("RouteLogs"),
-        ({GET, UPDATE, QUERY}, CONTEXT),
+        ({UPDATE, QUERY}, CONTEXT),
         (SCAN, REGISTRY),
         (CONSUME, {"GetAtt(RouteQueue.Arn)", "GetAtt(RouteDlq.Arn)"}),
         ("sqs:SendMessage", "GetAtt(AgentCallQueue.Arn)"),
@@ -516,19 +517,20 @@ EXPECTED_ALLOW = {
     ),
     "AggregateRole": grants(
         *common("AggregateLogs"),
-        ({GET, UPDATE, QUERY}, CONTEXT),
+        ({UPDATE, QUERY}, CONTEXT),
         (CONSUME, {"GetAtt(AggregateQueue.Arn)", "GetAtt(AggregateDlq.Arn)"}),
         ({"s3:PutObject", "s3:GetObject"}, BLOBS),
     ),
     "SweeperRole": grants(
         *common("SweeperLogs"),
-        ({GET, UPDATE, QUERY}, CONTEXT),
+        ({UPDATE, QUERY}, CONTEXT),
         (QUERY, "Sub(${ContextTable.Arn}/index/sweep)"),
         ("sqs:SendMessage", {"GetAtt(RouteQueue.Arn)", "GetAtt(AgentCallQueue.Arn)",
                              "GetAtt(AggregateQueue.Arn)"}),
     ),
     "AnnouncerRole": grants(
         *common("AnnouncerLogs"),
+        (QUERY, CONTEXT),  # the finished task's request, for its event
         ({"dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator",
           "dynamodb:ListStreams"}, "Sub(${ContextTable.Arn}/stream/*)"),
         ("sqs:SendMessage", "GetAtt(AnnounceFailures.Arn)"),
@@ -536,7 +538,7 @@ EXPECTED_ALLOW = {
     ),
     "EventsRole": grants(
         *common("EventsLogs"),
-        ({GET, PUT, UPDATE}, CONTEXT),
+        ({GET, PUT, UPDATE, QUERY}, CONTEXT),
         (CONSUME, "GetAtt(InboxQueue.Arn)"),
         ("sqs:SendMessage", "GetAtt(RouteQueue.Arn)"),
     ),
@@ -598,15 +600,15 @@ def test_no_wildcards_and_each_role_grants_exactly_what_its_function_needs():
 
 # The DynamoDB actions behind each store method (shared/src/adapters/aws).
 TASK_STORE_ACTIONS = {
-    "get": {(GET, CONTEXT)},
+    "get": {(QUERY, CONTEXT)},  # the request and state items, one query
     "get_with_calls": {(QUERY, CONTEXT)},
-    "create": {(PUT, CONTEXT), (GET, CONTEXT)},  # a transaction of puts; get on conflict
-    "transition": {(UPDATE, CONTEXT), (GET, CONTEXT)},  # get when refused
+    "create": {(PUT, CONTEXT), (GET, CONTEXT)},  # puts (a transaction with a key); get on conflict
+    "transition": {(UPDATE, CONTEXT), (QUERY, CONTEXT)},  # get (a query) when refused
     "lease_call": {(PUT, CONTEXT), (GET, CONTEXT)},  # get when moto returns no old item
     "put_call": {(PUT, CONTEXT), (GET, CONTEXT)},  # likewise
     "record_call": {(UPDATE, CONTEXT)},
-    "add_late_calls": {(UPDATE, CONTEXT), (GET, CONTEXT)},  # get when the task changed
-    "list": {(QUERY, CONTEXT_INDEX)},
+    "add_late_calls": {(UPDATE, CONTEXT), (QUERY, CONTEXT)},  # get when the task changed
+    "list": {(QUERY, CONTEXT_INDEX), ("dynamodb:BatchGetItem", CONTEXT)},  # ids, then the tasks
     "due": {(QUERY, "Sub(${ContextTable.Arn}/index/sweep)")},
     "postpone": {(UPDATE, CONTEXT)},
 }

@@ -5,6 +5,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::{DateTime, Utc};
 use lambda_runtime::LambdaEvent;
 
+use crate::domain::{TaskId, TenantId};
 use crate::ports::QueueName;
 use crate::stages::Services;
 use crate::stages::batch::{self, BatchMessage};
@@ -132,29 +133,25 @@ pub async fn handle_stream(
     svc: &Services,
     event: aws_lambda_events::event::dynamodb::Event,
 ) -> aws_lambda_events::event::streams::DynamoDbEventResponse {
-    let records: Vec<(String, Option<crate::domain::Task>)> = event
+    let finished: Vec<(String, (TenantId, TaskId))> = event
         .records
         .into_iter()
-        .map(|record| {
+        .filter_map(|record| {
             let sequence = record.change.sequence_number.unwrap_or_default();
             let task = crate::adapters::aws::finished_in(
                 record.change.old_image.into_inner(),
                 record.change.new_image,
                 &sequence,
-            );
-            (sequence, task)
+            )?;
+            Some((sequence, task))
         })
         .collect();
-    let finished: Vec<(&str, &crate::domain::Task)> = records
-        .iter()
-        .filter_map(|(sequence, task)| task.as_ref().map(|t| (sequence.as_str(), t)))
-        .collect();
-    let tasks: Vec<&crate::domain::Task> = finished.iter().map(|(_, t)| *t).collect();
+    let tasks: Vec<(TenantId, TaskId)> = finished.iter().map(|(_, t)| t.clone()).collect();
     let announced = crate::stages::announce::announce(svc, &tasks).await;
     let mut response = aws_lambda_events::event::streams::DynamoDbEventResponse::default();
     if let Some((sequence, _)) = finished.get(announced) {
         let mut failure = aws_lambda_events::event::streams::DynamoDbBatchItemFailure::default();
-        failure.item_identifier = Some((*sequence).to_owned());
+        failure.item_identifier = Some(sequence.clone());
         response.batch_item_failures.push(failure);
     }
     response

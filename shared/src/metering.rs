@@ -25,18 +25,31 @@ use crate::stages::intake;
 ///
 /// | task | ceiling | why |
 /// |---|---|---|
-/// | 1 agent | 9 | intake Put + Send; route Update ×2 + SendBatch; agent-call Query + lease Put + result Put + Update |
-/// | 3 agents | 20 | the same, with three calls counted into the fan-in (Update each) and the aggregate hop (Send, Query, Update) |
+/// | 1 agent | 10 | intake Put ×2 (the request once, in its own item; the small state) + Send; route Query + Update + SendBatch; agent-call Query + lease Put + result Put + Update |
+/// | 3 agents | 21 | the same, with three calls counted into the fan-in (Update each) and the aggregate hop (Send, Query, Update) |
+///
+/// The request's own item costs one call but saves write units on every
+/// later write (DynamoDB bills by units, not calls): the state item written
+/// on each transition is under 1 KB whatever the content's size.
+///
+/// Write units, 2 KB request, indexes included (`measure_units`):
+///
+/// | task | ceiling | why |
+/// |---|---|---|
+/// | 1 agent | 11 | request 3 + state 1 + route 1 + lease 1 + result 1 + finish 1; index entries: list 1, sweep in 1 and out 1 |
+/// | 3 agents | 18 | the same, with three leases, three results and three fan-in counts, and the aggregate's finish |
 pub const CEILINGS: &[Ceiling] = &[
     Ceiling {
         name: "1 agent",
         fanout: 1,
-        max_ops: 9.0,
+        max_ops: 10.0,
+        max_write_units: 11,
     },
     Ceiling {
         name: "3 agents",
         fanout: 3,
-        max_ops: 20.0,
+        max_ops: 21.0,
+        max_write_units: 18,
     },
 ];
 
@@ -45,6 +58,9 @@ pub struct Ceiling {
     pub name: &'static str,
     pub fanout: u32,
     pub max_ops: f64,
+    /// DynamoDB write units per task with a 2 KB request, indexes included
+    /// (metered by `measure_units`).
+    pub max_write_units: u32,
 }
 
 /// Counts operations, once per operation (not per retry).
@@ -155,15 +171,7 @@ pub async fn measure(
     // and with no bus configured here there is nothing to publish. With one,
     // the announcer adds one PutEvents per finished task, outside the stages.
     svc.feed = None;
-    for (id, model) in [("ops-a", "a"), ("ops-b", "b"), ("ops-c", "c")] {
-        let spec: AgentSpec = serde_json::from_value(json!({
-            "name": id, "provider": "mock", "model": model, "capabilities": ["text"],
-            "pricing": {"input_per_mtok": 0.15, "output_per_mtok": 0.60}
-        }))?;
-        svc.registry
-            .put(&AgentId::parse(id)?, spec, Expect::Any)
-            .await?;
-    }
+    register_mock_agents(&svc).await?;
     let runner = Runner::spawn(
         svc.clone(),
         RunnerConfig {
@@ -174,11 +182,7 @@ pub async fn measure(
             ..RunnerConfig::default()
         },
     );
-    let principal = Principal {
-        sub: "ops".into(),
-        tenant: TenantId::parse("ops")?,
-        roles: vec![Role::Submitter],
-    };
+    let principal = principal()?;
     let mut rows = Vec::new();
     for ceiling in CEILINGS {
         let request = || -> Result<TaskRequest, serde_json::Error> {
@@ -234,4 +238,175 @@ pub async fn measure(
     }
     runner.shutdown().await;
     Ok(rows)
+}
+
+/// Storage units per task: what DynamoDB would bill for the items the
+/// pipeline writes and reads, metered by the memory backend, which keeps
+/// the same layout (`adapters::layout::capacity`). moto reports one unit per
+/// call whatever the size, so these are modelled, with DynamoDB's rules.
+#[derive(Debug, Clone)]
+pub struct UnitsRow {
+    pub ceiling: Ceiling,
+    pub content_bytes: usize,
+    pub tasks: usize,
+    pub write_units: f64,
+    pub read_units: f64,
+}
+
+/// Runs `tasks` tasks of each kind in [`CEILINGS`], with a request of
+/// `content_bytes`, through the in-process pipeline (memory backend, mock
+/// agents, the announcer's relay included) and meters their capacity.
+pub async fn measure_units(tasks: usize, content_bytes: usize) -> Result<Vec<UnitsRow>, BoxError> {
+    let store = Arc::new(crate::adapters::memory::MemoryTaskStore::new());
+    let events = Arc::new(crate::adapters::memory::MemoryEvents::new());
+    let (svc, _) = crate::setup::memory_services_on(store.clone());
+    let svc = svc.with_events(events.clone());
+    register_mock_agents(&svc).await?;
+    let runner = Runner::spawn(
+        svc.clone(),
+        RunnerConfig {
+            wait: Duration::from_millis(20),
+            sweep_every: Duration::from_secs(24 * 3600),
+            ..RunnerConfig::default()
+        },
+    );
+    let principal = principal()?;
+    let content = "x".repeat(content_bytes.max(1));
+    let mut rows = Vec::new();
+    for ceiling in CEILINGS {
+        let request = || -> Result<TaskRequest, serde_json::Error> {
+            serde_json::from_value(json!({"task_type": "text", "content": content,
+                "routing": {"fanout": ceiling.fanout}}))
+        };
+        run_one(&svc, &events, &principal, request()?).await?;
+        let before = store.consumed();
+        for _ in 0..tasks {
+            run_one(&svc, &events, &principal, request()?).await?;
+        }
+        let after = store.consumed();
+        rows.push(UnitsRow {
+            ceiling: *ceiling,
+            content_bytes,
+            tasks,
+            write_units: (after.write_units - before.write_units) as f64 / tasks as f64,
+            read_units: (after.read_units - before.read_units) / tasks as f64,
+        });
+    }
+    runner.shutdown().await;
+    Ok(rows)
+}
+
+async fn register_mock_agents(svc: &crate::stages::Services) -> Result<(), BoxError> {
+    for (id, model) in [("ops-a", "a"), ("ops-b", "b"), ("ops-c", "c")] {
+        let spec: AgentSpec = serde_json::from_value(json!({
+            "name": id, "provider": "mock", "model": model, "capabilities": ["text"],
+            "pricing": {"input_per_mtok": 0.15, "output_per_mtok": 0.60}
+        }))?;
+        svc.registry
+            .put(&AgentId::parse(id)?, spec, Expect::Any)
+            .await?;
+    }
+    Ok(())
+}
+
+fn principal() -> Result<Principal, BoxError> {
+    Ok(Principal {
+        sub: "ops".into(),
+        tenant: TenantId::parse("ops")?,
+        roles: vec![Role::Submitter],
+    })
+}
+
+/// Submits a task and waits until it is announced, completed (watching the
+/// events, which reads nothing from the store the meter would count).
+async fn run_one(
+    svc: &crate::stages::Services,
+    events: &crate::adapters::memory::MemoryEvents,
+    principal: &Principal,
+    request: TaskRequest,
+) -> Result<(), BoxError> {
+    let task = intake::submit(svc, principal, request, None).await?.task;
+    let id = task.task_id.to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(event) = events.published().into_iter().find(|e| e.task_id == id) {
+            return match event.status {
+                TaskStatus::Completed => Ok(()),
+                _ => Err("a measured task did not complete".into()),
+            };
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err("a task was not announced in 20 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Public list prices (us-east-1, on demand), US dollars.
+pub mod prices {
+    /// HTTP API, per request (first 300 million a month).
+    pub const API_REQUEST: f64 = 1.00 / 1e6;
+    pub const LAMBDA_REQUEST: f64 = 0.20 / 1e6;
+    /// arm64, per GB-second.
+    pub const LAMBDA_GB_SECOND: f64 = 0.000_013_333_4;
+    pub const DYNAMODB_WRITE_UNIT: f64 = 0.625 / 1e6;
+    pub const DYNAMODB_READ_UNIT: f64 = 0.125 / 1e6;
+    /// Standard queue, per request (a batch of up to 10 messages is one).
+    pub const SQS_REQUEST: f64 = 0.40 / 1e6;
+    /// Ingestion, per GB.
+    pub const LOGS_GB: f64 = 0.50;
+    /// A custom event put on a bus.
+    pub const EVENT: f64 = 1.00 / 1e6;
+}
+
+/// The assumptions of the estimate that are not measured here.
+pub mod assumed {
+    /// `FunctionMemory`'s default.
+    pub const FUNCTION_GB: f64 = 0.25;
+    /// Billed time of one stage invocation, provider waits excluded.
+    pub const STAGE_SECONDS: f64 = 0.015;
+    /// Log bytes per invocation (JSON lines: the stage's, and the platform's report).
+    pub const LOG_BYTES: f64 = 1500.0;
+}
+
+/// An estimate of what AWS bills per million tasks of `ops`' kind, by part,
+/// provider cost excluded: every message its own invocation (no batching,
+/// the dearest case), the trigger's receive and delete per message, the
+/// storage units as metered in `units`.
+pub fn cost_per_million(ops: &OpsRow, units: &UnitsRow) -> Vec<(&'static str, f64)> {
+    let fanout = f64::from(ops.ceiling.fanout);
+    // intake, route, one agent-call per call, aggregate for a fan-out, and
+    // the announcer (batches of up to 100 stream records).
+    let invocations = 2.0 + fanout + if fanout > 1.0 { 1.0 } else { 0.0 } + 0.01;
+    let sent: f64 = ops
+        .by_op
+        .iter()
+        .filter(|(op, _)| op.starts_with("SQS.Send"))
+        .map(|(_, n)| n)
+        .sum();
+    // Each message sent is received and deleted by its trigger.
+    let messages = 1.0 + fanout + if fanout > 1.0 { 1.0 } else { 0.0 };
+    let per_task = [
+        ("API Gateway", prices::API_REQUEST),
+        ("Lambda requests", invocations * prices::LAMBDA_REQUEST),
+        (
+            "Lambda GB-seconds",
+            invocations * assumed::FUNCTION_GB * assumed::STAGE_SECONDS * prices::LAMBDA_GB_SECOND,
+        ),
+        (
+            "DynamoDB",
+            units.write_units * prices::DYNAMODB_WRITE_UNIT
+                + units.read_units * prices::DYNAMODB_READ_UNIT,
+        ),
+        ("SQS", (sent + 2.0 * messages) * prices::SQS_REQUEST),
+        (
+            "CloudWatch Logs",
+            invocations * assumed::LOG_BYTES / 1e9 * prices::LOGS_GB,
+        ),
+        ("EventBridge", prices::EVENT),
+    ];
+    per_task
+        .into_iter()
+        .map(|(part, usd)| (part, usd * 1e6))
+        .collect()
 }

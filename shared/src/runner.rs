@@ -176,10 +176,18 @@ async fn poll(
                 receive_count: m.receive_count,
             })
             .collect();
-        let failed = tokio::select! {
-            failed = batch::process(&svc, queue, batch, None) => failed,
-            never = heartbeat(&svc, queue, &messages, visibility) => match never {},
-        };
+        // The heartbeat stops when the batch is done, after any extension
+        // it has under way: one landing later would undo the visibility a
+        // retry is given below.
+        let (done, batch_done) = watch::channel(false);
+        let (failed, ()) = tokio::join!(
+            async {
+                let failed = batch::process(&svc, queue, batch, None).await;
+                let _ = done.send(true);
+                failed
+            },
+            heartbeat(&svc, queue, &messages, visibility, batch_done),
+        );
         batch::delay_retries(&svc, queue, &failed).await;
         let deletes = messages
             .iter()
@@ -220,7 +228,7 @@ async fn sweep(svc: Services, every: Duration, mut stopped: watch::Receiver<bool
 async fn announce(svc: Services, feed: Arc<dyn FinishedFeed>, mut stopped: watch::Receiver<bool>) {
     use crate::stages::announce::{BACKOFF, IDLE, relay};
     loop {
-        let pause = match relay(&svc, feed.as_ref(), 100).await {
+        let pause = match relay(&svc, feed.as_ref(), 1000).await {
             Ok(relayed) if relayed.records > 0 => Duration::ZERO,
             Ok(_) => IDLE,
             Err(e) => {
@@ -236,16 +244,20 @@ async fn announce(svc: Services, feed: Arc<dyn FinishedFeed>, mut stopped: watch
 }
 
 /// Keeps `messages` hidden while their batch is handled: every half
-/// visibility timeout, hides them for another whole one. Runs until dropped.
+/// visibility timeout, hides them for another whole one, until `done`.
 async fn heartbeat(
     svc: &Services,
     queue: QueueName,
     messages: &[ReceivedMessage],
     visibility: Duration,
-) -> std::convert::Infallible {
+    mut done: watch::Receiver<bool>,
+) {
     let period = visibility / 2;
     loop {
-        tokio::time::sleep(period).await;
+        tokio::select! {
+            _ = done.changed() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
         let extensions = messages
             .iter()
             .map(|m| svc.queue.change_visibility(queue, &m.receipt, visibility));

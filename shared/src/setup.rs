@@ -61,8 +61,13 @@ fn services(
 /// The in-process backends. Secrets come from the environment
 /// (`maof/openai` from `MAOF_OPENAI`).
 pub fn memory_services() -> (Services, Arc<MemoryQueue>) {
+    memory_services_on(Arc::new(MemoryTaskStore::new()))
+}
+
+/// As `memory_services`, on a task store the caller keeps (to read its
+/// capacity meter).
+pub fn memory_services_on(tasks: Arc<MemoryTaskStore>) -> (Services, Arc<MemoryQueue>) {
     let queue = Arc::new(MemoryQueue::new(MAX_RECEIVES));
-    let tasks = Arc::new(MemoryTaskStore::new());
     let svc = services(
         tasks.clone(),
         Arc::new(MemoryRegistry::new()),

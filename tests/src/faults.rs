@@ -177,13 +177,12 @@ impl TaskStore for FailingRecordCalls {
 
     async fn transition(
         &self,
-        tenant: &TenantId,
-        task_id: TaskId,
+        seen: &Task,
         to: TaskStatus,
         patch: TaskPatch,
         now: DateTime<Utc>,
     ) -> Result<Task, StoreError> {
-        self.inner.transition(tenant, task_id, to, patch, now).await
+        self.inner.transition(seen, to, patch, now).await
     }
 
     async fn lease_call(

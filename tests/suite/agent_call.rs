@@ -421,7 +421,7 @@ async fn a_redelivered_call_stored_after_its_task_ended_is_added_to_its_cost() {
         (TaskStatus::Cancelled, TaskPatch::default()),
     ] {
         svc.tasks
-            .transition(&tenant, task.task_id, to, patch, Utc::now())
+            .transition(&task, to, patch, Utc::now())
             .await
             .unwrap();
     }

@@ -173,9 +173,9 @@ fn stream_record(
     old: &maof::domain::Task,
     new: &maof::domain::Task,
 ) -> serde_json::Value {
-    use maof::adapters::layout::TaskItem;
+    use maof::adapters::layout::StateItem;
     let image = |task: &maof::domain::Task| {
-        let item: serde_dynamo::Item = serde_dynamo::to_item(TaskItem::new(task, 0)).unwrap();
+        let item: serde_dynamo::Item = serde_dynamo::to_item(StateItem::new(task, 0)).unwrap();
         serde_json::to_value(item).unwrap()
     };
     serde_json::json!({
@@ -213,63 +213,68 @@ impl maof::ports::EventPublisher for DownBus {
 #[tokio::test]
 async fn the_announcer_publishes_finishings_and_reports_the_first_it_could_not() {
     use maof::domain::{TaskPatch, TaskRequest};
-    let request: TaskRequest =
-        serde_json::from_value(serde_json::json!({"task_type": "text", "content": "x"})).unwrap();
-    let (spec, _) = request.parse().unwrap();
-    let running = {
-        let mut t = maof::domain::Task::new(
-            TenantId::parse("acme").unwrap(),
-            spec,
-            None,
-            "u",
-            chrono::Utc::now(),
-        );
-        t.status = TaskStatus::Running;
-        t
-    };
-    let finish = |to: TaskStatus| {
-        let mut t = running.clone();
-        t.apply(to, TaskPatch::default(), chrono::Utc::now())
-            .unwrap();
-        t
-    };
-    let completed = finish(TaskStatus::Completed);
-    let mut other = running.clone();
-    other.task_id = TaskId::new();
-    let cancelled = {
-        let mut t = other.clone();
-        t.apply(
-            TaskStatus::Cancelled,
-            TaskPatch::default(),
-            chrono::Utc::now(),
+    let (svc, _) = maof::setup::memory_services();
+    let now = chrono::Utc::now;
+    let stored = |content: &str| {
+        let request: TaskRequest = serde_json::from_value(
+            serde_json::json!({"task_type": "text", "content": content, "metadata": {"c": content}}),
         )
         .unwrap();
-        t
+        let (spec, _) = request.parse().unwrap();
+        maof::domain::Task::new(TenantId::parse("acme").unwrap(), spec, None, "u", now())
     };
+    let (one, two) = (stored("one"), stored("two"));
+    for task in [&one, &two] {
+        svc.tasks.create(task).await.unwrap();
+    }
+    let running = svc
+        .tasks
+        .transition(&one, TaskStatus::Running, TaskPatch::default(), now())
+        .await
+        .unwrap();
+    let completed = svc
+        .tasks
+        .transition(&running, TaskStatus::Completed, TaskPatch::default(), now())
+        .await
+        .unwrap();
+    let cancelled = svc
+        .tasks
+        .transition(&two, TaskStatus::Cancelled, TaskPatch::default(), now())
+        .await
+        .unwrap();
     let event = serde_json::json!({"Records": [
-        // Routing → running: not a finishing (the trigger's filter would
+        // Queued → running: not a finishing (the trigger's filter would
         // drop it; the handler holds the same rule).
-        stream_record("100", &running, &running),
+        stream_record("100", &one, &running),
         stream_record("200", &running, &completed),
         // A cost added to a finished task: not a finishing either.
         stream_record("300", &completed, &completed),
-        stream_record("400", &other, &cancelled),
+        stream_record("400", &two, &cancelled),
     ]});
     let event: aws_lambda_events::event::dynamodb::Event =
         serde_json::from_value(event).expect("a DynamoDB stream event");
 
-    let (svc, _) = maof::setup::memory_services();
     let events = Arc::new(maof::adapters::memory::MemoryEvents::new());
     let up = svc.clone().with_events(events.clone());
     let response = maof::lambda::handle_stream(&up, event.clone()).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
-    let ids: Vec<String> = events.published().into_iter().map(|e| e.event_id).collect();
+    // Published concurrently: in no particular order.
+    let published = events.published();
+    let mut ids: Vec<&str> = published.iter().map(|e| e.event_id.as_str()).collect();
+    ids.sort();
+    let mut expected = [
+        format!("{}.completed", one.task_id),
+        format!("{}.cancelled", two.task_id),
+    ];
+    expected.sort();
+    assert_eq!(ids, expected);
+    let cancelled_event = published
+        .iter()
+        .find(|e| e.task_id == two.task_id.to_string())
+        .unwrap();
     assert_eq!(
-        ids,
-        [
-            format!("{}.completed", completed.task_id),
-            format!("{}.cancelled", cancelled.task_id)
-        ]
+        cancelled_event.metadata["c"], "two",
+        "the request's fields, read from the store"
     );
 
     // With the bus down, the trigger is told to retry from the first

@@ -891,14 +891,9 @@ async fn money_in_a_task_is_a_decimal_string_not_a_float() {
         cost_usd: Some(cost),
         ..TaskPatch::default()
     };
+    let seen = h.tasks.get(&tenant, task_id).await.unwrap().unwrap();
     h.tasks
-        .transition(
-            &tenant,
-            task_id,
-            TaskStatus::Cancelled,
-            patch,
-            chrono::Utc::now(),
-        )
+        .transition(&seen, TaskStatus::Cancelled, patch, chrono::Utc::now())
         .await
         .unwrap();
 

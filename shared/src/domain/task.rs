@@ -24,6 +24,8 @@ pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     Queued,
+    /// Not written any more (routing plans a queued task in one write); a
+    /// task stored by an earlier version may still be in it.
     Routing,
     Running,
     Aggregating,
@@ -50,14 +52,17 @@ impl TaskStatus {
         )
     }
 
-    /// The state machine: forward one stage at a time, or to `failed` /
-    /// `cancelled` from any unfinished state. A finished task never moves.
-    /// A running task whose results combine without further calls completes
-    /// directly, skipping a write of `aggregating` that nobody could observe.
+    /// The state machine: forward, or to `failed` / `cancelled` from any
+    /// unfinished state. A finished task never moves. Routing takes a queued
+    /// task straight to `running` with its plan (one write); `routing` is
+    /// what earlier versions wrote first, and a task stored by one may still
+    /// be in it. A running task whose results combine without further calls
+    /// completes directly, skipping a write of `aggregating` that nobody
+    /// could observe.
     pub fn can_become(self, next: TaskStatus) -> bool {
         use TaskStatus::*;
         match (self, next) {
-            (Queued, Routing) | (Routing, Running) | (Running, Aggregating) => true,
+            (Queued, Routing | Running) | (Routing, Running) | (Running, Aggregating) => true,
             (Running | Aggregating, Completed) => true,
             (from, Failed | Cancelled) => !from.is_terminal(),
             _ => false,

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use super::StoreError;
-use crate::domain::{Task, TaskError, TaskStatus, TaskType, Usage, Usd};
+use crate::domain::{Task, TaskError, TaskId, TaskStatus, TaskType, TenantId, Usage, Usd};
 
 /// The detail of a task's finishing event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -76,12 +76,19 @@ pub struct FeedPosition {
     pub sequence: String,
 }
 
+/// A task's finishing, as a stream record shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finishing {
+    pub position: FeedPosition,
+    pub tenant: TenantId,
+    pub task_id: TaskId,
+}
+
 /// What one read of the feed found.
 #[derive(Debug, Clone, Default)]
 pub struct FeedBatch {
-    /// The tasks that finished in the records read, in stream order, each
-    /// with its record's position.
-    pub finished: Vec<(FeedPosition, Task)>,
+    /// The tasks that finished in the records read, in stream order.
+    pub finished: Vec<Finishing>,
     /// How many records were read, finishing or not.
     pub records: usize,
 }

@@ -12,7 +12,8 @@ pub mod task_store;
 pub use blobs::{BlobError, BlobKey, BlobStore, NoBlobs};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use events::{
-    EventError, EventPublisher, FeedBatch, FeedPosition, FinishedFeed, NoEvents, TaskFinished,
+    EventError, EventPublisher, FeedBatch, FeedPosition, FinishedFeed, Finishing, NoEvents,
+    TaskFinished,
 };
 pub use queue::{OutgoingMessage, Queue, QueueError, QueueName, ReceivedMessage};
 pub use registry::{Expect, Registry};

@@ -73,13 +73,14 @@ pub trait TaskStore: Send + Sync {
         task_id: TaskId,
     ) -> Result<Option<TaskRecord>, StoreError>;
 
-    /// Moves a task to `to` if, at the moment of writing, its status may
-    /// become `to` (see `TaskStatus::can_become`); applies `patch` with it.
-    /// Returns the task as written.
+    /// Moves the task `seen` (as the caller read it) to `to` if, at the
+    /// moment of writing, its status may become `to` (see
+    /// `TaskStatus::can_become`); applies `patch` with it. Only the task's
+    /// state is written; its request never changes. Returns the task as
+    /// written.
     async fn transition(
         &self,
-        tenant: &TenantId,
-        task_id: TaskId,
+        seen: &Task,
         to: TaskStatus,
         patch: TaskPatch,
         now: DateTime<Utc>,

@@ -43,7 +43,7 @@ pub(crate) async fn finish(
     }
     match svc
         .tasks
-        .transition(&task.tenant, task.task_id, status, patch, svc.clock.now())
+        .transition(task, status, patch, svc.clock.now())
         .await
     {
         Ok(finished) => {

@@ -10,22 +10,37 @@ use std::time::Duration;
 use futures::future::join_all;
 
 use super::Services;
-use crate::domain::Task;
+use crate::domain::{TaskId, TenantId};
 use crate::ports::{FinishedFeed, StoreError, TaskFinished};
 
-/// Publishes the events of `finished` (in stream order) concurrently, and
-/// returns how many of them, from the front, were published. The rest are
-/// read again; those of them published now go out twice, with the same
-/// event id.
-pub async fn announce(svc: &Services, finished: &[&Task]) -> usize {
-    let events: Vec<TaskFinished> = finished.iter().map(|t| TaskFinished::of(t)).collect();
-    let results = join_all(events.iter().map(|e| svc.events.task_finished(e))).await;
+/// Publishes the events of the tasks `finished` names (in stream order),
+/// reading each task for its request's fields, concurrently; returns how many
+/// of them, from the front, were published. The rest are read again; those
+/// of them published now go out twice, with the same event id. A task gone
+/// from the store (past its retention) has nothing left to announce.
+pub async fn announce(svc: &Services, finished: &[(TenantId, TaskId)]) -> usize {
+    let outcomes = join_all(finished.iter().map(|(tenant, task_id)| async move {
+        let task = match svc.tasks.get(tenant, *task_id).await {
+            Ok(Some(task)) => task,
+            Ok(None) => {
+                tracing::warn!(%task_id, "a finished task is gone before it was announced");
+                return Ok(());
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let event = TaskFinished::of(&task);
+        svc.events
+            .task_finished(&event)
+            .await
+            .map_err(|e| format!("{} ({})", e, event.event_id))
+    }))
+    .await;
     let mut published = 0;
-    for (event, result) in events.iter().zip(&results) {
-        match result {
+    for outcome in outcomes {
+        match outcome {
             Ok(()) => published += 1,
             Err(e) => {
-                tracing::warn!(event_id = %event.event_id, error = %e, "could not announce a finished task; it is read again");
+                tracing::warn!(error = %e, "could not announce a finished task; it is read again");
                 break;
             }
         }
@@ -51,13 +66,17 @@ pub async fn relay(
     limit: usize,
 ) -> Result<Relayed, StoreError> {
     let batch = feed.read(limit).await?;
-    let tasks: Vec<&Task> = batch.finished.iter().map(|(_, t)| t).collect();
+    let tasks: Vec<(TenantId, TaskId)> = batch
+        .finished
+        .iter()
+        .map(|f| (f.tenant.clone(), f.task_id))
+        .collect();
     let announced = announce(svc, &tasks).await;
     if announced < batch.finished.len() {
         feed.rewind().await;
     }
     if let Some(last) = announced.checked_sub(1)
-        && let Err(e) = feed.checkpoint(&batch.finished[last].0).await
+        && let Err(e) = feed.checkpoint(&batch.finished[last].position).await
     {
         // Read again from the old checkpoint: announced twice, never lost.
         feed.rewind().await;

@@ -113,13 +113,7 @@ pub async fn submit(
             };
             let _ = svc
                 .tasks
-                .transition(
-                    &task.tenant,
-                    task.task_id,
-                    TaskStatus::Failed,
-                    failed,
-                    svc.clock.now(),
-                )
+                .transition(&task, TaskStatus::Failed, failed, svc.clock.now())
                 .await;
         }
         return Err(e);
@@ -258,11 +252,12 @@ pub async fn cancel(
     task_id: TaskId,
 ) -> Result<Task, CancelError> {
     // A cancelled task owes what its finished calls cost.
-    let spent = match svc.tasks.get(&principal.tenant, task_id).await {
-        Ok(Some(task)) => super::spent(svc, &task).await.map_err(CancelError::Store)?,
+    let task = match svc.tasks.get(&principal.tenant, task_id).await {
+        Ok(Some(task)) => task,
         Ok(None) => return Err(CancelError::NotFound),
         Err(e) => return Err(CancelError::Store(e)),
     };
+    let spent = super::spent(svc, &task).await.map_err(CancelError::Store)?;
     let patch = TaskPatch {
         error: Some(TaskError::new(
             "cancelled",
@@ -272,13 +267,7 @@ pub async fn cancel(
     };
     match svc
         .tasks
-        .transition(
-            &principal.tenant,
-            task_id,
-            TaskStatus::Cancelled,
-            patch,
-            svc.clock.now(),
-        )
+        .transition(&task, TaskStatus::Cancelled, patch, svc.clock.now())
         .await
     {
         Ok(task) => {

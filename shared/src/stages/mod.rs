@@ -223,13 +223,7 @@ pub(crate) async fn end_task(
     };
     match svc
         .tasks
-        .transition(
-            &task.tenant,
-            task.task_id,
-            TaskStatus::Failed,
-            patch,
-            svc.clock.now(),
-        )
+        .transition(task, TaskStatus::Failed, patch, svc.clock.now())
         .await
     {
         Ok(failed) => {

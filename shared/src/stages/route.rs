@@ -10,48 +10,16 @@ use super::{Services, StageError, fail_task};
 
 #[tracing::instrument(skip_all, fields(stage = "route", tenant = %envelope.tenant, task_id = %envelope.task_id))]
 pub async fn handle(svc: &Services, envelope: &Envelope) -> Result<(), StageError> {
-    let (tenant, task_id) = (&envelope.tenant, envelope.task_id);
-    let now = svc.clock.now();
-    // Taking the task from `queued` is the claim: a duplicate delivery finds
-    // it moved on. The transition returns the task, so no separate read.
-    let task = match svc
-        .tasks
-        .transition(
-            tenant,
-            task_id,
-            TaskStatus::Routing,
-            TaskPatch::default(),
-            now,
-        )
-        .await
-    {
-        Ok(task) => task,
-        Err(StoreError::Transition(e)) => {
-            return resume(svc, envelope, e.from).await;
-        }
-        Err(StoreError::NotFound) => {
-            tracing::warn!("route message for a task that does not exist");
-            return Ok(());
-        }
-        Err(e) => return Err(e.into()),
+    let Some(task) = svc.tasks.get(&envelope.tenant, envelope.task_id).await? else {
+        tracing::warn!("route message for a task that does not exist");
+        return Ok(());
     };
-    plan_and_send(svc, envelope, task).await
-}
-
-/// A redelivery: carry on from wherever an earlier delivery stopped.
-async fn resume(svc: &Services, envelope: &Envelope, status: TaskStatus) -> Result<(), StageError> {
-    let task = match status {
-        TaskStatus::Routing | TaskStatus::Running => {
-            svc.tasks.get(&envelope.tenant, envelope.task_id).await?
-        }
-        _ => None,
-    };
-    match (status, task) {
-        // Stopped between claiming and planning.
-        (TaskStatus::Routing, Some(task)) => plan_and_send(svc, envelope, task).await,
-        // Stopped after planning, maybe before sending: send again; agent-call
-        // skips a call whose result is already recorded.
-        (TaskStatus::Running, Some(task)) => send_calls(svc, envelope, &task).await,
+    match task.status {
+        // `routing` is the claim earlier versions wrote before planning.
+        TaskStatus::Queued | TaskStatus::Routing => plan_and_send(svc, envelope, task).await,
+        // A redelivery after planning, maybe before sending: send again;
+        // agent-call skips a call whose result is already recorded.
+        TaskStatus::Running => send_calls(svc, envelope, &task).await,
         _ => Ok(()),
     }
 }
@@ -83,13 +51,15 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
         plan: Some(plan),
         ..TaskPatch::default()
     };
+    // Writing the plan is the claim: of two deliveries planning at once,
+    // one writes it and sends its calls; the other finds the task running
+    // (or cancelled meanwhile) and has nothing to send.
     let task = match svc
         .tasks
-        .transition(&task.tenant, task.task_id, TaskStatus::Running, patch, now)
+        .transition(&task, TaskStatus::Running, patch, now)
         .await
     {
         Ok(task) => task,
-        // Cancelled (or timed out) meanwhile: nothing to send.
         Err(StoreError::Transition(_)) => return Ok(()),
         Err(e) => return Err(e.into()),
     };

@@ -11,7 +11,8 @@ use tokio::sync::Mutex;
 
 use super::describe;
 use crate::adapters::layout::{self, keys};
-use crate::ports::{FeedBatch, FeedPosition, FinishedFeed, StoreError};
+use crate::domain::{TaskId, TenantId};
+use crate::ports::{FeedBatch, FeedPosition, FinishedFeed, Finishing, StoreError};
 
 /// The context table's DynamoDB stream, read as the announcer Lambda's
 /// trigger reads it: shard by shard, parents before children, from a
@@ -202,7 +203,7 @@ pub(crate) fn finished_in(
     old: HashMap<String, serde_dynamo::AttributeValue>,
     new: serde_dynamo::Item,
     sequence: &str,
-) -> Option<crate::domain::Task> {
+) -> Option<(TenantId, TaskId)> {
     match layout::finished_task(&old, new) {
         Ok(task) => task,
         Err(e) => {
@@ -212,7 +213,7 @@ pub(crate) fn finished_in(
     }
 }
 
-fn record_task(record: &Record) -> Option<(String, Option<crate::domain::Task>)> {
+fn record_task(record: &Record) -> Option<(String, Option<(TenantId, TaskId)>)> {
     let change = record.dynamodb.as_ref()?;
     let sequence = change.sequence_number.clone()?;
     let image = |i: Option<&HashMap<String, aws_sdk_dynamodbstreams::types::AttributeValue>>| {
@@ -294,11 +295,14 @@ impl FinishedFeed for StreamFeed {
             .iter()
             .filter_map(record_task)
             .filter_map(|(sequence, task)| {
-                let position = FeedPosition {
-                    shard: shard_id.clone(),
-                    sequence,
-                };
-                task.map(|task| (position, task))
+                task.map(|(tenant, task_id)| Finishing {
+                    position: FeedPosition {
+                        shard: shard_id.clone(),
+                        sequence,
+                    },
+                    tenant,
+                    task_id,
+                })
             })
             .collect();
         Ok(FeedBatch {

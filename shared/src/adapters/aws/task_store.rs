@@ -13,7 +13,9 @@ use serde_dynamo::{from_item, to_attribute_value, to_item};
 use super::describe;
 use crate::adapters::layout;
 use crate::adapters::layout::keys::{self, GSI1, GSI1_PK, GSI1_SK, PK, SK};
-use crate::adapters::layout::{CallItem, DONE_CALLS, IdempotencyItem, LeaseItem, TaskItem};
+use crate::adapters::layout::{
+    CallItem, DONE_CALLS, IdempotencyItem, LeaseItem, RequestItem, StateItem, TaskState,
+};
 use crate::domain::{
     CallId, CallLease, CallResult, LeaseOutcome, Task, TaskId, TaskPatch, TaskStatus, TenantId,
     TransitionError,
@@ -99,8 +101,100 @@ impl DynamoTaskStore {
         }
     }
 
-    fn task_item(&self, task: &Task) -> Result<Item, StoreError> {
-        to_item(TaskItem::new(task, self.expires_at(task.created_at))).map_err(encode)
+    fn request_item(&self, task: &Task) -> Result<Item, StoreError> {
+        to_item(RequestItem::new(task, self.expires_at(task.created_at))).map_err(encode)
+    }
+
+    fn state_item(&self, task: &Task) -> Result<Item, StoreError> {
+        to_item(StateItem::new(task, self.expires_at(task.created_at))).map_err(encode)
+    }
+
+    /// A conditional put of a new item; `AlreadyExists` when it exists.
+    async fn put_new(&self, item: Item) -> Result<(), StoreError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item.clone()))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Err(StoreError::AlreadyExists)
+            }
+            Err(e) => Err(write_error(e, || sdk_item_size(&item))),
+        }
+    }
+
+    /// Reads tasks by key (their request and state items), in `ids`' order;
+    /// a task with no state item is left out.
+    async fn read_tasks(&self, tenant: &TenantId, ids: &[TaskId]) -> Result<Vec<Task>, StoreError> {
+        let mut items: HashMap<(String, String), Item> = HashMap::new();
+        // BatchGetItem takes 100 keys a call: 50 tasks.
+        for chunk in ids.chunks(50) {
+            let mut keys_and_attributes =
+                aws_sdk_dynamodb::types::KeysAndAttributes::builder().consistent_read(true);
+            for id in chunk {
+                let pk = keys::task_pk(tenant, *id);
+                keys_and_attributes = keys_and_attributes
+                    .keys(Self::key(pk.clone(), keys::REQUEST_SK))
+                    .keys(Self::key(pk, keys::TASK_SK));
+            }
+            let mut request = HashMap::from([(
+                self.table.clone(),
+                keys_and_attributes.build().map_err(backend)?,
+            )]);
+            // Keys DynamoDB did not get to (past 16 MB, or throttled) come back
+            // as unprocessed: asked again, with a pause.
+            for attempt in 0..8 {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .set_request_items(Some(request))
+                    .send()
+                    .await
+                    .map_err(backend)?;
+                for item in out
+                    .responses
+                    .unwrap_or_default()
+                    .remove(&self.table)
+                    .unwrap_or_default()
+                {
+                    let key = |name: &str| {
+                        item.get(name)
+                            .and_then(|v| v.as_s().ok())
+                            .cloned()
+                            .unwrap_or_default()
+                    };
+                    items.insert((key(PK), key(SK)), item);
+                }
+                request = out.unprocessed_keys.unwrap_or_default();
+                if request.values().all(|k| k.keys.is_empty()) {
+                    break;
+                }
+                if attempt == 7 {
+                    return Err(StoreError::Backend(
+                        "list: keys still unprocessed after 8 tries".into(),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(25 << attempt)).await;
+            }
+        }
+        let mut tasks = Vec::with_capacity(ids.len());
+        for id in ids {
+            let pk = keys::task_pk(tenant, *id);
+            let state = items.remove(&(pk.clone(), keys::TASK_SK.to_owned()));
+            let request = items.remove(&(pk, keys::REQUEST_SK.to_owned()));
+            if let (Some(state), Some(request)) = (state, request) {
+                tasks.push(joined(state, request)?);
+            }
+        }
+        Ok(tasks)
     }
 }
 
@@ -147,38 +241,30 @@ fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
-fn task_from(item: Item) -> Result<Task, StoreError> {
-    from_item::<_, TaskItem>(item)
-        .map(|i| i.task)
+fn state_from(item: Item) -> Result<TaskState, StoreError> {
+    from_item::<_, StateItem>(item)
+        .map(|i| i.state)
         .map_err(decode)
+}
+
+fn joined(state: Item, request: Item) -> Result<Task, StoreError> {
+    let request: RequestItem = from_item(request).map_err(decode)?;
+    Ok(state_from(state)?.joined(&request))
 }
 
 #[async_trait]
 impl TaskStore for DynamoTaskStore {
     #[tracing::instrument(skip_all, fields(tenant = %task.tenant, task_id = %task.task_id))]
     async fn create(&self, task: &Task) -> Result<(), StoreError> {
-        let item = self.task_item(task)?;
+        let request = self.request_item(task)?;
+        let state = self.state_item(task)?;
         let Some(idem) = &task.idempotency_key else {
-            let put = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(item.clone()))
-                .condition_expression("attribute_not_exists(pk)")
-                .send()
-                .await;
-            return match put {
-                Ok(_) => Ok(()),
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-                {
-                    Err(StoreError::AlreadyExists)
-                }
-                Err(e) => Err(write_error(e, || sdk_item_size(&item))),
-            };
-        };
-        // The task and its idempotency record are written together or not at all.
+            // The request first: the state item is what makes the task exist
+            // (a request left alone by a crash is never read, and expires).
+            // Two puts cost half the write units of one transaction.
+            self.put_new(request).await?;
+            return self.put_new(state).await;
+        }; // The task and its idempotency record are written together or not at all.
         let idem_pk = keys::idempotency_pk(&task.tenant, idem);
         let idem_item = to_item(IdempotencyItem::new(
             &task.tenant,
@@ -199,7 +285,8 @@ impl TaskStore for DynamoTaskStore {
         let result = self
             .client
             .transact_write_items()
-            .transact_items(put(item)?)
+            .transact_items(put(request)?)
+            .transact_items(put(state)?)
             .transact_items(put(idem_item)?)
             .send()
             .await;
@@ -233,19 +320,30 @@ impl TaskStore for DynamoTaskStore {
 
     #[tracing::instrument(skip_all, fields(tenant = %tenant, task_id = %task_id))]
     async fn get(&self, tenant: &TenantId, task_id: TaskId) -> Result<Option<Task>, StoreError> {
+        // The request and the state, which sort last in the task's partition.
         let out = self
             .client
-            .get_item()
+            .query()
             .table_name(&self.table)
-            .set_key(Some(Self::key(
-                keys::task_pk(tenant, task_id),
-                keys::TASK_SK,
-            )))
+            .key_condition_expression("pk = :pk AND sk >= :req")
+            .expression_attribute_values(":pk", s(keys::task_pk(tenant, task_id)))
+            .expression_attribute_values(":req", s(keys::REQUEST_SK))
             .consistent_read(true)
             .send()
             .await
             .map_err(backend)?;
-        out.item.map(task_from).transpose()
+        let (mut request, mut state) = (None, None);
+        for item in out.items.unwrap_or_default() {
+            match item.get(SK).and_then(|v| v.as_s().ok()).map(String::as_str) {
+                Some(keys::REQUEST_SK) => request = Some(item),
+                Some(keys::TASK_SK) => state = Some(item),
+                _ => {}
+            }
+        }
+        match (state, request) {
+            (Some(state), Some(request)) => joined(state, request).map(Some),
+            _ => Ok(None),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %tenant, task_id = %task_id))]
@@ -254,7 +352,7 @@ impl TaskStore for DynamoTaskStore {
         tenant: &TenantId,
         task_id: TaskId,
     ) -> Result<Option<TaskRecord>, StoreError> {
-        let mut task = None;
+        let (mut request, mut state) = (None, None);
         let mut calls = Vec::new();
         let mut start = None;
         loop {
@@ -276,7 +374,9 @@ impl TaskStore for DynamoTaskStore {
                     .cloned()
                     .unwrap_or_default();
                 if sk == keys::TASK_SK {
-                    task = Some(task_from(item)?);
+                    state = Some(item);
+                } else if sk == keys::REQUEST_SK {
+                    request = Some(item);
                 } else if sk.starts_with(keys::CALL_SK_PREFIX) {
                     let call: CallItem = from_item(item).map_err(decode)?;
                     calls.push(call.result);
@@ -287,18 +387,24 @@ impl TaskStore for DynamoTaskStore {
                 break;
             }
         }
-        Ok(task.map(|task| TaskRecord { task, calls }))
+        match (state, request) {
+            (Some(state), Some(request)) => Ok(Some(TaskRecord {
+                task: joined(state, request)?,
+                calls,
+            })),
+            _ => Ok(None),
+        }
     }
 
-    #[tracing::instrument(skip_all, fields(tenant = %tenant, task_id = %task_id, to = %to))]
+    #[tracing::instrument(skip_all, fields(tenant = %seen.tenant, task_id = %seen.task_id, to = %to))]
     async fn transition(
         &self,
-        tenant: &TenantId,
-        task_id: TaskId,
+        seen: &Task,
         to: TaskStatus,
         patch: TaskPatch,
         now: DateTime<Utc>,
     ) -> Result<Task, StoreError> {
+        let (tenant, task_id) = (&seen.tenant, seen.task_id);
         let allowed = TaskStatus::predecessors(to);
         if allowed.is_empty() {
             return Err(self.refused(tenant, task_id, to).await);
@@ -405,7 +511,7 @@ impl TaskStore for DynamoTaskStore {
             .send()
             .await;
         match result {
-            Ok(out) => task_from(out.attributes.unwrap_or_default()),
+            Ok(out) => Ok(state_from(out.attributes.unwrap_or_default())?.applied_to(seen)),
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
@@ -722,43 +828,80 @@ impl TaskStore for DynamoTaskStore {
         cursor: Option<&str>,
     ) -> Result<Page<Task>, StoreError> {
         let limit = limit.clamp(1, 1000);
+        let before = cursor
+            .map(TaskId::parse)
+            .transpose()
+            .map_err(|_| StoreError::Backend("bad cursor".into()))?;
+        // The tenant's tasks are spread over the index's shards: the newest
+        // of each, merged.
+        let shards = futures::future::join_all(
+            (0..keys::LIST_SHARDS).map(|shard| self.list_shard(tenant, shard, before, limit)),
+        )
+        .await;
+        let mut ids = Vec::new();
+        // A shard that stopped early (its page full) may hold more tasks
+        // below the last one it gave: the merge is complete only down to the
+        // highest such last id.
+        let mut complete_down_to: Option<TaskId> = None;
+        for shard in shards {
+            let (shard_ids, stopped_early) = shard?;
+            if stopped_early && let Some(last) = shard_ids.last() {
+                complete_down_to = complete_down_to.max(Some(*last));
+            }
+            ids.extend(shard_ids);
+        }
+        ids.sort_by_key(|id| std::cmp::Reverse(*id));
+        let mut more = complete_down_to.is_some();
+        if let Some(floor) = complete_down_to {
+            ids.retain(|id| *id >= floor);
+        }
+        more |= ids.len() > limit as usize;
+        ids.truncate(limit as usize);
+        let items = self.read_tasks(tenant, &ids).await?;
+        let next = if more {
+            ids.last().map(TaskId::to_string)
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+}
+
+impl DynamoTaskStore {
+    /// One list shard's newest task ids below `before`, at most `limit + 1`,
+    /// and whether the query stopped before the shard's end.
+    async fn list_shard(
+        &self,
+        tenant: &TenantId,
+        shard: u32,
+        before: Option<TaskId>,
+        limit: u32,
+    ) -> Result<(Vec<TaskId>, bool), StoreError> {
         let mut query = self
             .client
             .query()
             .table_name(&self.table)
             .index_name(GSI1)
             .expression_attribute_names("#p", GSI1_PK)
-            .expression_attribute_values(":p", s(keys::tenant_tasks(tenant)))
+            .expression_attribute_values(":p", s(keys::tenant_tasks_shard(tenant, shard)))
             .scan_index_forward(false)
-            // One more than asked, to know whether another page exists.
             .limit(limit as i32 + 1);
-        query = match cursor {
-            Some(cursor) => {
-                let before =
-                    TaskId::parse(cursor).map_err(|_| StoreError::Backend("bad cursor".into()))?;
-                query
-                    .key_condition_expression("#p = :p AND #s < :c")
-                    .expression_attribute_names("#s", GSI1_SK)
-                    .expression_attribute_values(":c", s(before.to_string()))
-            }
+        query = match before {
+            Some(before) => query
+                .key_condition_expression("#p = :p AND #s < :c")
+                .expression_attribute_names("#s", GSI1_SK)
+                .expression_attribute_values(":c", s(before.to_string())),
             None => query.key_condition_expression("#p = :p"),
         };
         let out = query.send().await.map_err(backend)?;
-        // A page read past 1 MB stops early, with a `LastEvaluatedKey`.
-        let cut = out.last_evaluated_key.is_some();
-        let mut items = out
+        let ids = out
             .items
             .unwrap_or_default()
-            .into_iter()
-            .map(task_from)
-            .collect::<Result<Vec<_>, _>>()?;
-        let more = items.len() > limit as usize;
-        items.truncate(limit as usize);
-        let next = if more || cut {
-            items.last().map(|t| t.task_id.to_string())
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+            .iter()
+            .filter_map(|item| item.get(GSI1_SK)?.as_s().ok())
+            .filter_map(|id| TaskId::parse(id).ok())
+            .collect::<Vec<_>>();
+        let stopped_early = out.last_evaluated_key.is_some() && ids.len() <= limit as usize;
+        Ok((ids, stopped_early))
     }
 }

@@ -13,7 +13,10 @@ pub const SWEEP_INDEX: &str = "sweep";
 pub const SWEEP_SHARD: &str = "sweep_shard";
 pub const SWEEP_AT: &str = "sweep_at";
 
+/// A task's state; its request is `REQ`, which sorts before it (and after
+/// its calls and leases), so one query from `REQ` reads the two.
 pub const TASK_SK: &str = "TASK";
+pub const REQUEST_SK: &str = "REQ";
 pub const CALL_SK_PREFIX: &str = "CALL#";
 pub const LEASE_SK_PREFIX: &str = "LEASE#";
 pub const IDEM_SK: &str = "IDEM";
@@ -39,9 +42,25 @@ pub fn idempotency_pk(tenant: &TenantId, key: &IdempotencyKey) -> String {
     format!("T#{tenant}#IDEM#{}", key.as_str())
 }
 
-/// The partition of the by-time index listing one tenant's tasks.
-pub fn tenant_tasks(tenant: &TenantId) -> String {
-    format!("T#{tenant}#TASKS")
+/// How many partitions of the list index one tenant's tasks spread over:
+/// each takes about 1,000 writes a second, and a task writes the index once.
+pub const LIST_SHARDS: u32 = 8;
+
+/// The list index's partition of a task: its tenant's, one of
+/// `LIST_SHARDS` by the task id, so that no tenant is one hot partition.
+pub fn tenant_tasks(tenant: &TenantId, task: TaskId) -> String {
+    tenant_tasks_shard(tenant, spread(task) % LIST_SHARDS)
+}
+
+pub fn tenant_tasks_shard(tenant: &TenantId, shard: u32) -> String {
+    format!("T#{tenant}#TASKS#{shard}")
+}
+
+/// A task id's hash, for spreading tasks over partitions.
+fn spread(task: TaskId) -> u32 {
+    task.to_string()
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
 }
 
 pub fn agent_pk(id: &AgentId) -> String {
@@ -51,11 +70,7 @@ pub fn agent_pk(id: &AgentId) -> String {
 /// The sweep index's partition of a task: its id spread over
 /// `SWEEP_SHARDS` partitions, so that no partition is hot.
 pub fn sweep_shard(task: TaskId) -> String {
-    let spread = task
-        .to_string()
-        .bytes()
-        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
-    sweep_partition(spread % crate::domain::sweep::SWEEP_SHARDS)
+    sweep_partition(spread(task) % crate::domain::sweep::SWEEP_SHARDS)
 }
 
 pub fn sweep_partition(shard: u32) -> String {

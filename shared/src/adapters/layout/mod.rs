@@ -3,6 +3,7 @@
 //! same data and measures it as these items, so that whatever DynamoDB would
 //! refuse for its size, the memory backend refuses too.
 
+pub mod capacity;
 pub mod keys;
 mod size;
 
@@ -13,8 +14,13 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_dynamo::AttributeValue;
 
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+
 use crate::domain::{
-    CallId, CallLease, CallResult, IdempotencyKey, LeaseHolder, Task, TaskId, TaskStatus, TenantId,
+    AggregateResult, CallId, CallLease, CallResult, IdempotencyKey, LeaseHolder, PlannedCall, Task,
+    TaskError, TaskId, TaskSpec, TaskStatus, TenantId, Usage, Usd,
 };
 
 /// DynamoDB's largest item: 400 KB, counting attribute names and values.
@@ -26,8 +32,25 @@ pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 /// duplicate `ADD` adds nothing).
 pub const DONE_CALLS: &str = "done_calls";
 
+/// A task's request (`REQ`): written once when the task is stored and never
+/// again, so that the content's size is paid for once, not on every
+/// transition.
 #[derive(Serialize, Deserialize)]
-pub struct TaskItem {
+pub struct RequestItem {
+    pub pk: String,
+    pub sk: String,
+    pub expires_at: i64,
+    pub spec: TaskSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<IdempotencyKey>,
+    pub submitted_by: String,
+}
+
+/// A task's state (`TASK`): small, updated in place on each transition. It
+/// carries the list index's keys (set once, so the index is written once)
+/// and, while the task is unfinished, the sweep index's.
+#[derive(Serialize, Deserialize)]
+pub struct StateItem {
     pub pk: String,
     pub sk: String,
     pub gsi1pk: String,
@@ -41,21 +64,120 @@ pub struct TaskItem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep_at: Option<i64>,
     #[serde(flatten)]
-    pub task: Task,
+    pub state: TaskState,
 }
 
-impl TaskItem {
+/// What changes in a task: everything but its request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskState {
+    pub tenant: TenantId,
+    pub task_id: TaskId,
+    pub status: TaskStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub plan: Vec<PlannedCall>,
+    #[serde(default)]
+    pub expected_calls: Option<u32>,
+    #[serde(default)]
+    pub result: Option<AggregateResult>,
+    #[serde(default)]
+    pub usage: Usage,
+    #[serde(default)]
+    pub cost_usd: Option<Usd>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub counted_calls: BTreeSet<CallId>,
+    #[serde(default)]
+    pub error: Option<TaskError>,
+}
+
+impl TaskState {
+    pub fn of(task: &Task) -> Self {
+        TaskState {
+            tenant: task.tenant.clone(),
+            task_id: task.task_id,
+            status: task.status,
+            created_at: task.created_at,
+            updated_at: task.updated_at,
+            plan: task.plan.clone(),
+            expected_calls: task.expected_calls,
+            result: task.result.clone(),
+            usage: task.usage,
+            cost_usd: task.cost_usd,
+            counted_calls: task.counted_calls.clone(),
+            error: task.error.clone(),
+        }
+    }
+
+    /// The task with this state and `request`'s immutable part.
+    pub fn joined(self, request: &RequestItem) -> Task {
+        self.with_request(
+            request.spec.clone(),
+            request.idempotency_key.clone(),
+            request.submitted_by.clone(),
+        )
+    }
+
+    /// `seen` (the task as read before a write) with this state.
+    pub fn applied_to(self, seen: &Task) -> Task {
+        self.with_request(
+            seen.spec.clone(),
+            seen.idempotency_key.clone(),
+            seen.submitted_by.clone(),
+        )
+    }
+
+    fn with_request(
+        self,
+        spec: TaskSpec,
+        idempotency_key: Option<IdempotencyKey>,
+        submitted_by: String,
+    ) -> Task {
+        Task {
+            tenant: self.tenant,
+            task_id: self.task_id,
+            status: self.status,
+            spec,
+            idempotency_key,
+            submitted_by,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            plan: self.plan,
+            expected_calls: self.expected_calls,
+            result: self.result,
+            usage: self.usage,
+            cost_usd: self.cost_usd,
+            counted_calls: self.counted_calls,
+            error: self.error,
+        }
+    }
+}
+
+impl RequestItem {
+    pub fn new(task: &Task, expires_at: i64) -> Self {
+        RequestItem {
+            pk: keys::task_pk(&task.tenant, task.task_id),
+            sk: keys::REQUEST_SK.to_owned(),
+            expires_at,
+            spec: task.spec.clone(),
+            idempotency_key: task.idempotency_key.clone(),
+            submitted_by: task.submitted_by.clone(),
+        }
+    }
+}
+
+impl StateItem {
     pub fn new(task: &Task, expires_at: i64) -> Self {
         let unfinished = !task.status.is_terminal();
-        TaskItem {
+        StateItem {
             pk: keys::task_pk(&task.tenant, task.task_id),
             sk: keys::TASK_SK.to_owned(),
-            gsi1pk: keys::tenant_tasks(&task.tenant),
+            gsi1pk: keys::tenant_tasks(&task.tenant, task.task_id),
             gsi1sk: task.task_id.to_string(),
             expires_at,
             sweep_shard: unfinished.then(|| keys::sweep_shard(task.task_id)),
             sweep_at: unfinished.then(|| task.first_sweep().timestamp_millis()),
-            task: task.clone(),
+            state: TaskState::of(task),
         }
     }
 }
@@ -128,14 +250,14 @@ impl IdempotencyItem {
     }
 }
 
-/// The task that a change to an item finished, if it did: a task item whose
-/// status became terminal with this write (`TaskStatus::finishes`). Every
-/// other change (other items, later writes to a finished task) is `None`.
-/// `old` and `new` are the stream record's images, empty when absent.
+/// The task that a change to an item finished, if it did: a task's state
+/// item whose status became terminal with this write (`TaskStatus::finishes`).
+/// Every other change (other items, later writes to a finished task) is
+/// `None`. `old` and `new` are the stream record's images, empty when absent.
 pub fn finished_task(
     old: &HashMap<String, AttributeValue>,
     new: serde_dynamo::Item,
-) -> Result<Option<Task>, serde_dynamo::Error> {
+) -> Result<Option<(TenantId, TaskId)>, serde_dynamo::Error> {
     let status = |image: &HashMap<String, AttributeValue>| match image.get("status") {
         Some(AttributeValue::S(s)) => serde_json::from_value::<TaskStatus>(s.as_str().into()).ok(),
         _ => None,
@@ -143,8 +265,8 @@ pub fn finished_task(
     let is_task = matches!(new.get(keys::SK), Some(AttributeValue::S(sk)) if sk == keys::TASK_SK);
     match status(&new) {
         Some(after) if is_task && TaskStatus::finishes(status(old), after) => {
-            let item: TaskItem = serde_dynamo::from_item(new)?;
-            Ok(Some(item.task))
+            let item: StateItem = serde_dynamo::from_item(new)?;
+            Ok(Some((item.state.tenant, item.state.task_id)))
         }
         _ => Ok(None),
     }
@@ -237,15 +359,13 @@ mod tests {
         let (spec, _) = request.parse().unwrap();
         let now = chrono::Utc::now();
         let mut task = Task::new(TenantId::parse("acme").unwrap(), spec, None, "u", now);
-        assert_eq!(
-            item_size(&TaskItem::new(&task, 1_795_000_000)).unwrap(),
-            reference_size(&TaskItem::new(&task, 1_795_000_000))
-        );
+        let request = RequestItem::new(&task, 1_795_000_000);
+        assert_eq!(item_size(&request).unwrap(), reference_size(&request));
         task.status = crate::domain::TaskStatus::Failed;
         task.error = Some(TaskError::new("timeout", "past its deadline"));
         task.cost_usd = Some(Usd::parse("0.0000198").unwrap());
         task.counted_calls = [CallId::new(), CallId::new()].into();
-        let item = TaskItem::new(&task, 1_795_000_000);
+        let item = StateItem::new(&task, 1_795_000_000);
         assert_eq!(item_size(&item).unwrap(), reference_size(&item));
 
         let call = CallResult {

@@ -3,7 +3,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{MemoryTaskStore, lock};
-use crate::ports::{FeedBatch, FeedPosition, FinishedFeed, StoreError};
+use crate::ports::{FeedBatch, FeedPosition, FinishedFeed, Finishing, StoreError};
 
 /// The memory task store's change stream, read as the announcer reads the
 /// table's: from the store's checkpoint, which outlives this reader (a new
@@ -19,6 +19,7 @@ impl MemoryFeed {
     pub const SHARD: &'static str = "memory";
 
     pub fn new(store: Arc<MemoryTaskStore>) -> Self {
+        store.announced_by_a_reader();
         MemoryFeed {
             store,
             read_through: Mutex::new(None),
@@ -38,14 +39,18 @@ impl FinishedFeed for MemoryFeed {
     async fn read(&self, limit: usize) -> Result<FeedBatch, StoreError> {
         let after = *lock(&self.read_through);
         let records = self.store.finishings_after(after, limit);
-        if let Some((last, _)) = records.last() {
+        if let Some((last, _, _)) = records.last() {
             *lock(&self.read_through) = Some(*last);
         }
         Ok(FeedBatch {
             records: records.len(),
             finished: records
                 .into_iter()
-                .map(|(n, task)| (position(n), task))
+                .map(|(n, tenant, task_id)| Finishing {
+                    position: position(n),
+                    tenant,
+                    task_id,
+                })
                 .collect(),
         })
     }
