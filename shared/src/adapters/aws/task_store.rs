@@ -838,25 +838,8 @@ impl TaskStore for DynamoTaskStore {
             (0..keys::LIST_SHARDS).map(|shard| self.list_shard(tenant, shard, before, limit)),
         )
         .await;
-        let mut ids = Vec::new();
-        // A shard that stopped early (its page full) may hold more tasks
-        // below the last one it gave: the merge is complete only down to the
-        // highest such last id.
-        let mut complete_down_to: Option<TaskId> = None;
-        for shard in shards {
-            let (shard_ids, stopped_early) = shard?;
-            if stopped_early && let Some(last) = shard_ids.last() {
-                complete_down_to = complete_down_to.max(Some(*last));
-            }
-            ids.extend(shard_ids);
-        }
-        ids.sort_by_key(|id| std::cmp::Reverse(*id));
-        let mut more = complete_down_to.is_some();
-        if let Some(floor) = complete_down_to {
-            ids.retain(|id| *id >= floor);
-        }
-        more |= ids.len() > limit as usize;
-        ids.truncate(limit as usize);
+        let shards = shards.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let (ids, more) = merge_newest(shards, limit as usize);
         let items = self.read_tasks(tenant, &ids).await?;
         let next = if more {
             ids.last().map(TaskId::to_string)
@@ -865,6 +848,30 @@ impl TaskStore for DynamoTaskStore {
         };
         Ok(Page { items, next })
     }
+}
+
+/// Merges the list shards' newest ids (each newest first, with whether its
+/// query stopped before the shard's end) into the newest `limit`, and
+/// whether more exist. A shard that stopped early may hold more ids below
+/// the last it gave: the merge is complete only down to the highest such
+/// id, and stops there.
+fn merge_newest(shards: Vec<(Vec<TaskId>, bool)>, limit: usize) -> (Vec<TaskId>, bool) {
+    let mut complete_down_to: Option<TaskId> = None;
+    let mut ids = Vec::new();
+    for (shard_ids, stopped_early) in shards {
+        if stopped_early && let Some(last) = shard_ids.last() {
+            complete_down_to = complete_down_to.max(Some(*last));
+        }
+        ids.extend(shard_ids);
+    }
+    ids.sort_by_key(|id| std::cmp::Reverse(*id));
+    let mut more = complete_down_to.is_some();
+    if let Some(floor) = complete_down_to {
+        ids.retain(|id| *id >= floor);
+    }
+    more |= ids.len() > limit;
+    ids.truncate(limit);
+    (ids, more)
 }
 
 impl DynamoTaskStore {
@@ -903,5 +910,34 @@ impl DynamoTaskStore {
             .collect::<Vec<_>>();
         let stopped_early = out.last_evaluated_key.is_some() && ids.len() <= limit as usize;
         Ok((ids, stopped_early))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merging_list_shards_never_skips_what_a_short_page_left_unread() {
+        let ids: Vec<TaskId> = {
+            let mut v: Vec<TaskId> = (0..9).map(|_| TaskId::new()).collect();
+            v.sort();
+            v.reverse(); // newest first
+            v
+        };
+        // Shard a has ids 0, 2, 4, 6, 8; shard b 1, 3, 5, 7 (0 newest).
+        let a: Vec<TaskId> = ids.iter().step_by(2).copied().collect();
+        let b: Vec<TaskId> = ids.iter().skip(1).step_by(2).copied().collect();
+        let (page, more) = merge_newest(vec![(a.clone(), false), (b.clone(), false)], 4);
+        assert_eq!(page, ids[..4]);
+        assert!(more);
+        let (page, more) = merge_newest(vec![(a.clone(), false), (b.clone(), false)], 20);
+        assert_eq!(page, ids);
+        assert!(!more);
+        // Shard b's page stopped at 1 MB after id 3: ids below it may be
+        // unread there, so the page ends at 3 and says there is more.
+        let (page, more) = merge_newest(vec![(a, false), (b[..2].to_vec(), true)], 20);
+        assert_eq!(page, ids[..4]);
+        assert!(more);
     }
 }
