@@ -34,6 +34,11 @@ pub struct DevArgs {
     /// Tenant of the printed token.
     #[arg(long, default_value = "dev")]
     tenant: String,
+    /// One visibility timeout, in seconds, on every queue instead of each
+    /// queue's from template.yaml (minutes): how soon a message whose
+    /// handler failed, or whose process died, is delivered again.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=43_200))]
+    visibility: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -105,7 +110,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Duration::from_secs(12 * 3600),
     )?;
 
-    let runner = Runner::spawn(svc.clone(), RunnerConfig::default());
+    let mut config = RunnerConfig::default();
+    if let Some(secs) = args.visibility {
+        config = config.with_visibility(Duration::from_secs(secs));
+    }
+    let runner = Runner::spawn(svc.clone(), config);
     let app = router(ApiState {
         services: svc,
         auth,
