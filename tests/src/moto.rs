@@ -1,5 +1,5 @@
 //! Starts `moto_server` (the AWS API emulator from PyPI) once per test binary
-//! on a free loopback port. It stops when the test process exits: a shell
+//! on a free loopback port (and one more for a test that needs its own). It stops when the test process exits: a shell
 //! wrapper waits on a pipe from this process and kills moto when it closes.
 
 use std::io::{BufRead, BufReader};
@@ -50,11 +50,15 @@ fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
 }
 
-fn start() -> Moto {
+/// Starts moto, at the scheduling priority `nice` (0: the caller's).
+fn start(nice: u8) -> Moto {
     let binary = moto_binary().unwrap_or_else(|| panic!("{INSTALL_HINT}"));
     let port = free_port();
-    let script =
-        r#""$0" -H 127.0.0.1 -p "$1" >"$2" 2>&1 & pid=$!; echo started; read _; kill $pid"#;
+    let script = if nice == 0 {
+        r#""$0" -H 127.0.0.1 -p "$1" >"$2" 2>&1 & pid=$!; echo started; read _; kill $pid"#
+    } else {
+        r#"nice -n "$3" "$0" -H 127.0.0.1 -p "$1" >"$2" 2>&1 & pid=$!; echo started; read _; kill $pid"#
+    };
     let log = std::env::temp_dir().join(format!("maof-moto-{port}.log"));
     let mut child = Command::new("sh")
         .arg("-c")
@@ -62,6 +66,7 @@ fn start() -> Moto {
         .arg(&binary)
         .arg(port.to_string())
         .arg(&log)
+        .arg(nice.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -92,12 +97,23 @@ fn start() -> Moto {
 /// The shared moto server of this test process, started on first use.
 pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
-    MOTO.get_or_init(start)
+    MOTO.get_or_init(|| start(0))
 }
 
-/// An SDK configuration pointed at moto, with dummy credentials.
+/// A moto server of the caller's own, stopped when dropped, at the
+/// scheduling priority `nice`: for a load test, which would otherwise slow
+/// the shared one, and the tests running beside it, down.
+pub fn dedicated(nice: u8) -> Moto {
+    start(nice)
+}
+
+/// An SDK configuration pointed at the shared moto, with dummy credentials.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    let endpoint = moto().endpoint.clone();
+    sdk_config_at(&moto().endpoint).await
+}
+
+/// An SDK configuration pointed at `endpoint`, with dummy credentials.
+pub async fn sdk_config_at(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))

@@ -3,6 +3,7 @@
 mod agent_call;
 mod bootstrap;
 mod contract;
+mod crash;
 mod events;
 mod lambda;
 mod ops;
