@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 pub struct Moto {
     pub endpoint: String,
+    /// The server's process id.
+    pid: Option<u32>,
     // Held open for the life of the process; closing it stops moto.
     _lifeline: ChildStdin,
     _child: Child,
@@ -55,9 +57,9 @@ fn start(nice: u8) -> Moto {
     let binary = moto_binary().unwrap_or_else(|| panic!("{INSTALL_HINT}"));
     let port = free_port();
     let script = if nice == 0 {
-        r#""$0" -H 127.0.0.1 -p "$1" >"$2" 2>&1 & pid=$!; echo started; read _; kill $pid"#
+        r#""$0" -H 127.0.0.1 -p "$1" >"$2" 2>&1 & pid=$!; echo "started $pid"; read _; kill $pid"#
     } else {
-        r#"nice -n "$3" "$0" -H 127.0.0.1 -p "$1" >"$2" 2>&1 & pid=$!; echo started; read _; kill $pid"#
+        r#"nice -n "$3" "$0" -H 127.0.0.1 -p "$1" >"$2" 2>&1 & pid=$!; echo "started $pid"; read _; kill $pid"#
     };
     let log = std::env::temp_dir().join(format!("maof-moto-{port}.log"));
     let mut child = Command::new("sh")
@@ -72,10 +74,14 @@ fn start(nice: u8) -> Moto {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}. {INSTALL_HINT}", binary.display()));
     let lifeline = child.stdin.take().expect("stdin is piped");
+    let mut line = String::new();
     if let Some(stdout) = child.stdout.take() {
-        let mut line = String::new();
         let _ = BufReader::new(stdout).read_line(&mut line);
     }
+    let pid = line
+        .trim()
+        .strip_prefix("started ")
+        .and_then(|p| p.parse().ok());
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
@@ -89,8 +95,24 @@ fn start(nice: u8) -> Moto {
     }
     Moto {
         endpoint: format!("http://127.0.0.1:{port}"),
+        pid,
         _lifeline: lifeline,
         _child: child,
+    }
+}
+
+impl Drop for Moto {
+    /// A dedicated server stops with its owner, not only with the process:
+    /// a load test's moto would otherwise keep serving (and spending CPU)
+    /// for the rest of the suite.
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let _ = Command::new("kill")
+                .arg(pid.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -122,4 +144,25 @@ pub async fn sdk_config_at(endpoint: &str) -> aws_config::SdkConfig {
         ))
         .load()
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_dedicated_server_stops_when_dropped() {
+        let moto = super::dedicated(0);
+        let pid = moto.pid.expect("the wrapper says the server's pid");
+        let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
+        assert!(alive());
+        drop(moto);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // A zombie until its parent shell reaps it is stopped too.
+        let stopped = !alive()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| stat.split_whitespace().nth(2) == Some("Z"));
+        assert!(stopped, "moto {pid} still runs after its owner dropped it");
+    }
 }
