@@ -42,14 +42,15 @@ const VISIBILITY_SECS: u64 = 5;
 /// The agent's timeout. A call cut by the kill holds its lease for this plus
 /// agent-call's 5 s margin; the delivery after the restart waits that out.
 const AGENT_TIMEOUT_MS: u64 = 10_000;
-/// How long every task has, from the restart, to end.
-const FINISH_LIMIT: Duration = Duration::from_secs(180);
+/// How long every task has, from the restart, to end. A task stored just
+/// before the kill, whose route message was never sent, waits for the
+/// sweeper: a stage's grace (60 s) after it was stored. On two busy cores
+/// the whole takes up to two minutes.
+const FINISH_LIMIT: Duration = Duration::from_secs(240);
 /// A first answer that was never stored must have been sent at most this long
 /// before the kill: the time the child takes to store an answer it read.
 const UNSTORED_ANSWER_WINDOW: Duration = Duration::from_secs(5);
-/// The scheduling priority of the child and its moto: this load test runs
-/// beside the rest of the suite, whose tests wait seconds, not minutes.
-const NICE: u8 = 10;
+
 const JWT_SECRET: &str = "crash-test-secret-of-enough-length-for-hs256";
 const API_KEY: &str = "sk-crash-test-0123456789";
 
@@ -230,18 +231,14 @@ async fn start_dev(binary: &Path, env: &[(&str, String)], seed: &Path, log: &Pat
         .open(log)
         .expect("the child's log file");
     let spawned = Instant::now();
-    // `nice` runs the binary in its own place (same process id).
-    let mut child = Command::new("nice")
-        .args(["-n", &NICE.to_string()])
-        .arg(binary)
+    let mut child = Command::new(binary)
         .args(["dev", "--backend", "aws", "--port", "0", "--visibility"])
         .arg(VISIBILITY_SECS.to_string())
         .arg("--agents")
         .arg(seed)
-        // Only what this test sets (and PATH, to find `nice`): no queue
-        // URLs, event bus or profile from the caller's shell.
+        // Only what this test sets: no queue URLs, event bus or profile
+        // from the caller's shell.
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -308,7 +305,7 @@ async fn submit(
         "content": content(i),
         // The default 60 s could end slow tasks `timeout` on a loaded
         // machine; this test is about the crash, not the deadline.
-        "timeout_ms": 300_000,
+        "timeout_ms": 600_000,
         "metadata": {"crash_test_task": i},
     });
     if keyed == Keyed::Yes {
@@ -429,9 +426,8 @@ async fn a_killed_aws_dev_server_loses_no_task_and_pays_no_answer_twice() {
     let started = Instant::now();
     let binary = maof_binary();
     let built = started.elapsed();
-    // Its own moto: this load on the shared one would slow every other
-    // test of the suite down (moto is one Python process).
-    let moto = maof_tests::moto::dedicated(NICE);
+    // A moto of its own, not the test process's shared one.
+    let moto = maof_tests::moto::dedicated(0);
     let config = maof_tests::moto::sdk_config_at(&moto.endpoint).await;
     let prefix = format!("c{}", ulid::Ulid::new().to_string().to_lowercase());
     let names = ResourceNames::with_prefix(&prefix);
@@ -493,7 +489,11 @@ async fn a_killed_aws_dev_server_loses_no_task_and_pays_no_answer_twice() {
         .build()
         .unwrap();
 
-    // Submit until KILL_AFTER are acknowledged, then kill the child.
+    // Submit until the first KILL_AFTER are acknowledged, then kill the
+    // child. Only a submission the kill may cut needs an idempotency key,
+    // and a keyed one is a transaction, which moto makes by deep-copying the
+    // whole table once per item written (its time grows with the table):
+    // the first KILL_AFTER, all answered before the kill, go without.
     let mut dev = start_dev(&binary, &env, &seed, &log).await;
     let first_up = dev.spawned.elapsed();
     let acked = Arc::new(Mutex::new(BTreeMap::<usize, String>::new()));
@@ -517,9 +517,17 @@ async fn a_killed_aws_dev_server_loses_no_task_and_pays_no_answer_twice() {
                 if i >= TASKS {
                     break;
                 }
-                match submit(&http, &base, &token, i, Keyed::Yes).await {
+                let keyed = if i < KILL_AFTER {
+                    Keyed::No
+                } else {
+                    Keyed::Yes
+                };
+                match submit(&http, &base, &token, i, keyed).await {
                     Submission::Acknowledged(id) => {
                         acked.lock().unwrap().insert(i, id);
+                    }
+                    Submission::Retry(why) if keyed == Keyed::No => {
+                        panic!("task {i}, before the kill, got no answer: {why}")
                     }
                     Submission::Retry(why) if why.starts_with("503") => {
                         busy.lock().unwrap().push(i);
@@ -534,13 +542,13 @@ async fn a_killed_aws_dev_server_loses_no_task_and_pays_no_answer_twice() {
     }
     let submitting = Instant::now();
     loop {
-        let acknowledged = acked.lock().unwrap().len();
-        if acknowledged >= KILL_AFTER {
+        let acknowledged = acked.lock().unwrap().range(..KILL_AFTER).count();
+        if acknowledged == KILL_AFTER {
             break;
         }
         assert!(
             !submitters.is_empty() && submitting.elapsed() < Duration::from_secs(120),
-            "{acknowledged} of {TASKS} acknowledged, never {KILL_AFTER}; {}",
+            "{acknowledged} of the first {KILL_AFTER} acknowledged; {}",
             log_tail(&log)
         );
         if let Some(Err(e)) = submitters.try_join_next() {
@@ -627,9 +635,7 @@ async fn a_killed_aws_dev_server_loses_no_task_and_pays_no_answer_twice() {
     let queued = found.iter().filter(|(_, _, s)| s == "queued").count();
     let resubmitted = again.len();
     submit_all(&http, &dev.base, &token, again, Keyed::Yes, &acked, &log).await;
-    // Then the rest, without keys: nothing will cut them, so they need no
-    // retry, and a keyed submission is a transaction, which moto makes by
-    // deep-copying the whole table (its time grows with the table).
+    // Then the rest, without keys: nothing will cut them.
     submit_all(
         &http,
         &dev.base,
@@ -689,8 +695,9 @@ async fn a_killed_aws_dev_server_loses_no_task_and_pays_no_answer_twice() {
                 log_tail(&log)
             );
         }
-        // Each listing is 5 queries on moto, which is busy running the pipeline.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // A listing is a query per page and list shard, each a scan of the
+        // whole table on moto, which is busy running the pipeline.
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
     let finished_in = restarted_at.elapsed();
     // Now the replays: each stored submission sent again with its key
