@@ -65,17 +65,19 @@ impl Queue for DuplicatingQueue {
     }
 }
 
-/// Drops the first `n` messages sent to the route queue, as a crash between
-/// storing a task and enqueueing it would: the task is stored, its message
-/// never sent.
-pub struct DroppingRouteMessages {
+/// Drops the first `left` messages sent (one at a time) to `queue`, as a
+/// crash between a write and its hand-on would: to the route queue, the
+/// task is stored and its message never sent; to the aggregate queue, the
+/// fan-in is complete and nobody aggregates.
+pub struct DroppingMessages {
     pub inner: Arc<dyn Queue>,
+    pub queue: QueueName,
     pub left: AtomicU32,
 }
 
-impl DroppingRouteMessages {
+impl DroppingMessages {
     fn drop_one(&self, queue: QueueName) -> bool {
-        queue == QueueName::Route
+        queue == self.queue
             && self
                 .left
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -84,7 +86,7 @@ impl DroppingRouteMessages {
 }
 
 #[async_trait]
-impl Queue for DroppingRouteMessages {
+impl Queue for DroppingMessages {
     async fn send(&self, queue: QueueName, message: OutgoingMessage) -> Result<(), QueueError> {
         if self.drop_one(queue) {
             return Ok(());

@@ -7,7 +7,7 @@
 //! provider from being called twice). Then it is looked at again later.
 
 use crate::domain::sweep::{SWEEP_SHARDS, Sweep};
-use crate::domain::{Envelope, MessageKind, TaskError, TaskStatus};
+use crate::domain::{Envelope, MessageKind, PlannedCall, TaskError, TaskStatus};
 use crate::ports::{OutgoingMessage, QueueName};
 
 use super::{Services, StageError, fail_task};
@@ -54,18 +54,33 @@ pub async fn sweep(svc: &Services) -> Result<SweepReport, StageError> {
                             QueueName::Route,
                             Envelope::new(MessageKind::Route, tenant.clone(), task_id),
                         )],
-                        TaskStatus::Running => task
-                            .plan
-                            .iter()
-                            .filter(|p| !record.calls.iter().any(|c| c.call_id == p.call_id))
-                            .map(|p| {
-                                let mut e =
-                                    Envelope::new(MessageKind::AgentCall, tenant.clone(), task_id);
-                                e.call_id = Some(p.call_id);
-                                e.agent_id = Some(p.agent_id.clone());
-                                (QueueName::AgentCall, e)
-                            })
-                            .collect(),
+                        TaskStatus::Running => {
+                            let stored = |p: &&PlannedCall| {
+                                record.calls.iter().any(|c| c.call_id == p.call_id)
+                            };
+                            let missing = task.plan.iter().filter(|p| !stored(p)).count();
+                            // Calls without a result are made (a delivery that
+                            // finds a live lease waits it out). When every call
+                            // has its result, the hand-on after them was lost:
+                            // each call's delivery then finds its result, counts
+                            // it (idempotently) and the fan-in's winner, or the
+                            // single call, finishes the task. No provider is
+                            // called again.
+                            task.plan
+                                .iter()
+                                .filter(|p| missing == 0 || !stored(p))
+                                .map(|p| {
+                                    let mut e = Envelope::new(
+                                        MessageKind::AgentCall,
+                                        tenant.clone(),
+                                        task_id,
+                                    );
+                                    e.call_id = Some(p.call_id);
+                                    e.agent_id = Some(p.agent_id.clone());
+                                    (QueueName::AgentCall, e)
+                                })
+                                .collect()
+                        }
                         TaskStatus::Aggregating => vec![(
                             QueueName::Aggregate,
                             Envelope::new(MessageKind::Aggregate, tenant.clone(), task_id),
