@@ -814,29 +814,6 @@ def test_sam_transform_adds_no_permissions_of_its_own():
     assert "/$default" in api["Body"]["paths"] and api["FailOnWarnings"] is True
 
 
-# ------------------------------------------------------------------ runner
-
-
-def main() -> int:
-    tests = [(n, f) for n, f in sorted(globals().items(), key=lambda kv: kv[0])
-             if n.startswith("test_") and callable(f)]
-    failed = 0
-    for name, test in tests:
-        try:
-            test()
-        except Exception as e:  # noqa: BLE001 - report every failure
-            failed += 1
-            print(f"FAIL {name}: {type(e).__name__}: {e}")
-        else:
-            print(f"ok   {name}")
-    print(f"{len(tests) - failed} passed, {failed} failed")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def test_finished_tasks_are_announced_from_the_context_tables_stream():
     """The announcer's trigger passes exactly the changes `TaskStatus::finishes`
     announces: a task item (sort key TASK) whose status became terminal."""
@@ -877,3 +854,26 @@ def test_finished_tasks_are_announced_from_the_context_tables_stream():
                 terminal, key=["completed", "failed", "cancelled"].index)}]}},
         },
     }
+
+
+# ------------------------------------------------------------------ runner
+
+
+def main() -> int:
+    tests = [(n, f) for n, f in sorted(globals().items(), key=lambda kv: kv[0])
+             if n.startswith("test_") and callable(f)]
+    failed = 0
+    for name, test in tests:
+        try:
+            test()
+        except Exception as e:  # noqa: BLE001 - report every failure
+            failed += 1
+            print(f"FAIL {name}: {type(e).__name__}: {e}")
+        else:
+            print(f"ok   {name}")
+    print(f"{len(tests) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
