@@ -229,7 +229,7 @@ async fn announce(svc: Services, feed: Arc<dyn FinishedFeed>, mut stopped: watch
     use crate::stages::announce::{BACKOFF, IDLE, relay};
     loop {
         let pause = match relay(&svc, feed.as_ref(), 1000).await {
-            Ok(relayed) if relayed.records > 0 => Duration::ZERO,
+            Ok(records) if records > 0 => Duration::ZERO,
             Ok(_) => IDLE,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the task stream failed; retrying");

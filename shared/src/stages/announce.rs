@@ -48,23 +48,16 @@ pub async fn announce(svc: &Services, finished: &[(TenantId, TaskId)]) -> usize 
     published
 }
 
-/// What one pass of the relay did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Relayed {
-    /// Stream records read (finishing or not).
-    pub records: usize,
-    pub announced: usize,
-}
-
 /// One pass of the local relay: reads the feed, announces what finished,
-/// and checkpoints the last finishing announced. When an announcement
+/// and checkpoints the last finishing announced. Returns how many stream
+/// records it read (none: the relay may rest). When an announcement
 /// fails, the feed is rewound to the checkpoint, so the next pass reads it
 /// (and what followed it) again.
 pub async fn relay(
     svc: &Services,
     feed: &dyn FinishedFeed,
     limit: usize,
-) -> Result<Relayed, StoreError> {
+) -> Result<usize, StoreError> {
     let batch = feed.read(limit).await?;
     let tasks: Vec<(TenantId, TaskId)> = batch
         .finished
@@ -82,10 +75,7 @@ pub async fn relay(
         feed.rewind().await;
         return Err(e);
     }
-    Ok(Relayed {
-        records: batch.records,
-        announced,
-    })
+    Ok(batch.records)
 }
 
 /// How long the relay waits when the feed had nothing, or failed.

@@ -84,7 +84,7 @@ async fn drain(svc: &Services, feed: &dyn FinishedFeed) {
     let mut idle = 0;
     for _ in 0..200 {
         match relay(svc, feed, 100).await {
-            Ok(r) if r.records > 0 => idle = 0,
+            Ok(records) if records > 0 => idle = 0,
             Ok(_) => {
                 idle += 1;
                 if idle == 2 {
