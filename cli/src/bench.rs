@@ -12,7 +12,7 @@ use axum::Json;
 use axum::routing::post;
 use futures::future::join_all;
 use maof::api::Authenticator;
-use maof::domain::{AgentId, AgentSpec, Principal, Role, TaskRequest, TenantId};
+use maof::domain::{AgentId, AgentSpec, Owner, Principal, Role, TaskRequest, TenantId};
 use maof::ports::Expect;
 use maof::runner::{Runner, RunnerConfig};
 use maof::stages::{Services, intake};
@@ -199,15 +199,21 @@ async fn in_process(tasks: usize, concurrency: usize) -> anyhow::Result<Figures>
         "name": "bench mock", "provider": "mock", "model": "bench", "capabilities": ["text"],
         "pricing": {"input_per_mtok": 0.15, "output_per_mtok": 0.60}
     }))?;
-    svc.registry
-        .put(&AgentId::parse("bench")?, spec, Expect::Any)
-        .await?;
-    let runner = Runner::spawn(svc.clone(), RunnerConfig::default());
     let principal = Principal {
         sub: "bench".into(),
         tenant: TenantId::parse("bench")?,
         roles: vec![Role::Submitter],
     };
+    // The tenant's own agent.
+    svc.registry
+        .put(
+            &Owner::Tenant(principal.tenant.clone()),
+            &AgentId::parse("bench")?,
+            spec,
+            Expect::Any,
+        )
+        .await?;
+    let runner = Runner::spawn(svc.clone(), RunnerConfig::default());
     let job = {
         let (svc, principal): (Services, Principal) = (svc.clone(), principal.clone());
         move || {
@@ -381,9 +387,7 @@ mod aws_ops {
 
     use anyhow::Context;
     use maof::adapters::aws::load_sdk_config;
-    use maof::metering::{
-        UnitsRow, assumed, by_cache_refresh, by_trigger, cost_per_million, measure, measure_units,
-    };
+    use maof::metering::{UnitsRow, assumed, by_trigger, cost_per_million, measure, measure_units};
 
     pub async fn run(tasks: usize) -> anyhow::Result<()> {
         if std::env::var_os("AWS_ENDPOINT_URL").is_none() {
@@ -407,8 +411,6 @@ mod aws_ops {
             for (op, n) in &row.by_op {
                 let note = if by_trigger(op) {
                     "  (done by the Lambda SQS trigger on AWS; the local runner's polling here)"
-                } else if by_cache_refresh(op) {
-                    "  (the registry cache's refresh: once per 30 s per process, not per task)"
                 } else {
                     ""
                 };

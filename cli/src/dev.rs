@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::Context;
 use maof::adapters::aws::{Bootstrap, ResourceNames, load_sdk_config};
 use maof::api::{ApiState, Authenticator, router};
-use maof::domain::{Role, TenantId};
+use maof::domain::{PlatformAgents, Role, TenantId};
 use maof::runner::{Runner, RunnerConfig};
 use maof::setup;
-use maof::stages::Services;
+use maof::stages::{Services, Settings};
 use rand::Rng;
 use secrecy::SecretString;
 
@@ -91,11 +91,23 @@ fn jwt_secret() -> SecretString {
     }
 }
 
+/// The environment's settings, where a tenant with nothing set uses every
+/// platform agent (the seeded ones) unless `MAOF_DEFAULT_PLATFORM_AGENTS`
+/// says otherwise.
+fn dev_settings() -> anyhow::Result<Settings> {
+    let mut settings = Settings::from_env().map_err(anyhow::Error::msg)?;
+    if std::env::var_os("MAOF_DEFAULT_PLATFORM_AGENTS").is_none() {
+        settings.tenant_defaults.platform_agents = PlatformAgents::All;
+    }
+    Ok(settings)
+}
+
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let svc = match args.backend {
         Backend::Memory => setup::memory_services().0,
         Backend::Aws => bootstrap(BootstrapArgs { seed: None }).await?,
-    };
+    }
+    .with_settings(dev_settings()?);
     let seeded = setup::seed_registry(&svc, &args.agents)
         .await
         .with_context(|| format!("seeding the registry from {}", args.agents.display()))?;

@@ -15,7 +15,7 @@ use crate::adapters::memory::{
     MemoryBlobs, MemoryEvents, MemoryFeed, MemoryQueue, MemoryRegistry, MemorySecrets,
     MemoryTaskStore,
 };
-use crate::domain::{AgentId, AgentSpec};
+use crate::domain::{AgentId, AgentSpec, Owner, SecretName};
 use crate::ports::{
     CachedSecrets, Clock, Expect, QueueName, SecretSource, StoreError, SystemClock,
 };
@@ -33,6 +33,8 @@ pub enum SetupError {
     Queue(#[from] crate::ports::QueueError),
     #[error("registry: {0}")]
     Registry(#[from] StoreError),
+    #[error("settings: {0}")]
+    Settings(String),
 }
 
 fn services(
@@ -40,6 +42,7 @@ fn services(
     registry: Arc<dyn crate::ports::Registry>,
     queue: Arc<dyn crate::ports::Queue>,
     secrets: Arc<dyn SecretSource>,
+    settings: Settings,
 ) -> Services {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let secrets = Arc::new(CachedSecrets::new(
@@ -54,7 +57,7 @@ fn services(
         secrets,
         Providers::new(http_client()),
         clock,
-        Settings::from_env(),
+        settings,
     )
 }
 
@@ -73,6 +76,7 @@ pub fn memory_services_on(tasks: Arc<MemoryTaskStore>) -> (Services, Arc<MemoryQ
         Arc::new(MemoryRegistry::new()),
         queue.clone(),
         Arc::new(MemorySecrets::with_env_fallback()),
+        Settings::default(),
     )
     .with_events(Arc::new(MemoryEvents::new()))
     .with_feed(Arc::new(MemoryFeed::new(tasks)))
@@ -159,6 +163,7 @@ pub async fn aws_services_with(
         )),
         Arc::new(queue),
         Arc::new(SecretsManagerSource::new(clients.secrets)),
+        Settings::from_env().map_err(SetupError::Settings)?,
     )
     .with_feed(Arc::new(feed))
     .with_blobs(Arc::new(S3Blobs::new(
@@ -189,9 +194,9 @@ pub struct Seeded {
     pub note: Option<String>,
 }
 
-/// Loads the registry seed (`infra/agents.yaml`). An agent whose key is not
-/// in the secret source is written disabled; an existing agent is left as
-/// an admin may have changed it.
+/// Loads the registry seed (`infra/agents.yaml`) as platform agents. An
+/// agent whose key is not in the secret source is written disabled; an
+/// existing agent is left as an admin may have changed it.
 pub async fn seed_registry(svc: &Services, path: &Path) -> Result<Vec<Seeded>, SetupError> {
     let text = std::fs::read_to_string(path).map_err(|e| SetupError::Config {
         path: path.display().to_string(),
@@ -205,8 +210,16 @@ pub async fn seed_registry(svc: &Services, path: &Path) -> Result<Vec<Seeded>, S
     // Each spec was checked by every rule as it was read.
     for SeedAgent { id, mut spec } in file.agents {
         let mut note = None;
+        if let Some(secret) = &spec.secret {
+            secret
+                .usable_by(&Owner::Platform, &svc.settings.secret_prefix)
+                .map_err(|e| SetupError::Config {
+                    path: path.display().to_string(),
+                    message: format!("agent {id}: secret {e}"),
+                })?;
+        }
         if spec.provider.needs_secret()
-            && let Some(secret) = spec.secret.as_deref()
+            && let Some(secret) = spec.secret.as_ref().map(SecretName::as_str)
             && svc.secrets.get(secret).await.is_err()
         {
             spec.enabled = false;
@@ -216,13 +229,17 @@ pub async fn seed_registry(svc: &Services, path: &Path) -> Result<Vec<Seeded>, S
             ));
         }
         let enabled = spec.enabled;
-        match svc.registry.put(&id, spec, Expect::Absent).await {
+        match svc
+            .registry
+            .put(&Owner::Platform, &id, spec, Expect::Absent)
+            .await
+        {
             Ok(_) | Err(StoreError::AlreadyExists) => {}
             Err(e) => return Err(e.into()),
         }
         seeded.push(Seeded { id, enabled, note });
     }
-    svc.agents.invalidate();
+    svc.agents.invalidate(&Owner::Platform);
     Ok(seeded)
 }
 
@@ -261,7 +278,12 @@ mod tests {
         .unwrap();
         let seeded = seed_registry(&svc, &path).await.unwrap();
         assert_eq!(seeded.len(), 1);
-        let agent = svc.registry.get(&seeded[0].id).await.unwrap().unwrap();
+        let agent = svc
+            .registry
+            .get(&Owner::Platform, &seeded[0].id)
+            .await
+            .unwrap()
+            .unwrap();
         let pricing = agent.spec.pricing.unwrap();
         assert_eq!(
             pricing.input_per_mtok,

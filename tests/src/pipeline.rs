@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use maof::adapters::memory::MemoryEvents;
 use maof::api::{ApiState, Authenticator, router};
-use maof::domain::{Provider, Role, TenantId};
+use maof::domain::{PlatformAgents, Provider, Role, TenantDefaults, TenantId};
 use maof::ports::{CachedSecrets, Clock, Queue, SystemClock, TaskStore};
 use maof::providers::{MockProvider, Providers, http_client};
 use maof::runner::{Runner, RunnerConfig};
@@ -44,6 +44,17 @@ pub struct Pipeline {
     server: tokio::task::JoinHandle<()>,
 }
 
+/// Settings under which a tenant with none of its own uses every platform
+/// agent (as in `maof dev`): the seeded test agents are platform agents.
+pub fn every_tenant_uses_platform_agents() -> Settings {
+    Settings {
+        tenant_defaults: TenantDefaults {
+            platform_agents: PlatformAgents::All,
+        },
+        ..Settings::default()
+    }
+}
+
 fn seed_file() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/agents.yaml")
 }
@@ -75,7 +86,7 @@ impl Pipeline {
             secrets,
             providers,
             clock,
-            Settings::default(),
+            every_tenant_uses_platform_agents(),
         )
         .with_blobs(backend.blobs)
         .with_events(events.clone())

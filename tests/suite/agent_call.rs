@@ -9,8 +9,8 @@ use chrono::Utc;
 use maof::adapters::memory::{MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore};
 use maof::domain::aggregation::combine;
 use maof::domain::{
-    AgentId, AgentSpec, CallId, CallResult, CallStatus, PlannedCall, Principal, Provider, Role,
-    Task, TaskRequest, TaskStatus, TenantId, Usage, Usd,
+    AgentId, AgentSpec, CallId, CallResult, CallStatus, Owner, PlannedCall, Principal, Provider,
+    Role, Task, TaskRequest, TaskStatus, TenantId, Usage, Usd,
 };
 use maof::ports::{CachedSecrets, Expect, SecretSource, SystemClock};
 use maof::providers::{Providers, http_client};
@@ -20,7 +20,16 @@ use serde_json::json;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const SECRET: &str = "maof/upstream";
+/// The tenant's own key for the upstream agent, bound to the local server.
+const SECRET: &str = "maof/tenants/acme/upstream";
+
+fn bound(key: &str) -> String {
+    json!({"key": key, "provider": "openai_compatible", "hosts": ["127.0.0.1"]}).to_string()
+}
+
+fn acme() -> Owner {
+    Owner::Tenant(TenantId::parse("acme").unwrap())
+}
 
 fn completion() -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(json!({
@@ -44,7 +53,7 @@ struct Harness {
 
 async fn harness(upstream: &MockServer, settings: Settings) -> Harness {
     let secrets = Arc::new(MemorySecrets::new());
-    secrets.put(SECRET, "sk-old");
+    secrets.put(SECRET, bound("sk-old"));
     let clock = Arc::new(SystemClock);
     let svc = Services::new(
         Arc::new(MemoryTaskStore::new()),
@@ -67,7 +76,12 @@ async fn harness(upstream: &MockServer, settings: Settings) -> Harness {
     }))
     .unwrap();
     svc.registry
-        .put(&AgentId::parse("upstream").unwrap(), spec, Expect::Absent)
+        .put(
+            &acme(),
+            &AgentId::parse("upstream").unwrap(),
+            spec,
+            Expect::Absent,
+        )
         .await
         .unwrap();
     // The template's visibility (minutes): a redelivery sooner than that was asked for.
@@ -247,7 +261,7 @@ async fn an_answer_over_the_agents_response_cap_fails_once_as_response_too_large
     let mut spec = h
         .svc
         .registry
-        .get(&AgentId::parse("upstream").unwrap())
+        .get(&acme(), &AgentId::parse("upstream").unwrap())
         .await
         .unwrap()
         .unwrap()
@@ -255,7 +269,12 @@ async fn an_answer_over_the_agents_response_cap_fails_once_as_response_too_large
     spec.constraints.max_response_bytes = Some(16 * 1024);
     h.svc
         .registry
-        .put(&AgentId::parse("upstream").unwrap(), spec, Expect::Any)
+        .put(
+            &acme(),
+            &AgentId::parse("upstream").unwrap(),
+            spec,
+            Expect::Any,
+        )
         .await
         .unwrap();
 
@@ -290,7 +309,7 @@ async fn a_rotated_key_is_used_after_a_401() {
     let h = harness(&upstream, Settings::default()).await;
     // Warm the key cache with the old key, then rotate it in the secret source.
     h.svc.secrets.get(SECRET).await.unwrap();
-    h.secrets.put(SECRET, "sk-new");
+    h.secrets.put(SECRET, bound("sk-new"));
 
     let record = run_task(&h).await;
     assert_eq!(
@@ -341,6 +360,7 @@ fn cost_sums_are_exact_for_a_thousand_calls_of_odd_token_counts() {
         "capabilities": ["text"], "pricing": {"input_per_mtok": 0.15, "output_per_mtok": 0.60, "cached_input_per_mtok": 0.075}})).unwrap();
     let agent = maof::domain::Agent {
         id: AgentId::parse("a").unwrap(),
+        owner: Owner::Platform,
         spec: agent,
         version: 1,
     };
@@ -464,4 +484,69 @@ async fn a_redelivered_call_stored_after_its_task_ended_is_added_to_its_cost() {
     assert_eq!(ended.status, TaskStatus::Cancelled);
     assert_eq!(ended.usage, usage);
     assert_eq!(ended.cost_usd, Some(Usd::parse("0.001").unwrap()));
+}
+
+/// A key goes only to the hosts its binding names: an agent pointed
+/// elsewhere (here `localhost`, where the key is bound to `127.0.0.1`: the
+/// same server, so that a leak would be seen) fails with `auth`, and the
+/// server never receives the key.
+#[tokio::test]
+async fn a_key_is_sent_only_to_a_host_its_binding_names() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(completion())
+        .mount(&upstream)
+        .await;
+    let h = harness(&upstream, Settings::default()).await;
+    let port = upstream.address().port();
+    for (id, secret) in [
+        ("elsewhere", SECRET),
+        // Another tenant's key, written past the API's check.
+        ("borrowed", "maof/tenants/globex/upstream"),
+    ] {
+        let spec: AgentSpec = serde_json::from_value(json!({
+            "name": id, "provider": "openai_compatible",
+            "base_url": format!("http://localhost:{port}/v1"),
+            "model": "m", "secret": secret, "capabilities": ["text"]
+        }))
+        .unwrap();
+        h.svc
+            .registry
+            .put(&acme(), &AgentId::parse(id).unwrap(), spec, Expect::Absent)
+            .await
+            .unwrap();
+    }
+    h.secrets.put(
+        "maof/tenants/globex/upstream",
+        json!({"key": "sk-globex", "provider": "openai_compatible", "hosts": ["localhost"]})
+            .to_string(),
+    );
+    for (id, why) in [
+        ("elsewhere", "not bound to host localhost"),
+        ("borrowed", "maof/tenants/acme/"),
+    ] {
+        let record = run(
+            &h,
+            json!({"task_type": "text", "content": "hi", "routing": {"agents": [id]}}),
+        )
+        .await;
+        assert_eq!(record.task.status, TaskStatus::Failed, "{id}");
+        let error = record.calls[0].error.as_ref().unwrap();
+        assert_eq!(
+            error.class,
+            maof::domain::ErrorClass::Auth,
+            "{id}: {error:?}"
+        );
+        assert!(error.message.contains(why), "{id}: {}", error.message);
+        assert!(!error.message.contains("sk-"), "{}", error.message);
+    }
+    assert_eq!(
+        upstream.received_requests().await.unwrap().len(),
+        0,
+        "no request, so no key, reached the server"
+    );
+    // The agent the key is bound for reaches it.
+    let record = run_task(&h).await;
+    assert_eq!(record.task.status, TaskStatus::Completed);
+    assert_eq!(upstream.received_requests().await.unwrap().len(), 1);
 }

@@ -150,7 +150,9 @@ async fn only_well_formed_task_requests_are_accepted() {
 async fn finished_tasks_are_announced() {
     let (svc, _) = maof::setup::memory_services();
     let events = Arc::new(MemoryEvents::new());
-    let svc = svc.with_events(events.clone());
+    let svc = svc
+        .with_events(events.clone())
+        .with_settings(maof_tests::pipeline::every_tenant_uses_platform_agents());
     maof::setup::seed_registry(
         &svc,
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/agents.yaml"),

@@ -88,6 +88,7 @@ async fn intake_handles_an_api_gateway_rest_v1_event() {
 #[tokio::test]
 async fn an_sqs_batch_reports_only_the_bad_message() {
     let (svc, queue) = maof::setup::memory_services();
+    let svc = svc.with_settings(maof_tests::pipeline::every_tenant_uses_platform_agents());
     maof::setup::seed_registry(
         &svc,
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/agents.yaml"),

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use maof::adapters::memory::{MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore};
-use maof::domain::{AgentId, AgentSpec, Principal, Role, TaskRequest, TaskStatus, TenantId};
+use maof::domain::{
+    AgentId, AgentSpec, Owner, PlatformAgents, Principal, Role, TaskRequest, TaskStatus,
+    TenantDefaults, TenantId,
+};
 use maof::ports::{CachedSecrets, Expect, SystemClock};
 use maof::providers::{Bedrock, Providers, http_client};
 use maof::runner::{Runner, RunnerConfig};
@@ -77,14 +80,17 @@ async fn a_task_can_be_routed_to_each_provider_kind() {
         .await;
 
     let secrets = Arc::new(MemorySecrets::new());
-    for (name, key) in [
-        ("openai", "sk-openai"),
-        ("compat", "sk-compat"),
-        ("anthropic", "sk-anthropic"),
-        ("gemini", "sk-gemini"),
-        ("hf", "sk-hf"),
+    // Each key bound to its provider and to the local server, which stands
+    // in for the provider's own host.
+    for (name, provider, key) in [
+        ("openai", "openai", "sk-openai"),
+        ("compat", "openai_compatible", "sk-compat"),
+        ("anthropic", "anthropic", "sk-anthropic"),
+        ("gemini", "gemini", "sk-gemini"),
+        ("hf", "huggingface", "sk-hf"),
     ] {
-        secrets.put(format!("maof/{name}"), key);
+        let binding = json!({"key": key, "provider": provider, "hosts": ["127.0.0.1"]});
+        secrets.put(format!("maof/{name}"), binding.to_string());
     }
     // Bedrock signs with IAM credentials: static test ones here.
     let aws = aws_config::SdkConfig::builder()
@@ -106,7 +112,12 @@ async fn a_task_can_be_routed_to_each_provider_kind() {
         )),
         Providers::new(http_client()).with_bedrock(Bedrock::with_config(aws)),
         clock,
-        Settings::default(),
+        Settings {
+            tenant_defaults: TenantDefaults {
+                platform_agents: PlatformAgents::All,
+            },
+            ..Settings::default()
+        },
     );
     let agents = [
         (
@@ -159,7 +170,12 @@ async fn a_task_can_be_routed_to_each_provider_kind() {
         spec["pricing"] = json!({"input_per_mtok": 1.0, "output_per_mtok": 2.0});
         let spec: AgentSpec = serde_json::from_value(spec).unwrap();
         svc.registry
-            .put(&AgentId::parse(*id).unwrap(), spec, Expect::Absent)
+            .put(
+                &Owner::Platform,
+                &AgentId::parse(*id).unwrap(),
+                spec,
+                Expect::Absent,
+            )
             .await
             .unwrap();
     }

@@ -1,6 +1,8 @@
-//! `/v1/agents`: the registry, shared by every tenant. Writes are optimistic:
-//! the version is the ETag, `If-Match` guards a replace or delete and
-//! `If-None-Match: *` makes a PUT create-only.
+//! The registry: `/v1/agents`, a tenant's own agents (and, to read, the
+//! platform agents its settings allow), and `/v1/platform/agents`, the
+//! platform's, for `platform_admin`. Writes are optimistic: the version is
+//! the ETag, `If-Match` guards a replace or delete and `If-None-Match: *`
+//! makes a PUT create-only.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -10,22 +12,36 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::ApiState;
-use super::auth::{Admin, Caller, Viewer};
+use super::auth::{Admin, Caller, PlatformAdmin, Viewer};
 use super::extract::{header_text, json_body};
 use super::problem::{Problem, path_not_found, registry_write};
 use super::views::{AgentList, AgentView};
-use crate::domain::{Agent, AgentId, AgentRequest};
-use crate::ports::Expect;
-use crate::stages::intake;
+use crate::domain::{Agent, AgentId, AgentRequest, Owner, Principal, Role};
+use crate::ports::{Expect, StoreError};
+use crate::stages::agents;
 
 fn etag(version: u64) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("\"{version}\"")).ok()
 }
 
+/// Whether `principal` may change `agent`, and so see where it calls and
+/// with which key.
+fn manages(principal: &Principal, agent: &Agent) -> bool {
+    match &agent.owner {
+        Owner::Platform => principal.may(Role::PlatformAdmin),
+        Owner::Tenant(tenant) => tenant == &principal.tenant && principal.may(Role::Admin),
+    }
+}
+
+fn view(principal: &Principal, agent: Agent) -> AgentView {
+    let manager = manages(principal, &agent);
+    AgentView::new(agent, manager)
+}
+
 /// The agent with its version as the ETag.
-fn agent_response(status: StatusCode, agent: Agent) -> Response {
+fn agent_response(status: StatusCode, principal: &Principal, agent: Agent) -> Response {
     let tag = etag(agent.version);
-    let mut response = (status, Json(AgentView::from(agent))).into_response();
+    let mut response = (status, Json(view(principal, agent))).into_response();
     if let Some(tag) = tag {
         response.headers_mut().insert(header::ETAG, tag);
     }
@@ -82,12 +98,31 @@ fn put_expectation(headers: &HeaderMap) -> Result<Expect, Problem> {
     }
 }
 
+/// An agent read, or 404.
+fn found(agent: Option<Agent>) -> Result<Agent, Problem> {
+    agent.ok_or_else(|| Problem::not_found("agent"))
+}
+
+/// A PUT's answer: 200 with the agent when it replaced one, 201 with its
+/// `Location` when it created it.
+fn written(principal: &Principal, agent: Agent, location: String) -> Response {
+    if agent.version > 1 {
+        return agent_response(StatusCode::OK, principal, agent);
+    }
+    let location = HeaderValue::from_str(&location).ok();
+    let mut response = agent_response(StatusCode::CREATED, principal, agent);
+    if let Some(location) = location {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
 #[utoipa::path(
     get,
     path = "/v1/agents",
     tag = "agents",
     responses(
-        (status = 200, description = "Every agent, ordered by id", body = AgentList),
+        (status = 200, description = "The tenant's agents and the platform agents it may use, ordered by id", body = AgentList),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the viewer role", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
@@ -99,14 +134,12 @@ pub(crate) async fn list_agents(
     State(state): State<ApiState>,
     caller: Caller<Viewer>,
 ) -> Result<Json<AgentList>, Problem> {
-    let agents = state
-        .services
-        .registry
-        .list()
+    let principal = &caller.principal;
+    let agents = agents::visible(&state.services, &principal.tenant)
         .await
         .map_err(Problem::server)?;
     Ok(Json(AgentList {
-        items: agents.into_iter().map(AgentView::from).collect(),
+        items: agents.into_iter().map(|a| view(principal, a)).collect(),
     }))
 }
 
@@ -114,13 +147,13 @@ pub(crate) async fn list_agents(
     get,
     path = "/v1/agents/{id}",
     tag = "agents",
-    params(("id" = AgentId, Path, description = "The agent id; one that cannot exist is 404")),
+    params(("id" = AgentId, Path, description = "The agent id; one the tenant cannot use is 404")),
     responses(
         (status = 200, description = "The agent", body = AgentView,
             headers(("ETag" = String, description = "The version, quoted; send it back in If-Match"))),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the viewer role", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such agent for this tenant", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -133,14 +166,11 @@ pub(crate) async fn get_agent(
 ) -> Result<Response, Problem> {
     let id = known_id(path)?;
     tracing::Span::current().record("agent_id", tracing::field::display(&id));
-    let agent = state
-        .services
-        .registry
-        .get(&id)
+    let principal = &caller.principal;
+    let agent = agents::visible_one(&state.services, &principal.tenant, &id)
         .await
-        .map_err(Problem::server)?
-        .ok_or_else(|| Problem::not_found("agent"))?;
-    Ok(agent_response(StatusCode::OK, agent))
+        .map_err(Problem::server)?;
+    Ok(agent_response(StatusCode::OK, principal, found(agent)?))
 }
 
 #[utoipa::path(
@@ -154,7 +184,8 @@ pub(crate) async fn get_agent(
         ("If-None-Match" = Option<String>, Header, pattern = r"^\*$",
             description = "`*`: create only; not with If-Match"),
     ),
-    request_body(content = AgentRequest, content_type = "application/json"),
+    request_body(content = AgentRequest, content_type = "application/json",
+        description = "The agent. Its `secret` must be one of the tenant's own keys, `{prefix}tenants/{tenant}/…` (422 otherwise)."),
     responses(
         (status = 200, description = "Replaced", body = AgentView, headers(("ETag" = String)),
             links(
@@ -170,7 +201,7 @@ pub(crate) async fn get_agent(
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the admin role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "An empty id: no such route", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The precondition failed: the agent exists, or is not at the If-Match version", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The precondition failed (the agent exists, or is not at the If-Match version), or the id is a platform agent's the tenant uses", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 256 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not JSON (Content-Type)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The agent breaks a rule (`field` names it)", body = Problem, content_type = "application/problem+json"),
@@ -190,17 +221,11 @@ pub(crate) async fn put_agent(
     tracing::Span::current().record("agent_id", tracing::field::display(&id));
     let expect = put_expectation(&headers)?;
     let request: AgentRequest = json_body(&headers, body)?;
-    let agent = intake::put_agent(&state.services, &id, request, expect).await?;
+    let principal = &caller.principal;
+    let owner = Owner::Tenant(principal.tenant.clone());
+    let agent = agents::put(&state.services, &owner, &id, request, expect).await?;
     tracing::info!(version = agent.version, "agent written");
-    if agent.version > 1 {
-        return Ok(agent_response(StatusCode::OK, agent));
-    }
-    let location = HeaderValue::from_str(&format!("/v1/agents/{id}")).ok();
-    let mut response = agent_response(StatusCode::CREATED, agent);
-    if let Some(location) = location {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    Ok(written(principal, agent, format!("/v1/agents/{id}")))
 }
 
 #[utoipa::path(
@@ -216,8 +241,8 @@ pub(crate) async fn put_agent(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Bad If-Match", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Needs the admin role", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the admin role; or the agent is a platform agent, which only platform_admin manages", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such agent for this tenant", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The agent is not at the If-Match version", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
     ),
@@ -233,9 +258,186 @@ pub(crate) async fn delete_agent(
     let id = known_id(path)?;
     tracing::Span::current().record("agent_id", tracing::field::display(&id));
     let expect = if_match(&headers)?.map_or(Expect::Any, Expect::Version);
-    intake::delete_agent(&state.services, &id, expect)
+    let tenant = &caller.principal.tenant;
+    let owner = Owner::Tenant(tenant.clone());
+    match agents::delete(&state.services, &owner, &id, expect).await {
+        Ok(()) => {}
+        Err(StoreError::NotFound) => {
+            let visible = agents::visible_one(&state.services, tenant, &id)
+                .await
+                .map_err(Problem::server)?;
+            return Err(match visible {
+                Some(_) => Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "a platform agent; only platform_admin manages it",
+                ),
+                None => Problem::not_found("agent"),
+            });
+        }
+        Err(e) => return Err(registry_write(e)),
+    }
+    tracing::info!("agent deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/platform/agents",
+    tag = "platform",
+    responses(
+        (status = 200, description = "Every platform agent, ordered by id", body = AgentList),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the platform_admin role", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(sub = %caller.principal.sub))]
+pub(crate) async fn list_platform_agents(
+    State(state): State<ApiState>,
+    caller: Caller<PlatformAdmin>,
+) -> Result<Json<AgentList>, Problem> {
+    let agents = state
+        .services
+        .registry
+        .list(&Owner::Platform)
+        .await
+        .map_err(Problem::server)?;
+    Ok(Json(AgentList {
+        items: agents
+            .into_iter()
+            .map(|a| view(&caller.principal, a))
+            .collect(),
+    }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/platform/agents/{id}",
+    tag = "platform",
+    params(("id" = AgentId, Path, description = "The platform agent's id")),
+    responses(
+        (status = 200, description = "The platform agent", body = AgentView,
+            headers(("ETag" = String, description = "The version, quoted; send it back in If-Match"))),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the platform_admin role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such platform agent", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(sub = %caller.principal.sub, agent_id))]
+pub(crate) async fn get_platform_agent(
+    State(state): State<ApiState>,
+    caller: Caller<PlatformAdmin>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, Problem> {
+    let id = known_id(path)?;
+    tracing::Span::current().record("agent_id", tracing::field::display(&id));
+    let agent = state
+        .services
+        .registry
+        .get(&Owner::Platform, &id)
+        .await
+        .map_err(Problem::server)?;
+    Ok(agent_response(
+        StatusCode::OK,
+        &caller.principal,
+        found(agent)?,
+    ))
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/platform/agents/{id}",
+    tag = "platform",
+    params(
+        ("id" = AgentId, Path, description = "The agent id: 1 to 64 letters, digits, '-', '_', '.' (400 otherwise)"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^("[0-9]+"|[0-9]+)$"#,
+            description = "Replace only this version (the ETag); not with If-None-Match"),
+        ("If-None-Match" = Option<String>, Header, pattern = r"^\*$",
+            description = "`*`: create only; not with If-Match"),
+    ),
+    request_body(content = AgentRequest, content_type = "application/json",
+        description = "The agent. Its `secret` must be a platform key: under the deployment's prefix, not under `{prefix}tenants/` (422 otherwise)."),
+    responses(
+        (status = 200, description = "Replaced", body = AgentView, headers(("ETag" = String)),
+            links(
+                ("GetPlatformAgent" = (operation_id = "get_platform_agent", parameters(("id" = "$response.body#/id")))),
+                ("DeletePlatformAgent" = (operation_id = "delete_platform_agent", parameters(("id" = "$response.body#/id")))),
+            )),
+        (status = 201, description = "Created", body = AgentView, headers(("ETag" = String), ("Location" = String)),
+            links(
+                ("GetPlatformAgent" = (operation_id = "get_platform_agent", parameters(("id" = "$response.body#/id")))),
+                ("DeletePlatformAgent" = (operation_id = "delete_platform_agent", parameters(("id" = "$response.body#/id")))),
+            )),
+        (status = 400, description = "Malformed JSON, unknown or missing field, wrong type, bad id or bad precondition header", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the platform_admin role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "An empty id: no such route", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The precondition failed: the agent exists, or is not at the If-Match version", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 256 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The agent breaks a rule (`field` names it)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(sub = %caller.principal.sub, agent_id))]
+pub(crate) async fn put_platform_agent(
+    State(state): State<ApiState>,
+    caller: Caller<PlatformAdmin>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let id = new_id(path)?;
+    tracing::Span::current().record("agent_id", tracing::field::display(&id));
+    let expect = put_expectation(&headers)?;
+    let request: AgentRequest = json_body(&headers, body)?;
+    let agent = agents::put(&state.services, &Owner::Platform, &id, request, expect).await?;
+    tracing::info!(version = agent.version, "platform agent written");
+    Ok(written(
+        &caller.principal,
+        agent,
+        format!("/v1/platform/agents/{id}"),
+    ))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/platform/agents/{id}",
+    tag = "platform",
+    params(
+        ("id" = AgentId, Path, description = "The platform agent's id"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^("[0-9]+"|[0-9]+)$"#,
+            description = "Delete only this version (the ETag)"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Bad If-Match", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the platform_admin role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such platform agent", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The agent is not at the If-Match version", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(sub = %caller.principal.sub, agent_id))]
+pub(crate) async fn delete_platform_agent(
+    State(state): State<ApiState>,
+    caller: Caller<PlatformAdmin>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<StatusCode, Problem> {
+    let id = known_id(path)?;
+    tracing::Span::current().record("agent_id", tracing::field::display(&id));
+    let expect = if_match(&headers)?.map_or(Expect::Any, Expect::Version);
+    agents::delete(&state.services, &Owner::Platform, &id, expect)
         .await
         .map_err(registry_write)?;
-    tracing::info!("agent deleted");
+    tracing::info!(sub = %caller.principal.sub, "platform agent deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -40,7 +40,7 @@ pub enum AuthError {
     Expired,
     #[error("the bearer token is invalid")]
     Invalid,
-    #[error("this route needs the {} role", role_name(*.0))]
+    #[error("this route needs the {} role", .0.name())]
     Forbidden(Role),
 }
 
@@ -110,7 +110,7 @@ impl Authenticator {
         let claims = Claims {
             sub: sub.to_owned(),
             tenant: tenant.to_string(),
-            roles: roles.iter().map(|r| role_name(*r).to_owned()).collect(),
+            roles: roles.iter().map(|r| r.name().to_owned()).collect(),
             exp: now.saturating_add(ttl.as_secs()),
             iat: Some(now),
         };
@@ -150,15 +150,6 @@ impl Authenticator {
     }
 }
 
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Viewer => "viewer",
-        Role::Submitter => "submitter",
-        Role::Operator => "operator",
-        Role::Admin => "admin",
-    }
-}
-
 /// The token in `Authorization: Bearer <token>` (the scheme is case-insensitive).
 fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
     let value = headers
@@ -182,6 +173,7 @@ pub trait Needs: Send + Sync {
 pub struct Viewer;
 pub struct Submitter;
 pub struct Admin;
+pub struct PlatformAdmin;
 
 impl Needs for Viewer {
     const ROLE: Role = Role::Viewer;
@@ -191,6 +183,9 @@ impl Needs for Submitter {
 }
 impl Needs for Admin {
     const ROLE: Role = Role::Admin;
+}
+impl Needs for PlatformAdmin {
+    const ROLE: Role = Role::PlatformAdmin;
 }
 
 /// An authenticated caller holding at least role `R`. Taking it as a handler

@@ -11,6 +11,7 @@ mod extract;
 mod openapi;
 mod problem;
 mod tasks;
+mod tenants;
 mod views;
 
 #[cfg(test)]
@@ -28,7 +29,9 @@ pub use auth::{AuthError, Authenticator, MintError};
 pub use openapi::ApiDoc;
 pub use problem::Problem;
 pub use tasks::MAX_WAIT_SECS;
-pub use views::{Accepted, AgentList, AgentView, CallView, Health, TaskPage, TaskView};
+pub use views::{
+    Accepted, AgentList, AgentView, CallView, Health, SettingsView, TaskPage, TaskView,
+};
 
 use crate::stages::Services;
 
@@ -57,6 +60,18 @@ pub fn router(state: ApiState) -> Router {
             get(agents::get_agent)
                 .put(agents::put_agent)
                 .delete(agents::delete_agent),
+        )
+        .route("/v1/platform/agents", get(agents::list_platform_agents))
+        .route(
+            "/v1/platform/agents/{id}",
+            get(agents::get_platform_agent)
+                .put(agents::put_platform_agent)
+                .delete(agents::delete_platform_agent),
+        )
+        .route("/v1/tenant/settings", get(tenants::get_own_settings))
+        .route(
+            "/v1/tenants/{tenant}/settings",
+            get(tenants::get_settings).put(tenants::put_settings),
         )
         .route("/health", get(health))
         .route("/openapi.json", get(openapi::openapi_json))

@@ -6,10 +6,12 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::problem::Problem;
+use super::tenants::{PlatformAgentName, SettingsRequest};
 use super::views::{
-    Accepted, AgentList, AgentView, CallView, Health, PricingView, ResultView, TaskPage, TaskView,
+    Accepted, AgentList, AgentView, CallView, Health, PricingView, ResultView, SettingsView,
+    TaskPage, TaskView,
 };
-use super::{agents, tasks};
+use super::{agents, tasks, tenants};
 use crate::domain::{AgentRequest, TaskRequest};
 
 #[derive(OpenApi)]
@@ -30,16 +32,26 @@ use crate::domain::{AgentRequest, TaskRequest};
         agents::get_agent,
         agents::put_agent,
         agents::delete_agent,
+        agents::list_platform_agents,
+        agents::get_platform_agent,
+        agents::put_platform_agent,
+        agents::delete_platform_agent,
+        tenants::get_own_settings,
+        tenants::get_settings,
+        tenants::put_settings,
         super::health,
         openapi_json,
     ),
     components(schemas(
         Problem, TaskRequest, Accepted, TaskView, ResultView, CallView, TaskPage, AgentRequest, AgentView, PricingView, AgentList, Health,
+        SettingsRequest, PlatformAgentName, SettingsView,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "tasks", description = "Tasks of the caller's tenant"),
-        (name = "agents", description = "The agent registry"),
+        (name = "agents", description = "The tenant's agents, and the platform agents it may use"),
+        (name = "platform", description = "Platform agents (platform_admin)"),
+        (name = "tenants", description = "Tenants' settings"),
         (name = "system", description = "Liveness and this document"),
     )
 )]

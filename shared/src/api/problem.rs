@@ -11,7 +11,8 @@ use utoipa::ToSchema;
 
 use crate::domain::RequestError;
 use crate::ports::StoreError;
-use crate::stages::intake::{AgentWriteError, CancelError, SubmitError};
+use crate::stages::agents::AgentWriteError;
+use crate::stages::intake::{CancelError, SubmitError};
 
 const TYPE_BASE: &str = "https://maof.dev/problems/";
 const CONTENT_TYPE: &str = "application/problem+json";
@@ -213,6 +214,10 @@ impl From<AgentWriteError> for Problem {
             AgentWriteError::Invalid(e) => {
                 Problem::unprocessable(e.to_string()).with_field(e.field())
             }
+            AgentWriteError::SecretScope(_) => {
+                Problem::unprocessable(e.to_string()).with_field("secret")
+            }
+            AgentWriteError::PlatformId(_) => Problem::conflict(e.to_string()),
             AgentWriteError::Store(e) => registry_write(e),
         }
     }

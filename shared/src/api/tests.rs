@@ -176,6 +176,296 @@ fn mock_agent(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
+// --- tenancy: own agents, platform agents, keys, settings ---
+
+fn openai_agent(secret: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "name": "GPT", "provider": "openai", "model": "gpt-4o-mini", "capabilities": ["text"],
+        "secret": secret, "base_url": "https://api.openai.com/v1"
+    }))
+    .unwrap()
+}
+
+fn ids(reply: &Reply) -> Vec<String> {
+    reply.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_tenants_agents_are_its_own() {
+    let h = harness();
+    let acme = h.token("acme", &[Role::Admin]);
+    let globex = h.token("globex", &[Role::Admin]);
+    let put = |token: String, name: &'static str| {
+        let h = &h;
+        async move {
+            h.call(
+                Method::PUT,
+                "/v1/agents/same-id",
+                Some(&token),
+                &[],
+                Some(mock_agent(name)),
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        put(acme.clone(), "acme's").await.status,
+        StatusCode::CREATED
+    );
+    // Another tenant neither reads, lists, replaces nor deletes it...
+    h.get(&globex, "/v1/agents/same-id")
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    assert!(ids(&h.get(&globex, "/v1/agents").await).is_empty());
+    h.call(
+        Method::DELETE,
+        "/v1/agents/same-id",
+        Some(&globex),
+        &[],
+        None,
+    )
+    .await
+    .problem(StatusCode::NOT_FOUND);
+    // ...and the same id is its own, separate agent.
+    assert_eq!(
+        put(globex.clone(), "globex's").await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        h.get(&acme, "/v1/agents/same-id").await.body["name"],
+        "acme's"
+    );
+    assert_eq!(
+        h.get(&globex, "/v1/agents/same-id").await.body["name"],
+        "globex's"
+    );
+    assert_eq!(
+        h.get(&acme, "/v1/agents/same-id").await.body["platform"],
+        false
+    );
+}
+
+#[tokio::test]
+async fn a_tenants_agent_names_only_the_tenants_own_keys_and_viewers_do_not_see_them() {
+    let h = harness();
+    let admin = h.token("acme", &[Role::Admin]);
+    let uri = "/v1/agents/gpt";
+    for secret in [
+        "maof/openai",
+        "maof/tenants/globex/openai",
+        "maof/tenants/acme",
+        "other/key",
+    ] {
+        let reply = h
+            .call(
+                Method::PUT,
+                uri,
+                Some(&admin),
+                &[],
+                Some(openai_agent(secret)),
+            )
+            .await;
+        let problem = reply.problem(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(problem["field"], "secret", "{secret}");
+    }
+    let own = h
+        .call(
+            Method::PUT,
+            uri,
+            Some(&admin),
+            &[],
+            Some(openai_agent("maof/tenants/acme/openai")),
+        )
+        .await;
+    assert_eq!(own.status, StatusCode::CREATED, "{}", own.body);
+    assert_eq!(own.body["secret"], "maof/tenants/acme/openai");
+    let viewer = h.token("acme", &[Role::Viewer]);
+    for read in [
+        h.get(&viewer, uri).await.body,
+        h.get(&viewer, "/v1/agents").await.body["items"][0].clone(),
+    ] {
+        assert_eq!(read["id"], "gpt");
+        assert!(read.get("secret").is_none(), "{read}");
+        assert!(read.get("base_url").is_none(), "{read}");
+    }
+    assert_eq!(
+        h.get(&admin, uri).await.body["base_url"],
+        "https://api.openai.com/v1"
+    );
+}
+
+#[tokio::test]
+async fn platform_agents_are_managed_by_platform_admins_and_used_where_settings_allow() {
+    let h = harness();
+    let platform = h.token("ops", &[Role::PlatformAdmin]);
+    let admin = h.token("acme", &[Role::Admin]);
+    let uri = "/v1/platform/agents/shared-gpt";
+    // A tenant admin cannot manage platform agents, nor read them there.
+    h.call(
+        Method::PUT,
+        uri,
+        Some(&admin),
+        &[],
+        Some(openai_agent("maof/openai")),
+    )
+    .await
+    .problem(StatusCode::FORBIDDEN);
+    h.get(&admin, "/v1/platform/agents")
+        .await
+        .problem(StatusCode::FORBIDDEN);
+    // A platform agent uses platform keys, never a tenant's.
+    let reply = h
+        .call(
+            Method::PUT,
+            uri,
+            Some(&platform),
+            &[],
+            Some(openai_agent("maof/tenants/acme/openai")),
+        )
+        .await;
+    assert_eq!(
+        reply.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
+        "secret"
+    );
+    let created = h
+        .call(
+            Method::PUT,
+            uri,
+            Some(&platform),
+            &[],
+            Some(openai_agent("maof/openai")),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["platform"], true);
+    assert_eq!(created.header(header::LOCATION), uri);
+    assert_eq!(
+        ids(&h.get(&platform, "/v1/platform/agents").await),
+        ["shared-gpt"]
+    );
+
+    // Not allowed by default: the tenant does not see it.
+    assert!(ids(&h.get(&admin, "/v1/agents").await).is_empty());
+    h.get(&admin, "/v1/agents/shared-gpt")
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    assert_eq!(
+        h.get(&admin, "/v1/tenant/settings").await.body,
+        json!({"platform_agents": []})
+    );
+
+    // Allowed: listed, marked, without its key or address.
+    let settings = serde_json::to_vec(&json!({"platform_agents": ["shared-gpt"]})).unwrap();
+    h.call(
+        Method::PUT,
+        "/v1/tenants/acme/settings",
+        Some(&admin),
+        &[],
+        Some(settings.clone()),
+    )
+    .await
+    .problem(StatusCode::FORBIDDEN);
+    let set = h
+        .call(
+            Method::PUT,
+            "/v1/tenants/acme/settings",
+            Some(&platform),
+            &[],
+            Some(settings),
+        )
+        .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.body);
+    assert_eq!(set.body, json!({"platform_agents": ["shared-gpt"]}));
+    assert_eq!(
+        h.get(&admin, "/v1/tenant/settings").await.body,
+        json!({"platform_agents": ["shared-gpt"]})
+    );
+    let listed = h.get(&admin, "/v1/agents").await;
+    assert_eq!(ids(&listed), ["shared-gpt"]);
+    let seen = &listed.body["items"][0];
+    assert_eq!(seen["platform"], true);
+    assert!(
+        seen.get("secret").is_none() && seen.get("base_url").is_none(),
+        "{seen}"
+    );
+
+    // Its id is taken for this tenant; deleting it is not the tenant's to do.
+    h.call(
+        Method::PUT,
+        "/v1/agents/shared-gpt",
+        Some(&admin),
+        &[],
+        Some(mock_agent("mine")),
+    )
+    .await
+    .problem(StatusCode::CONFLICT);
+    h.call(
+        Method::DELETE,
+        "/v1/agents/shared-gpt",
+        Some(&admin),
+        &[],
+        None,
+    )
+    .await
+    .problem(StatusCode::FORBIDDEN);
+    // Another tenant still does not see it.
+    let globex = h.token("globex", &[Role::Admin]);
+    assert!(ids(&h.get(&globex, "/v1/agents").await).is_empty());
+
+    let deleted = h
+        .call(Method::DELETE, uri, Some(&platform), &[], None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert!(ids(&h.get(&admin, "/v1/agents").await).is_empty());
+}
+
+#[tokio::test]
+async fn tenant_settings_are_checked() {
+    let h = harness();
+    let platform = h.token("ops", &[Role::PlatformAdmin]);
+    let put = |body: Value| {
+        let (h, platform) = (&h, platform.clone());
+        async move {
+            h.call(
+                Method::PUT,
+                "/v1/tenants/acme/settings",
+                Some(&platform),
+                &[],
+                Some(serde_json::to_vec(&body).unwrap()),
+            )
+            .await
+        }
+    };
+    let mixed = put(json!({"platform_agents": ["*", "gpt"]})).await;
+    assert_eq!(
+        mixed.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
+        "platform_agents"
+    );
+    let bad = put(json!({"platform_agents": ["gpt", "no#"]})).await;
+    assert_eq!(
+        bad.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
+        "platform_agents[1]"
+    );
+    put(json!({"rate_limits": {"rpm": 1}}))
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    let all = put(json!({"platform_agents": ["*"]})).await;
+    assert_eq!(all.body, json!({"platform_agents": ["*"]}));
+    // A partial update leaves the sections it does not name.
+    let empty = put(json!({})).await;
+    assert_eq!(empty.body, json!({"platform_agents": ["*"]}));
+    h.get(&platform, "/v1/tenants/no%23such/settings")
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    let read = h.get(&platform, "/v1/tenants/acme/settings").await;
+    assert_eq!(read.body, json!({"platform_agents": ["*"]}));
+}
+
 // --- authentication and roles ---
 
 #[tokio::test]

@@ -9,8 +9,8 @@ use utoipa::ToSchema;
 
 use crate::domain::{
     Agent, AgentId, AggregateResult, AggregationStrategy, CallError, CallId, CallResult,
-    CallStatus, Constraints, MockOptions, Pricing, Provider, Task, TaskError, TaskId, TaskStatus,
-    TaskType, Usage, Usd,
+    CallStatus, Constraints, EffectiveSettings, MockOptions, PlatformAgents, Pricing, Provider,
+    Task, TaskError, TaskId, TaskStatus, TaskType, Usage, Usd,
 };
 use crate::ports::TaskRecord;
 
@@ -219,17 +219,24 @@ impl From<Pricing> for PricingView {
     }
 }
 
-/// A registry entry: the agent as written, its id and its version (also the ETag).
+/// A registry entry: the agent as written, its id and its version (also the
+/// ETag). `base_url` and `secret` are shown only to whoever may change the
+/// agent: the tenant's admins for its own agents, `platform_admin` for
+/// platform agents.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AgentView {
     pub id: AgentId,
+    /// A platform agent (shared, managed by `platform_admin`), not the tenant's own.
+    pub platform: bool,
     pub name: String,
     pub provider: Provider,
     pub model: String,
-    #[schema(required = true)]
+    /// Absent when the agent has none, or when the caller may not change it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
-    /// The name of the secret holding the key, never the key itself.
-    #[schema(required = true)]
+    /// The name of the secret holding the key, never the key itself; absent
+    /// when the agent has none, or when the caller may not change it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     pub capabilities: Vec<TaskType>,
     #[schema(required = true)]
@@ -245,16 +252,25 @@ pub struct AgentView {
     pub version: u64,
 }
 
-impl From<Agent> for AgentView {
-    fn from(agent: Agent) -> Self {
+impl AgentView {
+    /// The view of `agent`, with where it calls and with which key only if
+    /// `manager` (the caller may change the agent).
+    pub fn new(agent: Agent, manager: bool) -> Self {
         let spec = agent.spec;
         AgentView {
             id: agent.id,
+            platform: agent.owner.is_platform(),
             name: spec.name,
             provider: spec.provider,
             model: spec.model,
-            base_url: spec.base_url,
-            secret: spec.secret,
+            base_url: spec
+                .base_url
+                .filter(|_| manager)
+                .map(|u| u.as_str().to_owned()),
+            secret: spec
+                .secret
+                .filter(|_| manager)
+                .map(|s| s.as_str().to_owned()),
             capabilities: spec.capabilities,
             pricing: spec.pricing.map(PricingView::from),
             constraints: spec.constraints,
@@ -271,6 +287,25 @@ impl From<Agent> for AgentView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AgentList {
     pub items: Vec<AgentView>,
+}
+
+/// The settings that apply to a tenant: what `platform_admin` set, and the
+/// deployment's defaults for the rest.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SettingsView {
+    /// The platform agents the tenant may use: their ids, or `["*"]` for all.
+    pub platform_agents: Vec<String>,
+}
+
+impl From<EffectiveSettings> for SettingsView {
+    fn from(settings: EffectiveSettings) -> Self {
+        SettingsView {
+            platform_agents: match settings.platform_agents {
+                PlatformAgents::All => vec!["*".to_owned()],
+                PlatformAgents::Only(ids) => ids.into_iter().map(|i| i.to_string()).collect(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::call::Usage;
 use super::ids::AgentId;
 use super::money::{self, Usd};
+use super::secret::{Owner, SecretName, SecretNameError};
 use super::task_type::{TaskType, TaskTypeError};
 use super::text;
 
@@ -26,6 +27,77 @@ impl Provider {
     /// Providers that authenticate with a key from the secret source.
     pub fn needs_secret(self) -> bool {
         !matches!(self, Provider::Mock | Provider::Bedrock)
+    }
+
+    /// Where the provider's API is when an agent names no `base_url`: the
+    /// one host a plain key of this provider may be sent to. The provider
+    /// clients' default URLs are checked against these in their tests.
+    pub fn default_host(self) -> Option<&'static str> {
+        match self {
+            Provider::Openai => Some("api.openai.com"),
+            Provider::Anthropic => Some("api.anthropic.com"),
+            Provider::Gemini => Some("generativelanguage.googleapis.com"),
+            Provider::Huggingface => Some("router.huggingface.co"),
+            Provider::OpenaiCompatible | Provider::Bedrock | Provider::Mock => None,
+        }
+    }
+}
+
+/// An `http://` or `https://` URL with a host: where an agent's provider is.
+/// Reads as the text it was given (`as_deref()` on an `Option<BaseUrl>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl {
+    text: String,
+    host: String,
+}
+
+impl BaseUrl {
+    pub fn parse(text: impl Into<String>) -> Result<Self, AgentSpecError> {
+        let text = text.into();
+        let url = url::Url::parse(&text).map_err(|_| AgentSpecError::BadBaseUrl)?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(AgentSpecError::BadBaseUrl);
+        }
+        // Credentials in the URL would travel with every request, and be shown.
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(AgentSpecError::BadBaseUrl);
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or(AgentSpecError::BadBaseUrl)?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        Ok(BaseUrl { text, host })
+    }
+
+    /// The host requests go to (IPv6 without brackets, lower case).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::ops::Deref for BaseUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl Serialize for BaseUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for BaseUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        BaseUrl::parse(String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -195,9 +267,9 @@ pub struct AgentSpec {
     pub name: String,
     pub provider: Provider,
     pub model: String,
-    pub base_url: Option<String>,
+    pub base_url: Option<BaseUrl>,
     /// The name of the secret holding the key, never the key itself.
-    pub secret: Option<String>,
+    pub secret: Option<SecretName>,
     pub capabilities: Vec<TaskType>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pricing: Option<Pricing>,
@@ -264,10 +336,12 @@ pub enum AgentSpecError {
     QualityOutOfRange,
     #[error("base_url is required for provider openai_compatible")]
     BaseUrlRequired,
-    #[error("base_url must start with http:// or https://")]
+    #[error("base_url must be an http:// or https:// URL with a host and no credentials")]
     BadBaseUrl,
     #[error("secret is required for this provider")]
     SecretRequired,
+    #[error("secret {0}")]
+    BadSecret(SecretNameError),
     #[error("prices must not be negative")]
     NegativePrice,
     #[error("constraints.max_attempts must be between 1 and 10")]
@@ -294,7 +368,7 @@ impl AgentSpecError {
             }
             AgentSpecError::QualityOutOfRange => "quality",
             AgentSpecError::BaseUrlRequired | AgentSpecError::BadBaseUrl => "base_url",
-            AgentSpecError::SecretRequired => "secret",
+            AgentSpecError::SecretRequired | AgentSpecError::BadSecret(_) => "secret",
             AgentSpecError::NegativePrice => "pricing",
             AgentSpecError::MaxAttemptsOutOfRange => "constraints.max_attempts",
             AgentSpecError::MaxResponseBytesOutOfRange => "constraints.max_response_bytes",
@@ -330,16 +404,16 @@ impl TryFrom<AgentRequest> for AgentSpec {
         if !(0.0..=1.0).contains(&request.quality) {
             return Err(AgentSpecError::QualityOutOfRange);
         }
-        match &request.base_url {
-            None if request.provider == Provider::OpenaiCompatible => {
-                return Err(AgentSpecError::BaseUrlRequired);
-            }
-            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                return Err(AgentSpecError::BadBaseUrl);
-            }
-            _ => {}
+        let base_url = request.base_url.map(BaseUrl::parse).transpose()?;
+        if base_url.is_none() && request.provider == Provider::OpenaiCompatible {
+            return Err(AgentSpecError::BaseUrlRequired);
         }
-        if request.provider.needs_secret() && request.secret.is_none() {
+        let secret = request
+            .secret
+            .map(SecretName::parse)
+            .transpose()
+            .map_err(AgentSpecError::BadSecret)?;
+        if request.provider.needs_secret() && secret.is_none() {
             return Err(AgentSpecError::SecretRequired);
         }
         if let Some(p) = &request.pricing {
@@ -379,8 +453,8 @@ impl TryFrom<AgentRequest> for AgentSpec {
             name: request.name,
             provider: request.provider,
             model: request.model,
-            base_url: request.base_url,
-            secret: request.secret,
+            base_url,
+            secret,
             capabilities,
             pricing: request.pricing,
             constraints: request.constraints,
@@ -393,17 +467,30 @@ impl TryFrom<AgentRequest> for AgentSpec {
     }
 }
 
-/// A registry entry: an id, what the admin wrote, and a version that every
-/// write bumps (optimistic concurrency).
+/// A registry entry: an id, its owner, what the admin wrote, and a version
+/// that every write bumps (optimistic concurrency).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Agent {
     pub id: AgentId,
+    /// The owning tenant; none for a platform agent.
+    #[serde(rename = "tenant")]
+    pub owner: Owner,
     #[serde(flatten)]
     pub spec: AgentSpec,
     pub version: u64,
 }
 
 impl Agent {
+    /// The host a call to this agent goes to: its `base_url`'s, or its
+    /// provider's default. `None` for providers reached without HTTP keys
+    /// (Bedrock through the AWS SDK, the in-process mock).
+    pub fn host(&self) -> Option<&str> {
+        match &self.spec.base_url {
+            Some(url) => Some(url.host()),
+            None => self.spec.provider.default_host(),
+        }
+    }
+
     pub fn can_serve(&self, task_type: &TaskType) -> bool {
         self.spec.enabled && self.spec.capabilities.contains(task_type)
     }
@@ -576,6 +663,7 @@ mod tests {
     fn the_agent_serves_exactly_its_capabilities() {
         let agent = Agent {
             id: AgentId::parse("a").unwrap(),
+            owner: crate::domain::Owner::Platform,
             spec: parse(json!({"capabilities": ["text", "code"]})).unwrap(),
             version: 1,
         };

@@ -9,15 +9,17 @@ pub mod lease;
 pub mod money;
 pub mod principal;
 pub mod routing;
+pub mod secret;
 pub mod sweep;
 pub mod task;
 pub mod task_type;
+pub mod tenant;
 pub mod text;
 pub mod workflow;
 
 pub use agent::{
-    Agent, AgentRequest, AgentSpec, AgentSpecError, Constraints, MockFault, MockOptions, Pricing,
-    Provider,
+    Agent, AgentRequest, AgentSpec, AgentSpecError, BaseUrl, Constraints, MockFault, MockOptions,
+    Pricing, Provider,
 };
 pub use call::{BlobRef, CallError, CallResult, CallStatus, ErrorClass, Usage};
 pub use envelope::{Envelope, MessageKind};
@@ -25,9 +27,11 @@ pub use ids::{AgentId, CallId, IdError, IdempotencyKey, TaskId, TenantId, Workfl
 pub use lease::{CallLease, LeaseHolder, LeaseOutcome};
 pub use money::{MoneyError, Usd};
 pub use principal::{Principal, Role};
+pub use secret::{KeyError, Owner, ProviderKey, SecretName, SecretNameError};
 pub use task::{
     AggregateResult, AggregationStrategy, PlannedCall, RequestError, RoutingStrategy, Task,
     TaskError, TaskPatch, TaskRequest, TaskSpec, TaskStatus, TransitionError,
 };
 pub use task_type::{TaskType, TaskTypeError};
+pub use tenant::{EffectiveSettings, PlatformAgents, TenantDefaults, TenantSettings};
 pub use workflow::{Step, Workflow, WorkflowError};

@@ -4,8 +4,10 @@ use serde::{Deserialize, Serialize};
 
 use super::ids::TenantId;
 
-/// Roles nest: an admin may do what an operator may, an operator what a
-/// submitter may, a submitter what a viewer may.
+/// Roles nest: a platform admin may do what an admin may, an admin what an
+/// operator may, an operator what a submitter may, a submitter what a
+/// viewer may. Only `platform_admin` reaches past its own tenant (platform
+/// agents, tenants' settings); no tenant token carries it unless minted so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -13,18 +15,36 @@ pub enum Role {
     Submitter,
     Operator,
     Admin,
+    PlatformAdmin,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Viewer,
+        Role::Submitter,
+        Role::Operator,
+        Role::Admin,
+        Role::PlatformAdmin,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Submitter => "submitter",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+            Role::PlatformAdmin => "platform_admin",
+        }
+    }
 }
 
 impl std::str::FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "viewer" => Ok(Role::Viewer),
-            "submitter" => Ok(Role::Submitter),
-            "operator" => Ok(Role::Operator),
-            "admin" => Ok(Role::Admin),
-            other => Err(format!("unknown role `{other}`")),
-        }
+        Role::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| format!("unknown role `{s}`"))
     }
 }
 
@@ -56,5 +76,14 @@ mod tests {
         assert!(p.may(Role::Viewer));
         assert!(p.may(Role::Submitter));
         assert!(!p.may(Role::Admin));
+        for role in Role::ALL {
+            assert_eq!(role.name().parse::<Role>(), Ok(role));
+            assert_eq!(serde_json::to_value(role).unwrap(), role.name());
+        }
+        let platform = Principal {
+            roles: vec![Role::PlatformAdmin],
+            ..p
+        };
+        assert!(platform.may(Role::Admin));
     }
 }

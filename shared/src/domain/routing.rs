@@ -130,6 +130,7 @@ mod tests {
         }
         Agent {
             id: AgentId::parse(id).unwrap(),
+            owner: crate::domain::Owner::Platform,
             spec: serde_json::from_value::<AgentSpec>(spec).unwrap(),
             version: 1,
         }

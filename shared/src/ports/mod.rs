@@ -16,6 +16,6 @@ pub use events::{
     TaskFinished,
 };
 pub use queue::{OutgoingMessage, Queue, QueueError, QueueName, ReceivedMessage};
-pub use registry::{Expect, Registry};
+pub use registry::{Expect, Registry, Versioned};
 pub use secrets::{CachedSecrets, SecretError, SecretSource};
 pub use task_store::{FanIn, Page, StoreError, TaskRecord, TaskStore};

@@ -22,6 +22,13 @@ pub enum SecretError {
 #[async_trait]
 pub trait SecretSource: Send + Sync {
     async fn get(&self, name: &str) -> Result<SecretString, SecretError>;
+
+    /// Hosts this source binds the key `name` to beyond what its value says
+    /// (see `ProviderKey::bind`). Only `maof dev`'s environment fallback has
+    /// any: loopback, and the variable's `…_HOSTS`.
+    fn implied_hosts(&self, _name: &str) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Caches each secret for `ttl`, so a warm Lambda fetches a key once per TTL.
@@ -71,5 +78,9 @@ impl SecretSource for CachedSecrets {
         let value = self.inner.get(name).await?;
         self.lock().insert(name.to_owned(), (value.clone(), now));
         Ok(value)
+    }
+
+    fn implied_hosts(&self, name: &str) -> Vec<String> {
+        self.inner.implied_hosts(name)
     }
 }

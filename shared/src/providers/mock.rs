@@ -177,6 +177,7 @@ mod tests {
         .unwrap();
         Agent {
             id: AgentId::parse("mock-1").unwrap(),
+            owner: crate::domain::Owner::Platform,
             spec,
             version: 1,
         }

@@ -25,6 +25,7 @@ pub fn agent(provider: &str, model: &str, base_url: Option<String>, constraints:
     .unwrap();
     Agent {
         id: AgentId::parse("test-agent").unwrap(),
+        owner: crate::domain::Owner::Platform,
         spec,
         version: 1,
     }

@@ -15,7 +15,7 @@ use secrecy::SecretString;
 
 use crate::domain::{
     Agent, AgentId, CallError, CallId, CallLease, CallResult, CallStatus, Envelope, ErrorClass,
-    LeaseHolder, LeaseOutcome, MessageKind, Task, TaskError, Usage,
+    LeaseHolder, LeaseOutcome, MessageKind, ProviderKey, Task, TaskError, Usage,
 };
 use crate::ports::{BlobError, FanIn, QueueName, SecretError, SecretSource, StoreError};
 use crate::providers::{ChatRequest, ChatResponse, Message, ProviderClient, ProviderError, Role};
@@ -210,7 +210,12 @@ pub(crate) async fn dead_lettered(
             reason: "a delivery of this call is still calling the agent".into(),
         });
     }
-    let agent = svc.agents.get(&agent_id).await.ok().flatten();
+    let agent = svc
+        .agents
+        .find(&task.tenant, &agent_id)
+        .await
+        .ok()
+        .flatten();
     let result = CallRecord::start(call_id, &agent_id).failed(
         agent.as_ref(),
         ErrorClass::DeadLetter,
@@ -274,11 +279,11 @@ async fn prepare(
 ) -> Result<Prepared, StageError> {
     let record = CallRecord::start(call_id, agent_id);
     let now = svc.clock.now();
-    let Some(agent) = svc.agents.get(agent_id).await? else {
+    let Some(agent) = svc.agents.find(&task.tenant, agent_id).await? else {
         return Ok(Prepared::Failed(Box::new(record.failed(
             None,
             ErrorClass::Unavailable,
-            "the agent no longer exists",
+            "the agent no longer exists, or this tenant may no longer use it",
             now,
         ))));
     };
@@ -296,7 +301,7 @@ async fn prepare(
     };
     let key = match key_for(svc, &agent).await {
         Ok(key) => key,
-        Err(SecretError::NotFound(_)) => {
+        Err(KeyFailure::Secret(SecretError::NotFound(_))) => {
             return Ok(Prepared::Failed(Box::new(record.failed(
                 Some(&agent),
                 ErrorClass::Auth,
@@ -304,7 +309,16 @@ async fn prepare(
                 now,
             ))));
         }
-        Err(e) => {
+        Err(KeyFailure::Refused(why)) => {
+            tracing::warn!(reason = %why, "the agent's key may not be used for this call");
+            return Ok(Prepared::Failed(Box::new(record.failed(
+                Some(&agent),
+                ErrorClass::Auth,
+                &format!("the agent's key may not be used: {why}"),
+                now,
+            ))));
+        }
+        Err(KeyFailure::Secret(e)) => {
             return Err(StageError::RetryLater {
                 after: Duration::from_secs(5),
                 reason: e.to_string(),
@@ -582,11 +596,41 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(rand::rng().random_range(0..=cap))
 }
 
-async fn key_for(svc: &Services, agent: &Agent) -> Result<Option<SecretString>, SecretError> {
-    match agent.spec.secret.as_deref() {
-        Some(name) if agent.spec.provider.needs_secret() => svc.secrets.get(name).await.map(Some),
-        _ => Ok(None),
+/// Why an agent's key cannot be had.
+enum KeyFailure {
+    Secret(SecretError),
+    /// The key exists but may not go where this agent sends it (or the
+    /// agent names a secret outside its owner's keys).
+    Refused(String),
+}
+
+/// The agent's key, if the agent's provider takes one and the key's binding
+/// lets it go to the agent's host. Only this function hands a key to a call.
+async fn key_for(svc: &Services, agent: &Agent) -> Result<Option<SecretString>, KeyFailure> {
+    let Some(name) = agent.spec.secret.as_ref() else {
+        return Ok(None);
+    };
+    if !agent.spec.provider.needs_secret() {
+        return Ok(None);
     }
+    // Checked when the agent was written; again here, for agents written
+    // before the rule or by other means.
+    name.usable_by(&agent.owner, &svc.settings.secret_prefix)
+        .map_err(|e| KeyFailure::Refused(format!("secret {e}")))?;
+    let value = svc.secrets.get(name).await.map_err(KeyFailure::Secret)?;
+    let key = ProviderKey::bind(
+        &value,
+        agent.spec.provider,
+        &svc.secrets.implied_hosts(name),
+    )
+    .map_err(|e| KeyFailure::Refused(e.to_string()))?;
+    let host = agent
+        .host()
+        .ok_or_else(|| KeyFailure::Refused("the agent has no host to send a key to".into()))?;
+    key.for_host(host)
+        .cloned()
+        .map(Some)
+        .map_err(|e| KeyFailure::Refused(e.to_string()))
 }
 
 /// Builds a call's result as the delivery goes: attempts made, the errors

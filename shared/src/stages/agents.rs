@@ -1,47 +1,264 @@
+//! Agents as a tenant sees them: its own, and the platform agents its
+//! settings allow, cached; and the writes of both kinds of owner.
+
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::domain::{Agent, AgentId};
-use crate::ports::{Registry, StoreError};
+use crate::domain::{
+    Agent, AgentId, AgentRequest, AgentSpec, AgentSpecError, EffectiveSettings, Owner,
+    SecretNameError, TenantDefaults, TenantId, TenantSettings,
+};
+use crate::ports::{Expect, Registry, StoreError, Versioned};
 
-/// The registry's agent list, cached for a TTL: routing reads it for every
-/// task, and the registry changes rarely.
+use super::Services;
+
+/// Entries kept per cache before it starts over: a Lambda instance serves
+/// many tenants, and a cache must not grow with all of them.
+const MAX_ENTRIES: usize = 10_000;
+
+/// A map whose entries live for a TTL.
+struct TtlMap<K, V> {
+    ttl: Duration,
+    entries: Mutex<HashMap<K, (Instant, V)>>,
+}
+
+impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
+    fn new(ttl: Duration) -> Self {
+        TtlMap {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<V> {
+        let entries = self.lock();
+        let (at, value) = entries.get(key)?;
+        (at.elapsed() < self.ttl).then(|| value.clone())
+    }
+
+    fn insert(&self, key: K, value: V) {
+        let mut entries = self.lock();
+        if entries.len() >= MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(key, (Instant::now(), value));
+    }
+
+    fn remove(&self, key: &K) {
+        self.lock().remove(key);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (Instant, V)>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The registry, cached for a TTL: routing reads a tenant's agents for
+/// every task, and the registry changes rarely. A write through this
+/// process drops what it changed; other instances see it within the TTL.
 pub struct AgentCache {
     registry: Arc<dyn Registry>,
-    ttl: Duration,
-    cached: Mutex<Option<(Instant, Arc<Vec<Agent>>)>>,
+    defaults: TenantDefaults,
+    agents: TtlMap<Owner, Arc<Vec<Agent>>>,
+    settings: TtlMap<TenantId, Arc<EffectiveSettings>>,
 }
 
 impl AgentCache {
-    pub fn new(registry: Arc<dyn Registry>, ttl: Duration) -> Self {
+    pub fn new(registry: Arc<dyn Registry>, ttl: Duration, defaults: TenantDefaults) -> Self {
         AgentCache {
             registry,
-            ttl,
-            cached: Mutex::new(None),
+            defaults,
+            agents: TtlMap::new(ttl),
+            settings: TtlMap::new(ttl),
         }
     }
 
-    pub async fn all(&self) -> Result<Arc<Vec<Agent>>, StoreError> {
-        if let Some((at, agents)) = &*self.lock()
-            && at.elapsed() < self.ttl
-        {
-            return Ok(agents.clone());
+    /// Every agent of `owner`, ordered by id.
+    pub async fn owned(&self, owner: &Owner) -> Result<Arc<Vec<Agent>>, StoreError> {
+        if let Some(agents) = self.agents.get(owner) {
+            return Ok(agents);
         }
-        let agents = Arc::new(self.registry.list().await?);
-        *self.lock() = Some((Instant::now(), agents.clone()));
+        let agents = Arc::new(self.registry.list(owner).await?);
+        self.agents.insert(owner.clone(), agents.clone());
         Ok(agents)
     }
 
-    pub async fn get(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {
-        Ok(self.all().await?.iter().find(|a| &a.id == id).cloned())
+    /// The settings that apply to `tenant`: its own, the defaults elsewhere.
+    pub async fn settings(&self, tenant: &TenantId) -> Result<Arc<EffectiveSettings>, StoreError> {
+        if let Some(settings) = self.settings.get(tenant) {
+            return Ok(settings);
+        }
+        let stored = self.registry.settings(tenant).await?;
+        let settings = Arc::new(self.defaults.apply(stored.as_ref().map(|s| &s.value)));
+        self.settings.insert(tenant.clone(), settings.clone());
+        Ok(settings)
     }
 
-    /// Drops the cache, after a write through this process.
-    pub fn invalidate(&self) {
-        *self.lock() = None;
+    pub fn defaults(&self) -> &TenantDefaults {
+        &self.defaults
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Instant, Arc<Vec<Agent>>)>> {
-        self.cached.lock().unwrap_or_else(|p| p.into_inner())
+    /// The agents `tenant` may use, ordered by id: its own, and the platform
+    /// agents its settings allow. An own agent hides a platform agent of
+    /// the same id.
+    pub async fn usable(&self, tenant: &TenantId) -> Result<Vec<Agent>, StoreError> {
+        let own = self.owned(&Owner::Tenant(tenant.clone())).await?;
+        let settings = self.settings(tenant).await?;
+        let platform = self.owned(&Owner::Platform).await?;
+        Ok(usable(&own, &platform, &settings))
+    }
+
+    /// One agent `tenant` may use.
+    pub async fn find(&self, tenant: &TenantId, id: &AgentId) -> Result<Option<Agent>, StoreError> {
+        Ok(self.usable(tenant).await?.into_iter().find(|a| &a.id == id))
+    }
+
+    /// Drops `owner`'s agents, after a write through this process.
+    pub fn invalidate(&self, owner: &Owner) {
+        self.agents.remove(owner);
+    }
+
+    pub fn invalidate_settings(&self, tenant: &TenantId) {
+        self.settings.remove(tenant);
+    }
+}
+
+/// A tenant's own agents, and the platform agents its settings allow that
+/// no own agent hides, ordered by id.
+fn usable(own: &[Agent], platform: &[Agent], settings: &EffectiveSettings) -> Vec<Agent> {
+    let mut agents = own.to_vec();
+    agents.extend(
+        platform
+            .iter()
+            .filter(|p| settings.platform_agents.allows(&p.id))
+            .filter(|p| !own.iter().any(|o| o.id == p.id))
+            .cloned(),
+    );
+    agents.sort_by(|a, b| a.id.cmp(&b.id));
+    agents
+}
+
+/// The settings that apply to `tenant`, read now (not cached).
+pub async fn settings(svc: &Services, tenant: &TenantId) -> Result<EffectiveSettings, StoreError> {
+    let stored = svc.registry.settings(tenant).await?;
+    Ok(svc
+        .agents
+        .defaults()
+        .apply(stored.as_ref().map(|s| &s.value)))
+}
+
+/// The agents `tenant` may use, read now (the API answers what was just
+/// written, whatever instance wrote it).
+pub async fn visible(svc: &Services, tenant: &TenantId) -> Result<Vec<Agent>, StoreError> {
+    let own = svc.registry.list(&Owner::Tenant(tenant.clone())).await?;
+    let platform = svc.registry.list(&Owner::Platform).await?;
+    Ok(usable(&own, &platform, &settings(svc, tenant).await?))
+}
+
+/// One agent `tenant` may use, read now.
+pub async fn visible_one(
+    svc: &Services,
+    tenant: &TenantId,
+    id: &AgentId,
+) -> Result<Option<Agent>, StoreError> {
+    if let Some(own) = svc.registry.get(&Owner::Tenant(tenant.clone()), id).await? {
+        return Ok(Some(own));
+    }
+    if !settings(svc, tenant).await?.platform_agents.allows(id) {
+        return Ok(None);
+    }
+    svc.registry.get(&Owner::Platform, id).await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentWriteError {
+    #[error(transparent)]
+    Invalid(#[from] AgentSpecError),
+    /// The secret is not one this owner's agents may name.
+    #[error("secret {0}")]
+    SecretScope(SecretNameError),
+    /// A tenant's agent may not take the id of a platform agent it can use.
+    #[error("agent `{0}` is a platform agent this tenant uses; choose another id")]
+    PlatformId(AgentId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Writes `owner`'s agent `id`. `expect` comes from `If-Match` (a version)
+/// or `If-None-Match: *` (create only); without either the write is
+/// unconditional.
+pub async fn put(
+    svc: &Services,
+    owner: &Owner,
+    id: &AgentId,
+    request: AgentRequest,
+    expect: Expect,
+) -> Result<Agent, AgentWriteError> {
+    let spec = AgentSpec::try_from(request)?;
+    if let Some(secret) = &spec.secret {
+        secret
+            .usable_by(owner, &svc.settings.secret_prefix)
+            .map_err(AgentWriteError::SecretScope)?;
+    }
+    if let Owner::Tenant(tenant) = owner
+        && settings(svc, tenant).await?.platform_agents.allows(id)
+        && svc.registry.get(&Owner::Platform, id).await?.is_some()
+    {
+        return Err(AgentWriteError::PlatformId(id.clone()));
+    }
+    let agent = svc.registry.put(owner, id, spec, expect).await?;
+    svc.agents.invalidate(owner);
+    Ok(agent)
+}
+
+pub async fn delete(
+    svc: &Services,
+    owner: &Owner,
+    id: &AgentId,
+    expect: Expect,
+) -> Result<(), StoreError> {
+    svc.registry.delete(owner, id, expect).await?;
+    svc.agents.invalidate(owner);
+    Ok(())
+}
+
+/// Tries of a settings update that lost a race to another writer.
+const SETTINGS_TRIES: u32 = 5;
+
+/// Replaces the sections of `tenant`'s settings that `update` names; the
+/// others stay as they were (read, merged and written conditionally, again
+/// if another writer got there first).
+pub async fn update_settings(
+    svc: &Services,
+    tenant: &TenantId,
+    update: TenantSettings,
+) -> Result<Versioned<TenantSettings>, StoreError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let current = svc.registry.settings(tenant).await?;
+        let (merged, expect) = match current {
+            Some(current) => (
+                current.value.merged(update.clone()),
+                Expect::Version(current.version),
+            ),
+            None => (
+                TenantSettings::default().merged(update.clone()),
+                Expect::Absent,
+            ),
+        };
+        match svc.registry.put_settings(tenant, &merged, expect).await {
+            Err(StoreError::VersionConflict { .. } | StoreError::AlreadyExists)
+                if tries < SETTINGS_TRIES =>
+            {
+                continue;
+            }
+            outcome => {
+                svc.agents.invalidate_settings(tenant);
+                return outcome;
+            }
+        }
     }
 }

@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use crate::domain::{
-    Agent, AgentId, AgentRequest, AgentSpec, AgentSpecError, AggregationStrategy, CallId,
-    IdempotencyKey, MessageKind, Principal, RequestError, RoutingStrategy, Task, TaskError, TaskId,
-    TaskPatch, TaskRequest, TaskStatus, TenantId,
+    AggregationStrategy, CallId, IdempotencyKey, MessageKind, Principal, RequestError,
+    RoutingStrategy, Task, TaskError, TaskId, TaskPatch, TaskRequest, TaskStatus, TenantId,
 };
-use crate::ports::{Expect, Page, QueueError, QueueName, StoreError, TaskRecord};
+use crate::ports::{Page, QueueError, QueueName, StoreError, TaskRecord};
 
 use super::Services;
 
@@ -278,32 +277,4 @@ pub async fn cancel(
         Err(StoreError::Transition(e)) => Err(CancelError::AlreadyFinished(e.from)),
         Err(e) => Err(CancelError::Store(e)),
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AgentWriteError {
-    #[error(transparent)]
-    Invalid(#[from] AgentSpecError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Writes an agent (admin). `expect` comes from `If-Match` (a version) or
-/// `If-None-Match: *` (create only); without either the write is unconditional.
-pub async fn put_agent(
-    svc: &Services,
-    id: &AgentId,
-    request: AgentRequest,
-    expect: Expect,
-) -> Result<Agent, AgentWriteError> {
-    let spec = AgentSpec::try_from(request)?;
-    let agent = svc.registry.put(id, spec, expect).await?;
-    svc.agents.invalidate();
-    Ok(agent)
-}
-
-pub async fn delete_agent(svc: &Services, id: &AgentId, expect: Expect) -> Result<(), StoreError> {
-    svc.registry.delete(id, expect).await?;
-    svc.agents.invalidate();
-    Ok(())
 }

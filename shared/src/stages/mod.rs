@@ -2,7 +2,7 @@
 //! binaries and `maof dev` build the adapters and hand events to these.
 
 pub mod agent_call;
-mod agents;
+pub mod agents;
 pub mod aggregate;
 pub mod announce;
 pub mod batch;
@@ -21,7 +21,8 @@ pub use agents::AgentCache;
 pub use completions::Completions;
 
 use crate::domain::{
-    Envelope, MessageKind, Task, TaskError, TaskId, TaskPatch, TaskStatus, TenantId,
+    Envelope, MessageKind, PlatformAgents, Task, TaskError, TaskId, TaskPatch, TaskStatus,
+    TenantDefaults, TenantId,
 };
 use crate::ports::{
     BlobStore, CachedSecrets, Clock, EventPublisher, FinishedFeed, NoBlobs, NoEvents,
@@ -34,7 +35,8 @@ use crate::providers::Providers;
 pub struct Services {
     pub tasks: Arc<dyn TaskStore>,
     pub registry: Arc<dyn Registry>,
-    /// The registry's agents, cached (a warm route Lambda reads it once per TTL).
+    /// The registry's agents and tenants' settings, cached (a warm route
+    /// Lambda reads a tenant's once per TTL).
     pub agents: Arc<AgentCache>,
     pub queue: Arc<dyn Queue>,
     pub secrets: Arc<CachedSecrets>,
@@ -62,21 +64,46 @@ pub struct Settings {
     /// An output larger than this is kept in the blob store, and its item
     /// (and the task API) refers to it instead of holding it.
     pub claim_check_bytes: usize,
+    /// Where provider keys live (`ProviderSecretPrefix`, e.g. `maof/`): a
+    /// tenant's agents name only `{prefix}tenants/{tenant}/…`, platform
+    /// agents the rest.
+    pub secret_prefix: String,
+    /// What applies to a tenant that has nothing set.
+    pub tenant_defaults: TenantDefaults,
 }
 
 impl Settings {
     pub const DEFAULT_CLAIM_CHECK_BYTES: usize = 64 * 1024;
 
-    /// The defaults, with `MAOF_CLAIM_CHECK_BYTES` when it is set.
-    pub fn from_env() -> Self {
+    pub const DEFAULT_SECRET_PREFIX: &str = "maof/";
+
+    /// The defaults, with what the environment sets: `MAOF_CLAIM_CHECK_BYTES`,
+    /// `MAOF_SECRET_PREFIX`, and `MAOF_DEFAULT_PLATFORM_AGENTS` (`*`, or ids
+    /// separated by commas: the platform agents a tenant with no settings
+    /// may use; none when unset). A malformed value is an error, not a
+    /// silent default.
+    pub fn from_env() -> Result<Self, String> {
         let mut settings = Settings::default();
-        if let Some(bytes) = std::env::var("MAOF_CLAIM_CHECK_BYTES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            settings.claim_check_bytes = bytes;
+        if let Ok(bytes) = std::env::var("MAOF_CLAIM_CHECK_BYTES") {
+            settings.claim_check_bytes = bytes
+                .parse()
+                .map_err(|_| format!("MAOF_CLAIM_CHECK_BYTES is not a number: {bytes}"))?;
         }
-        settings
+        if let Ok(prefix) = std::env::var("MAOF_SECRET_PREFIX")
+            && !prefix.is_empty()
+        {
+            settings.secret_prefix = prefix;
+        }
+        if let Ok(list) = std::env::var("MAOF_DEFAULT_PLATFORM_AGENTS") {
+            let items: Vec<&str> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|i| !i.is_empty())
+                .collect();
+            settings.tenant_defaults.platform_agents = PlatformAgents::parse(&items)
+                .map_err(|e| format!("MAOF_DEFAULT_PLATFORM_AGENTS{e}"))?;
+        }
+        Ok(settings)
     }
 }
 
@@ -86,6 +113,8 @@ impl Default for Settings {
             registry_ttl: Duration::from_secs(30),
             max_inline_wait: Duration::from_secs(2),
             claim_check_bytes: Self::DEFAULT_CLAIM_CHECK_BYTES,
+            secret_prefix: Self::DEFAULT_SECRET_PREFIX.to_owned(),
+            tenant_defaults: TenantDefaults::default(),
         }
     }
 }
@@ -101,7 +130,11 @@ impl Services {
         settings: Settings,
     ) -> Self {
         Services {
-            agents: Arc::new(AgentCache::new(registry.clone(), settings.registry_ttl)),
+            agents: Arc::new(AgentCache::new(
+                registry.clone(),
+                settings.registry_ttl,
+                settings.tenant_defaults.clone(),
+            )),
             tasks,
             registry,
             queue,
@@ -114,6 +147,17 @@ impl Services {
             blobs: Arc::new(NoBlobs),
             settings,
         }
+    }
+
+    /// These services under other settings (the agent cache follows them).
+    pub fn with_settings(mut self, settings: Settings) -> Self {
+        self.agents = Arc::new(AgentCache::new(
+            self.registry.clone(),
+            settings.registry_ttl,
+            settings.tenant_defaults.clone(),
+        ));
+        self.settings = settings;
+        self
     }
 
     pub fn with_blobs(mut self, blobs: Arc<dyn BlobStore>) -> Self {

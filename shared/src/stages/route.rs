@@ -34,7 +34,7 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
         )
         .await;
     }
-    let agents = svc.agents.all().await?;
+    let agents = svc.agents.usable(&task.tenant).await?;
     let chosen = match routing::select(&task.spec, &agents) {
         Ok(chosen) => chosen,
         Err(e) => return fail_task(svc, &task, routing_error(&e)).await,

@@ -1,4 +1,4 @@
-use maof::domain::{AgentId, AgentSpec};
+use maof::domain::{AgentId, AgentSpec, Owner, PlatformAgents, TenantId, TenantSettings};
 use maof::ports::{Expect, StoreError};
 use maof_tests::backends::Backend;
 use serde_json::json;
@@ -19,22 +19,31 @@ fn spec(name: &str) -> AgentSpec {
     .unwrap()
 }
 
+fn tenant(t: &str) -> Owner {
+    Owner::Tenant(TenantId::parse(t).unwrap())
+}
+
 async fn a_put_with_a_stale_version_is_refused(b: Backend) {
+    let acme = tenant("acme");
     let id = AgentId::parse("gpt-mini").unwrap();
     let v1 = b
         .registry
-        .put(&id, spec("v1"), Expect::Absent)
+        .put(&acme, &id, spec("v1"), Expect::Absent)
         .await
         .unwrap();
     assert_eq!(v1.version, 1);
+    assert_eq!(v1.owner, acme);
     assert_eq!(
-        b.registry.get(&id).await.unwrap(),
+        b.registry.get(&acme, &id).await.unwrap(),
         Some(v1.clone()),
         "{}",
         b.name
     );
 
-    let again = b.registry.put(&id, spec("dup"), Expect::Absent).await;
+    let again = b
+        .registry
+        .put(&acme, &id, spec("dup"), Expect::Absent)
+        .await;
     assert!(
         matches!(again, Err(StoreError::AlreadyExists)),
         "{}: {again:?}",
@@ -43,32 +52,48 @@ async fn a_put_with_a_stale_version_is_refused(b: Backend) {
 
     let v2 = b
         .registry
-        .put(&id, spec("v2"), Expect::Version(1))
+        .put(&acme, &id, spec("v2"), Expect::Version(1))
         .await
         .unwrap();
     assert_eq!(v2.version, 2);
-    let stale = b.registry.put(&id, spec("stale"), Expect::Version(1)).await;
+    let stale = b
+        .registry
+        .put(&acme, &id, spec("stale"), Expect::Version(1))
+        .await;
     assert!(
         matches!(stale, Err(StoreError::VersionConflict { current: Some(2) })),
         "{}: {stale:?}",
         b.name
     );
-    assert_eq!(b.registry.get(&id).await.unwrap().unwrap().spec.name, "v2");
+    assert_eq!(
+        b.registry.get(&acme, &id).await.unwrap().unwrap().spec.name,
+        "v2"
+    );
 
-    let forced = b.registry.put(&id, spec("v3"), Expect::Any).await.unwrap();
+    let forced = b
+        .registry
+        .put(&acme, &id, spec("v3"), Expect::Any)
+        .await
+        .unwrap();
     assert_eq!(forced.version, 3);
 }
 
 async fn agents_list_in_id_order_and_delete_checks_the_version(b: Backend) {
+    let acme = tenant("acme");
     for id in ["b-agent", "a-agent", "c-agent"] {
         b.registry
-            .put(&AgentId::parse(id).unwrap(), spec(id), Expect::Absent)
+            .put(
+                &acme,
+                &AgentId::parse(id).unwrap(),
+                spec(id),
+                Expect::Absent,
+            )
             .await
             .unwrap();
     }
     let ids: Vec<String> = b
         .registry
-        .list()
+        .list(&acme)
         .await
         .unwrap()
         .iter()
@@ -77,24 +102,132 @@ async fn agents_list_in_id_order_and_delete_checks_the_version(b: Backend) {
     assert_eq!(ids, ["a-agent", "b-agent", "c-agent"], "{}", b.name);
 
     let a = AgentId::parse("a-agent").unwrap();
-    let stale = b.registry.delete(&a, Expect::Version(7)).await;
+    let stale = b.registry.delete(&acme, &a, Expect::Version(7)).await;
     assert!(
         matches!(stale, Err(StoreError::VersionConflict { current: Some(1) })),
         "{}: {stale:?}",
         b.name
     );
-    b.registry.delete(&a, Expect::Version(1)).await.unwrap();
-    assert!(b.registry.get(&a).await.unwrap().is_none());
-    let missing = b.registry.delete(&a, Expect::Any).await;
+    b.registry
+        .delete(&acme, &a, Expect::Version(1))
+        .await
+        .unwrap();
+    assert!(b.registry.get(&acme, &a).await.unwrap().is_none());
+    let missing = b.registry.delete(&acme, &a, Expect::Any).await;
     assert!(
         matches!(missing, Err(StoreError::NotFound)),
         "{}: {missing:?}",
         b.name
     );
-    assert_eq!(b.registry.list().await.unwrap().len(), 2);
+    assert_eq!(b.registry.list(&acme).await.unwrap().len(), 2);
+}
+
+/// One id under three owners is three agents: none reads, lists, replaces
+/// or deletes another's.
+async fn owners_never_see_each_others_agents(b: Backend) {
+    let (acme, globex) = (tenant("acme"), tenant("globex"));
+    let id = AgentId::parse("shared-name").unwrap();
+    for (owner, name) in [
+        (&acme, "acme's"),
+        (&globex, "globex's"),
+        (&Owner::Platform, "platform's"),
+    ] {
+        b.registry
+            .put(owner, &id, spec(name), Expect::Absent)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {owner}: {e}", b.name));
+    }
+    for (owner, name) in [
+        (&acme, "acme's"),
+        (&globex, "globex's"),
+        (&Owner::Platform, "platform's"),
+    ] {
+        let read = b.registry.get(owner, &id).await.unwrap().unwrap();
+        assert_eq!(read.spec.name, name, "{}", b.name);
+        assert_eq!(&read.owner, owner, "{}", b.name);
+        let listed = b.registry.list(owner).await.unwrap();
+        assert_eq!(listed.len(), 1, "{}: {owner}", b.name);
+        assert_eq!(listed[0].spec.name, name, "{}", b.name);
+    }
+    // A tenant with no agents lists none (not the others', not the platform's).
+    assert!(
+        b.registry
+            .list(&tenant("initech"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        b.registry
+            .get(&tenant("initech"), &id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    b.registry.delete(&acme, &id, Expect::Any).await.unwrap();
+    assert!(b.registry.get(&globex, &id).await.unwrap().is_some());
+    assert!(
+        b.registry
+            .get(&Owner::Platform, &id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+async fn tenant_settings_are_versioned_and_per_tenant(b: Backend) {
+    let acme = TenantId::parse("acme").unwrap();
+    assert!(b.registry.settings(&acme).await.unwrap().is_none());
+    let all = TenantSettings {
+        platform_agents: Some(PlatformAgents::All),
+    };
+    let v1 = b
+        .registry
+        .put_settings(&acme, &all, Expect::Absent)
+        .await
+        .unwrap();
+    assert_eq!(v1.version, 1);
+    assert_eq!(
+        b.registry.settings(&acme).await.unwrap(),
+        Some(v1.clone()),
+        "{}",
+        b.name
+    );
+    let again = b.registry.put_settings(&acme, &all, Expect::Absent).await;
+    assert!(
+        matches!(again, Err(StoreError::AlreadyExists)),
+        "{}: {again:?}",
+        b.name
+    );
+    let none = TenantSettings {
+        platform_agents: Some(PlatformAgents::none()),
+    };
+    let stale = b
+        .registry
+        .put_settings(&acme, &none, Expect::Version(7))
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::VersionConflict { current: Some(1) })),
+        "{}: {stale:?}",
+        b.name
+    );
+    let v2 = b
+        .registry
+        .put_settings(&acme, &none, Expect::Version(1))
+        .await
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    assert_eq!(
+        b.registry.settings(&acme).await.unwrap().unwrap().value,
+        none
+    );
+    let globex = TenantId::parse("globex").unwrap();
+    assert!(b.registry.settings(&globex).await.unwrap().is_none());
 }
 
 on_both_backends!(
     a_put_with_a_stale_version_is_refused,
     agents_list_in_id_order_and_delete_checks_the_version,
+    owners_never_see_each_others_agents,
+    tenant_settings_are_versioned_and_per_tenant,
 );

@@ -8,8 +8,8 @@ use serde_dynamo::{from_item, to_item};
 
 use super::describe;
 use crate::adapters::layout::keys::{self, PK, SK};
-use crate::domain::{Agent, AgentId, AgentSpec};
-use crate::ports::{Expect, Registry, StoreError};
+use crate::domain::{Agent, AgentId, AgentSpec, Owner, TenantId, TenantSettings};
+use crate::ports::{Expect, Registry, StoreError, Versioned};
 
 #[derive(Serialize, Deserialize)]
 struct AgentItem {
@@ -19,12 +19,25 @@ struct AgentItem {
     agent: Agent,
 }
 
-/// Agents in the registry table, each write conditional on its version.
+#[derive(Serialize, Deserialize)]
+struct SettingsItem {
+    pk: String,
+    sk: String,
+    version: u64,
+    #[serde(flatten)]
+    settings: TenantSettings,
+}
+
+/// Agents and tenants' settings in the registry table, each write
+/// conditional on its version. An owner's agents share a partition, so
+/// listing them is one query, never a scan.
 #[derive(Clone)]
 pub struct DynamoRegistry {
     client: Client,
     table: String,
 }
+
+type Item = HashMap<String, AttributeValue>;
 
 impl DynamoRegistry {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
@@ -34,11 +47,19 @@ impl DynamoRegistry {
         }
     }
 
-    fn key(id: &AgentId) -> HashMap<String, AttributeValue> {
+    fn key(pk: String, sk: String) -> Item {
         HashMap::from([
-            (PK.to_owned(), AttributeValue::S(keys::agent_pk(id))),
-            (SK.to_owned(), AttributeValue::S(keys::AGENT_SK.to_owned())),
+            (PK.to_owned(), AttributeValue::S(pk)),
+            (SK.to_owned(), AttributeValue::S(sk)),
         ])
+    }
+
+    fn agent_key(owner: &Owner, id: &AgentId) -> Item {
+        Self::key(keys::agents_pk(owner), keys::agent_sk(id))
+    }
+
+    fn settings_key(tenant: &TenantId) -> Item {
+        Self::key(keys::settings_pk(tenant), keys::SETTINGS_SK.to_owned())
     }
 
     /// The condition expression and values for an expectation.
@@ -54,15 +75,65 @@ impl DynamoRegistry {
     }
 
     /// Explains a failed condition by the current version.
-    async fn conflict(&self, id: &AgentId, expect: Expect) -> StoreError {
-        match (self.get(id).await, expect) {
-            (Err(e), _) => e,
-            (Ok(Some(_)), Expect::Absent) => StoreError::AlreadyExists,
-            (Ok(current), _) => StoreError::VersionConflict {
-                current: current.map(|a| a.version),
-            },
+    fn conflict(current: Option<u64>, expect: Expect) -> StoreError {
+        match (current, expect) {
+            (Some(_), Expect::Absent) => StoreError::AlreadyExists,
+            (current, _) => StoreError::VersionConflict { current },
         }
     }
+
+    async fn read(&self, key: Item) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(out.item)
+    }
+
+    /// A put under `expect`; a failed condition is `Conflict`, for the
+    /// caller to explain by the current version.
+    async fn write(&self, item: Item, expect: Expect) -> Result<Written, StoreError> {
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item));
+        if let Some((condition, value)) = Self::condition(expect) {
+            put = put.condition_expression(condition);
+            if let Some(value) = value {
+                put = put.expression_attribute_values(":v", value);
+            }
+        }
+        match put.send().await {
+            Ok(_) => Ok(Written::Done),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(Written::Conflict)
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    /// The version a write under `expect` creates.
+    fn next_version(current: Option<u64>, expect: Expect) -> u64 {
+        match expect {
+            Expect::Absent => 1,
+            Expect::Version(v) => v + 1,
+            Expect::Any => current.map_or(1, |v| v + 1),
+        }
+    }
+}
+
+enum Written {
+    Done,
+    Conflict,
 }
 
 fn backend<E: std::error::Error>(err: E) -> StoreError {
@@ -70,23 +141,19 @@ fn backend<E: std::error::Error>(err: E) -> StoreError {
 }
 
 fn decode(err: serde_dynamo::Error) -> StoreError {
-    StoreError::Backend(format!("cannot decode agent: {err}"))
+    StoreError::Backend(format!("cannot decode a registry item: {err}"))
+}
+
+fn encode(err: serde_dynamo::Error) -> StoreError {
+    StoreError::Backend(format!("cannot encode a registry item: {err}"))
 }
 
 #[async_trait]
 impl Registry for DynamoRegistry {
-    #[tracing::instrument(skip_all, fields(agent_id = %id))]
-    async fn get(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::key(id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(backend)?;
-        out.item
+    #[tracing::instrument(skip_all, fields(owner = %owner, agent_id = %id))]
+    async fn get(&self, owner: &Owner, id: &AgentId) -> Result<Option<Agent>, StoreError> {
+        self.read(Self::agent_key(owner, id))
+            .await?
             .map(|item| {
                 from_item::<_, AgentItem>(item)
                     .map(|i| i.agent)
@@ -95,17 +162,21 @@ impl Registry for DynamoRegistry {
             .transpose()
     }
 
-    #[tracing::instrument(skip_all)]
-    async fn list(&self) -> Result<Vec<Agent>, StoreError> {
+    #[tracing::instrument(skip_all, fields(owner = %owner))]
+    async fn list(&self, owner: &Owner) -> Result<Vec<Agent>, StoreError> {
         let mut agents = Vec::new();
         let mut start = None;
         loop {
             let out = self
                 .client
-                .scan()
+                .query()
                 .table_name(&self.table)
-                .filter_expression("begins_with(pk, :p)")
-                .expression_attribute_values(":p", AttributeValue::S("AGENT#".into()))
+                .key_condition_expression("pk = :pk AND begins_with(sk, :agent)")
+                .expression_attribute_values(":pk", AttributeValue::S(keys::agents_pk(owner)))
+                .expression_attribute_values(
+                    ":agent",
+                    AttributeValue::S(keys::AGENT_SK_PREFIX.to_owned()),
+                )
                 .consistent_read(true)
                 .set_exclusive_start_key(start)
                 .send()
@@ -119,58 +190,47 @@ impl Registry for DynamoRegistry {
                 break;
             }
         }
+        // The sort key orders them by id already; sorting keeps the promise
+        // whatever the key's encoding.
         agents.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(agents)
     }
 
-    #[tracing::instrument(skip_all, fields(agent_id = %id))]
+    #[tracing::instrument(skip_all, fields(owner = %owner, agent_id = %id))]
     async fn put(
         &self,
+        owner: &Owner,
         id: &AgentId,
         spec: AgentSpec,
         expect: Expect,
     ) -> Result<Agent, StoreError> {
-        let version = match expect {
-            Expect::Absent => 1,
-            Expect::Version(v) => v + 1,
-            Expect::Any => self.get(id).await?.map_or(1, |a| a.version + 1),
+        let current = match expect {
+            Expect::Any => self.get(owner, id).await?.map(|a| a.version),
+            _ => None,
         };
         let agent = Agent {
             id: id.clone(),
+            owner: owner.clone(),
             spec,
-            version,
+            version: Self::next_version(current, expect),
         };
         let item = to_item(AgentItem {
-            pk: keys::agent_pk(id),
-            sk: keys::AGENT_SK.to_owned(),
+            pk: keys::agents_pk(owner),
+            sk: keys::agent_sk(id),
             agent: agent.clone(),
         })
-        .map_err(|e| StoreError::Backend(format!("cannot encode agent: {e}")))?;
-        let mut put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item));
-        if let Some((condition, value)) = Self::condition(expect) {
-            put = put.condition_expression(condition);
-            if let Some(value) = value {
-                put = put.expression_attribute_values(":v", value);
+        .map_err(encode)?;
+        match self.write(item, expect).await? {
+            Written::Done => Ok(agent),
+            Written::Conflict => {
+                let current = self.get(owner, id).await?.map(|a| a.version);
+                Err(Self::conflict(current, expect))
             }
-        }
-        match put.send().await {
-            Ok(_) => Ok(agent),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Err(self.conflict(id, expect).await)
-            }
-            Err(e) => Err(backend(e)),
         }
     }
 
-    #[tracing::instrument(skip_all, fields(agent_id = %id))]
-    async fn delete(&self, id: &AgentId, expect: Expect) -> Result<(), StoreError> {
+    #[tracing::instrument(skip_all, fields(owner = %owner, agent_id = %id))]
+    async fn delete(&self, owner: &Owner, id: &AgentId, expect: Expect) -> Result<(), StoreError> {
         let (condition, value) = match Self::condition(expect) {
             Some((condition, value)) => (condition, value),
             None => ("attribute_exists(pk)", None),
@@ -179,7 +239,7 @@ impl Registry for DynamoRegistry {
             .client
             .delete_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(id)))
+            .set_key(Some(Self::agent_key(owner, id)))
             .condition_expression(condition);
         if let Some(value) = value {
             delete = delete.expression_attribute_values(":v", value);
@@ -190,12 +250,61 @@ impl Registry for DynamoRegistry {
                 if e.as_service_error()
                     .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
             {
-                match self.conflict(id, expect).await {
-                    StoreError::VersionConflict { current: None } => Err(StoreError::NotFound),
-                    other => Err(other),
+                match self.get(owner, id).await?.map(|a| a.version) {
+                    None => Err(StoreError::NotFound),
+                    current => Err(Self::conflict(current, expect)),
                 }
             }
             Err(e) => Err(backend(e)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant = %tenant))]
+    async fn settings(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<Versioned<TenantSettings>>, StoreError> {
+        self.read(Self::settings_key(tenant))
+            .await?
+            .map(|item| {
+                from_item::<_, SettingsItem>(item)
+                    .map(|i| Versioned {
+                        value: i.settings,
+                        version: i.version,
+                    })
+                    .map_err(decode)
+            })
+            .transpose()
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant = %tenant))]
+    async fn put_settings(
+        &self,
+        tenant: &TenantId,
+        settings: &TenantSettings,
+        expect: Expect,
+    ) -> Result<Versioned<TenantSettings>, StoreError> {
+        let current = match expect {
+            Expect::Any => self.settings(tenant).await?.map(|s| s.version),
+            _ => None,
+        };
+        let version = Self::next_version(current, expect);
+        let item = to_item(SettingsItem {
+            pk: keys::settings_pk(tenant),
+            sk: keys::SETTINGS_SK.to_owned(),
+            version,
+            settings: settings.clone(),
+        })
+        .map_err(encode)?;
+        match self.write(item, expect).await? {
+            Written::Done => Ok(Versioned {
+                value: settings.clone(),
+                version,
+            }),
+            Written::Conflict => {
+                let current = self.settings(tenant).await?.map(|s| s.version);
+                Err(Self::conflict(current, expect))
+            }
         }
     }
 }

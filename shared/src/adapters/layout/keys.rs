@@ -1,7 +1,7 @@
 //! DynamoDB key layout. Every context-table key starts with the tenant, so a
 //! request scoped to one tenant can never address another's items.
 
-use crate::domain::{AgentId, CallId, IdempotencyKey, TaskId, TenantId};
+use crate::domain::{AgentId, CallId, IdempotencyKey, Owner, TaskId, TenantId};
 
 pub const PK: &str = "pk";
 pub const SK: &str = "sk";
@@ -20,7 +20,8 @@ pub const REQUEST_SK: &str = "REQ";
 pub const CALL_SK_PREFIX: &str = "CALL#";
 pub const LEASE_SK_PREFIX: &str = "LEASE#";
 pub const IDEM_SK: &str = "IDEM";
-pub const AGENT_SK: &str = "AGENT";
+pub const AGENT_SK_PREFIX: &str = "AGENT#";
+pub const SETTINGS_SK: &str = "SETTINGS";
 /// The local announcer's checkpoints, one item per stream shard (sort key:
 /// the shard id). The one partition that belongs to no tenant: it holds no
 /// tenant data.
@@ -63,8 +64,22 @@ fn spread(task: TaskId) -> u32 {
         .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
 }
 
-pub fn agent_pk(id: &AgentId) -> String {
-    format!("AGENT#{id}")
+/// The registry partition of an owner's agents: a tenant's start with the
+/// tenant, like every tenant key; the platform's with `PLATFORM`, which no
+/// tenant key can be.
+pub fn agents_pk(owner: &Owner) -> String {
+    match owner {
+        Owner::Tenant(tenant) => format!("T#{tenant}#AGENTS"),
+        Owner::Platform => "PLATFORM#AGENTS".to_owned(),
+    }
+}
+
+pub fn agent_sk(id: &AgentId) -> String {
+    format!("{AGENT_SK_PREFIX}{id}")
+}
+
+pub fn settings_pk(tenant: &TenantId) -> String {
+    format!("T#{tenant}#SETTINGS")
 }
 
 /// The sweep index's partition of a task: its id spread over

@@ -1,15 +1,17 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 
 use super::lock;
-use crate::domain::{Agent, AgentId, AgentSpec};
-use crate::ports::{Expect, Registry, StoreError};
+use crate::domain::{Agent, AgentId, AgentSpec, Owner, TenantId, TenantSettings};
+use crate::ports::{Expect, Registry, StoreError, Versioned};
 
+/// Agents by owner, and tenants' settings, in process.
 #[derive(Default)]
 pub struct MemoryRegistry {
-    agents: Mutex<BTreeMap<AgentId, Agent>>,
+    agents: Mutex<BTreeMap<(Owner, AgentId), Agent>>,
+    settings: Mutex<HashMap<TenantId, Versioned<TenantSettings>>>,
 }
 
 impl MemoryRegistry {
@@ -31,40 +33,74 @@ pub(crate) fn check_expect(current: Option<u64>, expect: Expect) -> Result<(), S
 
 #[async_trait]
 impl Registry for MemoryRegistry {
-    async fn get(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {
-        Ok(lock(&self.agents).get(id).cloned())
+    async fn get(&self, owner: &Owner, id: &AgentId) -> Result<Option<Agent>, StoreError> {
+        Ok(lock(&self.agents)
+            .get(&(owner.clone(), id.clone()))
+            .cloned())
     }
 
-    async fn list(&self) -> Result<Vec<Agent>, StoreError> {
-        Ok(lock(&self.agents).values().cloned().collect())
+    async fn list(&self, owner: &Owner) -> Result<Vec<Agent>, StoreError> {
+        Ok(lock(&self.agents)
+            .iter()
+            .filter(|((o, _), _)| o == owner)
+            .map(|(_, agent)| agent.clone())
+            .collect())
     }
 
     async fn put(
         &self,
+        owner: &Owner,
         id: &AgentId,
         spec: AgentSpec,
         expect: Expect,
     ) -> Result<Agent, StoreError> {
         let mut agents = lock(&self.agents);
-        let current = agents.get(id).map(|a| a.version);
+        let key = (owner.clone(), id.clone());
+        let current = agents.get(&key).map(|a| a.version);
         check_expect(current, expect)?;
         let agent = Agent {
             id: id.clone(),
+            owner: owner.clone(),
             spec,
             version: current.unwrap_or(0) + 1,
         };
-        agents.insert(id.clone(), agent.clone());
+        agents.insert(key, agent.clone());
         Ok(agent)
     }
 
-    async fn delete(&self, id: &AgentId, expect: Expect) -> Result<(), StoreError> {
+    async fn delete(&self, owner: &Owner, id: &AgentId, expect: Expect) -> Result<(), StoreError> {
         let mut agents = lock(&self.agents);
-        let current = agents.get(id).map(|a| a.version);
+        let key = (owner.clone(), id.clone());
+        let current = agents.get(&key).map(|a| a.version);
         if current.is_none() {
             return Err(StoreError::NotFound);
         }
         check_expect(current, expect)?;
-        agents.remove(id);
+        agents.remove(&key);
         Ok(())
+    }
+
+    async fn settings(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<Versioned<TenantSettings>>, StoreError> {
+        Ok(lock(&self.settings).get(tenant).cloned())
+    }
+
+    async fn put_settings(
+        &self,
+        tenant: &TenantId,
+        settings: &TenantSettings,
+        expect: Expect,
+    ) -> Result<Versioned<TenantSettings>, StoreError> {
+        let mut all = lock(&self.settings);
+        let current = all.get(tenant).map(|s| s.version);
+        check_expect(current, expect)?;
+        let written = Versioned {
+            value: settings.clone(),
+            version: current.unwrap_or(0) + 1,
+        };
+        all.insert(tenant.clone(), written.clone());
+        Ok(written)
     }
 }

@@ -21,6 +21,7 @@ fn agent_with(base_url: Option<String>, constraints: Value) -> Agent {
     .unwrap();
     Agent {
         id: AgentId::parse("compat").unwrap(),
+        owner: crate::domain::Owner::Platform,
         spec,
         version: 1,
     }

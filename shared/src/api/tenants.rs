@@ -1,0 +1,159 @@
+//! Tenants' settings: `platform_admin` sets them for any tenant
+//! (`/v1/tenants/{tenant}/settings`); a tenant's admins read their own
+//! (`/v1/tenant/settings`).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::ApiState;
+use super::auth::{Admin, Caller, PlatformAdmin};
+use super::extract::json_body;
+use super::problem::{Problem, path_not_found};
+use super::views::SettingsView;
+use crate::domain::tenant::PlatformAgentsError;
+use crate::domain::{PlatformAgents, TenantId, TenantSettings};
+use crate::stages::agents;
+
+/// A partial update: each section named replaces the one stored; the
+/// others are left as they are. Unknown sections are refused (400).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsRequest {
+    /// The platform agents the tenant may use: their ids, or `["*"]` for all.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>, max_items = 1000)]
+    pub platform_agents: Option<Vec<PlatformAgentName>>,
+}
+
+/// An agent id, or `*` alone for every platform agent.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(pattern = r"^(\*|[A-Za-z0-9._-]{1,64})$")]
+pub struct PlatformAgentName(String);
+
+impl TryFrom<SettingsRequest> for TenantSettings {
+    type Error = Problem;
+
+    fn try_from(request: SettingsRequest) -> Result<Self, Problem> {
+        let platform_agents = request
+            .platform_agents
+            .map(|names| {
+                let names: Vec<&str> = names.iter().map(|n| n.0.as_str()).collect();
+                PlatformAgents::parse(&names).map_err(|e| {
+                    let field = match &e {
+                        PlatformAgentsError::BadId { index, .. } => {
+                            format!("platform_agents[{index}]")
+                        }
+                        PlatformAgentsError::StarWithOthers => "platform_agents".to_owned(),
+                    };
+                    Problem::unprocessable(format!("platform_agents{e}")).with_field(field)
+                })
+            })
+            .transpose()?;
+        Ok(TenantSettings { platform_agents })
+    }
+}
+
+fn tenant_in_path(path: Result<Path<String>, PathRejection>) -> Result<TenantId, Problem> {
+    let Path(raw) = path.map_err(path_not_found("tenant"))?;
+    TenantId::parse(raw).map_err(|_| Problem::not_found("tenant"))
+}
+
+async fn effective(state: &ApiState, tenant: &TenantId) -> Result<Json<SettingsView>, Problem> {
+    let settings = agents::settings(&state.services, tenant)
+        .await
+        .map_err(Problem::server)?;
+    Ok(Json(SettingsView::from(settings)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/tenant/settings",
+    tag = "tenants",
+    responses(
+        (status = 200, description = "The settings that apply to the caller's tenant (defaults where nothing is set)", body = SettingsView),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the admin role", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant))]
+pub(crate) async fn get_own_settings(
+    State(state): State<ApiState>,
+    caller: Caller<Admin>,
+) -> Result<Json<SettingsView>, Problem> {
+    effective(&state, &caller.principal.tenant).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/settings",
+    tag = "tenants",
+    params(("tenant" = TenantId, Path, description = "The tenant")),
+    responses(
+        (status = 200, description = "The settings that apply to the tenant (defaults where nothing is set)", body = SettingsView),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the platform_admin role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "A tenant id that cannot exist", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(sub = %_caller.principal.sub))]
+pub(crate) async fn get_settings(
+    State(state): State<ApiState>,
+    _caller: Caller<PlatformAdmin>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<SettingsView>, Problem> {
+    let tenant = tenant_in_path(path)?;
+    effective(&state, &tenant).await
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/tenants/{tenant}/settings",
+    tag = "tenants",
+    params(("tenant" = TenantId, Path, description = "The tenant")),
+    request_body(content = SettingsRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Written; the settings that now apply", body = SettingsView),
+        (status = 400, description = "Malformed JSON, unknown field or wrong type", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the platform_admin role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "A tenant id that cannot exist", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Other writers kept changing the settings; try again", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 256 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A section breaks a rule (`field` names it)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(sub = %caller.principal.sub))]
+pub(crate) async fn put_settings(
+    State(state): State<ApiState>,
+    caller: Caller<PlatformAdmin>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SettingsView>, Problem> {
+    let tenant = tenant_in_path(path)?;
+    let request: SettingsRequest = json_body(&headers, body)?;
+    let update = TenantSettings::try_from(request)?;
+    agents::update_settings(&state.services, &tenant, update)
+        .await
+        .map_err(|e| match e {
+            crate::ports::StoreError::VersionConflict { .. }
+            | crate::ports::StoreError::AlreadyExists => {
+                Problem::conflict("other writers kept changing the settings; try again")
+            }
+            e => Problem::server(e),
+        })?;
+    tracing::info!(%tenant, "tenant settings written");
+    effective(&state, &tenant).await
+}
