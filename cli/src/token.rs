@@ -9,7 +9,9 @@ use secrecy::SecretString;
 pub struct TokenArgs {
     #[arg(long)]
     tenant: String,
-    /// Comma-separated: admin, operator, submitter, viewer.
+    /// Comma-separated: viewer, submitter, operator, admin, platform_admin
+    /// (only for an operator of the platform: it manages platform agents
+    /// and every tenant's settings).
     #[arg(long, default_value = "submitter,viewer")]
     roles: String,
     #[arg(long, default_value = "dev")]

@@ -40,7 +40,11 @@ trap stop EXIT
 # variables named after an agent's `secret`, and Bedrock agents use the AWS
 # SDK's credentials, so an agent that schemathesis registers can reach no
 # provider and no variable can be read as a key. IMDS is off for the same reason.
+# A signing secret of this run's own, so that a platform_admin token can be
+# minted: it reaches every route (platform agents, tenants' settings too).
+jwt_secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 env -i AWS_EC2_METADATA_DISABLED=true AWS_REGION=us-east-1 RUST_LOG=warn \
+  MAOF_JWT_SECRET="$jwt_secret" \
   "$maof" dev --port 0 >"$log" 2>&1 &
 server=$!
 
@@ -54,7 +58,7 @@ for _ in $(seq 300); do
   sleep 0.2
 done
 base=$(sed -n 's|^maof dev: listening on \(http://127\.0\.0\.1:[0-9]*\)$|\1|p' "$log")
-token=$(grep -A1 '^token' "$log" | tail -n 1 | tr -d ' ')
+token=$(MAOF_JWT_SECRET="$jwt_secret" "$maof" token --tenant dev --roles platform_admin --ttl 1h)
 if [ -z "$base" ] || [ -z "$token" ]; then
   cat "$log"
   echo "maof dev did not print its address and token" >&2

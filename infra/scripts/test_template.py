@@ -493,7 +493,7 @@ EXPECTED_ALLOW = {
         *common("IntakeLogs"),
         ({GET, PUT, UPDATE, QUERY, "dynamodb:BatchGetItem"}, CONTEXT),
         (QUERY, CONTEXT_INDEX),
-        ({GET, SCAN, PUT, DELETE}, REGISTRY),
+        ({GET, QUERY, PUT, DELETE}, REGISTRY),
         ("sqs:SendMessage", "GetAtt(RouteQueue.Arn)"),
         ("secretsmanager:GetSecretValue", "Ref(JwtSecret)"),
         ("s3:GetObject", BLOBS),
@@ -501,14 +501,14 @@ EXPECTED_ALLOW = {
     "RouteRole": grants(
         *common("RouteLogs"),
         ({UPDATE, QUERY}, CONTEXT),
-        (SCAN, REGISTRY),
+        ({QUERY, GET}, REGISTRY),
         (CONSUME, {"GetAtt(RouteQueue.Arn)", "GetAtt(RouteDlq.Arn)"}),
         ("sqs:SendMessage", "GetAtt(AgentCallQueue.Arn)"),
     ),
     "AgentCallRole": grants(
         *common("AgentCallLogs"),
         ({GET, PUT, UPDATE, QUERY}, CONTEXT),
-        (SCAN, REGISTRY),
+        ({QUERY, GET}, REGISTRY),
         (CONSUME, {"GetAtt(AgentCallQueue.Arn)", "GetAtt(AgentCallDlq.Arn)"}),
         ("sqs:SendMessage", "GetAtt(AggregateQueue.Arn)"),
         ("secretsmanager:GetSecretValue", PROVIDER_SECRETS),
@@ -614,16 +614,23 @@ TASK_STORE_ACTIONS = {
 }
 REGISTRY_ACTIONS = {
     "get": {(GET, REGISTRY)},
-    "list": {(SCAN, REGISTRY)},
+    "list": {(QUERY, REGISTRY)},  # an owner's agents share a partition
     "put": {(PUT, REGISTRY), (GET, REGISTRY)},  # get on conflict
     "delete": {(DELETE, REGISTRY), (GET, REGISTRY)},
+    "settings": {(GET, REGISTRY)},
+    "put_settings": {(PUT, REGISTRY), (GET, REGISTRY)},
 }
-AGENTS_CACHE_ACTIONS = {"all": {(SCAN, REGISTRY)}, "get": {(SCAN, REGISTRY)}, "invalidate": set()}
+# The cache reads a tenant's and the platform's agents, and the tenant's settings.
+_USABLE = {(QUERY, REGISTRY), (GET, REGISTRY)}
+AGENTS_CACHE_ACTIONS = {"usable": _USABLE, "find": _USABLE, "owned": {(QUERY, REGISTRY)},
+                        "settings": {(GET, REGISTRY)}, "defaults": set(),
+                        "invalidate": set(), "invalidate_settings": set()}
 
 # The code each function runs (file, or file::function).
 CODE_OF = {
     "IntakeRole": ["shared/src/stages/intake.rs", "shared/src/stages/mod.rs",
-                   "shared/src/api/agents.rs", "shared/src/api/tasks.rs"],
+                   "shared/src/stages/agents.rs", "shared/src/api/agents.rs",
+                   "shared/src/api/tenants.rs", "shared/src/api/tasks.rs"],
     "RouteRole": ["shared/src/stages/route.rs", "shared/src/stages/dead_letter.rs",
                   "shared/src/stages/mod.rs"],
     "AgentCallRole": ["shared/src/stages/agent_call.rs", "shared/src/stages/aggregate.rs",

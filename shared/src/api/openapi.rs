@@ -12,7 +12,7 @@ use super::views::{
     TaskPage, TaskView,
 };
 use super::{agents, tasks, tenants};
-use crate::domain::{AgentRequest, TaskRequest};
+use crate::domain::{AgentRequest, TaskRequest, TenantId};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -44,7 +44,7 @@ use crate::domain::{AgentRequest, TaskRequest};
     ),
     components(schemas(
         Problem, TaskRequest, Accepted, TaskView, ResultView, CallView, TaskPage, AgentRequest, AgentView, PricingView, AgentList, Health,
-        SettingsRequest, PlatformAgentName, SettingsView,
+        SettingsRequest, PlatformAgentName, SettingsView, TenantId,
     )),
     modifiers(&BearerAuth),
     tags(

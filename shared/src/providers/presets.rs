@@ -91,6 +91,38 @@ pub fn preset(name: &str) -> Option<&'static Preset> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Provider;
+    use crate::providers::{Anthropic, Gemini, HuggingFace, OpenAiCompatible};
+
+    /// A plain key is bound to its provider's default host (the domain's
+    /// `Provider::default_host`): that must be where the client sends it.
+    #[test]
+    fn each_clients_default_url_is_on_its_providers_default_host() {
+        let host = |url: &str| url::Url::parse(url).unwrap().host_str().unwrap().to_owned();
+        for (provider, urls) in [
+            (Provider::Openai, vec![OpenAiCompatible::DEFAULT_BASE_URL]),
+            (Provider::Anthropic, vec![Anthropic::DEFAULT_BASE_URL]),
+            (Provider::Gemini, vec![Gemini::DEFAULT_BASE_URL]),
+            (
+                Provider::Huggingface,
+                vec![
+                    HuggingFace::DEFAULT_INFERENCE_URL,
+                    HuggingFace::DEFAULT_ROUTER_URL,
+                ],
+            ),
+        ] {
+            for url in urls {
+                assert_eq!(Some(host(url).as_str()), provider.default_host(), "{url}");
+            }
+        }
+        for none in [
+            Provider::OpenaiCompatible,
+            Provider::Bedrock,
+            Provider::Mock,
+        ] {
+            assert_eq!(none.default_host(), None);
+        }
+    }
 
     #[test]
     fn every_documented_preset_resolves() {

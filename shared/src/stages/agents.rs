@@ -61,8 +61,8 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
 pub struct AgentCache {
     registry: Arc<dyn Registry>,
     defaults: TenantDefaults,
-    agents: TtlMap<Owner, Arc<Vec<Agent>>>,
-    settings: TtlMap<TenantId, Arc<EffectiveSettings>>,
+    by_owner: TtlMap<Owner, Arc<Vec<Agent>>>,
+    by_tenant: TtlMap<TenantId, Arc<EffectiveSettings>>,
 }
 
 impl AgentCache {
@@ -70,29 +70,29 @@ impl AgentCache {
         AgentCache {
             registry,
             defaults,
-            agents: TtlMap::new(ttl),
-            settings: TtlMap::new(ttl),
+            by_owner: TtlMap::new(ttl),
+            by_tenant: TtlMap::new(ttl),
         }
     }
 
     /// Every agent of `owner`, ordered by id.
     pub async fn owned(&self, owner: &Owner) -> Result<Arc<Vec<Agent>>, StoreError> {
-        if let Some(agents) = self.agents.get(owner) {
+        if let Some(agents) = self.by_owner.get(owner) {
             return Ok(agents);
         }
         let agents = Arc::new(self.registry.list(owner).await?);
-        self.agents.insert(owner.clone(), agents.clone());
+        self.by_owner.insert(owner.clone(), agents.clone());
         Ok(agents)
     }
 
     /// The settings that apply to `tenant`: its own, the defaults elsewhere.
     pub async fn settings(&self, tenant: &TenantId) -> Result<Arc<EffectiveSettings>, StoreError> {
-        if let Some(settings) = self.settings.get(tenant) {
+        if let Some(settings) = self.by_tenant.get(tenant) {
             return Ok(settings);
         }
         let stored = self.registry.settings(tenant).await?;
         let settings = Arc::new(self.defaults.apply(stored.as_ref().map(|s| &s.value)));
-        self.settings.insert(tenant.clone(), settings.clone());
+        self.by_tenant.insert(tenant.clone(), settings.clone());
         Ok(settings)
     }
 
@@ -117,11 +117,11 @@ impl AgentCache {
 
     /// Drops `owner`'s agents, after a write through this process.
     pub fn invalidate(&self, owner: &Owner) {
-        self.agents.remove(owner);
+        self.by_owner.remove(owner);
     }
 
     pub fn invalidate_settings(&self, tenant: &TenantId) {
-        self.settings.remove(tenant);
+        self.by_tenant.remove(tenant);
     }
 }
 
