@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::adapters::aws::{Bootstrap, ResourceNames};
 use crate::domain::{AgentId, AgentSpec, Principal, Role, TaskRequest, TaskStatus, TenantId};
 use crate::ports::Expect;
+use crate::providers::OutboundPolicy;
 use crate::runner::{Runner, RunnerConfig};
 use crate::stages::intake;
 
@@ -166,7 +167,8 @@ pub async fn measure(
         s3,
         streams: aws_sdk_dynamodbstreams::Client::new(config),
     };
-    let mut svc = crate::setup::aws_services_with(clients, &names).await?;
+    let mut svc =
+        crate::setup::aws_services_with(clients, &names, OutboundPolicy::strict()).await?;
     // Announcing is not measured: on AWS the stream trigger reads for free,
     // and with no bus configured here there is nothing to publish. With one,
     // the announcer adds one PutEvents per finished task, outside the stages.
@@ -259,7 +261,7 @@ pub struct UnitsRow {
 pub async fn measure_units(tasks: usize, content_bytes: usize) -> Result<Vec<UnitsRow>, BoxError> {
     let store = Arc::new(crate::adapters::memory::MemoryTaskStore::new());
     let events = Arc::new(crate::adapters::memory::MemoryEvents::new());
-    let (svc, _) = crate::setup::memory_services_on(store.clone());
+    let (svc, _) = crate::setup::memory_services_on(store.clone(), OutboundPolicy::strict());
     let svc = svc.with_events(events.clone());
     register_mock_agents(&svc).await?;
     let runner = Runner::spawn(

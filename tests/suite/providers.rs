@@ -7,7 +7,7 @@ use std::time::Duration;
 use maof::adapters::memory::{MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore};
 use maof::domain::{AgentId, AgentSpec, Principal, Role, TaskRequest, TaskStatus, TenantId};
 use maof::ports::{CachedSecrets, Expect, SystemClock};
-use maof::providers::{Bedrock, Providers, http_client};
+use maof::providers::{Bedrock, OutboundPolicy, Providers, http_client};
 use maof::runner::{Runner, RunnerConfig};
 use maof::stages::{Services, Settings, intake};
 use serde_json::{Value, json};
@@ -104,7 +104,8 @@ async fn a_task_can_be_routed_to_each_provider_kind() {
             clock.clone(),
             CachedSecrets::DEFAULT_TTL,
         )),
-        Providers::new(http_client()).with_bedrock(Bedrock::with_config(aws)),
+        Providers::new(http_client(OutboundPolicy::allow_loopback()))
+            .with_bedrock(Bedrock::with_config(aws)),
         clock,
         Settings::default(),
     );

@@ -1,5 +1,5 @@
 //! Provider clients: one normalized request in, one normalized answer (or a
-//! classified error) out, over the process's one shared `reqwest::Client`.
+//! classified error) out, over the process's one shared [`OutboundClient`].
 
 mod anthropic;
 mod bedrock;
@@ -9,6 +9,7 @@ mod huggingface;
 mod mock;
 mod openai_compatible;
 mod openai_media;
+pub mod outbound;
 pub mod presets;
 #[cfg(test)]
 mod test_support;
@@ -29,6 +30,7 @@ pub use huggingface::{Classification, HuggingFace, Label, TASK_CLASSIFICATION};
 pub use mock::MockProvider;
 pub use openai_compatible::OpenAiCompatible;
 pub use openai_media::{MAX_AUDIO_BYTES, OpenAi, OpenAiMedia, TASK_IMAGE, TASK_TRANSCRIPTION};
+pub use outbound::{OutboundClient, OutboundConfigError, OutboundPolicy};
 pub use presets::{PRESETS, Preset, preset_base_url};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +121,7 @@ impl Providers {
     /// Every provider this build speaks, sharing one HTTP client. Cheap and
     /// synchronous: Bedrock loads its AWS configuration on its first call
     /// (see [`Providers::with_bedrock`] to give it one).
-    pub fn new(http: reqwest::Client) -> Self {
+    pub fn new(http: OutboundClient) -> Self {
         let openai = Arc::new(OpenAi::new(http.clone()));
         let mut providers = Providers::default();
         providers.insert(Provider::Mock, Arc::new(MockProvider));
@@ -150,12 +152,8 @@ impl Providers {
 }
 
 /// The one outbound HTTP client of a process: rustls, pooled, with a connect
-/// timeout; each request sets its own total timeout from the agent.
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .user_agent(concat!("maof/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_default()
+/// timeout (each request sets its own total timeout from the agent), and
+/// `policy` enforced on every destination (see [`outbound`]).
+pub fn http_client(policy: OutboundPolicy) -> OutboundClient {
+    OutboundClient::new(policy)
 }

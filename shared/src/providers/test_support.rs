@@ -6,6 +6,12 @@ use serde_json::{Value, json};
 use super::{ChatRequest, Message, Role};
 use crate::domain::{Agent, AgentId, AgentSpec, TaskType};
 
+/// A client that may reach the tests' local servers (loopback), and nothing
+/// else the outbound policy refuses.
+pub fn local_client() -> super::OutboundClient {
+    super::OutboundClient::new(super::OutboundPolicy::allow_loopback())
+}
+
 /// The task type of most tests.
 pub const TEXT: TaskType = TaskType::from_static("text");
 
