@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::outbound::{OutboundClient, SendError};
+use super::outbound::{OutboundClient, OutboundError, SendError};
 use super::{ChatRequest, ProviderError, Role};
 use crate::domain::{Agent, ErrorClass};
 
@@ -254,15 +254,19 @@ pub(super) fn malformed(
 
 /// A send that failed: refused by the outbound policy (not retried: the
 /// agent's address will not change by itself), or a transport error.
+/// The agent's `base_url` names a destination the outbound policy refuses:
+/// a bad request, not retried (the address will not change by itself).
+pub(super) fn refused_base_url(agent: &Agent, refused: &OutboundError) -> ProviderError {
+    tracing::warn!(agent_id = %agent.id, error = %refused, "provider call refused by the outbound policy");
+    ProviderError::new(
+        ErrorClass::BadRequest,
+        format!("the agent's base_url is refused: {refused}"),
+    )
+}
+
 pub(super) fn send_error(agent: &Agent, error: SendError, timeout_ms: u64) -> ProviderError {
     match error {
-        SendError::Refused(refused) => {
-            tracing::warn!(agent_id = %agent.id, error = %refused, "provider call refused by the outbound policy");
-            ProviderError::new(
-                ErrorClass::BadRequest,
-                format!("the agent's base_url is refused: {refused}"),
-            )
-        }
+        SendError::Refused(refused) => refused_base_url(agent, &refused),
         // The client follows no redirect, so this is not reached.
         SendError::TooManyRedirects => {
             ProviderError::new(ErrorClass::BadRequest, "the provider redirected too often")

@@ -115,6 +115,8 @@ pub trait ProviderClient: Send + Sync {
 #[derive(Clone, Default)]
 pub struct Providers {
     clients: HashMap<Provider, Arc<dyn ProviderClient>>,
+    /// The HTTP client's policy and resolver, for Bedrock's SDK client.
+    outbound: outbound::GuardedResolver,
 }
 
 impl Providers {
@@ -123,7 +125,10 @@ impl Providers {
     /// (see [`Providers::with_bedrock`] to give it one).
     pub fn new(http: OutboundClient) -> Self {
         let openai = Arc::new(OpenAi::new(http.clone()));
-        let mut providers = Providers::default();
+        let mut providers = Providers {
+            outbound: http.resolver(),
+            ..Providers::default()
+        };
         providers.insert(Provider::Mock, Arc::new(MockProvider));
         providers.insert(Provider::Openai, openai.clone());
         // Compatible servers speak the same wire format at their own root.
@@ -131,13 +136,18 @@ impl Providers {
         providers.insert(Provider::Anthropic, Arc::new(Anthropic::new(http.clone())));
         providers.insert(Provider::Gemini, Arc::new(Gemini::new(http.clone())));
         providers.insert(Provider::Huggingface, Arc::new(HuggingFace::new(http)));
-        providers.insert(Provider::Bedrock, Arc::new(Bedrock::from_env()));
+        providers.insert(
+            Provider::Bedrock,
+            Arc::new(Bedrock::from_env().with_outbound(providers.outbound.clone())),
+        );
         providers
     }
 
     /// The same, with `bedrock` as the Bedrock client (e.g. one built from
-    /// an `SdkConfig` the process already loaded).
+    /// an `SdkConfig` the process already loaded), under these providers'
+    /// outbound policy.
     pub fn with_bedrock(mut self, bedrock: Bedrock) -> Self {
+        let bedrock = bedrock.with_outbound(self.outbound.clone());
         self.insert(Provider::Bedrock, Arc::new(bedrock));
         self
     }

@@ -18,6 +18,8 @@
 //!   [`OutboundClient::send`] and so checked like the first.
 //! - No proxy from the environment is used: behind a proxy the proxy resolves
 //!   the name, and the check above would see only the proxy's address.
+//! - Bedrock's SDK client, for an agent's own endpoint, resolves through the
+//!   same [`GuardedResolver`] and has its literal checked the same way.
 //!
 //! Refused by default ([`refused`]): loopback, unspecified, private,
 //! link-local, CGNAT (shared address space), multicast, broadcast, reserved,
@@ -40,6 +42,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDns, ResolveDnsError};
 use ipnet::IpNet;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::LOCATION;
@@ -47,6 +50,8 @@ use reqwest::{RequestBuilder, Response, StatusCode, Url};
 
 /// The variable holding the allow list.
 pub const ALLOW_VAR: &str = "MAOF_OUTBOUND_ALLOW";
+
+type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Redirects [`OutboundClient::get_following_redirects`] follows at most.
 pub const MAX_REDIRECTS: usize = 5;
@@ -366,6 +371,9 @@ impl From<reqwest::Error> for SendError {
 }
 
 /// Resolves with `inner` and keeps only the addresses the policy admits.
+/// Serves reqwest ([`Resolve`]) and the AWS SDK's client
+/// ([`ResolveDns`](aws_smithy_runtime_api::client::dns::ResolveDns)).
+#[derive(Clone)]
 pub struct GuardedResolver {
     inner: Arc<dyn Resolve>,
     policy: Arc<OutboundPolicy>,
@@ -375,33 +383,74 @@ impl GuardedResolver {
     pub fn new(inner: Arc<dyn Resolve>, policy: Arc<OutboundPolicy>) -> Self {
         GuardedResolver { inner, policy }
     }
+
+    pub fn policy(&self) -> &OutboundPolicy {
+        &self.policy
+    }
+
+    /// The admitted addresses of `name`; the refusal when there is none.
+    async fn admitted(
+        inner: Arc<dyn Resolve>,
+        policy: Arc<OutboundPolicy>,
+        name: Name,
+    ) -> Result<Vec<SocketAddr>, BoxError> {
+        let host = name.as_str().to_owned();
+        let mut refusal = None;
+        let admitted: Vec<SocketAddr> = inner
+            .resolve(name)
+            .await?
+            .filter(|addr| match policy.admits(Some(&host), addr.ip()) {
+                Ok(()) => true,
+                Err(why) => {
+                    // The operator may see the address; the caller never does.
+                    tracing::warn!(%host, address = %addr.ip(), refusal = %why, "outbound address refused");
+                    refusal.get_or_insert(why);
+                    false
+                }
+            })
+            .collect();
+        match (admitted.is_empty(), refusal) {
+            (true, Some(refusal)) => Err(OutboundError::Refused { host, refusal }.into()),
+            (true, None) => Err(format!("{host} resolved to no address").into()),
+            (false, _) => Ok(admitted),
+        }
+    }
+}
+
+/// Strict, with the system resolver.
+impl Default for GuardedResolver {
+    fn default() -> Self {
+        GuardedResolver::new(Arc::new(SystemResolver), Arc::new(OutboundPolicy::strict()))
+    }
+}
+
+impl fmt::Debug for GuardedResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardedResolver")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
+        let lookup = GuardedResolver::admitted(self.inner.clone(), self.policy.clone(), name);
+        Box::pin(async move { Ok(Box::new(lookup.await?.into_iter()) as Addrs) })
+    }
+}
+
+impl ResolveDns for GuardedResolver {
+    fn resolve_dns<'a>(&'a self, name: &'a str) -> DnsFuture<'a> {
         let inner = self.inner.clone();
         let policy = self.policy.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let mut refusal = None;
-            let admitted: Vec<SocketAddr> = inner
-                .resolve(name)
-                .await?
-                .filter(|addr| match policy.admits(Some(&host), addr.ip()) {
-                    Ok(()) => true,
-                    Err(why) => {
-                        // The operator may see the address; the caller never does.
-                        tracing::warn!(%host, address = %addr.ip(), refusal = %why, "outbound address refused");
-                        refusal.get_or_insert(why);
-                        false
-                    }
-                })
-                .collect();
-            match (admitted.is_empty(), refusal) {
-                (true, Some(refusal)) => Err(OutboundError::Refused { host, refusal }.into()),
-                (true, None) => Err(format!("{host} resolved to no address").into()),
-                (false, _) => Ok(Box::new(admitted.into_iter()) as Addrs),
-            }
+        DnsFuture::new(async move {
+            let name: Name = name
+                .parse()
+                .map_err(|_| ResolveDnsError::new(format!("{name} is not a host name")))?;
+            let addrs = GuardedResolver::admitted(inner, policy, name)
+                .await
+                .map_err(ResolveDnsError::new)?;
+            Ok(addrs.into_iter().map(|a| a.ip()).collect())
         })
     }
 }
@@ -426,6 +475,7 @@ impl Resolve for SystemResolver {
 pub struct OutboundClient {
     client: reqwest::Client,
     policy: Arc<OutboundPolicy>,
+    resolver: GuardedResolver,
 }
 
 impl OutboundClient {
@@ -438,11 +488,12 @@ impl OutboundClient {
     /// addresses they need), its answers filtered by `policy` as always.
     pub fn with_resolver(policy: OutboundPolicy, resolver: Arc<dyn Resolve>) -> Self {
         let policy = Arc::new(policy);
+        let resolver = GuardedResolver::new(resolver, policy.clone());
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("maof/", env!("CARGO_PKG_VERSION")))
-            .dns_resolver(Arc::new(GuardedResolver::new(resolver, policy.clone())))
+            .dns_resolver(Arc::new(resolver.clone()))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .build()
@@ -450,11 +501,21 @@ impl OutboundClient {
             // with rustls and its bundled roots does not happen; a fallback
             // client would lack the resolver above, so there is none.
             .unwrap_or_else(|e| panic!("the outbound HTTP client could not be built: {e}"));
-        OutboundClient { client, policy }
+        OutboundClient {
+            client,
+            policy,
+            resolver,
+        }
     }
 
     pub fn policy(&self) -> &OutboundPolicy {
         &self.policy
+    }
+
+    /// This client's resolver, for the clients that are not reqwest (the AWS
+    /// SDK's, see [`Bedrock`](super::Bedrock)).
+    pub fn resolver(&self) -> GuardedResolver {
+        self.resolver.clone()
     }
 
     /// A request to send with [`OutboundClient::send`]; the builder's own

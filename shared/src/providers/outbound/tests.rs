@@ -2,55 +2,16 @@
 //! against local servers: internal destinations refused whether named by an
 //! IP literal, by a name that resolves inside, or by a redirect.
 
-use std::collections::HashMap;
-use std::net::TcpListener;
-
 use serde_json::json;
 use wiremock::matchers::{any, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use super::*;
 use crate::domain::ErrorClass;
-use crate::providers::test_support::{agent, key, single_request};
+use crate::providers::test_support::{
+    agent, forbidden_server, key, received, single_request, test_names,
+};
 use crate::providers::{OpenAiCompatible, OpenAiMedia, ProviderClient, TASK_TRANSCRIPTION};
-
-/// Names the tests resolve without DNS; others go to the system resolver.
-struct StaticResolver(HashMap<&'static str, Vec<IpAddr>>);
-
-impl StaticResolver {
-    fn new(entries: &[(&'static str, &str)]) -> Arc<Self> {
-        let mut names: HashMap<&'static str, Vec<IpAddr>> = HashMap::new();
-        for (name, ip) in entries {
-            names.entry(name).or_default().push(ip.parse().unwrap());
-        }
-        Arc::new(StaticResolver(names))
-    }
-}
-
-impl Resolve for StaticResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        match self.0.get(name.as_str()).cloned() {
-            Some(ips) => Box::pin(async move {
-                Ok(Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0))) as Addrs)
-            }),
-            None => SystemResolver.resolve(name),
-        }
-    }
-}
-
-/// The names of the DNS cases.
-fn test_names() -> Arc<StaticResolver> {
-    StaticResolver::new(&[
-        ("metadata.test", "169.254.169.254"),
-        ("ecs-metadata.test", "169.254.170.2"),
-        ("private.test", "10.0.0.5"),
-        ("cgnat.test", "100.64.0.1"),
-        ("loopback.test", "127.0.0.1"),
-        ("second-loopback.test", "127.0.0.2"),
-        ("mixed.test", "10.0.0.5"),
-        ("mixed.test", "93.184.215.14"),
-    ])
-}
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d))
@@ -347,22 +308,6 @@ async fn ok_server() -> MockServer {
         .mount(&server)
         .await;
     server
-}
-
-/// A server on 127.0.0.2, the address no test policy admits: if a request
-/// reaches it, a check is missing.
-async fn forbidden_server() -> MockServer {
-    let listener = TcpListener::bind("127.0.0.2:0").unwrap();
-    let server = MockServer::builder().listener(listener).start().await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(200).set_body_string("secret"))
-        .mount(&server)
-        .await;
-    server
-}
-
-async fn received(server: &MockServer) -> usize {
-    server.received_requests().await.unwrap().len()
 }
 
 fn refusal_of(result: Result<Response, SendError>) -> OutboundError {
