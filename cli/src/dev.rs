@@ -134,7 +134,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     println!("\nmaof dev: listening on http://{addr}");
     println!(
-        "outbound calls reach {outbound} (loopback for Ollama and local servers; {ALLOW_VAR} admits more)"
+        "outbound calls reach {outbound} (loopback: Ollama and local servers; {ALLOW_VAR} admits more)"
     );
     println!("token (tenant {tenant}, admin, 12 h):\n  {token}\n");
     println!("try:\n  curl -s -X POST 'http://{addr}/v1/tasks?wait=10' \\");

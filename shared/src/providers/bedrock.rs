@@ -6,13 +6,15 @@
 //! [`Bedrock::with_config`]. An agent's `base_url`, when set, is the endpoint
 //! the SDK calls (its `endpoint_url`, e.g.
 //! `https://bedrock-runtime.us-west-2.amazonaws.com` or a VPC endpoint); one SDK
-//! client is kept per endpoint. Such an endpoint obeys the outbound policy
-//! ([`Bedrock::with_outbound`]; strict unless given) as every provider's
-//! `base_url` does: an IP literal is checked before the call, a name as the
-//! SDK's HTTP client resolves it. A VPC endpoint's private addresses need
-//! `MAOF_OUTBOUND_ALLOW`. The process's own AWS configuration (region,
-//! `AWS_ENDPOINT_URL`) is the operator's and is not checked. The SDK's own retries are off: agent-call
+//! client is kept per endpoint. The SDK's own retries are off: agent-call
 //! retries with backoff, SQS visibility and fallbacks, and counts attempts.
+//!
+//! An agent's endpoint obeys the outbound policy ([`Bedrock::with_outbound`];
+//! strict unless given) as every provider's `base_url` does: an IP literal is
+//! checked before the call, a name as the SDK's HTTP client resolves it. A VPC
+//! endpoint's private addresses need `MAOF_OUTBOUND_ALLOW`. The process's own
+//! AWS configuration (region, `AWS_ENDPOINT_URL`) is the operator's and is
+//! not checked.
 //!
 //! Usage: as with Anthropic's API, Converse's `inputTokens` leaves out cache
 //! reads (`cacheReadInputTokens`) and writes (`cacheWriteInputTokens`); the

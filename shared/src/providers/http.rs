@@ -264,7 +264,7 @@ pub(super) fn refused_base_url(agent: &Agent, refused: &OutboundError) -> Provid
     )
 }
 
-pub(super) fn send_error(agent: &Agent, error: SendError, timeout_ms: u64) -> ProviderError {
+fn send_error(agent: &Agent, error: SendError, timeout_ms: u64) -> ProviderError {
     match error {
         SendError::Refused(refused) => refused_base_url(agent, &refused),
         // The client follows no redirect, so this is not reached.

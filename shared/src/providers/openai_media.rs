@@ -11,9 +11,9 @@
 //! [`MAX_REDIRECTS`](super::outbound::MAX_REDIRECTS) redirects, each checked;
 //! a failed fetch is not described beyond "could not fetch the audio"), or a
 //! `data:audio/...;base64,...` URL; at most [`MAX_AUDIO_BYTES`] (OpenAI's
-//! upload limit) either way. The file's
-//! name carries the format OpenAI reads it by (`audio.mp3`, `audio.wav`, ...),
-//! taken from the MIME type, else from the URL's extension, else `mp3`.
+//! upload limit) either way. The file's name carries the format OpenAI reads
+//! it by (`audio.mp3`, `audio.wav`, ...), taken from the MIME type, else from
+//! the URL's extension, else `mp3`.
 //!
 //! Errors are OpenAI's, classified as for Chat Completions; `openai_compatible`
 //! servers with these endpoints (Groq's and vLLM's transcriptions, Together's
