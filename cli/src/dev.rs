@@ -7,6 +7,8 @@ use anyhow::Context;
 use maof::adapters::aws::{Bootstrap, ResourceNames, load_sdk_config};
 use maof::api::{ApiState, Authenticator, router};
 use maof::domain::{PlatformAgents, Role, TenantId};
+use maof::providers::OutboundPolicy;
+use maof::providers::outbound::ALLOW_VAR;
 use maof::runner::{Runner, RunnerConfig};
 use maof::setup;
 use maof::stages::{Services, Settings};
@@ -48,8 +50,9 @@ pub struct BootstrapArgs {
     seed: Option<PathBuf>,
 }
 
-/// Creates the tables and queues (if missing) and returns the services on them.
-pub async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<Services> {
+/// Creates the tables and queues (if missing) and returns the services on
+/// them, their provider calls bound by `outbound`.
+pub async fn bootstrap(args: BootstrapArgs, outbound: OutboundPolicy) -> anyhow::Result<Services> {
     let config = load_sdk_config().await;
     let names = ResourceNames::from_env();
     // With MAOF_JWT_SECRET set, the stack's signing key is that value: the
@@ -61,7 +64,7 @@ pub async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<Services> {
         .with_jwt_secret(jwt)
         .ensure_all()
         .await?;
-    let svc = setup::aws_services(&config, &names).await?;
+    let svc = setup::aws_services(&config, &names, outbound).await?;
     if let Some(seed) = args.seed {
         report_seed(&setup::seed_registry(&svc, &seed).await?);
     }
@@ -103,9 +106,12 @@ fn dev_settings() -> anyhow::Result<Settings> {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    // Local model servers (Ollama, vLLM, llama.cpp) listen on loopback; the
+    // Lambdas refuse it.
+    let outbound = OutboundPolicy::allow_loopback().with_env_allow_list()?;
     let svc = match args.backend {
-        Backend::Memory => setup::memory_services().0,
-        Backend::Aws => bootstrap(BootstrapArgs { seed: None }).await?,
+        Backend::Memory => setup::memory_services(outbound.clone()).0,
+        Backend::Aws => bootstrap(BootstrapArgs { seed: None }, outbound.clone()).await?,
     }
     .with_settings(dev_settings()?);
     let seeded = setup::seed_registry(&svc, &args.agents)
@@ -139,6 +145,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("the listening address")?;
 
     println!("\nmaof dev: listening on http://{addr}");
+    println!(
+        "outbound calls reach {outbound} (loopback: Ollama and local servers; {ALLOW_VAR} admits more)"
+    );
     println!("token (tenant {tenant}, admin, 12 h):\n  {token}\n");
     println!("try:\n  curl -s -X POST 'http://{addr}/v1/tasks?wait=10' \\");
     println!("    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\");

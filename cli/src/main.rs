@@ -35,7 +35,12 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Dev(args) => dev::run(args).await,
         Command::Token(args) => token::run(args),
-        Command::Bootstrap(args) => dev::bootstrap(args).await.map(|_| ()),
+        Command::Bootstrap(args) => {
+            // Bootstrapping calls no provider; the services it returns go unused.
+            dev::bootstrap(args, maof::providers::OutboundPolicy::strict())
+                .await
+                .map(|_| ())
+        }
         Command::Bench(args) => bench::run(args).await,
         Command::Event(args) => event::run(args),
     }

@@ -18,6 +18,7 @@ use crate::domain::{
     AgentId, AgentSpec, Owner, Principal, Role, TaskRequest, TaskStatus, TenantId,
 };
 use crate::ports::Expect;
+use crate::providers::OutboundPolicy;
 use crate::runner::{Runner, RunnerConfig};
 use crate::stages::intake;
 
@@ -165,7 +166,7 @@ pub async fn measure(
         s3,
         streams: aws_sdk_dynamodbstreams::Client::new(config),
     };
-    let svc = crate::setup::aws_services_with(clients, &names).await?;
+    let svc = crate::setup::aws_services_with(clients, &names, OutboundPolicy::strict()).await?;
     let mut svc = svc.clone().with_settings(crate::stages::Settings {
         registry_ttl: Duration::from_secs(24 * 3600),
         ..svc.settings
@@ -262,7 +263,7 @@ pub struct UnitsRow {
 pub async fn measure_units(tasks: usize, content_bytes: usize) -> Result<Vec<UnitsRow>, BoxError> {
     let store = Arc::new(crate::adapters::memory::MemoryTaskStore::new());
     let events = Arc::new(crate::adapters::memory::MemoryEvents::new());
-    let (svc, _) = crate::setup::memory_services_on(store.clone());
+    let (svc, _) = crate::setup::memory_services_on(store.clone(), OutboundPolicy::strict());
     let svc = svc.with_events(events.clone());
     register_mock_agents(&svc).await?;
     let runner = Runner::spawn(

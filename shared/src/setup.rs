@@ -1,5 +1,8 @@
 //! Building `Services` from configuration, once per process: the AWS set for
 //! the Lambdas (and `maof dev --backend aws`), the memory set for `maof dev`.
+//! Each takes the [`OutboundPolicy`] its provider calls obey: the Lambdas
+//! [`OutboundPolicy::from_env`] (strict plus `MAOF_OUTBOUND_ALLOW`), `maof
+//! dev` loopback as well.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,7 +22,7 @@ use crate::domain::{AgentId, AgentSpec, Owner, SecretName};
 use crate::ports::{
     CachedSecrets, Clock, Expect, QueueName, SecretSource, StoreError, SystemClock,
 };
-use crate::providers::{Providers, http_client};
+use crate::providers::{OutboundPolicy, Providers, http_client};
 use crate::stages::{Services, Settings};
 
 /// Receives before a message is dead-lettered, as in the template.
@@ -43,7 +46,9 @@ fn services(
     queue: Arc<dyn crate::ports::Queue>,
     secrets: Arc<dyn SecretSource>,
     settings: Settings,
+    outbound: OutboundPolicy,
 ) -> Services {
+    tracing::info!(%outbound, "outbound HTTP policy");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let secrets = Arc::new(CachedSecrets::new(
         secrets,
@@ -55,7 +60,7 @@ fn services(
         registry,
         queue,
         secrets,
-        Providers::new(http_client()),
+        Providers::new(http_client(outbound)),
         clock,
         settings,
     )
@@ -63,13 +68,16 @@ fn services(
 
 /// The in-process backends. Secrets come from the environment
 /// (`maof/openai` from `MAOF_OPENAI`).
-pub fn memory_services() -> (Services, Arc<MemoryQueue>) {
-    memory_services_on(Arc::new(MemoryTaskStore::new()))
+pub fn memory_services(outbound: OutboundPolicy) -> (Services, Arc<MemoryQueue>) {
+    memory_services_on(Arc::new(MemoryTaskStore::new()), outbound)
 }
 
 /// As `memory_services`, on a task store the caller keeps (to read its
 /// capacity meter).
-pub fn memory_services_on(tasks: Arc<MemoryTaskStore>) -> (Services, Arc<MemoryQueue>) {
+pub fn memory_services_on(
+    tasks: Arc<MemoryTaskStore>,
+    outbound: OutboundPolicy,
+) -> (Services, Arc<MemoryQueue>) {
     let queue = Arc::new(MemoryQueue::new(MAX_RECEIVES));
     let svc = services(
         tasks.clone(),
@@ -77,6 +85,7 @@ pub fn memory_services_on(tasks: Arc<MemoryTaskStore>) -> (Services, Arc<MemoryQ
         queue.clone(),
         Arc::new(MemorySecrets::with_env_fallback()),
         Settings::default(),
+        outbound,
     )
     .with_events(Arc::new(MemoryEvents::new()))
     .with_feed(Arc::new(MemoryFeed::new(tasks)))
@@ -105,8 +114,9 @@ pub fn queue_urls_from_env() -> Option<HashMap<QueueName, String>> {
 pub async fn aws_services(
     config: &aws_config::SdkConfig,
     names: &ResourceNames,
+    outbound: OutboundPolicy,
 ) -> Result<Services, SetupError> {
-    let svc = aws_services_with(AwsClients::new(config), names).await?;
+    let svc = aws_services_with(AwsClients::new(config), names, outbound).await?;
     Ok(match std::env::var("MAOF_EVENT_BUS") {
         Ok(bus) if !bus.is_empty() => svc.with_events(Arc::new(EventBridgePublisher::new(
             aws_sdk_eventbridge::Client::new(config),
@@ -142,6 +152,7 @@ impl AwsClients {
 pub async fn aws_services_with(
     clients: AwsClients,
     names: &ResourceNames,
+    outbound: OutboundPolicy,
 ) -> Result<Services, SetupError> {
     let queue = match queue_urls_from_env() {
         Some(urls) => SqsQueue::from_urls(clients.sqs, urls),
@@ -164,6 +175,7 @@ pub async fn aws_services_with(
         Arc::new(queue),
         Arc::new(SecretsManagerSource::new(clients.secrets)),
         Settings::from_env().map_err(SetupError::Settings)?,
+        outbound,
     )
     .with_feed(Arc::new(feed))
     .with_blobs(Arc::new(S3Blobs::new(
@@ -258,7 +270,7 @@ mod tests {
                  capabilities: {capabilities}\n    pricing: {pricing}\n"
             )
         };
-        let (svc, _) = memory_services();
+        let (svc, _) = memory_services(OutboundPolicy::strict());
 
         std::fs::write(
             &path,

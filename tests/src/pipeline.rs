@@ -9,7 +9,7 @@ use maof::adapters::memory::MemoryEvents;
 use maof::api::{ApiState, Authenticator, router};
 use maof::domain::{PlatformAgents, Provider, Role, TenantDefaults, TenantId};
 use maof::ports::{CachedSecrets, Clock, Queue, SystemClock, TaskStore};
-use maof::providers::{MockProvider, Providers, http_client};
+use maof::providers::{MockProvider, OutboundPolicy, Providers, http_client};
 use maof::runner::{Runner, RunnerConfig};
 use maof::stages::{Services, Settings};
 use secrecy::SecretString;
@@ -77,7 +77,7 @@ impl Pipeline {
         ));
         let provider = Arc::new(CountingProvider::new(Arc::new(MockProvider)));
         let events = Arc::new(MemoryEvents::new());
-        let mut providers = Providers::new(http_client());
+        let mut providers = Providers::new(http_client(OutboundPolicy::strict()));
         providers.insert(Provider::Mock, provider.clone());
         let services = Services::new(
             tasks,

@@ -13,7 +13,7 @@ use maof::domain::{
     Role, Task, TaskRequest, TaskStatus, TenantId, Usage, Usd,
 };
 use maof::ports::{CachedSecrets, Expect, SecretSource, SystemClock};
-use maof::providers::{Providers, http_client};
+use maof::providers::{OutboundPolicy, Providers, http_client};
 use maof::runner::{Runner, RunnerConfig};
 use maof::stages::{Services, Settings, intake};
 use serde_json::json;
@@ -64,7 +64,7 @@ async fn harness(upstream: &MockServer, settings: Settings) -> Harness {
             clock.clone(),
             CachedSecrets::DEFAULT_TTL,
         )),
-        Providers::new(http_client()),
+        Providers::new(http_client(OutboundPolicy::allow_loopback())),
         clock,
         settings,
     );
@@ -417,7 +417,7 @@ fn cost_sums_are_exact_for_a_thousand_calls_of_odd_token_counts() {
 #[tokio::test]
 async fn a_redelivered_call_stored_after_its_task_ended_is_added_to_its_cost() {
     use maof::domain::{Envelope, MessageKind, TaskPatch};
-    let (svc, _) = maof::setup::memory_services();
+    let (svc, _) = maof::setup::memory_services(maof::providers::OutboundPolicy::strict());
     let request: TaskRequest =
         serde_json::from_value(json!({"task_type": "text", "content": "x"})).unwrap();
     let (spec, _) = request.parse().unwrap();

@@ -41,7 +41,7 @@ fn token() -> String {
 }
 
 async fn intake_accepts(fixture_name: &str) {
-    let (svc, queue) = maof::setup::memory_services();
+    let (svc, queue) = maof::setup::memory_services(maof::providers::OutboundPolicy::strict());
     let auth = Arc::new(Authenticator::new(SecretString::from(SECRET)));
     let app = router(ApiState {
         services: svc.clone(),
@@ -87,7 +87,7 @@ async fn intake_handles_an_api_gateway_rest_v1_event() {
 
 #[tokio::test]
 async fn an_sqs_batch_reports_only_the_bad_message() {
-    let (svc, queue) = maof::setup::memory_services();
+    let (svc, queue) = maof::setup::memory_services(maof::providers::OutboundPolicy::strict());
     let svc = svc.with_settings(maof_tests::pipeline::every_tenant_uses_platform_agents());
     maof::setup::seed_registry(
         &svc,
@@ -214,7 +214,7 @@ impl maof::ports::EventPublisher for DownBus {
 #[tokio::test]
 async fn the_announcer_publishes_finishings_and_reports_the_first_it_could_not() {
     use maof::domain::{TaskPatch, TaskRequest};
-    let (svc, _) = maof::setup::memory_services();
+    let (svc, _) = maof::setup::memory_services(maof::providers::OutboundPolicy::strict());
     let now = chrono::Utc::now;
     let stored = |content: &str| {
         let request: TaskRequest = serde_json::from_value(

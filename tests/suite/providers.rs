@@ -10,7 +10,7 @@ use maof::domain::{
     TenantDefaults, TenantId,
 };
 use maof::ports::{CachedSecrets, Expect, SystemClock};
-use maof::providers::{Bedrock, Providers, http_client};
+use maof::providers::{Bedrock, OutboundPolicy, Providers, http_client};
 use maof::runner::{Runner, RunnerConfig};
 use maof::stages::{Services, Settings, intake};
 use serde_json::{Value, json};
@@ -110,7 +110,8 @@ async fn a_task_can_be_routed_to_each_provider_kind() {
             clock.clone(),
             CachedSecrets::DEFAULT_TTL,
         )),
-        Providers::new(http_client()).with_bedrock(Bedrock::with_config(aws)),
+        Providers::new(http_client(OutboundPolicy::allow_loopback()))
+            .with_bedrock(Bedrock::with_config(aws)),
         clock,
         Settings {
             tenant_defaults: TenantDefaults {

@@ -4,12 +4,18 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use maof::adapters::aws::{ResourceNames, load_sdk_config};
 use maof::ports::QueueName;
+use maof::providers::OutboundPolicy;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     maof::telemetry::init();
-    let svc =
-        maof::setup::aws_services(&load_sdk_config().await, &ResourceNames::from_env()).await?;
+    let svc = maof::setup::aws_services(
+        &load_sdk_config().await,
+        &ResourceNames::from_env(),
+        // Strict, plus MAOF_OUTBOUND_ALLOW.
+        OutboundPolicy::from_env()?,
+    )
+    .await?;
     let svc = &svc;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<SqsBatchResponse, Error>(

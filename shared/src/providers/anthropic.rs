@@ -19,13 +19,14 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::http::{self, RawResponse, header, parse_reset_timestamp, retry_after_header};
+use super::outbound::OutboundClient;
 use super::{ChatRequest, ChatResponse, ProviderClient, ProviderError, Role};
 use crate::domain::{Agent, ErrorClass, Usage};
 
-/// A client for Anthropic's Messages API over the process's one `reqwest::Client`.
+/// A client for Anthropic's Messages API over the process's one [`OutboundClient`].
 #[derive(Debug, Clone)]
 pub struct Anthropic {
-    http: reqwest::Client,
+    http: OutboundClient,
 }
 
 impl Anthropic {
@@ -38,7 +39,7 @@ impl Anthropic {
     /// requires it.
     pub const DEFAULT_MAX_TOKENS: u32 = 1_024;
 
-    pub fn new(http: reqwest::Client) -> Self {
+    pub fn new(http: OutboundClient) -> Self {
         Anthropic { http }
     }
 }
@@ -66,7 +67,13 @@ impl ProviderClient for Anthropic {
             value.set_sensitive(true);
             builder = builder.header("x-api-key", value);
         }
-        let raw = http::send(agent, builder, agent.spec.constraints.timeout_ms()).await?;
+        let raw = http::send(
+            agent,
+            &self.http,
+            builder,
+            agent.spec.constraints.timeout_ms(),
+        )
+        .await?;
         if raw.status.is_success() {
             let request_id = raw.header("request-id").map(str::to_owned);
             parse_success(agent, &raw, request_id)

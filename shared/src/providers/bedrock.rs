@@ -9,6 +9,13 @@
 //! client is kept per endpoint. The SDK's own retries are off: agent-call
 //! retries with backoff, SQS visibility and fallbacks, and counts attempts.
 //!
+//! An agent's endpoint obeys the outbound policy ([`Bedrock::with_outbound`];
+//! strict unless given) as every provider's `base_url` does: an IP literal is
+//! checked before the call, a name as the SDK's HTTP client resolves it. A VPC
+//! endpoint's private addresses need `MAOF_OUTBOUND_ALLOW`. The process's own
+//! AWS configuration (region, `AWS_ENDPOINT_URL`) is the operator's and is
+//! not checked.
+//!
 //! Usage: as with Anthropic's API, Converse's `inputTokens` leaves out cache
 //! reads (`cacheReadInputTokens`) and writes (`cacheWriteInputTokens`); the
 //! normalized `input_tokens` counts all three and `cached_input_tokens` the
@@ -33,10 +40,12 @@ use aws_sdk_bedrockruntime::types::{
     ContentBlock, ConversationRole, InferenceConfiguration, Message as BedrockMessage, StopReason,
     SystemContentBlock,
 };
+use aws_smithy_http_client::tls::{Provider as TlsProvider, rustls_provider::CryptoMode};
 use secrecy::SecretString;
 use tokio::sync::OnceCell;
 
 use super::http::{self, parse_retry_after};
+use super::outbound::{GuardedResolver, OutboundError};
 use super::{ChatRequest, ChatResponse, ProviderClient, ProviderError, Role};
 use crate::domain::{Agent, ErrorClass, Usage};
 
@@ -45,6 +54,8 @@ use crate::domain::{Agent, ErrorClass, Usage};
 #[derive(Debug, Clone, Default)]
 pub struct Bedrock {
     inner: Arc<Inner>,
+    /// Resolves, and checks, agents' own endpoints.
+    outbound: GuardedResolver,
 }
 
 #[derive(Debug, Default)]
@@ -69,7 +80,16 @@ impl Bedrock {
                 config: OnceCell::new_with(Some(config)),
                 clients: Mutex::default(),
             }),
+            outbound: GuardedResolver::default(),
         }
+    }
+
+    /// The same, with agents' endpoints checked by `outbound` (the process's
+    /// policy, from [`OutboundClient::resolver`](super::OutboundClient::resolver))
+    /// rather than the strict default.
+    pub fn with_outbound(mut self, outbound: GuardedResolver) -> Self {
+        self.outbound = outbound;
+        self
     }
 
     async fn client(&self, endpoint: Option<&str>) -> Result<Client, ProviderError> {
@@ -94,7 +114,11 @@ impl Bedrock {
             let mut builder = aws_sdk_bedrockruntime::config::Builder::from(config)
                 .retry_config(RetryConfig::disabled());
             if let Some(url) = key {
-                builder = builder.endpoint_url(url);
+                // The SDK's own client, but resolving through the policy.
+                let http = aws_smithy_http_client::Builder::new()
+                    .tls_provider(TlsProvider::Rustls(CryptoMode::AwsLc))
+                    .build_with_resolver(self.outbound.clone());
+                builder = builder.endpoint_url(url).http_client(http);
             }
             Client::from_conf(builder.build())
         });
@@ -110,6 +134,18 @@ impl ProviderClient for Bedrock {
         _key: Option<&SecretString>,
         request: &ChatRequest,
     ) -> Result<ChatResponse, ProviderError> {
+        if let Some(base_url) = agent.spec.base_url.as_deref() {
+            // An IP literal is never resolved, so it is checked here.
+            let url = reqwest::Url::parse(base_url).map_err(|_| {
+                ProviderError::new(
+                    ErrorClass::BadRequest,
+                    "the agent's base_url is not a valid URL",
+                )
+            })?;
+            if let Err(refused) = self.outbound.policy().check_url(&url) {
+                return Err(http::refused_base_url(agent, &refused));
+            }
+        }
         let client = self.client(agent.spec.base_url.as_deref()).await?;
         let timeout_ms = agent.spec.constraints.timeout_ms();
         let timeout = TimeoutConfig::builder()
@@ -325,6 +361,10 @@ fn classify(code: Option<&str>, status: u16, message: Option<&str>) -> (ErrorCla
 }
 
 fn sdk_error(agent: &Agent, error: &SdkError<ConverseError>, timeout_ms: u64) -> ProviderError {
+    // The resolver's refusal, somewhere under the dispatch failure.
+    if let Some(refused) = OutboundError::find_in(error) {
+        return http::refused_base_url(agent, refused);
+    }
     let fail = |class: ErrorClass, message: String, status: Option<u16>| {
         // DisplayErrorContext walks the source chain; it holds no credentials.
         tracing::warn!(

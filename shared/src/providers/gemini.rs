@@ -21,20 +21,21 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::http::{self, RawResponse, parse_reset_duration, retry_after_header};
+use super::outbound::OutboundClient;
 use super::{ChatRequest, ChatResponse, ProviderClient, ProviderError, Role};
 use crate::domain::{Agent, ErrorClass, Usage};
 
-/// A client for Gemini's `generateContent` over the process's one `reqwest::Client`.
+/// A client for Gemini's `generateContent` over the process's one [`OutboundClient`].
 #[derive(Debug, Clone)]
 pub struct Gemini {
-    http: reqwest::Client,
+    http: OutboundClient,
 }
 
 impl Gemini {
     /// The API root used when an agent has no `base_url` (without the version).
     pub const DEFAULT_BASE_URL: &'static str = "https://generativelanguage.googleapis.com";
 
-    pub fn new(http: reqwest::Client) -> Self {
+    pub fn new(http: OutboundClient) -> Self {
         Gemini { http }
     }
 }
@@ -61,7 +62,13 @@ impl ProviderClient for Gemini {
             value.set_sensitive(true);
             builder = builder.header("x-goog-api-key", value);
         }
-        let raw = http::send(agent, builder, agent.spec.constraints.timeout_ms()).await?;
+        let raw = http::send(
+            agent,
+            &self.http,
+            builder,
+            agent.spec.constraints.timeout_ms(),
+        )
+        .await?;
         if raw.status.is_success() {
             parse_success(agent, &raw)
         } else {

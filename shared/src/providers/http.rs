@@ -10,6 +10,7 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
 
+use super::outbound::{OutboundClient, OutboundError, SendError};
 use super::{ChatRequest, ProviderError, Role};
 use crate::domain::{Agent, ErrorClass};
 
@@ -32,18 +33,20 @@ impl RawResponse {
     }
 }
 
-/// Sends `builder` with a total timeout of `timeout_ms` and reads the whole
-/// body; a failure before the body is in is a classified transport error.
+/// Sends `builder` through `http` (so the outbound policy is checked, see
+/// [`OutboundClient::send`]) with a total timeout of `timeout_ms` and reads
+/// the whole body, at most the agent's `max_response_bytes`; a failure before
+/// the body is in is a classified transport error.
 pub(super) async fn send(
     agent: &Agent,
+    http: &OutboundClient,
     builder: reqwest::RequestBuilder,
     timeout_ms: u64,
 ) -> Result<RawResponse, ProviderError> {
-    let mut response = builder
-        .timeout(Duration::from_millis(timeout_ms))
-        .send()
+    let mut response = http
+        .send(builder.timeout(Duration::from_millis(timeout_ms)))
         .await
-        .map_err(|e| transport_error(agent, e, timeout_ms))?;
+        .map_err(|e| send_error(agent, e, timeout_ms))?;
     let status = response.status();
     let headers = response.headers().clone();
     let cap = agent.spec.constraints.max_response_bytes();
@@ -249,11 +252,30 @@ pub(super) fn malformed(
     }
 }
 
-pub(super) fn transport_error(
-    agent: &Agent,
-    error: reqwest::Error,
-    timeout_ms: u64,
-) -> ProviderError {
+/// A send that failed: refused by the outbound policy (not retried: the
+/// agent's address will not change by itself), or a transport error.
+/// The agent's `base_url` names a destination the outbound policy refuses:
+/// a bad request, not retried (the address will not change by itself).
+pub(super) fn refused_base_url(agent: &Agent, refused: &OutboundError) -> ProviderError {
+    tracing::warn!(agent_id = %agent.id, error = %refused, "provider call refused by the outbound policy");
+    ProviderError::new(
+        ErrorClass::BadRequest,
+        format!("the agent's base_url is refused: {refused}"),
+    )
+}
+
+fn send_error(agent: &Agent, error: SendError, timeout_ms: u64) -> ProviderError {
+    match error {
+        SendError::Refused(refused) => refused_base_url(agent, &refused),
+        // The client follows no redirect, so this is not reached.
+        SendError::TooManyRedirects => {
+            ProviderError::new(ErrorClass::BadRequest, "the provider redirected too often")
+        }
+        SendError::Http(error) => transport_error(agent, error, timeout_ms),
+    }
+}
+
+fn transport_error(agent: &Agent, error: reqwest::Error, timeout_ms: u64) -> ProviderError {
     // The URL may carry credentials in its user-info: keep it out of the log.
     let error = error.without_url();
     let (class, message) = if error.is_timeout() {

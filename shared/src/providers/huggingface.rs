@@ -28,16 +28,17 @@ use serde::{Deserialize, Serialize};
 
 use super::http::{self, RawResponse, retry_after_header};
 use super::openai_compatible::OpenAiCompatible;
+use super::outbound::OutboundClient;
 use super::{ChatRequest, ChatResponse, ProviderClient, ProviderError};
 use crate::domain::{Agent, ErrorClass, TaskType, Usage};
 
 /// The task type served by the inference API; every other goes to the router.
 pub const TASK_CLASSIFICATION: TaskType = TaskType::from_static("classification");
 
-/// A client for HuggingFace over the process's one `reqwest::Client`.
+/// A client for HuggingFace over the process's one [`OutboundClient`].
 #[derive(Debug, Clone)]
 pub struct HuggingFace {
-    http: reqwest::Client,
+    http: OutboundClient,
     chat: OpenAiCompatible,
 }
 
@@ -47,7 +48,7 @@ impl HuggingFace {
     /// The OpenAI-compatible root used for other task types when an agent has no `base_url`.
     pub const DEFAULT_ROUTER_URL: &'static str = "https://router.huggingface.co/v1";
 
-    pub fn new(http: reqwest::Client) -> Self {
+    pub fn new(http: OutboundClient) -> Self {
         HuggingFace {
             chat: OpenAiCompatible::new(http.clone()),
             http,
@@ -84,7 +85,13 @@ impl ProviderClient for HuggingFace {
         if let Some(key) = key {
             builder = builder.bearer_auth(key.expose_secret());
         }
-        let raw = http::send(agent, builder, agent.spec.constraints.timeout_ms()).await?;
+        let raw = http::send(
+            agent,
+            &self.http,
+            builder,
+            agent.spec.constraints.timeout_ms(),
+        )
+        .await?;
         if raw.status.is_success() {
             parse_labels(agent, &raw)
         } else {

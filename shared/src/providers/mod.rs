@@ -1,5 +1,5 @@
 //! Provider clients: one normalized request in, one normalized answer (or a
-//! classified error) out, over the process's one shared `reqwest::Client`.
+//! classified error) out, over the process's one shared [`OutboundClient`].
 
 mod anthropic;
 mod bedrock;
@@ -9,6 +9,7 @@ mod huggingface;
 mod mock;
 mod openai_compatible;
 mod openai_media;
+pub mod outbound;
 pub mod presets;
 #[cfg(test)]
 mod test_support;
@@ -29,6 +30,7 @@ pub use huggingface::{Classification, HuggingFace, Label, TASK_CLASSIFICATION};
 pub use mock::MockProvider;
 pub use openai_compatible::OpenAiCompatible;
 pub use openai_media::{MAX_AUDIO_BYTES, OpenAi, OpenAiMedia, TASK_IMAGE, TASK_TRANSCRIPTION};
+pub use outbound::{OutboundClient, OutboundConfigError, OutboundPolicy};
 pub use presets::{PRESETS, Preset, preset_base_url};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,15 +115,20 @@ pub trait ProviderClient: Send + Sync {
 #[derive(Clone, Default)]
 pub struct Providers {
     clients: HashMap<Provider, Arc<dyn ProviderClient>>,
+    /// The HTTP client's policy and resolver, for Bedrock's SDK client.
+    outbound: outbound::GuardedResolver,
 }
 
 impl Providers {
     /// Every provider this build speaks, sharing one HTTP client. Cheap and
     /// synchronous: Bedrock loads its AWS configuration on its first call
     /// (see [`Providers::with_bedrock`] to give it one).
-    pub fn new(http: reqwest::Client) -> Self {
+    pub fn new(http: OutboundClient) -> Self {
         let openai = Arc::new(OpenAi::new(http.clone()));
-        let mut providers = Providers::default();
+        let mut providers = Providers {
+            outbound: http.resolver(),
+            ..Providers::default()
+        };
         providers.insert(Provider::Mock, Arc::new(MockProvider));
         providers.insert(Provider::Openai, openai.clone());
         // Compatible servers speak the same wire format at their own root.
@@ -129,13 +136,18 @@ impl Providers {
         providers.insert(Provider::Anthropic, Arc::new(Anthropic::new(http.clone())));
         providers.insert(Provider::Gemini, Arc::new(Gemini::new(http.clone())));
         providers.insert(Provider::Huggingface, Arc::new(HuggingFace::new(http)));
-        providers.insert(Provider::Bedrock, Arc::new(Bedrock::from_env()));
+        providers.insert(
+            Provider::Bedrock,
+            Arc::new(Bedrock::from_env().with_outbound(providers.outbound.clone())),
+        );
         providers
     }
 
     /// The same, with `bedrock` as the Bedrock client (e.g. one built from
-    /// an `SdkConfig` the process already loaded).
+    /// an `SdkConfig` the process already loaded), under these providers'
+    /// outbound policy.
     pub fn with_bedrock(mut self, bedrock: Bedrock) -> Self {
+        let bedrock = bedrock.with_outbound(self.outbound.clone());
         self.insert(Provider::Bedrock, Arc::new(bedrock));
         self
     }
@@ -150,12 +162,8 @@ impl Providers {
 }
 
 /// The one outbound HTTP client of a process: rustls, pooled, with a connect
-/// timeout; each request sets its own total timeout from the agent.
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .user_agent(concat!("maof/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_default()
+/// timeout (each request sets its own total timeout from the agent), and
+/// `policy` enforced on every destination (see [`outbound`]).
+pub fn http_client(policy: OutboundPolicy) -> OutboundClient {
+    OutboundClient::new(policy)
 }

@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::http::{self, RawResponse, header, parse_reset_duration, retry_after_header};
+use super::outbound::OutboundClient;
 use super::{ChatRequest, ChatResponse, ProviderClient, ProviderError, Role};
 use crate::domain::{Agent, ErrorClass, Usage};
 
@@ -21,17 +22,17 @@ use super::http::{MAX_MESSAGE_CHARS, loggable_body, parse_millis, parse_retry_af
 use chrono::Utc;
 
 /// A client for `POST {base_url}/chat/completions`, sharing the process's one
-/// `reqwest::Client`.
+/// [`OutboundClient`].
 #[derive(Debug, Clone)]
 pub struct OpenAiCompatible {
-    http: reqwest::Client,
+    http: OutboundClient,
 }
 
 impl OpenAiCompatible {
     /// The API root used when an agent has no `base_url` (provider `openai`).
     pub const DEFAULT_BASE_URL: &'static str = "https://api.openai.com/v1";
 
-    pub fn new(http: reqwest::Client) -> Self {
+    pub fn new(http: OutboundClient) -> Self {
         OpenAiCompatible { http }
     }
 }
@@ -73,7 +74,13 @@ impl OpenAiCompatible {
             // bearer_auth marks the header sensitive, so it stays out of Debug output.
             builder = builder.bearer_auth(key.expose_secret());
         }
-        let raw = http::send(agent, builder, agent.spec.constraints.timeout_ms()).await?;
+        let raw = http::send(
+            agent,
+            &self.http,
+            builder,
+            agent.spec.constraints.timeout_ms(),
+        )
+        .await?;
         if raw.status.is_success() {
             let request_id = raw.header("x-request-id").map(str::to_owned);
             parse_success(agent, &raw.body, request_id)

@@ -7,16 +7,18 @@
 //!
 //! The prompt, and the audio, is the task's content (the last user message);
 //! the system prompt is not sent. The audio is either an `http(s)://` URL,
-//! fetched with the process's client, or a `data:audio/...;base64,...` URL; at
-//! most [`MAX_AUDIO_BYTES`] (OpenAI's upload limit) either way. The file's
-//! name carries the format OpenAI reads it by (`audio.mp3`, `audio.wav`, ...),
-//! taken from the MIME type, else from the URL's extension, else `mp3`.
+//! fetched with the process's client under its outbound policy (at most
+//! [`MAX_REDIRECTS`](super::outbound::MAX_REDIRECTS) redirects, each checked;
+//! a failed fetch is not described beyond "could not fetch the audio"), or a
+//! `data:audio/...;base64,...` URL; at most [`MAX_AUDIO_BYTES`] (OpenAI's
+//! upload limit) either way. The file's name carries the format OpenAI reads
+//! it by (`audio.mp3`, `audio.wav`, ...), taken from the MIME type, else from
+//! the URL's extension, else `mp3`.
 //!
 //! Errors are OpenAI's, classified as for Chat Completions; `openai_compatible`
 //! servers with these endpoints (Groq's and vLLM's transcriptions, Together's
 //! images, LocalAI) work the same way.
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -29,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::http::{self, RawResponse};
 use super::openai_compatible::{self, OpenAiCompatible};
+use super::outbound::{OutboundClient, SendError};
 use super::{ChatRequest, ChatResponse, ProviderClient, ProviderError};
 use crate::domain::{Agent, ErrorClass, TaskType, Usage};
 
@@ -40,14 +43,14 @@ pub const TASK_TRANSCRIPTION: TaskType = TaskType::from_static("transcription");
 pub const MAX_AUDIO_BYTES: usize = 25 * 1024 * 1024;
 
 /// A client for OpenAI's image and transcription endpoints over the
-/// process's one `reqwest::Client`.
+/// process's one [`OutboundClient`].
 #[derive(Debug, Clone)]
 pub struct OpenAiMedia {
-    http: reqwest::Client,
+    http: OutboundClient,
 }
 
 impl OpenAiMedia {
-    pub fn new(http: reqwest::Client) -> Self {
+    pub fn new(http: OutboundClient) -> Self {
         OpenAiMedia { http }
     }
 
@@ -73,7 +76,14 @@ impl OpenAiMedia {
             .post(endpoint(agent, "/images/generations"))
             .header(ACCEPT, "application/json")
             .json(&body);
-        let raw = send(agent, key, builder, agent.spec.constraints.timeout_ms()).await?;
+        let raw = send(
+            agent,
+            &self.http,
+            key,
+            builder,
+            agent.spec.constraints.timeout_ms(),
+        )
+        .await?;
         parse_images(agent, &raw)
     }
 
@@ -106,7 +116,7 @@ impl OpenAiMedia {
             .header(ACCEPT, "application/json")
             .header(CONTENT_TYPE, form.content_type())
             .body(body);
-        let raw = send(agent, key, builder, remaining).await?;
+        let raw = send(agent, &self.http, key, builder, remaining).await?;
         parse_transcription(agent, &raw)
     }
 
@@ -130,9 +140,6 @@ impl OpenAiMedia {
                     "transcription content must be an http(s) URL or a data: URL of the audio",
                 )
             })?;
-        if is_forbidden_host(&url) {
-            return Err(bad_audio("the audio URL's host is not allowed"));
-        }
         self.download(agent, url, timeout_ms).await
     }
 
@@ -145,23 +152,20 @@ impl OpenAiMedia {
         let extension = url_extension(&url);
         let mut response = self
             .http
-            .get(url)
-            .timeout(Duration::from_millis(timeout_ms))
-            .send()
+            .get_following_redirects(url, Duration::from_millis(timeout_ms))
             .await
             .map_err(|e| download_error(agent, e, timeout_ms))?;
         let status = response.status();
         if !status.is_success() {
+            // The status is the operator's to read: the URL is the caller's,
+            // and what a server answers it is not to be relayed.
             tracing::warn!(agent_id = %agent.id, status = status.as_u16(), "audio download failed");
             let class = if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
                 ErrorClass::Network
             } else {
                 ErrorClass::BadRequest
             };
-            return Err(ProviderError::new(
-                class,
-                format!("could not fetch the audio (HTTP {})", status.as_u16()),
-            ));
+            return Err(ProviderError::new(class, "could not fetch the audio"));
         }
         if response
             .content_length()
@@ -176,7 +180,7 @@ impl OpenAiMedia {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| download_error(agent, e, timeout_ms))?
+            .map_err(|e| download_error(agent, e.into(), timeout_ms))?
         {
             if bytes.len() + chunk.len() > MAX_AUDIO_BYTES {
                 return Err(too_large());
@@ -222,7 +226,7 @@ pub struct OpenAi {
 }
 
 impl OpenAi {
-    pub fn new(http: reqwest::Client) -> Self {
+    pub fn new(http: OutboundClient) -> Self {
         OpenAi {
             chat: OpenAiCompatible::new(http.clone()),
             media: OpenAiMedia::new(http),
@@ -259,6 +263,7 @@ fn endpoint(agent: &Agent, path: &str) -> String {
 /// OpenAI's.
 async fn send(
     agent: &Agent,
+    client: &OutboundClient,
     key: Option<&SecretString>,
     mut builder: reqwest::RequestBuilder,
     timeout_ms: u64,
@@ -266,7 +271,7 @@ async fn send(
     if let Some(key) = key {
         builder = builder.bearer_auth(key.expose_secret());
     }
-    let raw = http::send(agent, builder, timeout_ms).await?;
+    let raw = http::send(agent, client, builder, timeout_ms).await?;
     if raw.status.is_success() {
         Ok(raw)
     } else {
@@ -453,27 +458,6 @@ fn url_extension(url: &reqwest::Url) -> Option<String> {
     Some(extension.to_ascii_lowercase())
 }
 
-/// Link-local addresses (cloud metadata services live there) and the
-/// unspecified address are never fetched.
-fn is_forbidden_host(url: &reqwest::Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return true;
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => ip.is_link_local() || ip.is_unspecified(),
-        Ok(IpAddr::V6(ip)) => {
-            let mapped = ip.to_ipv4_mapped();
-            (ip.segments()[0] & 0xffc0) == 0xfe80
-                || ip.is_unspecified()
-                // AWS's IPv6 metadata endpoint.
-                || ip.segments()[..2] == [0xfd00, 0x0ec2]
-                || mapped.is_some_and(|v4| v4.is_link_local() || v4.is_unspecified())
-        }
-        Err(_) => false,
-    }
-}
-
 fn bad_audio(message: &str) -> ProviderError {
     ProviderError::new(ErrorClass::BadRequest, message)
 }
@@ -482,8 +466,18 @@ fn too_large() -> ProviderError {
     bad_audio("the audio is larger than 25 MiB")
 }
 
-fn download_error(agent: &Agent, error: reqwest::Error, timeout_ms: u64) -> ProviderError {
-    let error = error.without_url();
+fn download_error(agent: &Agent, error: SendError, timeout_ms: u64) -> ProviderError {
+    let error = match error {
+        SendError::Refused(refused) => {
+            tracing::warn!(agent_id = %agent.id, error = %refused, "audio download refused by the outbound policy");
+            return bad_audio(&format!("the audio URL is refused: {refused}"));
+        }
+        SendError::TooManyRedirects => {
+            tracing::warn!(agent_id = %agent.id, "audio download redirected too often");
+            return bad_audio("could not fetch the audio (too many redirects)");
+        }
+        SendError::Http(error) => error.without_url(),
+    };
     let class = if error.is_timeout() {
         ErrorClass::Timeout
     } else if error.is_builder() {

@@ -1,10 +1,78 @@
 //! Fixtures shared by the provider clients' tests.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use super::{ChatRequest, Message, Role};
 use crate::domain::{Agent, AgentId, AgentSpec, TaskType};
+
+/// A client that may reach the tests' local servers (loopback), and nothing
+/// else the outbound policy refuses.
+pub fn local_client() -> super::OutboundClient {
+    super::OutboundClient::new(super::OutboundPolicy::allow_loopback())
+}
+
+/// Names the tests resolve without DNS; others go to the system resolver.
+pub struct StaticResolver(HashMap<&'static str, Vec<IpAddr>>);
+
+impl StaticResolver {
+    pub fn new(entries: &[(&'static str, &str)]) -> Arc<Self> {
+        let mut names: HashMap<&'static str, Vec<IpAddr>> = HashMap::new();
+        for (name, ip) in entries {
+            names.entry(name).or_default().push(ip.parse().unwrap());
+        }
+        Arc::new(StaticResolver(names))
+    }
+}
+
+impl Resolve for StaticResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        match self.0.get(name.as_str()).cloned() {
+            Some(ips) => Box::pin(async move {
+                Ok(Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0))) as Addrs)
+            }),
+            None => super::outbound::SystemResolver.resolve(name),
+        }
+    }
+}
+
+/// The names of the outbound policy's DNS cases.
+pub fn test_names() -> Arc<StaticResolver> {
+    StaticResolver::new(&[
+        ("metadata.test", "169.254.169.254"),
+        ("ecs-metadata.test", "169.254.170.2"),
+        ("private.test", "10.0.0.5"),
+        ("cgnat.test", "100.64.0.1"),
+        ("loopback.test", "127.0.0.1"),
+        ("second-loopback.test", "127.0.0.2"),
+        ("mixed.test", "10.0.0.5"),
+        ("mixed.test", "93.184.215.14"),
+    ])
+}
+
+/// A server on 127.0.0.2, the address no test policy admits: if a request
+/// reaches it, a check is missing.
+pub async fn forbidden_server() -> wiremock::MockServer {
+    let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let server = wiremock::MockServer::builder()
+        .listener(listener)
+        .start()
+        .await;
+    wiremock::Mock::given(wiremock::matchers::any())
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_string("secret"))
+        .mount(&server)
+        .await;
+    server
+}
+
+pub async fn received(server: &wiremock::MockServer) -> usize {
+    server.received_requests().await.unwrap().len()
+}
 
 /// The task type of most tests.
 pub const TEXT: TaskType = TaskType::from_static("text");

@@ -15,7 +15,7 @@ use maof::domain::{CallId, Task, TaskError, TaskPatch, TaskRequest, TaskStatus, 
 use maof::ports::{
     CachedSecrets, EventError, EventPublisher, FinishedFeed, SystemClock, TaskFinished,
 };
-use maof::providers::{Providers, http_client};
+use maof::providers::{OutboundPolicy, Providers, http_client};
 use maof::stages::announce::relay;
 use maof::stages::{Services, Settings};
 use maof_tests::backends::Backend;
@@ -34,7 +34,7 @@ fn services(b: &Backend, events: Arc<dyn EventPublisher>) -> Services {
             clock.clone(),
             CachedSecrets::DEFAULT_TTL,
         )),
-        Providers::new(http_client()),
+        Providers::new(http_client(OutboundPolicy::strict())),
         clock,
         Settings::default(),
     )

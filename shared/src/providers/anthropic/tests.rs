@@ -19,7 +19,7 @@ fn agent_at(server: &MockServer, constraints: Value) -> Agent {
 }
 
 fn client() -> Anthropic {
-    Anthropic::new(reqwest::Client::new())
+    Anthropic::new(crate::providers::test_support::local_client())
 }
 
 fn success_body() -> Value {

@@ -10,7 +10,11 @@ use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use super::*;
-use crate::providers::test_support::{TEXT, agent, chat_request, dead_address, single_request};
+use crate::providers::outbound::{OutboundClient, OutboundPolicy};
+use crate::providers::test_support::{
+    TEXT, agent, chat_request, dead_address, forbidden_server, local_client, received,
+    single_request, test_names,
+};
 
 const MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
 /// The model id as the SDK puts it in the path: `:` percent-encoded.
@@ -30,8 +34,9 @@ fn test_config() -> SdkConfig {
         .build()
 }
 
+/// Loopback admitted: the local server stands in for Bedrock.
 fn client() -> Bedrock {
-    Bedrock::with_config(test_config())
+    Bedrock::with_config(test_config()).with_outbound(local_client().resolver())
 }
 
 fn agent_at(server: &MockServer, constraints: Value) -> Agent {
@@ -354,7 +359,8 @@ async fn missing_region_or_credentials_are_not_retried() {
         SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
             .build(),
-    );
+    )
+    .with_outbound(local_client().resolver());
     let err = no_region
         .complete(&agent_at(&server, json!({})), None, &chat_request())
         .await
@@ -366,13 +372,49 @@ async fn missing_region_or_credentials_are_not_retried() {
             .region(Region::new("us-east-1"))
             .behavior_version(BehaviorVersion::latest())
             .build(),
-    );
+    )
+    .with_outbound(local_client().resolver());
     let err = no_credentials
         .complete(&agent_at(&server, json!({})), None, &chat_request())
         .await
         .unwrap_err();
     assert_eq!(err.class, ErrorClass::Auth, "{err:?}");
     assert!(server.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_agent_endpoint_inside_the_network_is_refused_by_address_or_by_name() {
+    let forbidden = forbidden_server().await;
+    let hidden = forbidden.address().port();
+    let strict = Bedrock::with_config(test_config()).with_outbound(
+        OutboundClient::with_resolver(OutboundPolicy::strict(), test_names()).resolver(),
+    );
+    for base_url in [
+        format!("http://127.0.0.2:{hidden}"),
+        format!("http://second-loopback.test:{hidden}"),
+        "http://169.254.169.254".to_owned(),
+        "https://private.test".to_owned(),
+    ] {
+        let err = strict
+            .complete(
+                &agent("bedrock", MODEL, Some(base_url.clone()), json!({})),
+                None,
+                &chat_request(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.class, err.status),
+            (ErrorClass::BadRequest, None),
+            "{base_url}: {err:?}"
+        );
+        assert!(
+            err.message.starts_with("the agent's base_url is refused: "),
+            "{}",
+            err.message
+        );
+    }
+    assert_eq!(received(&forbidden).await, 0);
 }
 
 #[test]

@@ -19,7 +19,7 @@ fn agent_at(server: &MockServer, constraints: Value) -> Agent {
 }
 
 fn client() -> Gemini {
-    Gemini::new(reqwest::Client::new())
+    Gemini::new(crate::providers::test_support::local_client())
 }
 
 fn success_body() -> Value {

@@ -17,7 +17,7 @@ fn agent_at(server: &MockServer, constraints: Value) -> Agent {
 }
 
 fn client() -> HuggingFace {
-    HuggingFace::new(reqwest::Client::new())
+    HuggingFace::new(crate::providers::test_support::local_client())
 }
 
 fn classify_request() -> ChatRequest {

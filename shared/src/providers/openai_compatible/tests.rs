@@ -41,7 +41,7 @@ fn key() -> SecretString {
 }
 
 fn client() -> OpenAiCompatible {
-    OpenAiCompatible::new(reqwest::Client::new())
+    OpenAiCompatible::new(crate::providers::test_support::local_client())
 }
 
 fn success_body() -> Value {
