@@ -95,12 +95,20 @@ fn jwt_secret() -> SecretString {
 }
 
 /// The environment's settings, where a tenant with nothing set uses every
-/// platform agent (the seeded ones) unless `MAOF_DEFAULT_PLATFORM_AGENTS`
-/// says otherwise.
+/// platform agent (the seeded ones) and has no rate limit, unless
+/// `MAOF_DEFAULT_PLATFORM_AGENTS`, `MAOF_DEFAULT_RPM` or `MAOF_DEFAULT_TPM`
+/// say otherwise.
 fn dev_settings() -> anyhow::Result<Settings> {
     let mut settings = Settings::from_env().map_err(anyhow::Error::msg)?;
     if std::env::var_os("MAOF_DEFAULT_PLATFORM_AGENTS").is_none() {
         settings.tenant_defaults.platform_agents = PlatformAgents::All;
+    }
+    let limits = &mut settings.tenant_defaults.rate_limits.tenant;
+    if std::env::var_os("MAOF_DEFAULT_RPM").is_none() {
+        limits.rpm = None;
+    }
+    if std::env::var_os("MAOF_DEFAULT_TPM").is_none() {
+        limits.tpm = None;
     }
     Ok(settings)
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::adapters::aws::{
-    DynamoRegistry, DynamoTaskStore, EventBridgePublisher, ResourceNames, S3Blobs,
+    DynamoLimiter, DynamoRegistry, DynamoTaskStore, EventBridgePublisher, ResourceNames, S3Blobs,
     SecretsManagerSource, SqsQueue, StreamFeed,
 };
 use crate::adapters::memory::{
@@ -88,6 +88,7 @@ pub fn memory_services_on(
         outbound,
     )
     .with_events(Arc::new(MemoryEvents::new()))
+    .with_limiter(tasks.clone())
     .with_feed(Arc::new(MemoryFeed::new(tasks)))
     .with_blobs(Arc::new(MemoryBlobs::new()));
     (svc, queue)
@@ -169,7 +170,7 @@ pub async fn aws_services_with(
             names.context_table.clone(),
         )),
         Arc::new(DynamoRegistry::new(
-            clients.dynamodb,
+            clients.dynamodb.clone(),
             names.registry_table.clone(),
         )),
         Arc::new(queue),
@@ -178,6 +179,10 @@ pub async fn aws_services_with(
         outbound,
     )
     .with_feed(Arc::new(feed))
+    .with_limiter(Arc::new(DynamoLimiter::new(
+        clients.dynamodb.clone(),
+        names.context_table.clone(),
+    )))
     .with_blobs(Arc::new(S3Blobs::new(
         clients.s3,
         names.blob_bucket.clone(),

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use maof::adapters::aws::{
-    Bootstrap, DynamoRegistry, DynamoTaskStore, ResourceNames, S3Blobs, SecretsManagerSource,
-    SqsQueue, StreamFeed, s3_config,
+    Bootstrap, DynamoLimiter, DynamoRegistry, DynamoTaskStore, ResourceNames, S3Blobs,
+    SecretsManagerSource, SqsQueue, StreamFeed, s3_config,
 };
 use maof::adapters::memory::{
     MemoryBlobs, MemoryFeed, MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore,
 };
-use maof::ports::{BlobStore, FinishedFeed, Queue, Registry, SecretSource, TaskStore};
+use maof::ports::{BlobStore, FinishedFeed, Queue, RateLimiter, Registry, SecretSource, TaskStore};
 
 /// Makes a new reader of a task store's change stream: what an announcer
 /// that (re)starts builds.
@@ -35,6 +35,7 @@ pub struct Backend {
     pub secrets: Arc<dyn SecretSource>,
     pub secret_admin: Arc<dyn SecretAdmin>,
     pub blobs: Arc<dyn BlobStore>,
+    pub limiter: Arc<dyn RateLimiter>,
     pub new_feed: NewFeed,
 }
 
@@ -51,6 +52,7 @@ pub fn memory() -> Backend {
     let store = tasks.clone();
     Backend {
         name: "memory",
+        limiter: tasks.clone(),
         tasks,
         new_feed: Arc::new(move || Arc::new(MemoryFeed::new(store.clone()))),
         registry: Arc::new(MemoryRegistry::new()),
@@ -114,6 +116,10 @@ pub async fn aws() -> Backend {
                 table.clone(),
             ))
         }),
+        limiter: Arc::new(DynamoLimiter::new(
+            dynamodb.clone(),
+            names.context_table.clone(),
+        )),
         tasks: Arc::new(DynamoTaskStore::new(dynamodb.clone(), names.context_table)),
         registry: Arc::new(DynamoRegistry::new(dynamodb, names.registry_table)),
         queue: Arc::new(SqsQueue::from_urls(sqs, urls)),

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -52,27 +52,45 @@ fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
 }
 
-/// Starts moto, at the scheduling priority `nice` (0: the caller's).
+/// The Python that runs `moto_server`: its shebang's interpreter, which
+/// has moto installed.
+fn moto_python(moto_server: &Path) -> PathBuf {
+    std::fs::read_to_string(moto_server)
+        .ok()
+        .and_then(|text| {
+            let first = text.lines().next()?;
+            let interpreter = first.strip_prefix("#!")?.split_whitespace().next()?;
+            Some(PathBuf::from(interpreter))
+        })
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// Starts moto, at the scheduling priority `nice` (0: the caller's): its
+/// server with DynamoDB's atomicity (`tests/moto_atomic.py`), run by the
+/// Python of the `moto_server` found.
 fn start(nice: u8) -> Moto {
-    let binary = moto_binary().unwrap_or_else(|| panic!("{INSTALL_HINT}"));
+    let moto_server = moto_binary().unwrap_or_else(|| panic!("{INSTALL_HINT}"));
+    let python = moto_python(&moto_server);
+    let launcher = workspace_root().join("tests/moto_atomic.py");
     let port = free_port();
     let script = if nice == 0 {
-        r#""$0" -H 127.0.0.1 -p "$1" >"$2" 2>&1 & pid=$!; echo "started $pid"; read _; kill $pid"#
+        r#""$0" "$4" -H 127.0.0.1 -p "$1" >"$2" 2>&1 & pid=$!; echo "started $pid"; read _; kill $pid"#
     } else {
-        r#"nice -n "$3" "$0" -H 127.0.0.1 -p "$1" >"$2" 2>&1 & pid=$!; echo "started $pid"; read _; kill $pid"#
+        r#"nice -n "$3" "$0" "$4" -H 127.0.0.1 -p "$1" >"$2" 2>&1 & pid=$!; echo "started $pid"; read _; kill $pid"#
     };
     let log = std::env::temp_dir().join(format!("maof-moto-{port}.log"));
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(script)
-        .arg(&binary)
+        .arg(&python)
         .arg(port.to_string())
         .arg(&log)
         .arg(nice.to_string())
+        .arg(&launcher)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}. {INSTALL_HINT}", binary.display()));
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}. {INSTALL_HINT}", python.display()));
     let lifeline = child.stdin.take().expect("stdin is piped");
     let mut line = String::new();
     if let Some(stdout) = child.stdout.take() {
@@ -88,7 +106,7 @@ fn start(nice: u8) -> Moto {
             let output = std::fs::read_to_string(&log).unwrap_or_default();
             panic!(
                 "moto_server ({}) did not listen on port {port} within 30 s. Its output:\n{output}\n{INSTALL_HINT}",
-                binary.display()
+                moto_server.display()
             );
         }
         std::thread::sleep(Duration::from_millis(50));

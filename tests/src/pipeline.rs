@@ -50,6 +50,7 @@ pub fn every_tenant_uses_platform_agents() -> Settings {
     Settings {
         tenant_defaults: TenantDefaults {
             platform_agents: PlatformAgents::All,
+            ..TenantDefaults::default()
         },
         ..Settings::default()
     }

@@ -116,6 +116,7 @@ async fn a_task_can_be_routed_to_each_provider_kind() {
         Settings {
             tenant_defaults: TenantDefaults {
                 platform_agents: PlatformAgents::All,
+                ..TenantDefaults::default()
             },
             ..Settings::default()
         },

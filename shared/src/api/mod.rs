@@ -68,7 +68,10 @@ pub fn router(state: ApiState) -> Router {
                 .put(agents::put_platform_agent)
                 .delete(agents::delete_platform_agent),
         )
-        .route("/v1/tenant/settings", get(tenants::get_own_settings))
+        .route(
+            "/v1/tenant/settings",
+            get(tenants::get_own_settings).put(tenants::put_own_settings),
+        )
         .route(
             "/v1/tenants/{tenant}/settings",
             get(tenants::get_settings).put(tenants::put_settings),

@@ -6,10 +6,10 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::problem::Problem;
-use super::tenants::{PlatformAgentName, SettingsRequest};
+use super::tenants::{PlatformAgentName, RateLimitsRequest, RatesRequest, SettingsRequest};
 use super::views::{
-    Accepted, AgentList, AgentView, CallView, Health, PricingView, ResultView, SettingsView,
-    TaskPage, TaskView,
+    Accepted, AgentList, AgentView, CallView, CeilingsView, Health, PricingView, RateLimitsView,
+    RatesView, ResultView, SettingsView, TaskPage, TaskView,
 };
 use super::{agents, tasks, tenants};
 use crate::domain::{AgentRequest, TaskRequest, TenantId};
@@ -37,6 +37,7 @@ use crate::domain::{AgentRequest, TaskRequest, TenantId};
         agents::put_platform_agent,
         agents::delete_platform_agent,
         tenants::get_own_settings,
+        tenants::put_own_settings,
         tenants::get_settings,
         tenants::put_settings,
         super::health,
@@ -44,7 +45,8 @@ use crate::domain::{AgentRequest, TaskRequest, TenantId};
     ),
     components(schemas(
         Problem, TaskRequest, Accepted, TaskView, ResultView, CallView, TaskPage, AgentRequest, AgentView, PricingView, AgentList, Health,
-        SettingsRequest, PlatformAgentName, SettingsView, TenantId,
+        SettingsRequest, PlatformAgentName, RateLimitsRequest, RatesRequest, SettingsView,
+        CeilingsView, RateLimitsView, RatesView, TenantId,
     )),
     modifiers(&BearerAuth),
     tags(

@@ -10,9 +10,33 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::RequestError;
+use crate::domain::rate::BucketState;
 use crate::ports::StoreError;
 use crate::stages::agents::AgentWriteError;
 use crate::stages::intake::{CancelError, SubmitError};
+use crate::stages::limits::LimitError;
+
+/// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds
+/// until the bucket is full again) for a bucket's state.
+pub(crate) fn rate_limit_headers(state: &BucketState) -> [(header::HeaderName, HeaderValue); 3] {
+    let reset_secs = u64::try_from(state.reset_us)
+        .unwrap_or(0)
+        .div_ceil(1_000_000);
+    [
+        (
+            header::HeaderName::from_static("ratelimit-limit"),
+            HeaderValue::from(state.limit),
+        ),
+        (
+            header::HeaderName::from_static("ratelimit-remaining"),
+            HeaderValue::from(state.remaining),
+        ),
+        (
+            header::HeaderName::from_static("ratelimit-reset"),
+            HeaderValue::from(reset_secs),
+        ),
+    ]
+}
 
 const TYPE_BASE: &str = "https://maof.dev/problems/";
 const CONTENT_TYPE: &str = "application/problem+json";
@@ -32,9 +56,11 @@ pub struct Problem {
     /// The request field the problem is about, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
-    /// `WWW-Authenticate` challenge sent with a 401.
+    /// Headers that go with the problem (`WWW-Authenticate` with a 401,
+    /// `Retry-After` and `RateLimit-*` with a 429); boxed, as most problems
+    /// have none and a `Problem` travels in every handler's `Err`.
     #[serde(skip)]
-    challenge: Option<&'static str>,
+    headers: Option<Box<[(header::HeaderName, HeaderValue)]>>,
 }
 
 impl Problem {
@@ -45,8 +71,22 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             field: None,
-            challenge: None,
+            headers: None,
         }
+    }
+
+    pub(crate) fn with_headers(
+        mut self,
+        headers: impl IntoIterator<Item = (header::HeaderName, HeaderValue)>,
+    ) -> Self {
+        let mut all = self.headers.take().map(Vec::from).unwrap_or_default();
+        all.extend(headers);
+        self.headers = Some(all.into_boxed_slice());
+        self
+    }
+
+    pub fn too_many_requests(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", detail)
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
@@ -54,9 +94,11 @@ impl Problem {
         self
     }
 
-    pub(crate) fn with_challenge(mut self, challenge: &'static str) -> Self {
-        self.challenge = Some(challenge);
-        self
+    pub(crate) fn with_challenge(self, challenge: &'static str) -> Self {
+        self.with_headers([(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        )])
     }
 
     pub fn status(&self) -> StatusCode {
@@ -140,18 +182,15 @@ impl Problem {
 }
 
 impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
+    fn into_response(mut self) -> Response {
         let status = self.status();
-        let challenge = self.challenge;
+        let extra = self.headers.take();
         let mut response = (status, Json(self)).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-        if let Some(challenge) = challenge {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
-            );
+        for (name, value) in extra.map(Vec::from).unwrap_or_default() {
+            headers.insert(name, value);
         }
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         response
     }
 }
@@ -175,6 +214,18 @@ impl From<SubmitError> for Problem {
                 Problem::unprocessable(e.to_string()).with_field("idempotency_key")
             }
             SubmitError::NotOffered(detail) => Problem::unprocessable(detail),
+            SubmitError::Limited(LimitError::Limited {
+                retry_after, state, ..
+            }) => {
+                let retry = HeaderValue::from(retry_after.as_secs());
+                Problem::too_many_requests(e.to_string())
+                    .with_headers([(header::RETRY_AFTER, retry)])
+                    .with_headers(rate_limit_headers(&state))
+            }
+            SubmitError::Limited(LimitError::TooLarge { .. }) => {
+                Problem::unprocessable(e.to_string()).with_field("content")
+            }
+            SubmitError::Limited(LimitError::Store(e)) => Problem::server(e),
             SubmitError::Store(e) => Problem::server(e),
             SubmitError::Queue(_) => Problem::unavailable(&e),
         }

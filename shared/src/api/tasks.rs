@@ -15,7 +15,7 @@ use utoipa::IntoParams;
 use super::ApiState;
 use super::auth::{Caller, Submitter, Viewer};
 use super::extract::{header_text, json_body};
-use super::problem::{Problem, path_not_found};
+use super::problem::{Problem, path_not_found, rate_limit_headers};
 use super::views::{Accepted, TaskPage, TaskView};
 use crate::domain::{CallId, IdempotencyKey, Task, TaskId, TaskRequest};
 use crate::stages::intake;
@@ -86,7 +86,14 @@ fn accepted(task: &Task) -> Response {
         (status = 403, description = "Needs the submitter role", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 256 KiB, or content/system over its limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not JSON (Content-Type)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field breaks its rule (`field` names it), or the two idempotency keys differ", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field breaks its rule (`field` names it), the two idempotency keys differ, or the task's estimated tokens exceed a tokens-per-minute limit by themselves", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over a rate limit (requests or estimated tokens per minute, of the tenant or the token's subject)", body = Problem, content_type = "application/problem+json",
+            headers(
+                ("Retry-After" = u64, description = "Seconds until the request would be admitted"),
+                ("RateLimit-Limit" = u64, description = "The limit of the bucket that refused"),
+                ("RateLimit-Remaining" = u64, description = "0"),
+                ("RateLimit-Reset" = u64, description = "Seconds until the bucket has room again"),
+            )),
         (status = 503, description = "A backend is unavailable; retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -117,21 +124,27 @@ pub(crate) async fn submit_task(
     let submitted = intake::submit(svc, &caller.principal, request, key).await?;
     let task = submitted.task;
     tracing::Span::current().record("task_id", tracing::field::display(task.task_id));
+    let limits = submitted.rate_limit.as_ref().map(rate_limit_headers);
 
     // A fresh task with no wait cannot have finished: skip the read.
-    if submitted.created && wait.is_zero() {
-        return Ok(accepted(&task));
-    }
-    let record = intake::wait(svc, tenant, task.task_id, wait)
-        .await
-        .map_err(Problem::server)?;
-    Ok(match record {
-        Some(record) if record.task.status.is_terminal() => {
-            (StatusCode::OK, Json(TaskView::from(record))).into_response()
+    let mut response = if submitted.created && wait.is_zero() {
+        accepted(&task)
+    } else {
+        let record = intake::wait(svc, tenant, task.task_id, wait)
+            .await
+            .map_err(Problem::server)?;
+        match record {
+            Some(record) if record.task.status.is_terminal() => {
+                (StatusCode::OK, Json(TaskView::from(record))).into_response()
+            }
+            Some(record) => accepted(&record.task),
+            None => accepted(&task),
         }
-        Some(record) => accepted(&record.task),
-        None => accepted(&task),
-    })
+    };
+    for (name, value) in limits.into_iter().flatten() {
+        response.headers_mut().insert(name, value);
+    }
+    Ok(response)
 }
 
 #[utoipa::path(

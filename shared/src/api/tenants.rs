@@ -1,12 +1,13 @@
 //! Tenants' settings: `platform_admin` sets them for any tenant
-//! (`/v1/tenants/{tenant}/settings`); a tenant's admins read their own
-//! (`/v1/tenant/settings`).
+//! (`/v1/tenants/{tenant}/settings`): the platform agents it may use and
+//! the ceilings of its limits. A tenant's admins read theirs and may lower
+//! their own limits below the ceilings (`/v1/tenant/settings`).
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -16,7 +17,7 @@ use super::extract::json_body;
 use super::problem::{Problem, path_not_found};
 use super::views::SettingsView;
 use crate::domain::tenant::PlatformAgentsError;
-use crate::domain::{PlatformAgents, TenantId, TenantSettings};
+use crate::domain::{OwnSettings, PlatformAgents, RateLimits, Rates, TenantId, TenantSettings};
 use crate::stages::agents;
 
 /// A partial update: each section named replaces the one stored; the
@@ -24,10 +25,75 @@ use crate::stages::agents;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsRequest {
-    /// The platform agents the tenant may use: their ids, or `["*"]` for all.
+    /// The platform agents the tenant may use: their ids, or `["*"]` for
+    /// all. Only `platform_admin` sets it.
     #[serde(default)]
     #[schema(value_type = Option<Vec<String>>, max_items = 1000)]
     pub platform_agents: Option<Vec<PlatformAgentName>>,
+    /// Requests and estimated tokens per minute, for the tenant and for each
+    /// token subject. Set by `platform_admin`, these are the ceilings; set
+    /// by the tenant's admin, its own limits, which may only be lower.
+    #[serde(default)]
+    pub rate_limits: Option<RateLimitsRequest>,
+}
+
+/// Per-minute limits; a limit left out is none (within the ceiling).
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RatesRequest {
+    /// Requests that create work (tasks), per minute.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000000000)]
+    pub rpm: Option<u64>,
+    /// Estimated input tokens of those requests, per minute.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000000000000_u64)]
+    pub tpm: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsRequest {
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000000000)]
+    pub rpm: Option<u64>,
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000000000000_u64)]
+    pub tpm: Option<u64>,
+    /// The same limits for each token subject (`sub`) of the tenant.
+    #[serde(default)]
+    pub per_subject: Option<RatesRequest>,
+}
+
+const MAX_RPM: u64 = 1_000_000_000;
+const MAX_TPM: u64 = 1_000_000_000_000;
+
+fn rates(rpm: Option<u64>, tpm: Option<u64>, prefix: &str) -> Result<Rates, Problem> {
+    for (name, value, max) in [("rpm", rpm, MAX_RPM), ("tpm", tpm, MAX_TPM)] {
+        if let Some(v) = value
+            && !(1..=max).contains(&v)
+        {
+            return Err(Problem::unprocessable(format!(
+                "{prefix}{name} must be between 1 and {max}"
+            ))
+            .with_field(format!("{prefix}{name}")));
+        }
+    }
+    Ok(Rates { rpm, tpm })
+}
+
+impl TryFrom<RateLimitsRequest> for RateLimits {
+    type Error = Problem;
+
+    fn try_from(r: RateLimitsRequest) -> Result<Self, Problem> {
+        let per_subject = r.per_subject.map_or(Ok(Rates::default()), |p| {
+            rates(p.rpm, p.tpm, "rate_limits.per_subject.")
+        })?;
+        Ok(RateLimits {
+            tenant: rates(r.rpm, r.tpm, "rate_limits.")?,
+            per_subject,
+        })
+    }
 }
 
 /// An agent id, or `*` alone for every platform agent.
@@ -54,7 +120,11 @@ impl TryFrom<SettingsRequest> for TenantSettings {
                 })
             })
             .transpose()?;
-        Ok(TenantSettings { platform_agents })
+        Ok(TenantSettings {
+            platform_agents,
+            rate_limits: request.rate_limits.map(RateLimits::try_from).transpose()?,
+            ..TenantSettings::default()
+        })
     }
 }
 
@@ -88,6 +158,72 @@ pub(crate) async fn get_own_settings(
     caller: Caller<Admin>,
 ) -> Result<Json<SettingsView>, Problem> {
     effective(&state, &caller.principal.tenant).await
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/tenant/settings",
+    tag = "tenants",
+    request_body(content = SettingsRequest, content_type = "application/json",
+        description = "The tenant's own limits, which may only be lower than its ceilings; `platform_agents` is platform_admin's (403)."),
+    responses(
+        (status = 200, description = "Written; the settings that now apply", body = SettingsView),
+        (status = 400, description = "Malformed JSON, unknown field or wrong type", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the admin role; or a limit above its ceiling, or a section only platform_admin sets (`field` names it)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Other writers kept changing the settings; try again", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 256 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A section breaks a rule (`field` names it)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant, sub = %caller.principal.sub))]
+pub(crate) async fn put_own_settings(
+    State(state): State<ApiState>,
+    caller: Caller<Admin>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SettingsView>, Problem> {
+    let tenant = &caller.principal.tenant;
+    let request: SettingsRequest = json_body(&headers, body)?;
+    let forbidden = |field: &str, detail: String| {
+        Problem::new(StatusCode::FORBIDDEN, "forbidden", detail).with_field(field)
+    };
+    if request.platform_agents.is_some() {
+        return Err(forbidden(
+            "platform_agents",
+            "platform_agents is set by platform_admin".to_owned(),
+        ));
+    }
+    let own = OwnSettings {
+        rate_limits: request.rate_limits.map(RateLimits::try_from).transpose()?,
+    };
+    let current = agents::settings(&state.services, tenant)
+        .await
+        .map_err(Problem::server)?;
+    if let Some(field) = current.refuse_own(&own) {
+        return Err(forbidden(
+            &field,
+            format!("{field} is above the tenant's ceiling; a tenant may only lower its limits"),
+        ));
+    }
+    agents::update_own_settings(&state.services, tenant, own)
+        .await
+        .map_err(settings_write)?;
+    tracing::info!("tenant's own settings written");
+    effective(&state, tenant).await
+}
+
+fn settings_write(e: crate::ports::StoreError) -> Problem {
+    match e {
+        crate::ports::StoreError::VersionConflict { .. }
+        | crate::ports::StoreError::AlreadyExists => {
+            Problem::conflict("other writers kept changing the settings; try again")
+        }
+        e => Problem::server(e),
+    }
 }
 
 #[utoipa::path(
@@ -147,13 +283,7 @@ pub(crate) async fn put_settings(
     let update = TenantSettings::try_from(request)?;
     agents::update_settings(&state.services, &tenant, update)
         .await
-        .map_err(|e| match e {
-            crate::ports::StoreError::VersionConflict { .. }
-            | crate::ports::StoreError::AlreadyExists => {
-                Problem::conflict("other writers kept changing the settings; try again")
-            }
-            e => Problem::server(e),
-        })?;
+        .map_err(settings_write)?;
     tracing::info!(%tenant, "tenant settings written");
     effective(&state, &tenant).await
 }

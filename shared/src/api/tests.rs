@@ -355,8 +355,8 @@ async fn platform_agents_are_managed_by_platform_admins_and_used_where_settings_
         .await
         .problem(StatusCode::NOT_FOUND);
     assert_eq!(
-        h.get(&admin, "/v1/tenant/settings").await.body,
-        json!({"platform_agents": []})
+        h.get(&admin, "/v1/tenant/settings").await.body["platform_agents"],
+        json!([])
     );
 
     // Allowed: listed, marked, without its key or address.
@@ -380,10 +380,10 @@ async fn platform_agents_are_managed_by_platform_admins_and_used_where_settings_
         )
         .await;
     assert_eq!(set.status, StatusCode::OK, "{}", set.body);
-    assert_eq!(set.body, json!({"platform_agents": ["shared-gpt"]}));
+    assert_eq!(set.body["platform_agents"], json!(["shared-gpt"]));
     assert_eq!(
-        h.get(&admin, "/v1/tenant/settings").await.body,
-        json!({"platform_agents": ["shared-gpt"]})
+        h.get(&admin, "/v1/tenant/settings").await.body["platform_agents"],
+        json!(["shared-gpt"])
     );
     let listed = h.get(&admin, "/v1/agents").await;
     assert_eq!(ids(&listed), ["shared-gpt"]);
@@ -451,19 +451,250 @@ async fn tenant_settings_are_checked() {
         bad.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
         "platform_agents[1]"
     );
-    put(json!({"rate_limits": {"rpm": 1}}))
+    put(json!({"budgets": {"daily_usd": "1"}}))
         .await
         .problem(StatusCode::BAD_REQUEST);
+    let zero = put(json!({"rate_limits": {"per_subject": {"rpm": 0}}})).await;
+    assert_eq!(
+        zero.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
+        "rate_limits.per_subject.rpm"
+    );
     let all = put(json!({"platform_agents": ["*"]})).await;
-    assert_eq!(all.body, json!({"platform_agents": ["*"]}));
+    assert_eq!(all.body["platform_agents"], json!(["*"]));
+    // No limit where nothing is set (this harness's default).
+    assert_eq!(all.body["rate_limits"], json!({"per_subject": {}}));
+    let limited = put(json!({"rate_limits": {"rpm": 100, "tpm": 5000}})).await;
+    assert_eq!(
+        limited.body["rate_limits"],
+        json!({"rpm": 100, "tpm": 5000, "per_subject": {}})
+    );
     // A partial update leaves the sections it does not name.
     let empty = put(json!({})).await;
-    assert_eq!(empty.body, json!({"platform_agents": ["*"]}));
+    assert_eq!(empty.body["platform_agents"], json!(["*"]));
+    assert_eq!(empty.body["rate_limits"]["rpm"], 100);
     h.get(&platform, "/v1/tenants/no%23such/settings")
         .await
         .problem(StatusCode::NOT_FOUND);
-    let read = h.get(&platform, "/v1/tenants/acme/settings").await;
-    assert_eq!(read.body, json!({"platform_agents": ["*"]}));
+
+    // The tenant's admin may lower its limits, never raise them.
+    let admin = h.token("acme", &[Role::Admin]);
+    let own = |body: Value| {
+        let (h, admin) = (&h, admin.clone());
+        async move {
+            h.call(
+                Method::PUT,
+                "/v1/tenant/settings",
+                Some(&admin),
+                &[],
+                Some(serde_json::to_vec(&body).unwrap()),
+            )
+            .await
+        }
+    };
+    let raise = own(json!({"rate_limits": {"rpm": 101}})).await;
+    assert_eq!(
+        raise.problem(StatusCode::FORBIDDEN)["field"],
+        "rate_limits.rpm"
+    );
+    let agents = own(json!({"platform_agents": ["*"]})).await;
+    assert_eq!(
+        agents.problem(StatusCode::FORBIDDEN)["field"],
+        "platform_agents"
+    );
+    let lower = own(json!({"rate_limits": {"rpm": 40, "per_subject": {"rpm": 5}}})).await;
+    assert_eq!(lower.status, StatusCode::OK, "{}", lower.body);
+    assert_eq!(
+        lower.body["rate_limits"],
+        json!({"rpm": 40, "tpm": 5000, "per_subject": {"rpm": 5}})
+    );
+    assert_eq!(
+        lower.body["ceilings"]["rate_limits"],
+        json!({"rpm": 100, "tpm": 5000, "per_subject": {}})
+    );
+    let viewer = h.token("acme", &[Role::Viewer]);
+    h.call(
+        Method::PUT,
+        "/v1/tenant/settings",
+        Some(&viewer),
+        &[],
+        Some(b"{}".to_vec()),
+    )
+    .await
+    .problem(StatusCode::FORBIDDEN);
+    // Lowering the ceiling below the tenant's own setting: the ceiling applies.
+    let lowered = put(json!({"rate_limits": {"rpm": 20}})).await;
+    assert_eq!(lowered.body["rate_limits"]["rpm"], 20);
+}
+
+fn task_body(content: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"task_type": "text", "content": content})).unwrap()
+}
+
+/// 50 concurrent submissions against an rpm of 10: exactly 10 are
+/// accepted, and the other 40 get 429 with the headers a client needs.
+#[tokio::test]
+async fn a_tenants_rate_limit_admits_exactly_its_limit() {
+    let h = harness();
+    let platform = h.token("ops", &[Role::PlatformAdmin]);
+    let limit = serde_json::to_vec(&json!({"rate_limits": {"rpm": 10}})).unwrap();
+    let set = h
+        .call(
+            Method::PUT,
+            "/v1/tenants/acme/settings",
+            Some(&platform),
+            &[],
+            Some(limit),
+        )
+        .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.body);
+    let submitter = h.token("acme", &[Role::Submitter]);
+    let replies = futures::future::join_all((0..50).map(|_| {
+        h.call(
+            Method::POST,
+            "/v1/tasks",
+            Some(&submitter),
+            &[],
+            Some(task_body("hi")),
+        )
+    }))
+    .await;
+    let accepted: Vec<&Reply> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::ACCEPTED)
+        .collect();
+    let limited: Vec<&Reply> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert_eq!(accepted.len(), 10);
+    assert_eq!(limited.len(), 40);
+    for reply in &limited {
+        reply.problem(StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = reply.header(header::RETRY_AFTER).parse().unwrap();
+        assert!((1..=6).contains(&retry), "{retry}");
+        assert_eq!(reply.headers["ratelimit-limit"], "10");
+        assert_eq!(reply.headers["ratelimit-remaining"], "0");
+    }
+    let remaining: Vec<u64> = accepted
+        .iter()
+        .map(|r| {
+            r.headers["ratelimit-remaining"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(remaining.iter().min(), Some(&0));
+    assert_eq!(remaining.iter().max(), Some(&9));
+    // Only the accepted ones were stored and queued.
+    assert_eq!(h.queue.depth(QueueName::Route), 10);
+    // Another tenant has its own bucket.
+    let other = h.token("globex", &[Role::Submitter]);
+    let reply = h
+        .call(
+            Method::POST,
+            "/v1/tasks",
+            Some(&other),
+            &[],
+            Some(task_body("hi")),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn a_subjects_limit_and_the_token_limit_apply_too() {
+    let h = harness();
+    let platform = h.token("ops", &[Role::PlatformAdmin]);
+    let limits =
+        serde_json::to_vec(&json!({"rate_limits": {"tpm": 100, "per_subject": {"rpm": 2}}}))
+            .unwrap();
+    h.call(
+        Method::PUT,
+        "/v1/tenants/acme/settings",
+        Some(&platform),
+        &[],
+        Some(limits),
+    )
+    .await;
+    let alice = h.token("acme", &[Role::Submitter]);
+    let bob = h
+        .auth
+        .mint(
+            "bob",
+            &TenantId::parse("acme").unwrap(),
+            &[Role::Submitter],
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    for _ in 0..2 {
+        let ok = h
+            .call(
+                Method::POST,
+                "/v1/tasks",
+                Some(&alice),
+                &[],
+                Some(task_body("hi")),
+            )
+            .await;
+        assert_eq!(ok.status, StatusCode::ACCEPTED, "{}", ok.body);
+    }
+    let third = h
+        .call(
+            Method::POST,
+            "/v1/tasks",
+            Some(&alice),
+            &[],
+            Some(task_body("hi")),
+        )
+        .await;
+    assert!(
+        third.problem(StatusCode::TOO_MANY_REQUESTS)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("for this subject")
+    );
+    // Another subject of the tenant still may.
+    let other = h
+        .call(
+            Method::POST,
+            "/v1/tasks",
+            Some(&bob),
+            &[],
+            Some(task_body("hi")),
+        )
+        .await;
+    assert_eq!(other.status, StatusCode::ACCEPTED);
+    // 400 characters are about 100 tokens: more than the tenant's tpm left.
+    let big = h
+        .call(
+            Method::POST,
+            "/v1/tasks",
+            Some(&bob),
+            &[],
+            Some(task_body(&"x".repeat(400))),
+        )
+        .await;
+    let problem = big.problem(StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        problem["detail"].as_str().unwrap().contains("tpm"),
+        "{problem}"
+    );
+    // More than the tpm allows at all: 422, it would never be admitted.
+    let huge = h
+        .call(
+            Method::POST,
+            "/v1/tasks",
+            Some(&bob),
+            &[],
+            Some(task_body(&"x".repeat(800))),
+        )
+        .await;
+    assert_eq!(
+        huge.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
+        "content"
+    );
 }
 
 // --- authentication and roles ---

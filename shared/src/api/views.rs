@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use crate::domain::{
     Agent, AgentId, AggregateResult, AggregationStrategy, CallError, CallId, CallResult,
     CallStatus, Constraints, EffectiveSettings, MockOptions, PlatformAgents, Pricing, Provider,
-    Task, TaskError, TaskId, TaskStatus, TaskType, Usage, Usd,
+    RateLimits, Task, TaskError, TaskId, TaskStatus, TaskType, Usage, Usd,
 };
 use crate::ports::TaskRecord;
 
@@ -289,12 +289,52 @@ pub struct AgentList {
     pub items: Vec<AgentView>,
 }
 
-/// The settings that apply to a tenant: what `platform_admin` set, and the
-/// deployment's defaults for the rest.
+/// The settings that apply to a tenant: what `platform_admin` set, the
+/// tenant's own lower limits, and the deployment's defaults for the rest.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SettingsView {
     /// The platform agents the tenant may use: their ids, or `["*"]` for all.
     pub platform_agents: Vec<String>,
+    /// The limits enforced: the tighter of the ceiling and the tenant's own.
+    pub rate_limits: RateLimitsView,
+    /// What `platform_admin` allows; a tenant may set only lower limits.
+    pub ceilings: CeilingsView,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CeilingsView {
+    pub rate_limits: RateLimitsView,
+}
+
+/// Per-minute limits; one left out is no limit.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RatesView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RateLimitsView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    pub per_subject: RatesView,
+}
+
+impl From<RateLimits> for RateLimitsView {
+    fn from(r: RateLimits) -> Self {
+        RateLimitsView {
+            rpm: r.tenant.rpm,
+            tpm: r.tenant.tpm,
+            per_subject: RatesView {
+                rpm: r.per_subject.rpm,
+                tpm: r.per_subject.tpm,
+            },
+        }
+    }
 }
 
 impl From<EffectiveSettings> for SettingsView {
@@ -303,6 +343,10 @@ impl From<EffectiveSettings> for SettingsView {
             platform_agents: match settings.platform_agents {
                 PlatformAgents::All => vec!["*".to_owned()],
                 PlatformAgents::Only(ids) => ids.into_iter().map(|i| i.to_string()).collect(),
+            },
+            rate_limits: settings.rate_limits.into(),
+            ceilings: CeilingsView {
+                rate_limits: settings.ceilings.into(),
             },
         }
     }

@@ -8,6 +8,7 @@ pub mod ids;
 pub mod lease;
 pub mod money;
 pub mod principal;
+pub mod rate;
 pub mod routing;
 pub mod secret;
 pub mod sweep;
@@ -15,6 +16,7 @@ pub mod task;
 pub mod task_type;
 pub mod tenant;
 pub mod text;
+pub mod tokens;
 pub mod workflow;
 
 pub use agent::{
@@ -33,5 +35,8 @@ pub use task::{
     TaskError, TaskPatch, TaskRequest, TaskSpec, TaskStatus, TransitionError,
 };
 pub use task_type::{TaskType, TaskTypeError};
-pub use tenant::{EffectiveSettings, PlatformAgents, TenantDefaults, TenantSettings};
+pub use tenant::{
+    EffectiveSettings, OwnSettings, PlatformAgents, RateLimits, Rates, TenantDefaults,
+    TenantSettings,
+};
 pub use workflow::{Step, Workflow, WorkflowError};

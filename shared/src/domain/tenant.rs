@@ -70,51 +70,163 @@ impl<'de> Deserialize<'de> for PlatformAgents {
     }
 }
 
-/// What `platform_admin` set for a tenant; a section left unset takes the
-/// deployment's default.
+/// Requests and (estimated) tokens per minute; `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rates {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+}
+
+impl Rates {
+    /// The tighter of two limits, field by field (a missing one is no limit).
+    pub fn min(self, other: Rates) -> Rates {
+        let tighter = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Rates {
+            rpm: tighter(self.rpm, other.rpm),
+            tpm: tighter(self.tpm, other.tpm),
+        }
+    }
+
+    /// Each field of `self` over the same field of `ceiling`, by name.
+    fn above(self, ceiling: Rates, prefix: &str) -> Option<String> {
+        let over = |a: Option<u64>, c: Option<u64>| matches!((a, c), (Some(a), Some(c)) if a > c);
+        if over(self.rpm, ceiling.rpm) {
+            Some(format!("{prefix}rpm"))
+        } else if over(self.tpm, ceiling.tpm) {
+            Some(format!("{prefix}tpm"))
+        } else {
+            None
+        }
+    }
+}
+
+/// A tenant's rate limits: for the whole tenant, and for each token
+/// subject (user or service) of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    #[serde(flatten)]
+    pub tenant: Rates,
+    #[serde(default)]
+    pub per_subject: Rates,
+}
+
+impl RateLimits {
+    pub fn min(self, other: RateLimits) -> RateLimits {
+        RateLimits {
+            tenant: self.tenant.min(other.tenant),
+            per_subject: self.per_subject.min(other.per_subject),
+        }
+    }
+
+    /// The first field set above `ceiling`'s, as `rate_limits.…`.
+    pub fn above(self, ceiling: RateLimits) -> Option<String> {
+        self.tenant
+            .above(ceiling.tenant, "rate_limits.")
+            .or_else(|| {
+                self.per_subject
+                    .above(ceiling.per_subject, "rate_limits.per_subject.")
+            })
+    }
+}
+
+/// What a tenant's admin set for its own tenant: only lower than what
+/// `platform_admin` allows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimits>,
+}
+
+/// A tenant's stored settings: what `platform_admin` set (the ceilings, and
+/// the platform agents it may use) and what the tenant's admins set below
+/// them. A section left unset takes the deployment's default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform_agents: Option<PlatformAgents>,
+    /// The ceiling of the tenant's rate limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimits>,
+    #[serde(default)]
+    pub own: OwnSettings,
 }
 
 impl TenantSettings {
-    /// These settings with the sections `update` names replaced (a partial PUT).
+    /// These settings with the platform's sections `update` names replaced
+    /// (a partial PUT); the tenant's own settings stay.
     pub fn merged(mut self, update: TenantSettings) -> TenantSettings {
         if update.platform_agents.is_some() {
             self.platform_agents = update.platform_agents;
+        }
+        if update.rate_limits.is_some() {
+            self.rate_limits = update.rate_limits;
+        }
+        self
+    }
+
+    /// These settings with the tenant's own sections `update` names replaced.
+    pub fn with_own(mut self, update: OwnSettings) -> TenantSettings {
+        if update.rate_limits.is_some() {
+            self.own.rate_limits = update.rate_limits;
         }
         self
     }
 }
 
-/// The settings that apply: a tenant's own, the defaults elsewhere.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The settings that apply: a tenant's own below its ceilings, the
+/// defaults where nothing is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EffectiveSettings {
     pub platform_agents: PlatformAgents,
+    /// What is enforced: the tighter of the ceiling and the tenant's own.
+    pub rate_limits: RateLimits,
+    /// What `platform_admin` allows (or the default).
+    pub ceilings: RateLimits,
+}
+
+impl EffectiveSettings {
+    /// Why `own` may not be set: the first field above its ceiling.
+    pub fn refuse_own(&self, own: &OwnSettings) -> Option<String> {
+        own.rate_limits.and_then(|r| r.above(self.ceilings))
+    }
 }
 
 /// The deployment's defaults for a tenant with nothing set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantDefaults {
     pub platform_agents: PlatformAgents,
+    pub rate_limits: RateLimits,
 }
 
 impl Default for TenantDefaults {
-    /// A tenant uses no platform agent until allowed.
+    /// A tenant uses no platform agent until allowed, and has no rate limit.
     fn default() -> Self {
         TenantDefaults {
             platform_agents: PlatformAgents::none(),
+            rate_limits: RateLimits::default(),
         }
     }
 }
 
 impl TenantDefaults {
     pub fn apply(&self, settings: Option<&TenantSettings>) -> EffectiveSettings {
+        let ceilings = settings
+            .and_then(|s| s.rate_limits)
+            .unwrap_or(self.rate_limits);
+        let own = settings.and_then(|s| s.own.rate_limits).unwrap_or_default();
         EffectiveSettings {
             platform_agents: settings
                 .and_then(|s| s.platform_agents.clone())
                 .unwrap_or_else(|| self.platform_agents.clone()),
+            rate_limits: ceilings.min(own),
+            ceilings,
         }
     }
 }
@@ -153,11 +265,76 @@ mod tests {
         assert_eq!(defaults.apply(None).platform_agents, PlatformAgents::none());
         let set = TenantSettings {
             platform_agents: Some(PlatformAgents::All),
+            ..TenantSettings::default()
         };
         assert_eq!(
             defaults.apply(Some(&set)).platform_agents,
             PlatformAgents::All
         );
         assert_eq!(set.clone().merged(TenantSettings::default()), set);
+    }
+
+    fn limits(v: serde_json::Value) -> RateLimits {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_tenants_own_limits_apply_below_the_ceiling_and_never_above_it() {
+        let defaults = TenantDefaults {
+            rate_limits: limits(json!({"rpm": 600, "tpm": 200000})),
+            ..TenantDefaults::default()
+        };
+        // Nothing set: the default is the ceiling and what applies.
+        let none = defaults.apply(None);
+        assert_eq!(none.rate_limits, none.ceilings);
+        assert_eq!(none.rate_limits.tenant.rpm, Some(600));
+        assert_eq!(none.rate_limits.per_subject, Rates::default());
+
+        let mut settings = TenantSettings {
+            rate_limits: Some(limits(json!({"rpm": 100}))),
+            ..TenantSettings::default()
+        };
+        let ceiling = defaults.apply(Some(&settings));
+        // A ceiling set replaces the default section: no tpm limit now.
+        assert_eq!(ceiling.ceilings, limits(json!({"rpm": 100})));
+        let lower = OwnSettings {
+            rate_limits: Some(limits(
+                json!({"rpm": 50, "tpm": 1000, "per_subject": {"rpm": 5}}),
+            )),
+        };
+        assert_eq!(ceiling.refuse_own(&lower), None);
+        settings = settings.with_own(lower);
+        let applied = defaults.apply(Some(&settings));
+        assert_eq!(
+            applied.rate_limits,
+            limits(json!({"rpm": 50, "tpm": 1000, "per_subject": {"rpm": 5}}))
+        );
+        // Above the ceiling: refused, naming the field.
+        let higher = OwnSettings {
+            rate_limits: Some(limits(json!({"rpm": 101}))),
+        };
+        assert_eq!(
+            applied.refuse_own(&higher).as_deref(),
+            Some("rate_limits.rpm")
+        );
+        let subject = OwnSettings {
+            rate_limits: Some(limits(json!({"per_subject": {"tpm": 2}}))),
+        };
+        let capped = TenantDefaults {
+            rate_limits: limits(json!({"per_subject": {"tpm": 1}})),
+            ..TenantDefaults::default()
+        }
+        .apply(None);
+        assert_eq!(
+            capped.refuse_own(&subject).as_deref(),
+            Some("rate_limits.per_subject.tpm")
+        );
+        // A platform update keeps the tenant's own settings.
+        let kept = settings.clone().merged(TenantSettings {
+            rate_limits: Some(limits(json!({"rpm": 80}))),
+            ..TenantSettings::default()
+        });
+        assert_eq!(kept.own, settings.own);
+        assert!(serde_json::from_value::<RateLimits>(json!({"rps": 1})).is_err());
     }
 }

@@ -4,6 +4,7 @@
 pub mod blobs;
 pub mod clock;
 pub mod events;
+pub mod limits;
 pub mod queue;
 pub mod registry;
 pub mod secrets;
@@ -15,6 +16,7 @@ pub use events::{
     EventError, EventPublisher, FeedBatch, FeedPosition, FinishedFeed, Finishing, NoEvents,
     TaskFinished,
 };
+pub use limits::{Draw, Holder, LocalLimiter, RateLimiter};
 pub use queue::{OutgoingMessage, Queue, QueueError, QueueName, ReceivedMessage};
 pub use registry::{Expect, Registry, Versioned};
 pub use secrets::{CachedSecrets, SecretError, SecretSource};

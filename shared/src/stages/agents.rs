@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::domain::{
-    Agent, AgentId, AgentRequest, AgentSpec, AgentSpecError, EffectiveSettings, Owner,
+    Agent, AgentId, AgentRequest, AgentSpec, AgentSpecError, EffectiveSettings, OwnSettings, Owner,
     SecretNameError, TenantDefaults, TenantId, TenantSettings,
 };
 use crate::ports::{Expect, Registry, StoreError, Versioned};
@@ -227,29 +227,42 @@ pub async fn delete(
 /// Tries of a settings update that lost a race to another writer.
 const SETTINGS_TRIES: u32 = 5;
 
-/// Replaces the sections of `tenant`'s settings that `update` names; the
-/// others stay as they were (read, merged and written conditionally, again
-/// if another writer got there first).
+/// Replaces the platform's sections of `tenant`'s settings that `update`
+/// names; the others stay as they were.
 pub async fn update_settings(
     svc: &Services,
     tenant: &TenantId,
     update: TenantSettings,
 ) -> Result<Versioned<TenantSettings>, StoreError> {
+    change_settings(svc, tenant, |current| current.merged(update.clone())).await
+}
+
+/// Replaces the tenant's own sections that `update` names (checked against
+/// the ceilings by the caller).
+pub async fn update_own_settings(
+    svc: &Services,
+    tenant: &TenantId,
+    update: OwnSettings,
+) -> Result<Versioned<TenantSettings>, StoreError> {
+    change_settings(svc, tenant, |current| current.with_own(update.clone())).await
+}
+
+/// Reads, changes and writes `tenant`'s settings conditionally, again if
+/// another writer got there first.
+async fn change_settings(
+    svc: &Services,
+    tenant: &TenantId,
+    change: impl Fn(TenantSettings) -> TenantSettings,
+) -> Result<Versioned<TenantSettings>, StoreError> {
     let mut tries = 0;
     loop {
         tries += 1;
         let current = svc.registry.settings(tenant).await?;
-        let (merged, expect) = match current {
-            Some(current) => (
-                current.value.merged(update.clone()),
-                Expect::Version(current.version),
-            ),
-            None => (
-                TenantSettings::default().merged(update.clone()),
-                Expect::Absent,
-            ),
+        let (changed, expect) = match current {
+            Some(current) => (change(current.value), Expect::Version(current.version)),
+            None => (change(TenantSettings::default()), Expect::Absent),
         };
-        match svc.registry.put_settings(tenant, &merged, expect).await {
+        match svc.registry.put_settings(tenant, &changed, expect).await {
             Err(StoreError::VersionConflict { .. } | StoreError::AlreadyExists)
                 if tries < SETTINGS_TRIES =>
             {

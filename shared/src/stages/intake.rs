@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::domain::rate::BucketState;
+use crate::domain::tokens;
 use crate::domain::{
     AggregationStrategy, CallId, IdempotencyKey, MessageKind, Principal, RequestError,
     RoutingStrategy, Task, TaskError, TaskId, TaskPatch, TaskRequest, TaskStatus, TenantId,
@@ -10,6 +12,7 @@ use crate::domain::{
 use crate::ports::{Page, QueueError, QueueName, StoreError, TaskRecord};
 
 use super::Services;
+use super::limits::{self, LimitError};
 
 /// A task accepted by intake. `created` is false when an idempotency key
 /// matched an earlier task, which is returned instead.
@@ -17,6 +20,9 @@ use super::Services;
 pub struct Submitted {
     pub task: Task,
     pub created: bool,
+    /// The rate-limit bucket with the least room left after this request
+    /// (none when no limit applies), for the `RateLimit-*` headers.
+    pub rate_limit: Option<BucketState>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +34,8 @@ pub enum SubmitError {
     /// A strategy the request may name but this deployment does not offer yet.
     #[error("{0}")]
     NotOffered(String),
+    #[error(transparent)]
+    Limited(#[from] LimitError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the task could not be queued: {0}")]
@@ -73,6 +81,8 @@ pub async fn submit(
         (h, b) => h.or(b),
     };
     check_offered(spec.routing_strategy, spec.aggregation)?;
+    let tokens = tokens::task_input(&spec.content, spec.system.as_deref(), spec.fanout);
+    let rate_limit = limits::admit(svc, principal, tokens).await?;
 
     let task = Task::new(
         principal.tenant.clone(),
@@ -96,6 +106,7 @@ pub async fn submit(
             return Ok(Submitted {
                 task,
                 created: false,
+                rate_limit,
             });
         }
         Err(e) => return Err(e.into()),
@@ -120,6 +131,7 @@ pub async fn submit(
     Ok(Submitted {
         task,
         created: true,
+        rate_limit,
     })
 }
 

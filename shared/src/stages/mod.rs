@@ -11,6 +11,7 @@ mod completions;
 pub mod dead_letter;
 pub mod inbox;
 pub mod intake;
+pub mod limits;
 pub mod route;
 pub mod sweeper;
 
@@ -21,12 +22,12 @@ pub use agents::AgentCache;
 pub use completions::Completions;
 
 use crate::domain::{
-    Envelope, MessageKind, PlatformAgents, Task, TaskError, TaskId, TaskPatch, TaskStatus,
+    Envelope, MessageKind, PlatformAgents, Rates, Task, TaskError, TaskId, TaskPatch, TaskStatus,
     TenantDefaults, TenantId,
 };
 use crate::ports::{
-    BlobStore, CachedSecrets, Clock, EventPublisher, FinishedFeed, NoBlobs, NoEvents,
-    OutgoingMessage, Queue, QueueError, QueueName, Registry, StoreError, TaskStore,
+    BlobStore, CachedSecrets, Clock, EventPublisher, FinishedFeed, LocalLimiter, NoBlobs, NoEvents,
+    OutgoingMessage, Queue, QueueError, QueueName, RateLimiter, Registry, StoreError, TaskStore,
 };
 use crate::providers::Providers;
 
@@ -51,6 +52,8 @@ pub struct Services {
     pub feed: Option<Arc<dyn FinishedFeed>>,
     /// The claim check: outputs above `settings.claim_check_bytes`.
     pub blobs: Arc<dyn BlobStore>,
+    /// Rate-limit buckets, shared by every instance on AWS.
+    pub limiter: Arc<dyn RateLimiter>,
     pub settings: Settings,
 }
 
@@ -77,13 +80,36 @@ impl Settings {
 
     pub const DEFAULT_SECRET_PREFIX: &str = "maof/";
 
+    /// A tenant's rate limits where nothing is set, on AWS: the ceiling
+    /// `platform_admin` may raise or lower per tenant.
+    pub const DEFAULT_RPM: u64 = 600;
+    pub const DEFAULT_TPM: u64 = 200_000;
+
     /// The defaults, with what the environment sets: `MAOF_CLAIM_CHECK_BYTES`,
-    /// `MAOF_SECRET_PREFIX`, and `MAOF_DEFAULT_PLATFORM_AGENTS` (`*`, or ids
+    /// `MAOF_SECRET_PREFIX`, `MAOF_DEFAULT_PLATFORM_AGENTS` (`*`, or ids
     /// separated by commas: the platform agents a tenant with no settings
-    /// may use; none when unset). A malformed value is an error, not a
+    /// may use; none when unset), and `MAOF_DEFAULT_RPM` / `MAOF_DEFAULT_TPM`
+    /// (a tenant's rate limits where nothing is set; `none` for no limit;
+    /// 600 and 200,000 when unset). A malformed value is an error, not a
     /// silent default.
     pub fn from_env() -> Result<Self, String> {
         let mut settings = Settings::default();
+        let limit = |var: &str, default: u64| -> Result<Option<u64>, String> {
+            match std::env::var(var) {
+                Err(_) => Ok(Some(default)),
+                Ok(v) if v.trim().eq_ignore_ascii_case("none") => Ok(None),
+                Ok(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if n >= 1 => Ok(Some(n)),
+                    _ => Err(format!(
+                        "{var} must be a number of at least 1, or none: {v}"
+                    )),
+                },
+            }
+        };
+        settings.tenant_defaults.rate_limits.tenant = Rates {
+            rpm: limit("MAOF_DEFAULT_RPM", Self::DEFAULT_RPM)?,
+            tpm: limit("MAOF_DEFAULT_TPM", Self::DEFAULT_TPM)?,
+        };
         if let Ok(bytes) = std::env::var("MAOF_CLAIM_CHECK_BYTES") {
             settings.claim_check_bytes = bytes
                 .parse()
@@ -145,6 +171,8 @@ impl Services {
             events: Arc::new(NoEvents),
             feed: None,
             blobs: Arc::new(NoBlobs),
+            // Exact for this process; the backends' setup shares them.
+            limiter: Arc::new(LocalLimiter::default()),
             settings,
         }
     }
@@ -157,6 +185,11 @@ impl Services {
             settings.tenant_defaults.clone(),
         ));
         self.settings = settings;
+        self
+    }
+
+    pub fn with_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
+        self.limiter = limiter;
         self
     }
 

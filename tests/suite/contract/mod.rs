@@ -6,6 +6,7 @@
 
 mod announcements;
 mod blobs;
+mod limits;
 mod queue;
 mod registry;
 mod secrets;

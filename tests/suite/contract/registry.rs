@@ -180,6 +180,7 @@ async fn tenant_settings_are_versioned_and_per_tenant(b: Backend) {
     assert!(b.registry.settings(&acme).await.unwrap().is_none());
     let all = TenantSettings {
         platform_agents: Some(PlatformAgents::All),
+        ..TenantSettings::default()
     };
     let v1 = b
         .registry
@@ -199,8 +200,13 @@ async fn tenant_settings_are_versioned_and_per_tenant(b: Backend) {
         "{}: {again:?}",
         b.name
     );
+    // With every section: the stored form round-trips.
     let none = TenantSettings {
         platform_agents: Some(PlatformAgents::none()),
+        rate_limits: Some(
+            serde_json::from_value(json!({"rpm": 10, "per_subject": {"tpm": 5}})).unwrap(),
+        ),
+        own: serde_json::from_value(json!({"rate_limits": {"rpm": 5}})).unwrap(),
     };
     let stale = b
         .registry

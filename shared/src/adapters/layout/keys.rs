@@ -78,6 +78,26 @@ pub fn agent_sk(id: &AgentId) -> String {
     format!("{AGENT_SK_PREFIX}{id}")
 }
 
+/// A rate-limit holder's buckets: one item, so one conditional write takes
+/// from all of them. A subject's follows its tenant's key; a long subject is
+/// hashed to keep the key short.
+pub fn limits_pk(holder: &crate::ports::Holder) -> String {
+    match holder {
+        crate::ports::Holder::Tenant(tenant) => format!("T#{tenant}#LIMITS"),
+        crate::ports::Holder::Subject(tenant, subject) if subject.len() <= 200 => {
+            format!("T#{tenant}#LIMITS#SUB#{subject}")
+        }
+        crate::ports::Holder::Subject(tenant, subject) => {
+            let hash = subject.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            format!("T#{tenant}#LIMITS#SUBH#{hash:016x}")
+        }
+    }
+}
+
+pub const LIMITS_SK: &str = "LIMITS";
+
 pub fn settings_pk(tenant: &TenantId) -> String {
     format!("T#{tenant}#SETTINGS")
 }

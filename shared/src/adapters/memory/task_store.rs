@@ -9,12 +9,14 @@ use crate::adapters::layout::capacity::{
     CapacityMeter, Consumed, INDEX_ENTRY_UNITS, read_halves, write_units,
 };
 use crate::adapters::layout::{self, CallItem, IdempotencyItem, RequestItem, StateItem, keys};
+use crate::domain::rate::Take;
 use crate::domain::{
     CallId, CallLease, CallResult, IdempotencyKey, LeaseOutcome, Task, TaskId, TaskPatch,
     TaskStatus, TenantId,
 };
+use crate::ports::limits::LocalLimiter;
 use crate::ports::task_store::fan_in_outcome;
-use crate::ports::{FanIn, Page, StoreError, TaskRecord, TaskStore};
+use crate::ports::{Draw, FanIn, Holder, Page, RateLimiter, StoreError, TaskRecord, TaskStore};
 
 struct Entry {
     task: Task,
@@ -63,6 +65,8 @@ pub struct MemoryTaskStore {
     state: Mutex<State>,
     max_finished: usize,
     meter: CapacityMeter,
+    /// Rate-limit buckets, in the same table on AWS.
+    limits: LocalLimiter,
 }
 
 impl Default for MemoryTaskStore {
@@ -83,6 +87,7 @@ impl MemoryTaskStore {
             state: Mutex::default(),
             max_finished,
             meter: CapacityMeter::default(),
+            limits: LocalLimiter::default(),
         }
     }
 
@@ -530,6 +535,20 @@ impl TaskStore for MemoryTaskStore {
             None
         };
         Ok(Page { items, next })
+    }
+}
+
+#[async_trait]
+impl RateLimiter for MemoryTaskStore {
+    async fn take(
+        &self,
+        holder: &Holder,
+        draws: &[Draw],
+        now: DateTime<Utc>,
+    ) -> Result<Take, StoreError> {
+        // One small item, written (or its condition failing) once.
+        self.meter.write(1);
+        self.limits.take(holder, draws, now).await
     }
 }
 

@@ -1,0 +1,85 @@
+//! Rate limits shared by every instance: token buckets in the context
+//! store, each take one conditional write (see `domain::rate`).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::task_store::StoreError;
+use crate::domain::TenantId;
+use crate::domain::rate::{Charge, Take};
+
+/// Whose buckets: a tenant's, or one token subject's within it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Holder {
+    Tenant(TenantId),
+    Subject(TenantId, String),
+}
+
+/// A bucket of a holder, by name (`rpm`, `tpm`), and what to take from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Draw {
+    pub bucket: &'static str,
+    pub charge: Charge,
+}
+
+#[async_trait]
+pub trait RateLimiter: Send + Sync {
+    /// Takes every draw from `holder`'s buckets at `now`, atomically: all of
+    /// them, or none (`Take::Refused` names the first that would not fit).
+    async fn take(
+        &self,
+        holder: &Holder,
+        draws: &[Draw],
+        now: DateTime<Utc>,
+    ) -> Result<Take, StoreError>;
+}
+
+/// Microseconds since the epoch: the buckets' clock.
+pub fn micros(now: DateTime<Utc>) -> i64 {
+    now.timestamp_micros()
+}
+
+/// Buckets in this process only: what the memory backend keeps, and the
+/// default of services built without a shared store. Exact for one
+/// process; the AWS backend shares its buckets between instances.
+#[derive(Default)]
+pub struct LocalLimiter {
+    buckets: std::sync::Mutex<std::collections::HashMap<Holder, BucketTats>>,
+}
+
+type BucketTats = std::collections::HashMap<&'static str, i64>;
+
+/// Holders kept before those with full buckets (TAT in the past) are
+/// dropped, as the table's TTL drops their items.
+const MAX_HOLDERS: usize = 10_000;
+
+#[async_trait]
+impl RateLimiter for LocalLimiter {
+    async fn take(
+        &self,
+        holder: &Holder,
+        draws: &[Draw],
+        now: DateTime<Utc>,
+    ) -> Result<Take, StoreError> {
+        let now_us = micros(now);
+        let charges: Vec<Charge> = draws.iter().map(|d| d.charge).collect();
+        let mut all = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if all.len() >= MAX_HOLDERS {
+            all.retain(|_, buckets| buckets.values().any(|tat| *tat > now_us));
+        }
+        let buckets = all.entry(holder.clone()).or_default();
+        let tats: Vec<Option<i64>> = draws
+            .iter()
+            .map(|d| buckets.get(d.bucket).copied())
+            .collect();
+        Ok(match crate::domain::rate::decide(&charges, &tats, now_us) {
+            Ok(next) => {
+                for (draw, tat) in draws.iter().zip(&next) {
+                    buckets.insert(draw.bucket, *tat);
+                }
+                Take::Allowed(crate::domain::rate::states(&charges, &next, now_us))
+            }
+            Err(refused) => refused,
+        })
+    }
+}
