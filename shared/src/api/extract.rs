@@ -8,8 +8,9 @@ use serde::de::DeserializeOwned;
 
 use super::problem::Problem;
 
-/// Parses a JSON body. Syntax errors, unknown and missing fields are 400 with
-/// serde's message, which names the field; a body over the limit is 413.
+/// Parses a JSON object body. Syntax errors, another JSON type, unknown and
+/// missing fields are 400 with serde's message, which names the field; a
+/// body over the limit is 413.
 pub(crate) fn json_body<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -18,6 +19,11 @@ pub(crate) fn json_body<T: DeserializeOwned>(
         return Err(Problem::unsupported_media_type());
     }
     let body = body?;
+    // Every body is an object: serde would also read a struct from an
+    // array of its fields (`[null, null]`), which no client means.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Problem::bad_request("the body must be a JSON object"));
+    }
     serde_json::from_slice(&body).map_err(|e| Problem::bad_request(e.to_string()))
 }
 

@@ -17,6 +17,7 @@ use super::extract::json_body;
 use super::problem::{Problem, path_not_found};
 use super::views::SettingsView;
 use crate::domain::tenant::PlatformAgentsError;
+use crate::domain::text;
 use crate::domain::{OwnSettings, PlatformAgents, RateLimits, Rates, TenantId, TenantSettings};
 use crate::stages::agents;
 
@@ -33,7 +34,7 @@ pub struct SettingsRequest {
     /// Requests and estimated tokens per minute, for the tenant and for each
     /// token subject. Set by `platform_admin`, these are the ceilings; set
     /// by the tenant's admin, its own limits, which may only be lower.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text::optional_object")]
     pub rate_limits: Option<RateLimitsRequest>,
 }
 
@@ -61,7 +62,7 @@ pub struct RateLimitsRequest {
     #[schema(minimum = 1, maximum = 1000000000000_u64)]
     pub tpm: Option<u64>,
     /// The same limits for each token subject (`sub`) of the tenant.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text::optional_object")]
     pub per_subject: Option<RatesRequest>,
 }
 

@@ -991,6 +991,25 @@ async fn a_body_that_is_not_json_by_content_type_is_415() {
     reply.problem(StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
 
+#[tokio::test]
+async fn a_body_that_is_not_a_json_object_is_400() {
+    let h = harness();
+    let platform = h.token("ops", &[Role::PlatformAdmin]);
+    // An array of a struct's fields would otherwise read as the struct.
+    for body in ["[null, null]", "[]", "null", "\"x\"", "  [ ]"] {
+        let reply = h
+            .call(
+                Method::PUT,
+                "/v1/tenants/acme/settings",
+                Some(&platform),
+                &[],
+                Some(body.as_bytes().to_vec()),
+            )
+            .await;
+        reply.problem(StatusCode::BAD_REQUEST);
+    }
+}
+
 // --- reading and cancelling ---
 
 #[tokio::test]

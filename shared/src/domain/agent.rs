@@ -234,9 +234,9 @@ pub struct AgentRequest {
     /// The task types the agent serves: the same rule as a task's `task_type`.
     #[schema(value_type = Vec<TaskType>, min_items = 1)]
     pub capabilities: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text::optional_object")]
     pub pricing: Option<Pricing>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text::object")]
     pub constraints: Constraints,
     /// 0 to 1 (default 0.5); `best` routing prefers higher.
     #[serde(default = "default_quality")]
@@ -251,7 +251,7 @@ pub struct AgentRequest {
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// Behaviour of a `mock` agent (only `mock`): latency and injected faults.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text::optional_object")]
     pub mock: Option<MockOptions>,
 }
 

@@ -266,9 +266,9 @@ pub struct TaskRequest {
     #[serde(default)]
     #[schema(max_length = 32768)]
     pub system: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::text::object")]
     pub routing: RoutingRequest,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::text::object")]
     pub aggregation: AggregationRequest,
     /// The most the task may cost, in US dollars: a number or a decimal string, not negative.
     #[serde(default)]

@@ -88,3 +88,97 @@ mod tests {
         assert!(!is_blank("\u{feff}"));
     }
 }
+
+/// Deserializes a struct only from an object (a map), never from an array
+/// of its fields, which serde's derive also reads: no client sending
+/// `[null, null]` means a struct. Works for any self-describing format (the
+/// stored items too).
+pub fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct Object<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+
+    deserializer.deserialize_map(Object(std::marker::PhantomData))
+}
+
+/// As [`object`], for an optional struct: `null` is none.
+pub fn optional_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct Optional<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Optional<T> {
+        type Value = Option<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object or null")
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+            object(d).map(Some)
+        }
+    }
+
+    deserializer.deserialize_option(Optional(std::marker::PhantomData))
+}
+
+#[cfg(test)]
+mod object_tests {
+    use serde::Deserialize;
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    struct Inner {
+        #[serde(default)]
+        a: Option<u32>,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Outer {
+        #[serde(default, deserialize_with = "super::object")]
+        inner: Inner,
+        #[serde(default, deserialize_with = "super::optional_object")]
+        maybe: Option<Inner>,
+    }
+
+    #[test]
+    fn structs_come_only_from_objects() {
+        let ok: Outer = serde_json::from_str(r#"{"inner": {"a": 1}, "maybe": null}"#).unwrap();
+        assert_eq!(ok.inner.a, Some(1));
+        assert_eq!(ok.maybe, None);
+        let some: Outer = serde_json::from_str(r#"{"maybe": {}}"#).unwrap();
+        assert_eq!(some.maybe, Some(Inner::default()));
+        // serde's derive alone reads a struct from an array of its fields.
+        assert!(serde_json::from_str::<Inner>("[null]").is_ok());
+        for bad in [
+            r#"{"inner": [null]}"#,
+            r#"{"maybe": [null]}"#,
+            r#"{"inner": 1}"#,
+        ] {
+            assert!(serde_json::from_str::<Outer>(bad).is_err(), "{bad}");
+        }
+    }
+}
