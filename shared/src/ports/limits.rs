@@ -8,11 +8,36 @@ use super::task_store::StoreError;
 use crate::domain::TenantId;
 use crate::domain::rate::{Charge, Take};
 
-/// Whose buckets: a tenant's, or one token subject's within it.
+/// Whose buckets: a tenant's, or one token subject's within it; and which
+/// shard of them (a holder whose limit allows more takes a second than one
+/// item should take writes has its limit split over shards).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Holder {
-    Tenant(TenantId),
-    Subject(TenantId, String),
+pub struct Holder {
+    pub tenant: TenantId,
+    pub subject: Option<String>,
+    pub shard: u32,
+}
+
+impl Holder {
+    pub fn tenant(tenant: TenantId) -> Self {
+        Holder {
+            tenant,
+            subject: None,
+            shard: 0,
+        }
+    }
+
+    pub fn subject(tenant: TenantId, subject: String) -> Self {
+        Holder {
+            tenant,
+            subject: Some(subject),
+            shard: 0,
+        }
+    }
+
+    pub fn in_shard(self, shard: u32) -> Self {
+        Holder { shard, ..self }
+    }
 }
 
 /// A bucket of a holder, by name (`rpm`, `tpm`), and what to take from it.

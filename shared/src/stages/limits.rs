@@ -36,14 +36,31 @@ pub enum LimitError {
     Store(#[from] StoreError),
 }
 
-/// The draws `rates` make for one request of `tokens` estimated tokens.
-fn draws(rates: Rates, tokens: u64) -> Vec<Draw> {
+/// Takes a second one holder's buckets item should see at most: well under
+/// a DynamoDB partition's 1,000 writes a second.
+const TAKES_PER_SHARD_PER_SECOND: u64 = 400;
+
+/// How many items a holder's buckets are split over: enough that the takes
+/// its request limit allows stay under `TAKES_PER_SHARD_PER_SECOND` each.
+/// One while that holds (then the limit is exact); without a request limit,
+/// one (the request rate is then bounded by the API's throttling).
+pub fn shards(rates: Rates) -> u32 {
+    let per_shard = TAKES_PER_SHARD_PER_SECOND * 60;
+    rates.rpm.map_or(1, |rpm| {
+        u32::try_from(rpm.div_ceil(per_shard).max(1)).unwrap_or(u32::MAX)
+    })
+}
+
+/// The draws `rates`, split over `shards`, make for one request of
+/// `tokens` estimated tokens in one shard.
+fn draws(rates: Rates, shards: u32, tokens: u64) -> Vec<Draw> {
+    let share = |limit: u64| (limit / u64::from(shards)).max(1);
     let mut draws = Vec::new();
     if let Some(rpm) = rates.rpm {
         draws.push(Draw {
             bucket: "rpm",
             charge: Charge {
-                rate: Rate::per_minute(rpm),
+                rate: Rate::per_minute(share(rpm)),
                 cost: 1,
             },
         });
@@ -52,7 +69,7 @@ fn draws(rates: Rates, tokens: u64) -> Vec<Draw> {
         draws.push(Draw {
             bucket: "tpm",
             charge: Charge {
-                rate: Rate::per_minute(tpm),
+                rate: Rate::per_minute(share(tpm)),
                 cost: tokens,
             },
         });
@@ -72,19 +89,20 @@ pub async fn admit(
     let limits = svc.agents.settings(&principal.tenant).await?.rate_limits;
     let holders = [
         (
-            Holder::Subject(principal.tenant.clone(), principal.sub.clone()),
+            Holder::subject(principal.tenant.clone(), principal.sub.clone()),
             limits.per_subject,
             "for this subject",
         ),
         (
-            Holder::Tenant(principal.tenant.clone()),
+            Holder::tenant(principal.tenant.clone()),
             limits.tenant,
             "for the tenant",
         ),
     ];
     // A request no bucket could ever take is refused before any is charged.
     for (_, rates, scope) in &holders {
-        if let Some(tpm) = rates.tpm.filter(|tpm| tokens > *tpm) {
+        let shards = u64::from(shards(*rates));
+        if let Some(tpm) = rates.tpm.filter(|tpm| tokens > (*tpm / shards).max(1)) {
             return Err(LimitError::TooLarge {
                 tokens,
                 limit: tpm,
@@ -95,11 +113,25 @@ pub async fn admit(
     let now = svc.clock.now();
     let mut tightest: Option<BucketState> = None;
     for (holder, rates, scope) in holders {
-        let draws = draws(rates, tokens);
+        let shards = shards(rates);
+        let draws = draws(rates, shards, tokens);
         if draws.is_empty() {
             continue;
         }
-        match svc.limiter.take(&holder, &draws, now).await? {
+        // A shard at random; a sharded holder tries a second before refusing.
+        let first = rand::random_range(0..shards);
+        let mut take = svc
+            .limiter
+            .take(&holder.clone().in_shard(first), &draws, now)
+            .await?;
+        if shards > 1 && matches!(take, Take::Refused { .. }) {
+            let second = (first + 1 + rand::random_range(0..shards - 1)) % shards;
+            take = svc
+                .limiter
+                .take(&holder.in_shard(second), &draws, now)
+                .await?;
+        }
+        match take {
             Take::Allowed(states) => {
                 for state in states {
                     let room = |s: &BucketState| s.remaining as f64 / s.limit.max(1) as f64;
@@ -127,4 +159,31 @@ pub async fn admit(
         }
     }
     Ok(tightest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_is_one_item_until_its_request_limit_needs_more() {
+        let rates = |rpm| Rates { rpm, tpm: None };
+        assert_eq!(shards(rates(None)), 1);
+        assert_eq!(shards(rates(Some(10))), 1);
+        // 400 takes a second: one item.
+        assert_eq!(shards(rates(Some(24_000))), 1);
+        // 2,000 a second (120,000 a minute): five items of 400 each.
+        assert_eq!(shards(rates(Some(120_000))), 5);
+        let split = draws(
+            Rates {
+                rpm: Some(120_000),
+                tpm: Some(1_000_000),
+            },
+            5,
+            7,
+        );
+        assert_eq!(split[0].charge.rate.limit, 24_000);
+        assert_eq!(split[1].charge.rate.limit, 200_000);
+        assert_eq!(split[1].charge.cost, 7);
+    }
 }

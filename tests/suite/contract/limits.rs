@@ -29,7 +29,7 @@ fn tpm(limit: u64, cost: u64) -> Draw {
 }
 
 fn tenant(t: &str) -> Holder {
-    Holder::Tenant(TenantId::parse(t).unwrap())
+    Holder::tenant(TenantId::parse(t).unwrap())
 }
 
 async fn fifty_concurrent_takes_against_a_limit_of_ten_admit_exactly_ten(b: Backend) {
@@ -71,7 +71,7 @@ async fn fifty_concurrent_takes_against_a_limit_of_ten_admit_exactly_ten(b: Back
 }
 
 async fn a_take_of_several_buckets_moves_all_or_none(b: Backend) {
-    let holder = Holder::Subject(TenantId::parse("acme").unwrap(), "alice".into());
+    let holder = Holder::subject(TenantId::parse("acme").unwrap(), "alice".into());
     let now = Utc::now();
     // 60 of 100 tokens, then 60 more: refused on tpm, and rpm not charged.
     let first = b
