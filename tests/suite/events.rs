@@ -118,6 +118,38 @@ fn event_sources_parse_their_configuration() {
     assert!(EventSources::parse("", Some("a#b")).is_err());
 }
 
+/// An event over its tenant's rate limit waits in its queue (retried
+/// later), never dropped as malformed.
+#[tokio::test]
+async fn an_event_over_the_rate_limit_waits_for_room() {
+    use maof::domain::{RateLimits, Rates};
+    use maof::stages::StageError;
+    let (svc, _) = maof::setup::memory_services(maof::providers::OutboundPolicy::strict());
+    let mut settings = svc.settings.clone();
+    settings.tenant_defaults.rate_limits = RateLimits {
+        tenant: Rates {
+            rpm: Some(1),
+            tpm: None,
+        },
+        ..RateLimits::default()
+    };
+    let svc = svc.with_settings(settings);
+    let task = r#"{"task_type": "text", "content": "hello"}"#;
+    maof::stages::inbox::handle(&svc, &sources(), "m-1", task)
+        .await
+        .unwrap();
+    let second = maof::stages::inbox::handle(&svc, &sources(), "m-2", task).await;
+    match second {
+        Err(StageError::RetryLater { after, .. }) => {
+            assert!(after.as_secs() >= 1 && after.as_secs() <= 60, "{after:?}");
+        }
+        other => panic!("expected RetryLater, got {other:?}"),
+    }
+    // Only the first became a task.
+    let tasks = svc.tasks.list(&tenant("globex"), 10, None).await.unwrap();
+    assert_eq!(tasks.items.len(), 1);
+}
+
 #[tokio::test]
 async fn only_well_formed_task_requests_are_accepted() {
     let (svc, _) = maof::setup::memory_services(maof::providers::OutboundPolicy::strict());

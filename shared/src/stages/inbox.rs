@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::domain::{Principal, Role, TaskRequest, TenantId};
 
 use super::intake::{self, SubmitError};
+use super::limits::LimitError;
 use super::{Services, StageError};
 
 pub const REQUESTED: &str = "maof.task.requested";
@@ -138,8 +139,16 @@ pub async fn handle(
             tracing::info!(task_id = %submitted.task.task_id, created = submitted.created, "task submitted by event");
             Ok(())
         }
-        Err(SubmitError::Store(e)) => Err(e.into()),
+        Err(SubmitError::Store(e) | SubmitError::Limited(LimitError::Store(e))) => Err(e.into()),
         Err(SubmitError::Queue(e)) => Err(e.into()),
+        // Over the tenant's rate limit: the event waits in its queue for
+        // room, as a client would wait out a 429.
+        Err(SubmitError::Limited(LimitError::Limited {
+            retry_after, limit, ..
+        })) => Err(StageError::RetryLater {
+            after: retry_after,
+            reason: format!("over the tenant's {limit} limit"),
+        }),
         Err(refused) => Err(StageError::Malformed(refused.to_string())),
     }
 }
