@@ -24,6 +24,8 @@ async fn main() -> Result<(), lambda_http::Error> {
     // MAOF_JWT_*: the identity provider, the rules, and whether API Gateway's
     // JWT authorizer (template parameter JwtIssuer) already validated tokens.
     let config = AuthConfig::from_lambda_env()?.with_secret(signing_key);
+    // Names, rules and key algorithms only: AuthConfig's Debug leaves secrets out.
+    tracing::info!(?config, "authentication");
     // The JWKS is fetched by the process's outbound client: the SSRF policy applies.
     let auth = Authenticator::from_config(
         config,

@@ -226,8 +226,9 @@ impl Authenticator {
         {
             return Err(AuthConfigError::NothingToVerifyWith);
         }
-        // Names, rules and key algorithms only (see AuthConfig's Debug).
-        tracing::info!(?config, "authentication");
+        // Names, rules and key algorithms only (see AuthConfig's Debug). Debug:
+        // `maof token` prints its token on the same stdout as logs.
+        tracing::debug!(?config, "authentication");
         let jwks = match (config.jwks_url.clone(), http) {
             (Some(url), Some(http)) => Some(JwksCache::new(url, http, clock.clone())),
             (Some(_), None) => return Err(AuthConfigError::NoHttpClient),
