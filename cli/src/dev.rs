@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use maof::adapters::aws::{Bootstrap, ResourceNames, load_sdk_config};
-use maof::api::{ApiState, Authenticator, router};
+use maof::api::{ApiState, AuthConfig, Authenticator, router};
 use maof::domain::{PlatformAgents, Role, TenantId};
 use maof::providers::OutboundPolicy;
 use maof::providers::outbound::ALLOW_VAR;
@@ -94,6 +94,15 @@ fn jwt_secret() -> SecretString {
     }
 }
 
+/// `12 h`, `90 min` or `45 s`.
+fn lifetime_text(ttl: Duration) -> String {
+    match ttl.as_secs() {
+        s if s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
 /// The environment's settings, where a tenant with nothing set uses every
 /// platform agent (the seeded ones) and has no rate limit, unless
 /// `MAOF_DEFAULT_PLATFORM_AGENTS`, `MAOF_DEFAULT_RPM` or `MAOF_DEFAULT_TPM`
@@ -127,14 +136,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("seeding the registry from {}", args.agents.display()))?;
     report_seed(&seeded);
 
-    let auth = Arc::new(Authenticator::new(jwt_secret()));
+    // HS256 with MAOF_JWT_SECRET (or a random secret), plus an identity
+    // provider if MAOF_JWT_* names one. Never the API Gateway authorizer's
+    // claims: here nothing but the bearer token is read.
+    let config = AuthConfig::from_env()?.with_secret(jwt_secret());
+    let auth = Arc::new(Authenticator::from_config(
+        config,
+        svc.providers.http().cloned(),
+        svc.clock.clone(),
+    )?);
     let tenant = TenantId::parse(args.tenant.clone()).context("bad --tenant")?;
-    let token = auth.mint(
-        "dev",
-        &tenant,
-        &[Role::Admin],
-        Duration::from_secs(12 * 3600),
-    )?;
+    // 12 h, or less when MAOF_JWT_MAX_LIFETIME says so.
+    let ttl = Duration::from_secs(12 * 3600).min(auth.max_lifetime());
+    let token = auth.mint("dev", &tenant, &[Role::Admin], ttl)?;
 
     let mut config = RunnerConfig::default();
     if let Some(secs) = args.visibility {
@@ -156,7 +170,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!(
         "outbound calls reach {outbound} (loopback: Ollama and local servers; {ALLOW_VAR} admits more)"
     );
-    println!("token (tenant {tenant}, admin, 12 h):\n  {token}\n");
+    println!(
+        "token (tenant {tenant}, admin, {}):\n  {token}\n",
+        lifetime_text(ttl)
+    );
     println!("try:\n  curl -s -X POST 'http://{addr}/v1/tasks?wait=10' \\");
     println!("    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\");
     println!(

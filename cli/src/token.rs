@@ -1,8 +1,10 @@
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use maof::api::Authenticator;
+use anyhow::Context;
+use maof::api::{AuthConfig, Authenticator};
 use maof::domain::{Role, TenantId};
+use maof::ports::SystemClock;
 use secrecy::SecretString;
 
 #[derive(clap::Args)]
@@ -16,27 +18,14 @@ pub struct TokenArgs {
     roles: String,
     #[arg(long, default_value = "dev")]
     sub: String,
-    /// Lifetime, e.g. 30m, 1h, 7d.
+    /// Lifetime, e.g. 30m, 1h; at most the maximum the API accepts
+    /// (MAOF_JWT_MAX_LIFETIME, default 24h): a longer one is refused.
     #[arg(long, default_value = "1h")]
     ttl: String,
 }
 
 pub fn parse_ttl(text: &str) -> anyhow::Result<Duration> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = number
-        .parse()
-        .with_context(|| format!("bad ttl `{text}`"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => bail!("bad ttl unit in `{text}`: use s, m, h or d"),
-    };
-    Ok(Duration::from_secs(secs))
+    maof::api::parse_duration(text).map_err(|e| anyhow::anyhow!("bad ttl: {e}"))
 }
 
 pub fn parse_roles(text: &str) -> anyhow::Result<Vec<Role>> {
@@ -49,7 +38,14 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
     let secret = std::env::var("MAOF_JWT_SECRET").context(
         "MAOF_JWT_SECRET is not set: tokens are signed with it (maof dev uses the same variable)",
     )?;
-    let auth = Authenticator::new(SecretString::from(secret));
+    // The API's maximum lifetime: a token living longer would be refused,
+    // so none is minted (MintError::TooLong says so).
+    let rules = AuthConfig::from_env()?;
+    let config = AuthConfig {
+        max_lifetime: rules.max_lifetime,
+        ..AuthConfig::hs256(SecretString::from(secret))
+    };
+    let auth = Authenticator::from_config(config, None, Arc::new(SystemClock))?;
     let tenant = TenantId::parse(args.tenant).context("bad --tenant")?;
     let token = auth.mint(
         &args.sub,

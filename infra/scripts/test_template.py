@@ -445,6 +445,22 @@ def test_environment_matches_what_the_code_reads():
     assert "MAOF_JWT_SECRET_NAME" in rust("functions/intake/src/main.rs")
     assert intake["MAOF_JWT_SECRET_NAME"] == RES["JwtSecret"]["Properties"]["Name"]
     assert intake["AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH"] == "true"
+    # The authorizer's claims are trusted exactly when the authorizer is there.
+    auth_src = rust("shared/src/api/auth/config.rs")
+    for var, value in {
+        "MAOF_JWT_TRUST_AUTHORIZER": {"Fn::If": ["HasJwtAuthorizer", "true", "false"]},
+        "MAOF_JWT_ISSUER": {"Ref": "JwtIssuer"},
+        "MAOF_JWT_AUDIENCE": {"Ref": "JwtAudience"},
+        "MAOF_JWT_TENANT_CLAIM": {"Ref": "JwtTenantClaim"},
+        "MAOF_JWT_ROLES_CLAIM": {"Ref": "JwtRolesClaim"},
+    }.items():
+        assert f'"{var}"' in auth_src, var
+        assert intake[var] == value, (var, intake[var])
+    assert "from_lambda_env" in rust("functions/intake/src/main.rs")
+    for fn in FUNCTIONS:
+        if fn != "Intake":
+            env = function(fn)["Environment"]["Variables"]
+            assert not any(v.startswith("MAOF_JWT_") for v in env), fn
     events = function("Events")["Environment"]["Variables"]
     assert events["MAOF_EVENT_TENANTS"] == {"Ref": "EventTenants"}
     assert events["MAOF_INBOX_TENANT"] == {"Ref": "InboxTenant"}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_http::request::LambdaRequest;
-use maof::api::{ApiState, Authenticator, router};
+use maof::api::{ApiState, AuthConfig, Authenticator, ClaimMapping, router};
 use maof::domain::{Envelope, MessageKind, Role, TaskId, TaskStatus, TenantId};
 use maof::ports::QueueName;
 use maof::stages::intake;
@@ -40,20 +40,46 @@ fn token() -> String {
         .unwrap()
 }
 
-async fn intake_accepts(fixture_name: &str) {
-    let (svc, queue) = maof::setup::memory_services(maof::providers::OutboundPolicy::strict());
-    let auth = Arc::new(Authenticator::new(SecretString::from(SECRET)));
-    let app = router(ApiState {
-        services: svc.clone(),
-        auth,
-    });
-    let event = fixture(fixture_name).replace("{{TOKEN}}", &token());
+/// The intake Lambda's authentication behind API Gateway's JWT authorizer
+/// (`JwtIssuer` set): its claims are trusted, tenant and roles mapped from a
+/// Cognito-like identity provider's.
+fn behind_the_authorizer() -> AuthConfig {
+    AuthConfig {
+        claims: ClaimMapping {
+            tenant: "custom:tenant".to_owned(),
+            roles: "cognito:groups".to_owned(),
+        },
+        issuers: vec!["https://cognito-idp.us-east-1.amazonaws.com/us-east-1_example".to_owned()],
+        trust_gateway_authorizer: true,
+        ..AuthConfig::hs256(SecretString::from(SECRET))
+    }
+}
+
+/// The fixture as lambda_http hands it to the Router (the request context
+/// in its extensions), with its placeholders filled in.
+fn lambda_request(fixture_name: &str) -> http::Request<axum::body::Body> {
+    let now = chrono::Utc::now().timestamp();
+    let event = fixture(fixture_name)
+        .replace("{{TOKEN}}", &token())
+        .replace("{{IAT}}", &now.to_string())
+        .replace("{{EXP}}", &(now + 3600).to_string());
     let request: LambdaRequest =
         serde_json::from_str(&event).expect("the fixture is a Lambda HTTP event");
     let request = maof::lambda::strip_stage(lambda_http::Request::from(request));
     let (parts, body) = request.into_parts();
-    let request = http::Request::from_parts(parts, axum::body::Body::from(body.to_vec()));
-    let response = app.oneshot(request).await.unwrap();
+    http::Request::from_parts(parts, axum::body::Body::from(body.to_vec()))
+}
+
+/// Sends the fixture's task through the Router; asserts it was stored
+/// for `tenant` by `sub` and queued for routing.
+async fn intake_accepts(fixture_name: &str, config: AuthConfig, tenant: &str, sub: &str) {
+    let (svc, queue) = maof::setup::memory_services(maof::providers::OutboundPolicy::strict());
+    let auth = Arc::new(Authenticator::from_config(config, None, svc.clock.clone()).unwrap());
+    let app = router(ApiState {
+        services: svc.clone(),
+        auth,
+    });
+    let response = app.oneshot(lambda_request(fixture_name)).await.unwrap();
     let status = response.status();
     let body = body_json(response.into_body()).await;
     assert!(
@@ -63,11 +89,12 @@ async fn intake_accepts(fixture_name: &str) {
     let task_id = TaskId::parse(body["task_id"].as_str().unwrap()).unwrap();
     let stored = svc
         .tasks
-        .get(&TenantId::parse("acme").unwrap(), task_id)
+        .get(&TenantId::parse(tenant).unwrap(), task_id)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(stored.spec.task_type, "text");
+    assert_eq!(stored.submitted_by, sub);
     assert!(
         stored.idempotency_key.is_some(),
         "the Idempotency-Key header came through"
@@ -75,14 +102,62 @@ async fn intake_accepts(fixture_name: &str) {
     assert_eq!(queue.depth(QueueName::Route), 1, "a route message was sent");
 }
 
+fn own_tokens() -> AuthConfig {
+    AuthConfig::hs256(SecretString::from(SECRET))
+}
+
 #[tokio::test]
 async fn intake_handles_an_api_gateway_http_api_v2_event() {
-    intake_accepts("apigw-v2-post-task.json").await;
+    intake_accepts("apigw-v2-post-task.json", own_tokens(), "acme", "fixture").await;
 }
 
 #[tokio::test]
 async fn intake_handles_an_api_gateway_rest_v1_event() {
-    intake_accepts("apigw-v1-post-task.json").await;
+    intake_accepts("apigw-v1-post-task.json", own_tokens(), "acme", "fixture").await;
+}
+
+#[tokio::test]
+async fn behind_the_jwt_authorizer_intake_takes_its_claims_instead_of_reverifying_the_token() {
+    // The event carries the identity provider's RS256 token, which intake's
+    // HS256 key could never verify, and the claims API Gateway validated.
+    intake_accepts(
+        "apigw-v2-post-task-jwt-authorizer.json",
+        behind_the_authorizer(),
+        "acme",
+        "5f1c7a2e-idp-user",
+    )
+    .await;
+    // A request without an authorizer context: the bearer token, as before.
+    intake_accepts(
+        "apigw-v2-post-task.json",
+        behind_the_authorizer(),
+        "acme",
+        "fixture",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn without_the_authorizer_intake_verifies_the_bearer_token_even_with_a_context() {
+    // Not configured to trust the authorizer (no JwtIssuer, or `maof dev`):
+    // the context is not read, and the identity provider's token is refused.
+    let (svc, queue) = maof::setup::memory_services(maof::providers::OutboundPolicy::strict());
+    let config = AuthConfig {
+        trust_gateway_authorizer: false,
+        ..behind_the_authorizer()
+    };
+    let app = router(ApiState {
+        services: svc.clone(),
+        auth: Arc::new(Authenticator::from_config(config, None, svc.clock.clone()).unwrap()),
+    });
+    let response = app
+        .oneshot(lambda_request("apigw-v2-post-task-jwt-authorizer.json"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body = body_json(response.into_body()).await;
+    assert_eq!(body["code"], "token_algorithm", "{body}");
+    assert_eq!(queue.depth(QueueName::Route), 0);
 }
 
 #[tokio::test]

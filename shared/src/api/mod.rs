@@ -25,7 +25,10 @@ use axum::routing::{get, post};
 use axum::{Json, http::Uri};
 use tower_http::trace::TraceLayer;
 
-pub use auth::{AuthError, Authenticator, MintError};
+pub use auth::{
+    AuthConfig, AuthConfigError, AuthError, Authenticator, ClaimMapping, DEFAULT_MAX_LIFETIME,
+    JwksCache, MAX_LEEWAY, MIN_REFETCH_INTERVAL, MintError, PublicKey, parse_duration,
+};
 pub use openapi::ApiDoc;
 pub use problem::Problem;
 pub use tasks::MAX_WAIT_SECS;

@@ -67,7 +67,11 @@ impl Modify for BearerAuth {
         let scheme = HttpBuilder::new()
             .scheme(HttpAuthScheme::Bearer)
             .bearer_format("JWT")
-            .description(Some("HS256 JWT with `sub`, `tenant` and `roles` claims"))
+            .description(Some(
+                "A JWT: HS256 (MAOF's own, claims `sub`, `tenant`, `roles`, `exp`) or RS256/ES256 \
+                 from the configured identity provider. A refusal is a 401 problem whose `code` \
+                 says why.",
+            ))
             .build();
         openapi
             .components

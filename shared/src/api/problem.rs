@@ -45,17 +45,26 @@ const CONTENT_TYPE: &str = "application/problem+json";
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Problem {
     /// A URI naming the kind of problem.
-    #[serde(rename = "type")]
-    #[schema(example = "https://maof.dev/problems/invalid-request")]
-    pub kind: String,
+    #[serde(rename = "type", serialize_with = "type_uri")]
+    #[schema(value_type = String, example = "https://maof.dev/problems/invalid-request")]
+    slug: &'static str,
     /// The HTTP reason phrase of `status`.
-    pub title: String,
+    pub title: &'static str,
     pub status: u16,
     /// What went wrong with this request, in words fit for the client.
     pub detail: String,
     /// The request field the problem is about, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// A stable, machine-readable reason, when there is one. A 401 always
+    /// has one: `token_missing`, `token_malformed`, `token_algorithm`,
+    /// `token_key_unknown`, `token_signature`, `token_expired`,
+    /// `token_not_yet_valid`, `token_lifetime_too_long`, `token_issuer`,
+    /// `token_audience` or `token_claims`; a 403 for a role has
+    /// `role_missing`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "token_expired")]
+    pub code: Option<&'static str>,
     /// Headers that go with the problem (`WWW-Authenticate` with a 401,
     /// `Retry-After` and `RateLimit-*` with a 429); boxed, as most problems
     /// have none and a `Problem` travels in every handler's `Err`.
@@ -64,13 +73,14 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(status: StatusCode, slug: &str, detail: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, slug: &'static str, detail: impl Into<String>) -> Self {
         Problem {
-            kind: format!("{TYPE_BASE}{slug}"),
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            slug,
+            title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
             detail: detail.into(),
             field: None,
+            code: None,
             headers: None,
         }
     }
@@ -91,6 +101,11 @@ impl Problem {
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
+        self
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
         self
     }
 
@@ -179,6 +194,12 @@ impl Problem {
             _ => Self::internal(&e),
         }
     }
+}
+
+/// The `type` member: the slug under the problems' base URI. Kept as a
+/// slug so that a `Problem` stays small enough to return by value.
+fn type_uri<S: serde::Serializer>(slug: &&'static str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&format_args!("{TYPE_BASE}{slug}"))
 }
 
 impl IntoResponse for Problem {

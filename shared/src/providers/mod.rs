@@ -117,6 +117,9 @@ pub struct Providers {
     clients: HashMap<Provider, Arc<dyn ProviderClient>>,
     /// The HTTP client's policy and resolver, for Bedrock's SDK client.
     outbound: outbound::GuardedResolver,
+    /// The shared HTTP client itself, for other outbound fetches (the
+    /// identity provider's JWKS).
+    http: Option<OutboundClient>,
 }
 
 impl Providers {
@@ -127,6 +130,7 @@ impl Providers {
         let openai = Arc::new(OpenAi::new(http.clone()));
         let mut providers = Providers {
             outbound: http.resolver(),
+            http: Some(http.clone()),
             ..Providers::default()
         };
         providers.insert(Provider::Mock, Arc::new(MockProvider));
@@ -158,6 +162,12 @@ impl Providers {
 
     pub fn get(&self, provider: Provider) -> Option<&Arc<dyn ProviderClient>> {
         self.clients.get(&provider)
+    }
+
+    /// The outbound client these providers share (`None` only for
+    /// `Providers::default()`, which has no clients).
+    pub fn http(&self) -> Option<&OutboundClient> {
+        self.http.as_ref()
     }
 }
 
