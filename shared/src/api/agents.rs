@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::ApiState;
-use super::auth::{Admin, Caller, PlatformAdmin, Viewer};
+use super::auth::Caller;
 use super::extract::{header_text, json_body};
 use super::problem::{Problem, path_not_found, registry_write};
 use super::views::{AgentList, AgentView};
@@ -132,7 +132,7 @@ fn written(principal: &Principal, agent: Agent, location: String) -> Response {
 #[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant))]
 pub(crate) async fn list_agents(
     State(state): State<ApiState>,
-    caller: Caller<Viewer>,
+    caller: Caller,
 ) -> Result<Json<AgentList>, Problem> {
     let principal = &caller.principal;
     let agents = agents::visible(&state.services, &principal.tenant)
@@ -161,7 +161,7 @@ pub(crate) async fn list_agents(
 #[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant, agent_id))]
 pub(crate) async fn get_agent(
     State(state): State<ApiState>,
-    caller: Caller<Viewer>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
     let id = known_id(path)?;
@@ -212,7 +212,7 @@ pub(crate) async fn get_agent(
 #[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant, sub = %caller.principal.sub, agent_id))]
 pub(crate) async fn put_agent(
     State(state): State<ApiState>,
-    caller: Caller<Admin>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -251,7 +251,7 @@ pub(crate) async fn put_agent(
 #[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant, sub = %caller.principal.sub, agent_id))]
 pub(crate) async fn delete_agent(
     State(state): State<ApiState>,
-    caller: Caller<Admin>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<StatusCode, Problem> {
@@ -296,7 +296,7 @@ pub(crate) async fn delete_agent(
 #[tracing::instrument(skip_all, fields(sub = %caller.principal.sub))]
 pub(crate) async fn list_platform_agents(
     State(state): State<ApiState>,
-    caller: Caller<PlatformAdmin>,
+    caller: Caller,
 ) -> Result<Json<AgentList>, Problem> {
     let agents = state
         .services
@@ -330,7 +330,7 @@ pub(crate) async fn list_platform_agents(
 #[tracing::instrument(skip_all, fields(sub = %caller.principal.sub, agent_id))]
 pub(crate) async fn get_platform_agent(
     State(state): State<ApiState>,
-    caller: Caller<PlatformAdmin>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
     let id = known_id(path)?;
@@ -387,7 +387,7 @@ pub(crate) async fn get_platform_agent(
 #[tracing::instrument(skip_all, fields(sub = %caller.principal.sub, agent_id))]
 pub(crate) async fn put_platform_agent(
     State(state): State<ApiState>,
-    caller: Caller<PlatformAdmin>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -428,7 +428,7 @@ pub(crate) async fn put_platform_agent(
 #[tracing::instrument(skip_all, fields(sub = %caller.principal.sub, agent_id))]
 pub(crate) async fn delete_platform_agent(
     State(state): State<ApiState>,
-    caller: Caller<PlatformAdmin>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<StatusCode, Problem> {

@@ -5,6 +5,7 @@
 //! verifies the bearer token and the route's role; every error is a
 //! `Problem` (application/problem+json).
 
+pub(crate) mod access;
 mod agents;
 mod auth;
 mod extract;
@@ -21,7 +22,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use axum::{Json, http::Uri};
 use tower_http::trace::TraceLayer;
 
@@ -48,39 +48,12 @@ pub struct ApiState {
 }
 
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/v1/tasks", post(tasks::submit_task).get(tasks::list_tasks))
-        .route("/v1/tasks/{id}", get(tasks::get_task))
-        .route("/v1/tasks/{id}/output", get(tasks::get_task_output))
-        .route(
-            "/v1/tasks/{id}/calls/{call_id}/output",
-            get(tasks::get_call_output),
-        )
-        .route("/v1/tasks/{id}/cancel", post(tasks::cancel_task))
-        .route("/v1/agents", get(agents::list_agents))
-        .route(
-            "/v1/agents/{id}",
-            get(agents::get_agent)
-                .put(agents::put_agent)
-                .delete(agents::delete_agent),
-        )
-        .route("/v1/platform/agents", get(agents::list_platform_agents))
-        .route(
-            "/v1/platform/agents/{id}",
-            get(agents::get_platform_agent)
-                .put(agents::put_platform_agent)
-                .delete(agents::delete_platform_agent),
-        )
-        .route(
-            "/v1/tenant/settings",
-            get(tenants::get_own_settings).put(tenants::put_own_settings),
-        )
-        .route(
-            "/v1/tenants/{tenant}/settings",
-            get(tenants::get_settings).put(tenants::put_settings),
-        )
-        .route("/health", get(health))
-        .route("/openapi.json", get(openapi::openapi_json))
+    access::routes()
+        .into_iter()
+        .fold(Router::new(), |router, r| {
+            tracing::debug!(method = %r.method, path = r.path, access = ?r.access, "route");
+            router.route(r.path, r.handler)
+        })
         // Must follow the routes: it is set on each one present.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(no_route)

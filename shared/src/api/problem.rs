@@ -258,6 +258,8 @@ impl From<CancelError> for Problem {
         match e {
             CancelError::NotFound => Problem::not_found("task"),
             CancelError::AlreadyFinished(_) => Problem::conflict(e.to_string()),
+            CancelError::NotOwn => Problem::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
+                .with_code("not_own_task"),
             CancelError::Store(e) => Problem::server(e),
         }
     }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::ApiState;
-use super::auth::{Caller, Submitter, Viewer};
+use super::auth::Caller;
 use super::extract::{header_text, json_body};
 use super::problem::{Problem, path_not_found, rate_limit_headers};
 use super::views::{Accepted, TaskPage, TaskView};
@@ -101,7 +101,7 @@ fn accepted(task: &Task) -> Response {
 #[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant, stage = "intake", task_id))]
 pub(crate) async fn submit_task(
     State(state): State<ApiState>,
-    caller: Caller<Submitter>,
+    caller: Caller,
     params: Result<Query<SubmitParams>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -164,7 +164,7 @@ pub(crate) async fn submit_task(
 #[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant, stage = "intake", task_id))]
 pub(crate) async fn get_task(
     State(state): State<ApiState>,
-    caller: Caller<Viewer>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TaskView>, Problem> {
     let id = parse_id(path)?;
@@ -179,7 +179,7 @@ pub(crate) async fn get_task(
 /// The answer as text, or the problem of its absence.
 async fn serve_output(
     state: &ApiState,
-    caller: &Caller<Viewer>,
+    caller: &Caller,
     task_id: TaskId,
     of: intake::OutputOf,
 ) -> Result<Response, Problem> {
@@ -211,7 +211,7 @@ async fn serve_output(
 #[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant, stage = "intake", task_id))]
 pub(crate) async fn get_task_output(
     State(state): State<ApiState>,
-    caller: Caller<Viewer>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
     let id = parse_id(path)?;
@@ -239,7 +239,7 @@ pub(crate) async fn get_task_output(
 #[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant, stage = "intake", task_id, call_id))]
 pub(crate) async fn get_call_output(
     State(state): State<ApiState>,
-    caller: Caller<Viewer>,
+    caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, Problem> {
     let Path((task, call)) = path.map_err(path_not_found("task"))?;
@@ -269,7 +269,7 @@ pub(crate) async fn get_call_output(
 #[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant, stage = "intake"))]
 pub(crate) async fn list_tasks(
     State(state): State<ApiState>,
-    caller: Caller<Viewer>,
+    caller: Caller,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<TaskPage>, Problem> {
     let Query(params) = params?;
@@ -313,7 +313,7 @@ pub(crate) async fn list_tasks(
     responses(
         (status = 200, description = "The cancelled task", body = TaskView),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Needs the submitter role", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the submitter role; a submitter may cancel only the tasks it submitted (an operator any)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such task in the caller's tenant", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The task has already finished", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
@@ -323,7 +323,7 @@ pub(crate) async fn list_tasks(
 #[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant, stage = "intake", task_id))]
 pub(crate) async fn cancel_task(
     State(state): State<ApiState>,
-    caller: Caller<Submitter>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TaskView>, Problem> {
     let id = parse_id(path)?;

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::ApiState;
-use super::auth::{Admin, Caller, PlatformAdmin};
+use super::auth::Caller;
 use super::extract::json_body;
 use super::problem::{Problem, path_not_found};
 use super::views::SettingsView;
@@ -156,7 +156,7 @@ async fn effective(state: &ApiState, tenant: &TenantId) -> Result<Json<SettingsV
 #[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant))]
 pub(crate) async fn get_own_settings(
     State(state): State<ApiState>,
-    caller: Caller<Admin>,
+    caller: Caller,
 ) -> Result<Json<SettingsView>, Problem> {
     effective(&state, &caller.principal.tenant).await
 }
@@ -183,7 +183,7 @@ pub(crate) async fn get_own_settings(
 #[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant, sub = %caller.principal.sub))]
 pub(crate) async fn put_own_settings(
     State(state): State<ApiState>,
-    caller: Caller<Admin>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SettingsView>, Problem> {
@@ -244,7 +244,7 @@ fn settings_write(e: crate::ports::StoreError) -> Problem {
 #[tracing::instrument(skip_all, fields(sub = %_caller.principal.sub))]
 pub(crate) async fn get_settings(
     State(state): State<ApiState>,
-    _caller: Caller<PlatformAdmin>,
+    _caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SettingsView>, Problem> {
     let tenant = tenant_in_path(path)?;
@@ -274,7 +274,7 @@ pub(crate) async fn get_settings(
 #[tracing::instrument(skip_all, fields(sub = %caller.principal.sub))]
 pub(crate) async fn put_settings(
     State(state): State<ApiState>,
-    caller: Caller<PlatformAdmin>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,

@@ -176,6 +176,152 @@ fn mock_agent(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
+// --- the role matrix ---
+
+/// A request for `route` that its handler can take when allowed: ids that
+/// parse, and a body of the right shape.
+fn request_for(route: &super::access::Route) -> (String, Option<Vec<u8>>) {
+    let uri = route
+        .path
+        .replace(
+            "{id}",
+            &if route.path.contains("agents") {
+                "matrix-agent".to_owned()
+            } else {
+                TaskId::new().to_string()
+            },
+        )
+        .replace("{call_id}", &crate::domain::CallId::new().to_string())
+        .replace("{tenant}", "globex");
+    let body = match (route.method.clone(), route.path) {
+        (Method::POST, "/v1/tasks") => Some(serde_json::to_vec(&text_task("matrix")).unwrap()),
+        (Method::PUT, p) if p.contains("agents") => Some(mock_agent("matrix")),
+        (Method::PUT, _) => Some(b"{}".to_vec()),
+        _ => None,
+    };
+    (uri, body)
+}
+
+/// Every route of the router (the access table it is built from) × every
+/// role × a token of the tenant and of another: 401 without a token, 403
+/// (`role_missing`) below the route's role, neither at or above it. A route
+/// added without an entry cannot exist; one whose entry is not in the API
+/// document fails here.
+#[tokio::test]
+async fn every_route_answers_by_the_one_access_table() {
+    use super::access::{Access, routes};
+    let h = harness();
+    let doc = h
+        .call(Method::GET, "/openapi.json", None, &[], None)
+        .await
+        .body;
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    let mut table: Vec<(String, String)> = routes()
+        .iter()
+        .map(|r| (r.method.to_string(), r.path.to_owned()))
+        .collect();
+    documented.sort();
+    table.sort();
+    assert_eq!(
+        table, documented,
+        "the access table and /openapi.json list the same routes"
+    );
+
+    for route in routes() {
+        let (uri, body) = request_for(&route);
+        let what = format!("{} {}", route.method, route.path);
+        let anonymous = h
+            .call(route.method.clone(), &uri, None, &[], body.clone())
+            .await;
+        let needed = match route.access {
+            Access::Public => {
+                assert_eq!(anonymous.status, StatusCode::OK, "{what} is public");
+                continue;
+            }
+            Access::Role(needed) => needed,
+        };
+        assert_eq!(
+            anonymous.problem(StatusCode::UNAUTHORIZED)["code"],
+            "token_missing",
+            "{what}"
+        );
+        for tenant in ["acme", "globex"] {
+            for role in Role::ALL {
+                let token = h.token(tenant, &[role]);
+                let reply = h
+                    .call(route.method.clone(), &uri, Some(&token), &[], body.clone())
+                    .await;
+                if role < needed {
+                    assert_eq!(
+                        reply.problem(StatusCode::FORBIDDEN)["code"],
+                        "role_missing",
+                        "{what} as {role:?} of {tenant}"
+                    );
+                } else {
+                    assert!(
+                        ![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&reply.status),
+                        "{what} as {role:?} of {tenant}: {} {}",
+                        reply.status,
+                        reply.body
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_submitter_cancels_its_own_tasks_and_an_operator_any() {
+    let h = harness();
+    let alice = h.token("acme", &[Role::Submitter]);
+    let bob = h
+        .auth
+        .mint(
+            "bob",
+            &TenantId::parse("acme").unwrap(),
+            &[Role::Submitter],
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let operator = h
+        .auth
+        .mint(
+            "ops",
+            &TenantId::parse("acme").unwrap(),
+            &[Role::Operator],
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let id = |reply: Reply| reply.body["task_id"].as_str().unwrap().to_owned();
+    let first = id(h.submit(&alice, text_task("a")).await);
+    let cancel = |token: String, task: String| {
+        let h = &h;
+        async move {
+            h.call(
+                Method::POST,
+                &format!("/v1/tasks/{task}/cancel"),
+                Some(&token),
+                &[],
+                None,
+            )
+            .await
+        }
+    };
+    let refused = cancel(bob.clone(), first.clone()).await;
+    assert_eq!(
+        refused.problem(StatusCode::FORBIDDEN)["code"],
+        "not_own_task"
+    );
+    assert_eq!(cancel(alice.clone(), first).await.status, StatusCode::OK);
+    let second = id(h.submit(&alice, text_task("b")).await);
+    assert_eq!(cancel(operator, second).await.status, StatusCode::OK);
+}
+
 // --- tenancy: own agents, platform agents, keys, settings ---
 
 fn openai_agent(secret: &str) -> Vec<u8> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::domain::rate::BucketState;
 use crate::domain::tokens;
 use crate::domain::{
-    AggregationStrategy, CallId, IdempotencyKey, MessageKind, Principal, RequestError,
+    AggregationStrategy, CallId, IdempotencyKey, MessageKind, Principal, RequestError, Role,
     RoutingStrategy, Task, TaskError, TaskId, TaskPatch, TaskRequest, TaskStatus, TenantId,
 };
 use crate::ports::{Page, QueueError, QueueName, StoreError, TaskRecord};
@@ -253,6 +253,9 @@ pub enum CancelError {
     NotFound,
     #[error("the task is already {0}")]
     AlreadyFinished(TaskStatus),
+    /// A submitter may cancel only the tasks it submitted.
+    #[error("only the task's submitter or an operator may cancel it")]
+    NotOwn,
     #[error(transparent)]
     Store(StoreError),
 }
@@ -268,6 +271,10 @@ pub async fn cancel(
         Ok(None) => return Err(CancelError::NotFound),
         Err(e) => return Err(CancelError::Store(e)),
     };
+    // A submitter cancels what it submitted; an operator anything of its tenant.
+    if !principal.may(Role::Operator) && task.submitted_by != principal.sub {
+        return Err(CancelError::NotOwn);
+    }
     let spent = super::spent(svc, &task).await.map_err(CancelError::Store)?;
     let patch = TaskPatch {
         error: Some(TaskError::new(
