@@ -9,6 +9,7 @@ pub(crate) mod access;
 mod agents;
 mod auth;
 mod extract;
+pub mod limits;
 mod openapi;
 mod problem;
 mod tasks;

@@ -292,6 +292,7 @@ impl From<AgentWriteError> for Problem {
                 Problem::unprocessable(e.to_string()).with_field("secret")
             }
             AgentWriteError::PlatformId(_) => Problem::conflict(e.to_string()),
+            AgentWriteError::TooMany => Problem::unprocessable(e.to_string()).with_field("id"),
             AgentWriteError::Store(e) => registry_write(e),
         }
     }

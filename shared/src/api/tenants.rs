@@ -19,7 +19,7 @@ use super::views::SettingsView;
 use crate::domain::tenant::PlatformAgentsError;
 use crate::domain::text;
 use crate::domain::{OwnSettings, PlatformAgents, RateLimits, Rates, TenantId, TenantSettings};
-use crate::stages::agents;
+use crate::stages::agents::{self, MAX_PLATFORM_AGENTS_LISTED};
 
 /// A partial update: each section named replaces the one stored; the
 /// others are left as they are. Unknown sections are refused (400).
@@ -109,6 +109,12 @@ impl TryFrom<SettingsRequest> for TenantSettings {
         let platform_agents = request
             .platform_agents
             .map(|names| {
+                if names.len() > MAX_PLATFORM_AGENTS_LISTED {
+                    return Err(Problem::unprocessable(format!(
+                        "platform_agents lists at most {MAX_PLATFORM_AGENTS_LISTED} ids"
+                    ))
+                    .with_field("platform_agents"));
+                }
                 let names: Vec<&str> = names.iter().map(|n| n.0.as_str()).collect();
                 PlatformAgents::parse(&names).map_err(|e| {
                     let field = match &e {

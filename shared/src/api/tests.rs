@@ -176,6 +176,60 @@ fn mock_agent(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
+#[tokio::test]
+async fn a_tenant_has_at_most_its_limit_of_agents() {
+    use crate::stages::agents::MAX_AGENTS_PER_OWNER;
+    let h = harness();
+    let admin = h.token("acme", &[Role::Admin]);
+    for i in 0..MAX_AGENTS_PER_OWNER {
+        let reply = h
+            .call(
+                Method::PUT,
+                &format!("/v1/agents/a{i}"),
+                Some(&admin),
+                &[],
+                Some(mock_agent("A")),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{i}: {}", reply.body);
+    }
+    let over = h
+        .call(
+            Method::PUT,
+            "/v1/agents/one-more",
+            Some(&admin),
+            &[],
+            Some(mock_agent("A")),
+        )
+        .await;
+    assert_eq!(
+        over.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
+        "id"
+    );
+    // Replacing one still works; another tenant has its own allowance.
+    let replaced = h
+        .call(
+            Method::PUT,
+            "/v1/agents/a0",
+            Some(&admin),
+            &[],
+            Some(mock_agent("B")),
+        )
+        .await;
+    assert_eq!(replaced.status, StatusCode::OK);
+    let other = h.token("globex", &[Role::Admin]);
+    let theirs = h
+        .call(
+            Method::PUT,
+            "/v1/agents/one-more",
+            Some(&other),
+            &[],
+            Some(mock_agent("A")),
+        )
+        .await;
+    assert_eq!(theirs.status, StatusCode::CREATED);
+}
+
 // --- the role matrix ---
 
 /// A request for `route` that its handler can take when allowed: ids that

@@ -14,6 +14,12 @@ use crate::ports::{Expect, Registry, StoreError, Versioned};
 
 use super::Services;
 
+/// The most agents one owner (a tenant, or the platform) may have: each
+/// is read on every routing of the tenant's tasks (cached).
+pub const MAX_AGENTS_PER_OWNER: usize = 500;
+/// The most platform agents a tenant's settings may list by id.
+pub const MAX_PLATFORM_AGENTS_LISTED: usize = 1000;
+
 /// Entries kept per cache before it starts over: a Lambda instance serves
 /// many tenants, and a cache must not grow with all of them.
 const MAX_ENTRIES: usize = 10_000;
@@ -182,6 +188,8 @@ pub enum AgentWriteError {
     /// A tenant's agent may not take the id of a platform agent it can use.
     #[error("agent `{0}` is a platform agent this tenant uses; choose another id")]
     PlatformId(AgentId),
+    #[error("at most {MAX_AGENTS_PER_OWNER} agents per owner; delete one first")]
+    TooMany,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -207,6 +215,13 @@ pub async fn put(
         && svc.registry.get(&Owner::Platform, id).await?.is_some()
     {
         return Err(AgentWriteError::PlatformId(id.clone()));
+    }
+    // A new agent must fit (a replace of the version read always does).
+    if !matches!(expect, Expect::Version(_)) && svc.registry.get(owner, id).await?.is_none() {
+        let count = svc.registry.list(owner).await?.len();
+        if count >= MAX_AGENTS_PER_OWNER {
+            return Err(AgentWriteError::TooMany);
+        }
     }
     let agent = svc.registry.put(owner, id, spec, expect).await?;
     svc.agents.invalidate(owner);
