@@ -37,6 +37,9 @@ pub struct Backend {
     pub blobs: Arc<dyn BlobStore>,
     pub limiter: Arc<dyn RateLimiter>,
     pub new_feed: NewFeed,
+    /// The DynamoDB tables behind it, for tests that read every stored
+    /// item (none for memory).
+    pub tables: Vec<String>,
 }
 
 #[async_trait]
@@ -52,6 +55,7 @@ pub fn memory() -> Backend {
     let store = tasks.clone();
     Backend {
         name: "memory",
+        tables: Vec::new(),
         limiter: tasks.clone(),
         tasks,
         new_feed: Arc::new(move || Arc::new(MemoryFeed::new(store.clone()))),
@@ -120,6 +124,7 @@ pub async fn aws() -> Backend {
             dynamodb.clone(),
             names.context_table.clone(),
         )),
+        tables: vec![names.context_table.clone(), names.registry_table.clone()],
         tasks: Arc::new(DynamoTaskStore::new(dynamodb.clone(), names.context_table)),
         registry: Arc::new(DynamoRegistry::new(dynamodb, names.registry_table)),
         queue: Arc::new(SqsQueue::from_urls(sqs, urls)),

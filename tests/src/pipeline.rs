@@ -29,6 +29,9 @@ pub struct Faults {
     pub wrap_queue: Option<Wrap<dyn Queue>>,
     /// The pipeline's clock (the system's when unset).
     pub clock: Option<Arc<dyn Clock>>,
+    /// Agents may reach servers on loopback (a local provider), as in
+    /// `maof dev`; strict, as on Lambda, when unset.
+    pub loopback_agents: bool,
 }
 
 pub struct Pipeline {
@@ -78,7 +81,12 @@ impl Pipeline {
         ));
         let provider = Arc::new(CountingProvider::new(Arc::new(MockProvider)));
         let events = Arc::new(MemoryEvents::new());
-        let mut providers = Providers::new(http_client(OutboundPolicy::strict()));
+        let outbound = if faults.loopback_agents {
+            OutboundPolicy::allow_loopback()
+        } else {
+            OutboundPolicy::strict()
+        };
+        let mut providers = Providers::new(http_client(outbound));
         providers.insert(Provider::Mock, provider.clone());
         let services = Services::new(
             tasks,

@@ -5,6 +5,7 @@ mod agent_call;
 mod bootstrap;
 mod contract;
 mod events;
+mod hygiene;
 mod isolation;
 mod lambda;
 mod ops;
