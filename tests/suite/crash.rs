@@ -434,12 +434,15 @@ async fn a_killed_aws_dev_server_loses_no_task_and_pays_no_answer_twice() {
 
     let upstream = Arc::new(Upstream::default());
     let base_url = start_upstream(upstream.clone()).await;
-    // The agent's key, in Secrets Manager as an operator would put it.
+    // The agent's key, in Secrets Manager as an operator would put it:
+    // bound to the local server (a compatible server's key names its hosts).
     let secret = format!("maof/{prefix}-upstream");
+    let binding = json!({"key": API_KEY, "provider": "openai_compatible",
+        "hosts": ["127.0.0.1"]});
     aws_sdk_secretsmanager::Client::new(&config)
         .create_secret()
         .name(&secret)
-        .secret_string(API_KEY)
+        .secret_string(binding.to_string())
         .send()
         .await
         .unwrap_or_else(|e| panic!("create_secret on moto: {e:?}"));

@@ -167,7 +167,10 @@ async fn no_key_or_token_is_logged_stored_or_announced(b: Backend) {
         "{name}: the logs were captured"
     );
     // The echoing provider's error was logged, with the key taken out.
-    assert!(logs.contains("Incorrect API key provided: [redacted]"), "{name}");
+    assert!(
+        logs.contains("Incorrect API key provided: [redacted]"),
+        "{name}"
+    );
     for (what, text) in [
         ("logs", &logs),
         ("stored items", &stored),

@@ -1090,6 +1090,20 @@ async fn a_strategy_not_offered_and_a_key_mismatch_are_422() {
         )
         .await;
     reply.problem(StatusCode::UNPROCESSABLE_ENTITY);
+    // A budget not yet enforced is refused, not ignored; nothing is queued.
+    let reply = h
+        .submit(
+            &token,
+            json!({"task_type": "text", "content": "x", "budget_usd": "0.05"}),
+        )
+        .await;
+    assert!(
+        reply.problem(StatusCode::UNPROCESSABLE_ENTITY)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("budget_usd")
+    );
+    assert_eq!(h.queue.depth(QueueName::Route), 0);
     let task = json!({"task_type": "text", "content": "x", "idempotency_key": "a"});
     let reply = h
         .submit_with(&token, "/v1/tasks", &[("Idempotency-Key", "b")], task)

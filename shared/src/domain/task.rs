@@ -271,6 +271,7 @@ pub struct TaskRequest {
     #[serde(default, deserialize_with = "super::text::object")]
     pub aggregation: AggregationRequest,
     /// The most the task may cost, in US dollars: a number or a decimal string, not negative.
+    /// Not enforced yet: a task that sends it is refused (422) until budgets are.
     #[serde(default)]
     #[schema(schema_with = money::nullable_amount_in)]
     pub budget_usd: Option<Usd>,

@@ -81,6 +81,12 @@ pub async fn submit(
         (h, b) => h.or(b),
     };
     check_offered(spec.routing_strategy, spec.aggregation)?;
+    // Refused rather than accepted and ignored until budgets are enforced.
+    if spec.budget_usd.is_some() {
+        return Err(SubmitError::NotOffered(
+            "budget_usd is not enforced yet; send the task without it".into(),
+        ));
+    }
     let tokens = tokens::task_input(&spec.content, spec.system.as_deref(), spec.fanout);
     let rate_limit = limits::admit(svc, principal, tokens).await?;
 
