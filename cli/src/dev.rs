@@ -127,7 +127,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // Lambdas refuse it.
     let outbound = OutboundPolicy::allow_loopback().with_env_allow_list()?;
     let svc = match args.backend {
-        Backend::Memory => setup::memory_services(outbound.clone()).0,
+        Backend::Memory => setup::memory_services(outbound.clone())?.0,
         Backend::Aws => bootstrap(BootstrapArgs { seed: None }, outbound.clone()).await?,
     }
     .with_settings(dev_settings()?);

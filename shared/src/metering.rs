@@ -265,7 +265,7 @@ pub struct UnitsRow {
 pub async fn measure_units(tasks: usize, content_bytes: usize) -> Result<Vec<UnitsRow>, BoxError> {
     let store = Arc::new(crate::adapters::memory::MemoryTaskStore::new());
     let events = Arc::new(crate::adapters::memory::MemoryEvents::new());
-    let (svc, _) = crate::setup::memory_services_on(store.clone(), OutboundPolicy::strict());
+    let (svc, _) = crate::setup::memory_services_on(store.clone(), OutboundPolicy::strict())?;
     let settings = measured(svc.settings.clone());
     let svc = svc.with_events(events.clone()).with_settings(settings);
     register_mock_agents(&svc).await?;

@@ -38,6 +38,8 @@ pub enum SetupError {
     Registry(#[from] StoreError),
     #[error("settings: {0}")]
     Settings(String),
+    #[error(transparent)]
+    Outbound(#[from] crate::providers::outbound::BuildError),
 }
 
 fn services(
@@ -47,7 +49,7 @@ fn services(
     secrets: Arc<dyn SecretSource>,
     settings: Settings,
     outbound: OutboundPolicy,
-) -> Services {
+) -> Result<Services, SetupError> {
     tracing::info!(%outbound, "outbound HTTP policy");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let secrets = Arc::new(CachedSecrets::new(
@@ -55,20 +57,22 @@ fn services(
         clock.clone(),
         CachedSecrets::DEFAULT_TTL,
     ));
-    Services::new(
+    Ok(Services::new(
         tasks,
         registry,
         queue,
         secrets,
-        Providers::new(http_client(outbound)),
+        Providers::new(http_client(outbound)?),
         clock,
         settings,
-    )
+    ))
 }
 
 /// The in-process backends. Secrets come from the environment
 /// (`maof/openai` from `MAOF_OPENAI`).
-pub fn memory_services(outbound: OutboundPolicy) -> (Services, Arc<MemoryQueue>) {
+pub fn memory_services(
+    outbound: OutboundPolicy,
+) -> Result<(Services, Arc<MemoryQueue>), SetupError> {
     memory_services_on(Arc::new(MemoryTaskStore::new()), outbound)
 }
 
@@ -77,7 +81,7 @@ pub fn memory_services(outbound: OutboundPolicy) -> (Services, Arc<MemoryQueue>)
 pub fn memory_services_on(
     tasks: Arc<MemoryTaskStore>,
     outbound: OutboundPolicy,
-) -> (Services, Arc<MemoryQueue>) {
+) -> Result<(Services, Arc<MemoryQueue>), SetupError> {
     let queue = Arc::new(MemoryQueue::new(MAX_RECEIVES));
     let svc = services(
         tasks.clone(),
@@ -86,12 +90,12 @@ pub fn memory_services_on(
         Arc::new(MemorySecrets::with_env_fallback()),
         Settings::default(),
         outbound,
-    )
+    )?
     .with_events(Arc::new(MemoryEvents::new()))
     .with_limiter(tasks.clone())
     .with_feed(Arc::new(MemoryFeed::new(tasks)))
     .with_blobs(Arc::new(MemoryBlobs::new()));
-    (svc, queue)
+    Ok((svc, queue))
 }
 
 /// Queue URLs from `MAOF_QUEUE_URL_ROUTE`, `MAOF_QUEUE_URL_AGENT_CALL`, ...
@@ -177,7 +181,7 @@ pub async fn aws_services_with(
         Arc::new(SecretsManagerSource::new(clients.secrets)),
         Settings::from_env().map_err(SetupError::Settings)?,
         outbound,
-    )
+    )?
     .with_feed(Arc::new(feed))
     .with_limiter(Arc::new(DynamoLimiter::new(
         clients.dynamodb.clone(),
@@ -275,7 +279,7 @@ mod tests {
                  capabilities: {capabilities}\n    pricing: {pricing}\n"
             )
         };
-        let (svc, _) = memory_services(OutboundPolicy::strict());
+        let (svc, _) = memory_services(OutboundPolicy::strict()).unwrap();
 
         std::fs::write(
             &path,

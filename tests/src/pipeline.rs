@@ -86,7 +86,7 @@ impl Pipeline {
         } else {
             OutboundPolicy::strict()
         };
-        let mut providers = Providers::new(http_client(outbound));
+        let mut providers = Providers::new(http_client(outbound).unwrap());
         providers.insert(Provider::Mock, provider.clone());
         let services = Services::new(
             tasks,

@@ -110,7 +110,7 @@ async fn a_task_can_be_routed_to_each_provider_kind() {
             clock.clone(),
             CachedSecrets::DEFAULT_TTL,
         )),
-        Providers::new(http_client(OutboundPolicy::allow_loopback()))
+        Providers::new(http_client(OutboundPolicy::allow_loopback()).unwrap())
             .with_bedrock(Bedrock::with_config(aws)),
         clock,
         Settings {

@@ -72,7 +72,7 @@ fn harness() -> Harness {
         Arc::new(MemoryRegistry::new()),
         queue.clone(),
         secrets,
-        Providers::new(http_client(crate::providers::OutboundPolicy::strict())),
+        Providers::new(http_client(crate::providers::OutboundPolicy::strict()).unwrap()),
         clock,
         Settings::default(),
     );

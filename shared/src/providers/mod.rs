@@ -174,6 +174,6 @@ impl Providers {
 /// The one outbound HTTP client of a process: rustls, pooled, with a connect
 /// timeout (each request sets its own total timeout from the agent), and
 /// `policy` enforced on every destination (see [`outbound`]).
-pub fn http_client(policy: OutboundPolicy) -> OutboundClient {
+pub fn http_client(policy: OutboundPolicy) -> Result<OutboundClient, outbound::BuildError> {
     OutboundClient::new(policy)
 }

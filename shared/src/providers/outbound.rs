@@ -478,15 +478,25 @@ pub struct OutboundClient {
     resolver: GuardedResolver,
 }
 
+/// The outbound client could not be built (its TLS backend did not start).
+/// There is no fallback: a client without the guarded resolver would reach
+/// whatever a name resolves to.
+#[derive(Debug, thiserror::Error)]
+#[error("the outbound HTTP client could not be built: {0}")]
+pub struct BuildError(#[from] reqwest::Error);
+
 impl OutboundClient {
     /// A client resolving names with the system resolver.
-    pub fn new(policy: OutboundPolicy) -> Self {
+    pub fn new(policy: OutboundPolicy) -> Result<Self, BuildError> {
         OutboundClient::with_resolver(policy, Arc::new(SystemResolver))
     }
 
     /// A client resolving names with `resolver` (tests map names to the
     /// addresses they need), its answers filtered by `policy` as always.
-    pub fn with_resolver(policy: OutboundPolicy, resolver: Arc<dyn Resolve>) -> Self {
+    pub fn with_resolver(
+        policy: OutboundPolicy,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Self, BuildError> {
         let policy = Arc::new(policy);
         let resolver = GuardedResolver::new(resolver, policy.clone());
         let client = reqwest::Client::builder()
@@ -496,16 +506,12 @@ impl OutboundClient {
             .dns_resolver(Arc::new(resolver.clone()))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .build()
-            // Building fails only when the TLS backend cannot start, which
-            // with rustls and its bundled roots does not happen; a fallback
-            // client would lack the resolver above, so there is none.
-            .unwrap_or_else(|e| panic!("the outbound HTTP client could not be built: {e}"));
-        OutboundClient {
+            .build()?;
+        Ok(OutboundClient {
             client,
             policy,
             resolver,
-        }
+        })
     }
 
     pub fn policy(&self) -> &OutboundPolicy {

@@ -14,7 +14,7 @@ use crate::domain::{Agent, AgentId, AgentSpec, TaskType};
 /// A client that may reach the tests' local servers (loopback), and nothing
 /// else the outbound policy refuses.
 pub fn local_client() -> super::OutboundClient {
-    super::OutboundClient::new(super::OutboundPolicy::allow_loopback())
+    super::OutboundClient::new(super::OutboundPolicy::allow_loopback()).unwrap()
 }
 
 /// Names the tests resolve without DNS; others go to the system resolver.

@@ -56,6 +56,10 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
         self.lock().remove(key);
     }
 
+    fn clear(&self) {
+        self.lock().clear();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (Instant, V)>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -69,6 +73,8 @@ pub struct AgentCache {
     defaults: TenantDefaults,
     by_owner: TtlMap<Owner, Arc<Vec<Agent>>>,
     by_tenant: TtlMap<TenantId, Arc<EffectiveSettings>>,
+    /// What each tenant may use, combined once per TTL rather than per task.
+    usable: TtlMap<TenantId, Arc<Vec<Agent>>>,
 }
 
 impl AgentCache {
@@ -78,6 +84,7 @@ impl AgentCache {
             defaults,
             by_owner: TtlMap::new(ttl),
             by_tenant: TtlMap::new(ttl),
+            usable: TtlMap::new(ttl),
         }
     }
 
@@ -109,25 +116,41 @@ impl AgentCache {
     /// The agents `tenant` may use, ordered by id: its own, and the platform
     /// agents its settings allow. An own agent hides a platform agent of
     /// the same id.
-    pub async fn usable(&self, tenant: &TenantId) -> Result<Vec<Agent>, StoreError> {
+    pub async fn usable(&self, tenant: &TenantId) -> Result<Arc<Vec<Agent>>, StoreError> {
+        if let Some(agents) = self.usable.get(tenant) {
+            return Ok(agents);
+        }
         let own = self.owned(&Owner::Tenant(tenant.clone())).await?;
         let settings = self.settings(tenant).await?;
         let platform = self.owned(&Owner::Platform).await?;
-        Ok(usable(&own, &platform, &settings))
+        let agents = Arc::new(usable(&own, &platform, &settings));
+        self.usable.insert(tenant.clone(), agents.clone());
+        Ok(agents)
     }
 
     /// One agent `tenant` may use.
     pub async fn find(&self, tenant: &TenantId, id: &AgentId) -> Result<Option<Agent>, StoreError> {
-        Ok(self.usable(tenant).await?.into_iter().find(|a| &a.id == id))
+        let agents = self.usable(tenant).await?;
+        // Ordered by id.
+        Ok(agents
+            .binary_search_by(|a| a.id.cmp(id))
+            .ok()
+            .map(|i| agents[i].clone()))
     }
 
-    /// Drops `owner`'s agents, after a write through this process.
+    /// Drops `owner`'s agents, and what any tenant they concern may use,
+    /// after a write through this process.
     pub fn invalidate(&self, owner: &Owner) {
         self.by_owner.remove(owner);
+        match owner {
+            Owner::Tenant(tenant) => self.usable.remove(tenant),
+            Owner::Platform => self.usable.clear(),
+        }
     }
 
     pub fn invalidate_settings(&self, tenant: &TenantId) {
         self.by_tenant.remove(tenant);
+        self.usable.remove(tenant);
     }
 }
 
@@ -288,5 +311,70 @@ async fn change_settings(
                 return outcome;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::PlatformAgents;
+    use crate::providers::OutboundPolicy;
+
+    fn mock(name: &str) -> AgentRequest {
+        serde_json::from_value(json!({"name": name, "provider": "mock", "model": "m",
+            "capabilities": ["text"]}))
+        .unwrap()
+    }
+
+    fn id(s: &str) -> AgentId {
+        AgentId::parse(s).unwrap()
+    }
+
+    /// The combined list is cached, and a write through this process shows
+    /// at once: an own agent, a platform agent, the settings that allow it.
+    #[tokio::test]
+    async fn what_a_tenant_may_use_follows_writes_through_this_process() {
+        let (svc, _) = crate::setup::memory_services(OutboundPolicy::strict()).unwrap();
+        let acme = TenantId::parse("acme").unwrap();
+        let own = Owner::Tenant(acme.clone());
+        put(&svc, &own, &id("mine"), mock("mine"), Expect::Any)
+            .await
+            .unwrap();
+        let ids = |agents: Arc<Vec<Agent>>| -> Vec<String> {
+            agents.iter().map(|a| a.id.to_string()).collect()
+        };
+        assert_eq!(ids(svc.agents.usable(&acme).await.unwrap()), ["mine"]);
+        put(
+            &svc,
+            &Owner::Platform,
+            &id("shared"),
+            mock("shared"),
+            Expect::Any,
+        )
+        .await
+        .unwrap();
+        // Not allowed yet (no platform agent by default).
+        assert_eq!(ids(svc.agents.usable(&acme).await.unwrap()), ["mine"]);
+        update_settings(
+            &svc,
+            &acme,
+            TenantSettings {
+                platform_agents: Some(PlatformAgents::All),
+                ..TenantSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            ids(svc.agents.usable(&acme).await.unwrap()),
+            ["mine", "shared"]
+        );
+        let found = svc.agents.find(&acme, &id("shared")).await.unwrap();
+        assert!(found.is_some_and(|a| a.owner == Owner::Platform));
+        assert!(svc.agents.find(&acme, &id("none")).await.unwrap().is_none());
+        delete(&svc, &own, &id("mine"), Expect::Any).await.unwrap();
+        assert_eq!(ids(svc.agents.usable(&acme).await.unwrap()), ["shared"]);
     }
 }

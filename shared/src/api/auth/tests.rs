@@ -151,7 +151,7 @@ fn pem_config() -> AuthConfig {
 fn authenticator(config: AuthConfig, clock: Arc<ManualClock>) -> Authenticator {
     Authenticator::from_config(
         config,
-        Some(OutboundClient::new(OutboundPolicy::allow_loopback())),
+        Some(OutboundClient::new(OutboundPolicy::allow_loopback()).unwrap()),
         clock,
     )
     .unwrap()
@@ -690,7 +690,7 @@ async fn the_jwks_is_fetched_under_the_outbound_policy_and_its_size_is_capped() 
     // The Lambda's strict policy refuses loopback: no request leaves.
     let strict = Authenticator::from_config(
         jwks_config(&server),
-        Some(OutboundClient::new(OutboundPolicy::strict())),
+        Some(OutboundClient::new(OutboundPolicy::strict()).unwrap()),
         clock.clone(),
     )
     .unwrap();
@@ -822,7 +822,7 @@ struct Api {
 }
 
 fn api(config: AuthConfig) -> Api {
-    let (services, _) = crate::setup::memory_services(OutboundPolicy::strict());
+    let (services, _) = crate::setup::memory_services(OutboundPolicy::strict()).unwrap();
     let auth = Authenticator::from_config(config, None, Arc::new(SystemClock)).unwrap();
     Api {
         app: router(ApiState {

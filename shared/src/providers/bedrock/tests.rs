@@ -387,7 +387,9 @@ async fn an_agent_endpoint_inside_the_network_is_refused_by_address_or_by_name()
     let forbidden = forbidden_server().await;
     let hidden = forbidden.address().port();
     let strict = Bedrock::with_config(test_config()).with_outbound(
-        OutboundClient::with_resolver(OutboundPolicy::strict(), test_names()).resolver(),
+        OutboundClient::with_resolver(OutboundPolicy::strict(), test_names())
+            .unwrap()
+            .resolver(),
     );
     for base_url in [
         format!("http://127.0.0.2:{hidden}"),

@@ -322,7 +322,7 @@ fn refusal_of(result: Result<Response, SendError>) -> OutboundError {
 async fn a_strict_client_refuses_internal_literals_and_names() {
     let server = ok_server().await;
     let port = server.address().port();
-    let strict = OutboundClient::with_resolver(OutboundPolicy::strict(), test_names());
+    let strict = OutboundClient::with_resolver(OutboundPolicy::strict(), test_names()).unwrap();
 
     for url in [
         format!("http://127.0.0.1:{port}/"),
@@ -338,7 +338,7 @@ async fn a_strict_client_refuses_internal_literals_and_names() {
         assert!(matches!(refused, OutboundError::Refused { .. }), "{url}");
     }
     // The real resolver, too.
-    let system = OutboundClient::new(OutboundPolicy::strict());
+    let system = OutboundClient::new(OutboundPolicy::strict()).unwrap();
     let refused = refusal_of(
         system
             .send(system.get(format!("http://localhost:{port}/")))
@@ -352,7 +352,7 @@ async fn a_strict_client_refuses_internal_literals_and_names() {
 
     // The same server is reachable when loopback is admitted, by address
     // and by name: the refusals above are the policy's.
-    let dev = OutboundClient::new(OutboundPolicy::allow_loopback());
+    let dev = OutboundClient::new(OutboundPolicy::allow_loopback()).unwrap();
     for url in [
         format!("http://127.0.0.1:{port}/"),
         format!("http://localhost:{port}/"),
@@ -402,7 +402,7 @@ async fn redirects_are_not_followed_by_send_and_checked_hop_by_hop_when_followed
     // Exactly the allowed server's address (not all loopback, not
     // `localhost`'s other addresses).
     let policy = OutboundPolicy::strict().with_allowed("127.0.0.1").unwrap();
-    let client = OutboundClient::with_resolver(policy, test_names());
+    let client = OutboundClient::with_resolver(policy, test_names()).unwrap();
     let at = |p: &str| Url::parse(&format!("http://127.0.0.1:{port}{p}")).unwrap();
     let timeout = Duration::from_secs(5);
 
@@ -430,10 +430,9 @@ async fn redirects_are_not_followed_by_send_and_checked_hop_by_hop_when_followed
 async fn a_provider_base_url_inside_the_network_fails_unretried_and_follows_no_redirect() {
     let forbidden = forbidden_server().await;
     let hidden = forbidden.address().port();
-    let strict = OpenAiCompatible::new(OutboundClient::with_resolver(
-        OutboundPolicy::strict(),
-        test_names(),
-    ));
+    let strict = OpenAiCompatible::new(
+        OutboundClient::with_resolver(OutboundPolicy::strict(), test_names()).unwrap(),
+    );
     let request = crate::providers::test_support::chat_request();
     for base_url in [
         "http://169.254.169.254/latest".to_owned(),
@@ -472,9 +471,9 @@ async fn a_provider_base_url_inside_the_network_fails_unretried_and_follows_no_r
         ))
         .mount(&upstream)
         .await;
-    let local = OpenAiCompatible::new(OutboundClient::new(
-        OutboundPolicy::strict().with_allowed("127.0.0.1").unwrap(),
-    ));
+    let local = OpenAiCompatible::new(
+        OutboundClient::new(OutboundPolicy::strict().with_allowed("127.0.0.1").unwrap()).unwrap(),
+    );
     let agent = agent(
         "openai_compatible",
         "m",
@@ -512,10 +511,13 @@ async fn an_audio_url_inside_the_network_is_refused_and_a_failed_fetch_is_not_de
         .expect(0)
         .mount(&server)
         .await;
-    let media = OpenAiMedia::new(OutboundClient::with_resolver(
-        OutboundPolicy::strict().with_allowed("127.0.0.1").unwrap(),
-        test_names(),
-    ));
+    let media = OpenAiMedia::new(
+        OutboundClient::with_resolver(
+            OutboundPolicy::strict().with_allowed("127.0.0.1").unwrap(),
+            test_names(),
+        )
+        .unwrap(),
+    );
     let agent = agent(
         "openai",
         "whisper-1",
