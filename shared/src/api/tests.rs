@@ -1097,12 +1097,9 @@ async fn a_strategy_not_offered_and_a_key_mismatch_are_422() {
             json!({"task_type": "text", "content": "x", "budget_usd": "0.05"}),
         )
         .await;
-    assert!(
-        reply.problem(StatusCode::UNPROCESSABLE_ENTITY)["detail"]
-            .as_str()
-            .unwrap()
-            .contains("budget_usd")
-    );
+    let problem = reply.problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(problem["detail"].as_str().unwrap().contains("budget_usd"));
+    assert_eq!(problem["field"], "budget_usd");
     assert_eq!(h.queue.depth(QueueName::Route), 0);
     let task = json!({"task_type": "text", "content": "x", "idempotency_key": "a"});
     let reply = h

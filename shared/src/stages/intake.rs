@@ -34,6 +34,8 @@ pub enum SubmitError {
     /// A strategy the request may name but this deployment does not offer yet.
     #[error("{0}")]
     NotOffered(String),
+    #[error("budget_usd is not enforced yet; send the task without it")]
+    BudgetNotEnforced,
     #[error(transparent)]
     Limited(#[from] LimitError),
     #[error(transparent)]
@@ -83,9 +85,7 @@ pub async fn submit(
     check_offered(spec.routing_strategy, spec.aggregation)?;
     // Refused rather than accepted and ignored until budgets are enforced.
     if spec.budget_usd.is_some() {
-        return Err(SubmitError::NotOffered(
-            "budget_usd is not enforced yet; send the task without it".into(),
-        ));
+        return Err(SubmitError::BudgetNotEnforced);
     }
     let tokens = tokens::task_input(&spec.content, spec.system.as_deref(), spec.fanout);
     let rate_limit = limits::admit(svc, principal, tokens).await?;
