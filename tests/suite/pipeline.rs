@@ -604,19 +604,26 @@ async fn a_task_cancelled_mid_call_owes_what_its_calls_cost_when_they_land(b: Ba
         .await
         .unwrap();
     assert_eq!(cancelled.status(), 200, "{name}");
-    // Both calls land (or are recorded as not made) after the cancel.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
+    // Both calls land (or are recorded as not made) after the cancel, and
+    // the fan-in's hand-off to aggregate (one more queue hop) adds them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let task = loop {
         let (_, task) = get_task(&p, &token, &id).await;
-        if task["calls_pending"] == 0 {
-            break;
+        let landed: u64 = task["calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["usage"]["input_tokens"].as_u64())
+            .sum();
+        if task["calls_pending"] == 0 && task["usage"]["input_tokens"].as_u64() == Some(landed) {
+            break task;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{name}: {task}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}: the late calls were never counted: {task}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // The fan-in's hand-off to aggregate adds the late calls.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, task) = get_task(&p, &token, &id).await;
+    };
     assert_eq!(
         task["status"], "cancelled",
         "{name}: the status never changes: {task}"
