@@ -621,12 +621,15 @@ TASK_STORE_ACTIONS = {
     "create": {(PUT, CONTEXT), (GET, CONTEXT)},  # puts (a transaction with a key); get on conflict
     "transition": {(UPDATE, CONTEXT), (QUERY, CONTEXT)},  # get (a query) when refused
     "lease_call": {(PUT, CONTEXT), (GET, CONTEXT)},  # get when moto returns no old item
-    "put_call": {(PUT, CONTEXT), (GET, CONTEXT)},  # likewise
+    # likewise; a result that settles a budget reservation updates the
+    # tenant's spend counters in the same transaction
+    "put_call": {(PUT, CONTEXT), (GET, CONTEXT), (UPDATE, CONTEXT)},
     "record_call": {(UPDATE, CONTEXT)},
     "add_late_calls": {(UPDATE, CONTEXT), (QUERY, CONTEXT)},  # get when the task changed
     "list": {(QUERY, CONTEXT_INDEX), ("dynamodb:BatchGetItem", CONTEXT)},  # ids, then the tasks
     "due": {(QUERY, "Sub(${ContextTable.Arn}/index/sweep)")},
     "postpone": {(UPDATE, CONTEXT)},
+    "spend": {(GET, CONTEXT)},  # the day's and the month's counters
 }
 REGISTRY_ACTIONS = {
     "get": {(GET, REGISTRY)},

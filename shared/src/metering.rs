@@ -15,7 +15,8 @@ use serde_json::json;
 
 use crate::adapters::aws::{Bootstrap, ResourceNames};
 use crate::domain::{
-    AgentId, AgentSpec, Owner, Principal, Role, TaskRequest, TaskStatus, TenantId,
+    AgentId, AgentSpec, Budgets, Owner, Principal, Role, TaskRequest, TaskStatus, TenantId,
+    TenantSettings,
 };
 use crate::ports::Expect;
 use crate::providers::OutboundPolicy;
@@ -30,6 +31,8 @@ use crate::stages::intake;
 /// |---|---|---|
 /// | 1 agent | 11 | intake: the rate-limit take (one conditional Update of the tenant's buckets, requests and tokens together), Put ×2 (the request once, in its own item; the small state) + Send; route Query + Update + SendBatch; agent-call Query + lease Put + result Put + Update |
 /// | 3 agents | 22 | the same, with three calls counted into the fan-in (Update each) and the aggregate hop (Send, Query, Update) |
+/// | 1 agent, budgeted | 11 | the same as 1 agent: the plan's Update and the result's Put become transactions (TransactWriteItems) with the tenant's day and month spend counters, one call each |
+/// | 3 agents, budgeted | 22 | the same as 3 agents, likewise |
 ///
 /// The rate-limit take is on with the defaults of a deployment (600
 /// requests and 200,000 tokens a minute per tenant); a tenant whose token
@@ -45,18 +48,36 @@ use crate::stages::intake;
 /// |---|---|---|
 /// | 1 agent | 12 | rate-limit take 1 + request 3 + state 1 + route 1 + lease 1 + result 1 + finish 1; index entries: list 1, sweep in 1 and out 1 |
 /// | 3 agents | 19 | the same, with three leases, three results and three fan-in counts, and the aggregate's finish |
+/// | 1 agent, budgeted | 22 | as 1 agent, but the plan's and the result's writes are transactions with the two counters: each 2 × (1 + 2) = 6 units instead of 1 (a transaction bills twice; the hold and the settlement cannot be made exactly-once any cheaper) |
+/// | 3 agents, budgeted | 40 | as 3 agents, with the plan and each of the three results so; the three calls' holds take the planned state item past 1 KB (one unit more, twice) |
 pub const CEILINGS: &[Ceiling] = &[
     Ceiling {
         name: "1 agent",
         fanout: 1,
+        budgeted: false,
         max_ops: 11.0,
         max_write_units: 12,
     },
     Ceiling {
         name: "3 agents",
         fanout: 3,
+        budgeted: false,
         max_ops: 22.0,
         max_write_units: 19,
+    },
+    Ceiling {
+        name: "1 agent, budgeted",
+        fanout: 1,
+        budgeted: true,
+        max_ops: 11.0,
+        max_write_units: 22,
+    },
+    Ceiling {
+        name: "3 agents, budgeted",
+        fanout: 3,
+        budgeted: true,
+        max_ops: 22.0,
+        max_write_units: 40,
     },
 ];
 
@@ -64,6 +85,8 @@ pub const CEILINGS: &[Ceiling] = &[
 pub struct Ceiling {
     pub name: &'static str,
     pub fanout: u32,
+    /// Whether the tenant has budgets (every call reserved and settled).
+    pub budgeted: bool,
     pub max_ops: f64,
     /// DynamoDB write units per task with a 2 KB request, indexes included
     /// (metered by `measure_units`).
@@ -188,9 +211,9 @@ pub async fn measure(
             ..RunnerConfig::default()
         },
     );
-    let principal = principal()?;
     let mut rows = Vec::new();
     for ceiling in CEILINGS {
+        let principal = principal(ceiling.budgeted)?;
         let request = || -> Result<TaskRequest, serde_json::Error> {
             serde_json::from_value(json!({"task_type": "text", "content": "count me",
                 "routing": {"fanout": ceiling.fanout}}))
@@ -217,7 +240,13 @@ pub async fn measure(
             let finished =
                 tokio::time::timeout(Duration::from_secs(20), watch.notify().notified()).await;
             drop(watch);
-            finished.map_err(|_| "a task did not finish in 20 s")?;
+            if finished.is_err() {
+                let record = intake::get(&svc, &principal.tenant, task.task_id).await?;
+                let state = record.map(|r| (r.task.status, r.task.error));
+                return Err(
+                    format!("{}: a task did not finish in 20 s: {state:?}", ceiling.name).into(),
+                );
+            }
             measured.push(task.task_id);
         }
         // Let the last deletes land before reading the counts.
@@ -277,10 +306,10 @@ pub async fn measure_units(tasks: usize, content_bytes: usize) -> Result<Vec<Uni
             ..RunnerConfig::default()
         },
     );
-    let principal = principal()?;
     let content = "x".repeat(content_bytes.max(1));
     let mut rows = Vec::new();
     for ceiling in CEILINGS {
+        let principal = principal(ceiling.budgeted)?;
         let request = || -> Result<TaskRequest, serde_json::Error> {
             serde_json::from_value(json!({"task_type": "text", "content": content,
                 "routing": {"fanout": ceiling.fanout}}))
@@ -319,25 +348,41 @@ fn measured(settings: crate::stages::Settings) -> crate::stages::Settings {
     settings
 }
 
+/// Gives each measured tenant its own agents, and the budgeted one budgets
+/// too high to refuse a measured task.
 async fn register_mock_agents(svc: &crate::stages::Services) -> Result<(), BoxError> {
-    for (id, model) in [("ops-a", "a"), ("ops-b", "b"), ("ops-c", "c")] {
-        let spec: AgentSpec = serde_json::from_value(json!({
-            "name": id, "provider": "mock", "model": model, "capabilities": ["text"],
-            "pricing": {"input_per_mtok": 0.15, "output_per_mtok": 0.60}
-        }))?;
-        // The measured tenant's own agents.
-        let owner = Owner::Tenant(principal()?.tenant);
-        svc.registry
-            .put(&owner, &AgentId::parse(id)?, spec, Expect::Any)
-            .await?;
+    for budgeted in [false, true] {
+        let tenant = principal(budgeted)?.tenant;
+        for (id, model) in [("ops-a", "a"), ("ops-b", "b"), ("ops-c", "c")] {
+            let spec: AgentSpec = serde_json::from_value(json!({
+                "name": id, "provider": "mock", "model": model, "capabilities": ["text"],
+                "pricing": {"input_per_mtok": 0.15, "output_per_mtok": 0.60}
+            }))?;
+            let owner = Owner::Tenant(tenant.clone());
+            svc.registry
+                .put(&owner, &AgentId::parse(id)?, spec, Expect::Any)
+                .await?;
+        }
     }
+    let budgets: Budgets =
+        serde_json::from_value(json!({"daily_usd": "1000000", "monthly_usd": "1000000"}))?;
+    crate::stages::agents::update_settings(
+        svc,
+        &principal(true)?.tenant,
+        TenantSettings {
+            budgets: Some(budgets),
+            ..TenantSettings::default()
+        },
+    )
+    .await?;
     Ok(())
 }
 
-fn principal() -> Result<Principal, BoxError> {
+fn principal(budgeted: bool) -> Result<Principal, BoxError> {
+    let tenant = if budgeted { "ops-budgeted" } else { "ops" };
     Ok(Principal {
         sub: "ops".into(),
-        tenant: TenantId::parse("ops")?,
+        tenant: TenantId::parse(tenant)?,
         roles: vec![Role::Submitter],
     })
 }

@@ -224,6 +224,14 @@ impl TaskStore for FailingRecordCalls {
         self.inner.add_late_calls(seen, calls).await
     }
 
+    async fn spend(
+        &self,
+        tenant: &TenantId,
+        day: chrono::NaiveDate,
+    ) -> Result<maof::ports::SpendOn, StoreError> {
+        self.inner.spend(tenant, day).await
+    }
+
     async fn due(
         &self,
         shard: u32,

@@ -376,6 +376,7 @@ fn cost_sums_are_exact_for_a_thousand_calls_of_odd_token_counts() {
         task.plan.push(PlannedCall {
             call_id,
             agent_id: agent.id.clone(),
+            hold: None,
         });
         calls.push(CallResult {
             call_id,
@@ -391,6 +392,7 @@ fn cost_sums_are_exact_for_a_thousand_calls_of_odd_token_counts() {
             error: None,
             retried_errors: Vec::new(),
             finished_at: Utc::now(),
+            settles: None,
         });
     }
     let (_, patch) = combine(&task, &calls);
@@ -430,6 +432,7 @@ async fn a_redelivered_call_stored_after_its_task_ended_is_added_to_its_cost() {
         plan: Some(vec![PlannedCall {
             call_id,
             agent_id: agent_id.clone(),
+            hold: None,
         }]),
         expected_calls: Some(1),
         ..TaskPatch::default()
@@ -466,6 +469,7 @@ async fn a_redelivered_call_stored_after_its_task_ended_is_added_to_its_cost() {
         error: None,
         retried_errors: Vec::new(),
         finished_at: Utc::now(),
+        settles: None,
     };
     svc.tasks
         .put_call(&tenant, task.task_id, &result)

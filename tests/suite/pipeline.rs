@@ -788,6 +788,116 @@ async fn queues_are_empty_after_tasks_finish(b: Backend) {
     p.stop().await;
 }
 
+/// 100 concurrent tasks against a daily budget of five and a half calls:
+/// spend ends within one call of the budget, on either side (here exactly
+/// five calls, as each costs what is reserved for it), no refused task
+/// calls its agent, and the usage route shows it.
+async fn concurrent_tasks_spend_no_more_than_the_budget(b: Backend) {
+    let name = b.name;
+    let p = Pipeline::start(b, Faults::default()).await;
+    let platform = p.token("ops", &[Role::PlatformAdmin]);
+    let set = p
+        .http
+        .put(format!("{}/v1/tenants/thrifty/settings", p.base))
+        .bearer_auth(&platform)
+        .json(&json!({"budgets": {"daily_usd": "0.55"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200, "{name}");
+    let token = p.submitter("thrifty");
+    let body = json!({"task_type": "metered", "content": "spend",
+        "routing": {"agents": ["mock-metered"]}, "timeout_ms": 120000});
+    let submitted =
+        futures::future::join_all((0..100).map(|_| submit(&p, &token, body.clone(), ""))).await;
+    let ids: Vec<String> = submitted
+        .iter()
+        .map(|(status, task)| {
+            assert_eq!(*status, 202, "{name}: {task}");
+            task["task_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let mut completed = 0;
+    for id in &ids {
+        let task = finished(&p, &token, id, Duration::from_secs(90)).await;
+        match task["status"].as_str() {
+            Some("completed") => {
+                completed += 1;
+                assert_eq!(task["cost_usd"], "0.1", "{name}: {task}");
+            }
+            _ => assert_eq!(task["error"]["code"], "budget_exceeded", "{name}: {task}"),
+        }
+    }
+    let call = 0.1;
+    let spent = f64::from(completed) * call;
+    assert!(
+        spent <= 0.55 + call && spent >= 0.55 - call,
+        "{name}: {completed} calls spent ${spent}"
+    );
+    assert_eq!(
+        completed, 5,
+        "{name}: each call costs exactly what it reserved"
+    );
+    assert_eq!(
+        p.provider.count("mock-metered", "spend"),
+        completed,
+        "{name}: a refused task calls nothing"
+    );
+    let usage: Value = p
+        .http
+        .get(format!("{}/v1/tenant/usage", p.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["day"]["spent_usd"], "0.5", "{name}: {usage}");
+    assert_eq!(usage["day"]["reserved_usd"], "0", "{name}: {usage}");
+    assert_eq!(usage["day"]["budget_usd"], "0.55", "{name}: {usage}");
+    assert_eq!(usage["day"]["remaining_usd"], "0.05", "{name}: {usage}");
+    assert_eq!(usage["month"]["spent_usd"], "0.5", "{name}: {usage}");
+    assert!(
+        usage["month"].get("budget_usd").is_none(),
+        "{name}: {usage}"
+    );
+    p.stop().await;
+}
+
+/// A task's own budget refuses a panel that does not fit before any call,
+/// and an agent without prices is not chosen under it.
+async fn a_task_budget_refuses_a_panel_that_does_not_fit(b: Backend) {
+    let name = b.name;
+    let p = Pipeline::start(b, Faults::default()).await;
+    let token = p.submitter("acme");
+    let body = json!({"task_type": "metered", "content": "too dear",
+        "routing": {"agents": ["mock-metered"]}, "budget_usd": "0.09"});
+    let (_, task) = submit(&p, &token, body, "?wait=10").await;
+    assert_eq!(task["status"], "failed", "{name}: {task}");
+    assert_eq!(task["error"]["code"], "budget_exceeded", "{name}: {task}");
+    assert_eq!(p.provider.count("mock-metered", "too dear"), 0, "{name}");
+    let body = json!({"task_type": "metered", "content": "just enough",
+        "routing": {"agents": ["mock-metered"]}, "budget_usd": "0.1"});
+    let (_, task) = submit(&p, &token, body, "?wait=10").await;
+    assert_eq!(task["status"], "completed", "{name}: {task}");
+    assert_eq!(task["cost_usd"], "0.1", "{name}: {task}");
+    let body = json!({"task_type": "unpriced", "content": "unpriced",
+        "routing": {"agents": ["mock-unpriced"]}, "budget_usd": "1"});
+    let (_, task) = submit(&p, &token, body, "?wait=10").await;
+    assert_eq!(task["error"]["code"], "unpriced_agent", "{name}: {task}");
+    let body = json!({"task_type": "unpriced", "content": "unpriced", "budget_usd": "1"});
+    let (_, task) = submit(&p, &token, body, "?wait=10").await;
+    assert_eq!(task["error"]["code"], "no_priced_agent", "{name}: {task}");
+    assert_eq!(p.provider.count("mock-unpriced", "unpriced"), 0, "{name}");
+    // Without a budget it is called (its cost unknown, not zero).
+    let body = json!({"task_type": "unpriced", "content": "unpriced"});
+    let (_, task) = submit(&p, &token, body, "?wait=10").await;
+    assert_eq!(task["status"], "completed", "{name}: {task}");
+    assert_eq!(task["cost_usd"], Value::Null, "{name}: {task}");
+    p.stop().await;
+}
+
 on_both_backends!(
     a_single_agent_task_completes,
     a_fan_out_of_three_completes_with_three_attributed_results,
@@ -807,4 +917,6 @@ on_both_backends!(
     a_fan_out_whose_aggregate_message_is_lost_completes_through_the_sweeper,
     a_task_whose_messages_are_lost_fails_at_its_deadline_through_the_sweeper,
     queues_are_empty_after_tasks_finish,
+    concurrent_tasks_spend_no_more_than_the_budget,
+    a_task_budget_refuses_a_panel_that_does_not_fit,
 );

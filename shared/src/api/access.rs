@@ -5,10 +5,10 @@
 //!
 //! | role | may |
 //! |---|---|
-//! | `viewer` | read everything of its tenant (tasks, agents it may use) |
+//! | `viewer` | read everything of its tenant (tasks, agents it may use, usage) |
 //! | `submitter` | also create tasks, and cancel those it submitted |
 //! | `operator` | also cancel any task of its tenant |
-//! | `admin` | also manage its tenant's agents and lower its own limits |
+//! | `admin` | also manage its tenant's agents and lower its own limits and budgets |
 //! | `platform_admin` | also manage platform agents and every tenant's settings |
 
 use axum::Extension;
@@ -139,6 +139,12 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/tenant/settings",
             admin,
             put(tenants::put_own_settings),
+        ),
+        route(
+            Method::GET,
+            "/v1/tenant/usage",
+            viewer,
+            get(tenants::get_usage),
         ),
         route(
             Method::GET,

@@ -6,10 +6,13 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::problem::Problem;
-use super::tenants::{PlatformAgentName, RateLimitsRequest, RatesRequest, SettingsRequest};
+use super::tenants::{
+    BudgetsRequest, PlatformAgentName, RateLimitsRequest, RatesRequest, SettingsRequest,
+};
 use super::views::{
-    Accepted, AgentList, AgentView, CallView, CeilingsView, Health, PricingView, RateLimitsView,
-    RatesView, ResultView, SettingsView, TaskPage, TaskView,
+    Accepted, AgentList, AgentView, BudgetsView, CallView, CeilingsView, Health, PeriodUsageView,
+    PricingView, RateLimitsView, RatesView, ResultView, SettingsView, TaskPage, TaskView,
+    UsageView,
 };
 use super::{agents, tasks, tenants};
 use crate::domain::{AgentRequest, TaskRequest, TenantId};
@@ -40,13 +43,15 @@ use crate::domain::{AgentRequest, TaskRequest, TenantId};
         tenants::put_own_settings,
         tenants::get_settings,
         tenants::put_settings,
+        tenants::get_usage,
         super::health,
         openapi_json,
     ),
     components(schemas(
         Problem, TaskRequest, Accepted, TaskView, ResultView, CallView, TaskPage, AgentRequest, AgentView, PricingView, AgentList, Health,
         SettingsRequest, PlatformAgentName, RateLimitsRequest, RatesRequest, SettingsView,
-        CeilingsView, RateLimitsView, RatesView, TenantId,
+        CeilingsView, RateLimitsView, RatesView, TenantId, BudgetsRequest, BudgetsView, UsageView,
+        PeriodUsageView,
     )),
     modifiers(&BearerAuth),
     tags(

@@ -235,9 +235,6 @@ impl From<SubmitError> for Problem {
                 Problem::unprocessable(e.to_string()).with_field("idempotency_key")
             }
             SubmitError::NotOffered(detail) => Problem::unprocessable(detail),
-            SubmitError::BudgetNotEnforced => {
-                Problem::unprocessable(e.to_string()).with_field("budget_usd")
-            }
             SubmitError::Limited(LimitError::Limited {
                 retry_after, state, ..
             }) => {

@@ -86,7 +86,7 @@ fn accepted(task: &Task) -> Response {
         (status = 403, description = "Needs the submitter role", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 256 KiB, or content/system over its limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not JSON (Content-Type)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field breaks its rule (`field` names it), the two idempotency keys differ, the task's estimated tokens exceed a tokens-per-minute limit by themselves, or it names a strategy or a `budget_usd` not offered yet", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field breaks its rule (`field` names it), the two idempotency keys differ, the task's estimated tokens exceed a tokens-per-minute limit by themselves, or it names a strategy not offered yet", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over a rate limit (requests or estimated tokens per minute, of the tenant or the token's subject)", body = Problem, content_type = "application/problem+json",
             headers(
                 ("Retry-After" = u64, description = "Seconds until the request would be admitted"),

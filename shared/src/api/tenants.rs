@@ -1,24 +1,28 @@
 //! Tenants' settings: `platform_admin` sets them for any tenant
 //! (`/v1/tenants/{tenant}/settings`): the platform agents it may use and
 //! the ceilings of its limits. A tenant's admins read theirs and may lower
-//! their own limits below the ceilings (`/v1/tenant/settings`).
+//! their own limits and budgets below the ceilings (`/v1/tenant/settings`),
+//! and see what the tenant spent (`/v1/tenant/usage`).
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use chrono::NaiveDate;
 use serde::Deserialize;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
 use super::auth::Caller;
 use super::extract::json_body;
 use super::problem::{Problem, path_not_found};
-use super::views::SettingsView;
+use super::views::{PeriodUsageView, SettingsView, UsageView};
 use crate::domain::tenant::PlatformAgentsError;
-use crate::domain::text;
-use crate::domain::{OwnSettings, PlatformAgents, RateLimits, Rates, TenantId, TenantSettings};
+use crate::domain::{
+    Budgets, OwnSettings, Period, PlatformAgents, RateLimits, Rates, TenantId, TenantSettings, Usd,
+};
+use crate::domain::{money, text};
 use crate::stages::agents::{self, MAX_PLATFORM_AGENTS_LISTED};
 
 /// A partial update: each section named replaces the one stored; the
@@ -36,6 +40,42 @@ pub struct SettingsRequest {
     /// by the tenant's admin, its own limits, which may only be lower.
     #[serde(default, deserialize_with = "text::optional_object")]
     pub rate_limits: Option<RateLimitsRequest>,
+    /// What the tenant may spend per UTC day and month. Set by
+    /// `platform_admin`, these are the ceilings; set by the tenant's admin,
+    /// its own budgets, which may only be lower.
+    #[serde(default, deserialize_with = "text::optional_object")]
+    pub budgets: Option<BudgetsRequest>,
+}
+
+/// Budgets in US dollars; a budget left out is none (within the ceiling).
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetsRequest {
+    #[serde(default)]
+    #[schema(schema_with = money::nullable_amount_in)]
+    pub daily_usd: Option<Usd>,
+    #[serde(default)]
+    #[schema(schema_with = money::nullable_amount_in)]
+    pub monthly_usd: Option<Usd>,
+}
+
+impl TryFrom<BudgetsRequest> for Budgets {
+    type Error = Problem;
+
+    fn try_from(b: BudgetsRequest) -> Result<Self, Problem> {
+        for (name, value) in [("daily_usd", b.daily_usd), ("monthly_usd", b.monthly_usd)] {
+            if value.is_some_and(Usd::is_negative) {
+                return Err(
+                    Problem::unprocessable(format!("budgets.{name} must not be negative"))
+                        .with_field(format!("budgets.{name}")),
+                );
+            }
+        }
+        Ok(Budgets {
+            daily_usd: b.daily_usd,
+            monthly_usd: b.monthly_usd,
+        })
+    }
 }
 
 /// Per-minute limits; a limit left out is none (within the ceiling).
@@ -130,6 +170,7 @@ impl TryFrom<SettingsRequest> for TenantSettings {
         Ok(TenantSettings {
             platform_agents,
             rate_limits: request.rate_limits.map(RateLimits::try_from).transpose()?,
+            budgets: request.budgets.map(Budgets::try_from).transpose()?,
             ..TenantSettings::default()
         })
     }
@@ -172,7 +213,7 @@ pub(crate) async fn get_own_settings(
     path = "/v1/tenant/settings",
     tag = "tenants",
     request_body(content = SettingsRequest, content_type = "application/json",
-        description = "The tenant's own limits, which may only be lower than its ceilings; `platform_agents` is platform_admin's (403)."),
+        description = "The tenant's own limits and budgets, which may only be lower than its ceilings; `platform_agents` is platform_admin's (403)."),
     responses(
         (status = 200, description = "Written; the settings that now apply", body = SettingsView),
         (status = 400, description = "Malformed JSON, unknown field or wrong type", body = Problem, content_type = "application/problem+json"),
@@ -206,6 +247,7 @@ pub(crate) async fn put_own_settings(
     }
     let own = OwnSettings {
         rate_limits: request.rate_limits.map(RateLimits::try_from).transpose()?,
+        budgets: request.budgets.map(Budgets::try_from).transpose()?,
     };
     let current = agents::settings(&state.services, tenant)
         .await
@@ -213,7 +255,9 @@ pub(crate) async fn put_own_settings(
     if let Some(field) = current.refuse_own(&own) {
         return Err(forbidden(
             &field,
-            format!("{field} is above the tenant's ceiling; a tenant may only lower its limits"),
+            format!(
+                "{field} is above the tenant's ceiling; a tenant may only lower its limits and budgets"
+            ),
         ));
     }
     agents::update_own_settings(&state.services, tenant, own)
@@ -293,4 +337,62 @@ pub(crate) async fn put_settings(
         .map_err(settings_write)?;
     tracing::info!(%tenant, "tenant settings written");
     effective(&state, &tenant).await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct UsageParams {
+    /// A UTC day (`2026-11-26`); its month is shown with it. Default: today.
+    #[param(value_type = Option<String>, format = Date)]
+    date: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/tenant/usage",
+    tag = "tenants",
+    params(UsageParams),
+    responses(
+        (status = 200, description = "The caller's tenant's spend and reservations for a UTC day and its month, \
+            with the budgets that apply. Spend is counted while the tenant has a budget.", body = UsageView),
+        (status = 400, description = "A date that is not YYYY-MM-DD", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the viewer role", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant))]
+pub(crate) async fn get_usage(
+    State(state): State<ApiState>,
+    caller: Caller,
+    params: Result<Query<UsageParams>, QueryRejection>,
+) -> Result<Json<UsageView>, Problem> {
+    let Query(params) = params?;
+    let day = match params.date.as_deref() {
+        None => state.services.clock.now().date_naive(),
+        Some(text) => NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+            Problem::bad_request("date must be a day as YYYY-MM-DD").with_field("date")
+        })?,
+    };
+    let tenant = &caller.principal.tenant;
+    let (spend, settings) = tokio::try_join!(
+        async {
+            state
+                .services
+                .tasks
+                .spend(tenant, day)
+                .await
+                .map_err(Problem::server)
+        },
+        async {
+            agents::settings(&state.services, tenant)
+                .await
+                .map_err(Problem::server)
+        },
+    )?;
+    Ok(Json(UsageView {
+        day: PeriodUsageView::of(Period::Day, day, spend.day, &settings.budgets),
+        month: PeriodUsageView::of(Period::Month, day, spend.month, &settings.budgets),
+    }))
 }

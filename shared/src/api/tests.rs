@@ -651,9 +651,19 @@ async fn tenant_settings_are_checked() {
         bad.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
         "platform_agents[1]"
     );
-    put(json!({"budgets": {"daily_usd": "1"}}))
+    let negative = put(json!({"budgets": {"daily_usd": "-1"}})).await;
+    assert_eq!(
+        negative.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
+        "budgets.daily_usd"
+    );
+    put(json!({"budgets": {"weekly_usd": "1"}}))
         .await
         .problem(StatusCode::BAD_REQUEST);
+    let budgets = put(json!({"budgets": {"daily_usd": "50", "monthly_usd": 1000}})).await;
+    assert_eq!(
+        budgets.body["budgets"],
+        json!({"daily_usd": "50", "monthly_usd": "1000"})
+    );
     let zero = put(json!({"rate_limits": {"per_subject": {"rpm": 0}}})).await;
     assert_eq!(
         zero.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
@@ -700,6 +710,21 @@ async fn tenant_settings_are_checked() {
     assert_eq!(
         agents.problem(StatusCode::FORBIDDEN)["field"],
         "platform_agents"
+    );
+    let richer = own(json!({"budgets": {"daily_usd": "50.01"}})).await;
+    assert_eq!(
+        richer.problem(StatusCode::FORBIDDEN)["field"],
+        "budgets.daily_usd"
+    );
+    let thrifty = own(json!({"budgets": {"daily_usd": "10"}})).await;
+    assert_eq!(thrifty.status, StatusCode::OK, "{}", thrifty.body);
+    assert_eq!(
+        thrifty.body["budgets"],
+        json!({"daily_usd": "10", "monthly_usd": "1000"})
+    );
+    assert_eq!(
+        thrifty.body["ceilings"]["budgets"],
+        json!({"daily_usd": "50", "monthly_usd": "1000"})
     );
     let lower = own(json!({"rate_limits": {"rpm": 40, "per_subject": {"rpm": 5}}})).await;
     assert_eq!(lower.status, StatusCode::OK, "{}", lower.body);
@@ -1090,15 +1115,14 @@ async fn a_strategy_not_offered_and_a_key_mismatch_are_422() {
         )
         .await;
     reply.problem(StatusCode::UNPROCESSABLE_ENTITY);
-    // A budget not yet enforced is refused, not ignored; nothing is queued.
+    // A negative budget is refused, naming the field; nothing is queued.
     let reply = h
         .submit(
             &token,
-            json!({"task_type": "text", "content": "x", "budget_usd": "0.05"}),
+            json!({"task_type": "text", "content": "x", "budget_usd": "-0.05"}),
         )
         .await;
     let problem = reply.problem(StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(problem["detail"].as_str().unwrap().contains("budget_usd"));
     assert_eq!(problem["field"], "budget_usd");
     assert_eq!(h.queue.depth(QueueName::Route), 0);
     let task = json!({"task_type": "text", "content": "x", "idempotency_key": "a"});
@@ -1636,6 +1660,7 @@ async fn money_in_a_task_is_a_decimal_string_not_a_float() {
         error: None,
         retried_errors: Vec::new(),
         finished_at: chrono::Utc::now(),
+        settles: None,
     };
     h.tasks.put_call(&tenant, task_id, &call).await.unwrap();
     let patch = TaskPatch {

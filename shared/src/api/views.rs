@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::{
-    Agent, AgentId, AggregateResult, AggregationStrategy, CallError, CallId, CallResult,
-    CallStatus, Constraints, EffectiveSettings, MockOptions, PlatformAgents, Pricing, Provider,
-    RateLimits, Task, TaskError, TaskId, TaskStatus, TaskType, Usage, Usd,
+    Agent, AgentId, AggregateResult, AggregationStrategy, Budgets, CallError, CallId, CallResult,
+    CallStatus, Constraints, EffectiveSettings, MockOptions, Period, PlatformAgents, Pricing,
+    Provider, RateLimits, Spend, Task, TaskError, TaskId, TaskStatus, TaskType, Usage, Usd,
 };
 use crate::ports::TaskRecord;
 
@@ -297,13 +297,34 @@ pub struct SettingsView {
     pub platform_agents: Vec<String>,
     /// The limits enforced: the tighter of the ceiling and the tenant's own.
     pub rate_limits: RateLimitsView,
-    /// What `platform_admin` allows; a tenant may set only lower limits.
+    /// The budgets enforced: the tighter of the ceiling and the tenant's own.
+    pub budgets: BudgetsView,
+    /// What `platform_admin` allows; a tenant may set only lower limits and budgets.
     pub ceilings: CeilingsView,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CeilingsView {
     pub rate_limits: RateLimitsView,
+    pub budgets: BudgetsView,
+}
+
+/// Per UTC day and month, in US dollars; one left out is no budget.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BudgetsView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daily_usd: Option<Usd>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monthly_usd: Option<Usd>,
+}
+
+impl From<Budgets> for BudgetsView {
+    fn from(b: Budgets) -> Self {
+        BudgetsView {
+            daily_usd: b.daily_usd,
+            monthly_usd: b.monthly_usd,
+        }
+    }
 }
 
 /// Per-minute limits; one left out is no limit.
@@ -345,9 +366,48 @@ impl From<EffectiveSettings> for SettingsView {
                 PlatformAgents::Only(ids) => ids.into_iter().map(|i| i.to_string()).collect(),
             },
             rate_limits: settings.rate_limits.into(),
+            budgets: settings.budgets.into(),
             ceilings: CeilingsView {
-                rate_limits: settings.ceilings.into(),
+                rate_limits: settings.ceilings.rate_limits.into(),
+                budgets: settings.ceilings.budgets.into(),
             },
+        }
+    }
+}
+
+/// A tenant's spend for a UTC day and its month.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageView {
+    pub day: PeriodUsageView,
+    pub month: PeriodUsageView,
+}
+
+/// One period's spend. `spent_usd` is what settled calls cost;
+/// `reserved_usd` what is held for calls under way. A budget refuses a
+/// task whose expected cost does not fit in `remaining_usd`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PeriodUsageView {
+    /// `2026-11-26` for a day, `2026-11` for a month.
+    pub period: String,
+    pub spent_usd: Usd,
+    pub reserved_usd: Usd,
+    /// The budget that applies now; none: no budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<Usd>,
+    /// The budget less what is spent and reserved (never below zero).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining_usd: Option<Usd>,
+}
+
+impl PeriodUsageView {
+    pub fn of(period: Period, day: NaiveDate, spend: Spend, budgets: &Budgets) -> Self {
+        let budget = budgets.limit(period);
+        PeriodUsageView {
+            period: period.key(day),
+            spent_usd: spend.spent,
+            reserved_usd: spend.reserved,
+            budget_usd: budget,
+            remaining_usd: budget.map(|b| (b - spend.committed()).max(Usd::ZERO)),
         }
     }
 }

@@ -104,6 +104,7 @@ mod tests {
             .map(|(i, c)| PlannedCall {
                 call_id: *c,
                 agent_id: AgentId::parse(format!("a{i}")).unwrap(),
+                hold: None,
             })
             .collect();
         (task, calls)
@@ -136,6 +137,7 @@ mod tests {
             }),
             retried_errors: Vec::new(),
             finished_at: Utc::now(),
+            settles: None,
         }
     }
 

@@ -122,4 +122,9 @@ pub struct CallResult {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retried_errors: Vec<CallError>,
     pub finished_at: DateTime<Utc>,
+    /// The budget reservation this result settles: the store applies it to
+    /// the tenant's counters in the same write as the result, so only the
+    /// first result written settles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settles: Option<super::budget::Settlement>,
 }

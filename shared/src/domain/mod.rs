@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod aggregation;
+pub mod budget;
 pub mod call;
 pub mod envelope;
 pub mod ids;
@@ -23,6 +24,7 @@ pub use agent::{
     Agent, AgentRequest, AgentSpec, AgentSpecError, BaseUrl, Constraints, MockFault, MockOptions,
     Pricing, Provider,
 };
+pub use budget::{BudgetExceeded, Budgets, CallHold, Hold, Period, Settlement, Spend};
 pub use call::{BlobRef, CallError, CallResult, CallStatus, ErrorClass, Usage};
 pub use envelope::{Envelope, MessageKind};
 pub use ids::{AgentId, CallId, IdError, IdempotencyKey, TaskId, TenantId, WorkflowId};
@@ -36,7 +38,7 @@ pub use task::{
 };
 pub use task_type::{TaskType, TaskTypeError};
 pub use tenant::{
-    EffectiveSettings, OwnSettings, PlatformAgents, RateLimits, Rates, TenantDefaults,
+    Ceilings, EffectiveSettings, OwnSettings, PlatformAgents, RateLimits, Rates, TenantDefaults,
     TenantSettings,
 };
 pub use workflow::{Step, Workflow, WorkflowError};

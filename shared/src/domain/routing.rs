@@ -12,8 +12,16 @@ use super::task_type::TaskType;
 pub enum RoutingError {
     #[error("no enabled agent can serve task_type `{0}`")]
     NoCapableAgent(TaskType),
+    #[error(
+        "no agent with prices can serve task_type `{0}`; under a budget only priced agents are called"
+    )]
+    NoPricedAgent(TaskType),
     #[error("routing.agents names `{0}`, which is unknown or disabled")]
     UnknownAgent(String),
+    #[error(
+        "routing.agents names `{0}`, which has no prices; under a budget only priced agents are called"
+    )]
+    UnpricedAgent(String),
     #[error(
         "fanout {wanted} needs {wanted} agents for task_type `{task_type}`; {available} available"
     )]
@@ -28,7 +36,9 @@ impl RoutingError {
     pub fn code(&self) -> &'static str {
         match self {
             RoutingError::NoCapableAgent(_) => "no_capable_agent",
+            RoutingError::NoPricedAgent(_) => "no_priced_agent",
             RoutingError::UnknownAgent(_) => "unknown_agent",
+            RoutingError::UnpricedAgent(_) => "unpriced_agent",
             RoutingError::NotEnoughAgents { .. } => "not_enough_agents",
         }
     }
@@ -60,18 +70,28 @@ fn by_quality(a: &Agent, b: &Agent) -> Ordering {
 /// Chooses `spec.fanout` distinct agents: exactly the named ones when
 /// `routing.agents` is given, else the capable ones ordered by the strategy,
 /// preferring distinct providers so one provider's outage hits one call.
-pub fn select(spec: &TaskSpec, agents: &[Agent]) -> Result<Vec<Agent>, RoutingError> {
+/// Under a budget (`priced_only`), an agent without prices is not chosen:
+/// what it costs could not be reserved.
+pub fn select(
+    spec: &TaskSpec,
+    agents: &[Agent],
+    priced_only: bool,
+) -> Result<Vec<Agent>, RoutingError> {
+    let priced = |a: &Agent| !priced_only || a.spec.pricing.is_some();
     if !spec.agents.is_empty() {
         return spec
             .agents
             .iter()
             .take(spec.fanout as usize)
             .map(|id| {
-                agents
+                let agent = agents
                     .iter()
                     .find(|a| &a.id == id && a.spec.enabled)
-                    .cloned()
-                    .ok_or_else(|| RoutingError::UnknownAgent(id.to_string()))
+                    .ok_or_else(|| RoutingError::UnknownAgent(id.to_string()))?;
+                if !priced(agent) {
+                    return Err(RoutingError::UnpricedAgent(id.to_string()));
+                }
+                Ok(agent.clone())
             })
             .collect();
     }
@@ -81,6 +101,10 @@ pub fn select(spec: &TaskSpec, agents: &[Agent]) -> Result<Vec<Agent>, RoutingEr
         .collect();
     if capable.is_empty() {
         return Err(RoutingError::NoCapableAgent(spec.task_type.clone()));
+    }
+    capable.retain(|a| priced(a));
+    if capable.is_empty() {
+        return Err(RoutingError::NoPricedAgent(spec.task_type.clone()));
     }
     let wanted = spec.fanout as usize;
     if capable.len() < wanted {
@@ -163,9 +187,28 @@ mod tests {
         let chosen = select(
             &spec(json!({"task_type": "text", "content": "x", "routing": {"fanout": 2}})),
             &registry(),
+            false,
         )
         .unwrap();
         assert_eq!(ids(&chosen), ["good", "free"]);
+    }
+
+    #[test]
+    fn under_a_budget_an_agent_without_prices_is_not_chosen() {
+        let two = spec(json!({"task_type": "text", "content": "x", "routing": {"fanout": 2}}));
+        let chosen = select(&two, &registry(), true).unwrap();
+        assert_eq!(ids(&chosen), ["good", "cheap"]);
+        let named =
+            spec(json!({"task_type": "text", "content": "x", "routing": {"agents": ["free"]}}));
+        assert_eq!(
+            select(&named, &registry(), true).unwrap_err().code(),
+            "unpriced_agent"
+        );
+        let unpriced = vec![agent("free", "gemini", 0.6, None, &["text"])];
+        assert_eq!(
+            select(&two, &unpriced, true).unwrap_err().code(),
+            "no_priced_agent"
+        );
     }
 
     #[test]
@@ -174,7 +217,7 @@ mod tests {
             json!({"task_type": "text", "content": "x", "routing": {"strategy": "cheapest", "fanout": 4}}),
         );
         assert_eq!(
-            ids(&select(&s, &registry()).unwrap()),
+            ids(&select(&s, &registry(), false).unwrap()),
             ["cheap", "good-too", "good", "free"]
         );
     }
@@ -184,11 +227,14 @@ mod tests {
         let s = spec(
             json!({"task_type": "text", "content": "x", "routing": {"agents": ["coder", "cheap"], "fanout": 2}}),
         );
-        assert_eq!(ids(&select(&s, &registry()).unwrap()), ["coder", "cheap"]);
+        assert_eq!(
+            ids(&select(&s, &registry(), false).unwrap()),
+            ["coder", "cheap"]
+        );
         let s =
             spec(json!({"task_type": "text", "content": "x", "routing": {"agents": ["ghost"]}}));
         assert_eq!(
-            select(&s, &registry()),
+            select(&s, &registry(), false),
             Err(RoutingError::UnknownAgent("ghost".into()))
         );
     }
@@ -197,12 +243,12 @@ mod tests {
     fn no_or_too_few_capable_agents_is_a_clear_error() {
         let s = spec(json!({"task_type": "image", "content": "x"}));
         assert_eq!(
-            select(&s, &registry()).unwrap_err().code(),
+            select(&s, &registry(), false).unwrap_err().code(),
             "no_capable_agent"
         );
         let s = spec(json!({"task_type": "code", "content": "x", "routing": {"fanout": 2}}));
         assert_eq!(
-            select(&s, &registry()).unwrap_err().code(),
+            select(&s, &registry(), false).unwrap_err().code(),
             "not_enough_agents"
         );
         let mut disabled = registry();
@@ -211,7 +257,7 @@ mod tests {
         }
         let s = spec(json!({"task_type": "text", "content": "x"}));
         assert_eq!(
-            select(&s, &disabled).unwrap_err().code(),
+            select(&s, &disabled, false).unwrap_err().code(),
             "no_capable_agent"
         );
     }

@@ -271,7 +271,9 @@ pub struct TaskRequest {
     #[serde(default, deserialize_with = "super::text::object")]
     pub aggregation: AggregationRequest,
     /// The most the task may cost, in US dollars: a number or a decimal string, not negative.
-    /// Not enforced yet: a task that sends it is refused (422) until budgets are.
+    /// The panel's expected cost (each call's estimated input, and its
+    /// output cap at the output price) must fit, or the task fails
+    /// `budget_exceeded` before any call; only priced agents are chosen.
     #[serde(default)]
     #[schema(schema_with = money::nullable_amount_in)]
     pub budget_usd: Option<Usd>,
@@ -460,6 +462,9 @@ impl TaskError {
 pub struct PlannedCall {
     pub call_id: CallId,
     pub agent_id: AgentId,
+    /// What was reserved for the call when a budget applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<super::budget::CallHold>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -549,6 +554,18 @@ impl Task {
         Some((usage, cost, counted))
     }
 
+    /// What a call's result settles: its reservation on the tenant's
+    /// counters, if the plan made one.
+    pub fn settlement(&self, call_id: CallId) -> Option<super::budget::Settlement> {
+        self.planned(call_id)
+            .and_then(|c| c.hold)
+            .and_then(|hold| hold.settlement())
+    }
+
+    pub fn planned(&self, call_id: CallId) -> Option<&PlannedCall> {
+        self.plan.iter().find(|c| c.call_id == call_id)
+    }
+
     /// When the task must have finished; past it, whatever stage holds it fails it.
     pub fn deadline(&self) -> DateTime<Utc> {
         self.created_at + chrono::Duration::milliseconds(self.spec.timeout_ms as i64)
@@ -585,6 +602,10 @@ pub struct TaskPatch {
     pub cost_usd: Option<Usd>,
     pub counted_calls: Option<BTreeSet<CallId>>,
     pub error: Option<TaskError>,
+    /// Reserved against the tenant's budgets in the same atomic write, or
+    /// the transition is refused (`StoreError::OverBudget`). Not a field of
+    /// the task: its calls' holds say what each reserved.
+    pub hold: Option<super::budget::Hold>,
 }
 
 impl TaskPatch {

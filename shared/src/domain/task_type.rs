@@ -50,6 +50,10 @@ impl TaskType {
     /// The rule as a JSON Schema (ECMA-262) pattern; with `MAX_LEN` it is the
     /// whole of it.
     pub const PATTERN: &'static str = "^[a-z0-9_]+$";
+    /// Image generation: answered with the images' URLs, priced per image.
+    pub const IMAGE: TaskType = TaskType::from_static("image");
+    /// Audio transcription: priced per minute of audio.
+    pub const TRANSCRIPTION: TaskType = TaskType::from_static("transcription");
 
     pub fn parse(value: impl Into<String>) -> Result<Self, TaskTypeError> {
         let value = value.into();

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::budget::Budgets;
 use super::ids::{AgentId, IdError};
 
 /// Which platform agents a tenant may use: all (`["*"]`) or those listed.
@@ -142,6 +143,8 @@ impl RateLimits {
 pub struct OwnSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<RateLimits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budgets: Option<Budgets>,
 }
 
 /// A tenant's stored settings: what `platform_admin` set (the ceilings, and
@@ -154,6 +157,9 @@ pub struct TenantSettings {
     /// The ceiling of the tenant's rate limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<RateLimits>,
+    /// The ceiling of the tenant's budgets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budgets: Option<Budgets>,
     #[serde(default)]
     pub own: OwnSettings,
 }
@@ -168,6 +174,9 @@ impl TenantSettings {
         if update.rate_limits.is_some() {
             self.rate_limits = update.rate_limits;
         }
+        if update.budgets.is_some() {
+            self.budgets = update.budgets;
+        }
         self
     }
 
@@ -175,6 +184,9 @@ impl TenantSettings {
     pub fn with_own(mut self, update: OwnSettings) -> TenantSettings {
         if update.rate_limits.is_some() {
             self.own.rate_limits = update.rate_limits;
+        }
+        if update.budgets.is_some() {
+            self.own.budgets = update.budgets;
         }
         self
     }
@@ -187,14 +199,25 @@ pub struct EffectiveSettings {
     pub platform_agents: PlatformAgents,
     /// What is enforced: the tighter of the ceiling and the tenant's own.
     pub rate_limits: RateLimits,
+    pub budgets: Budgets,
     /// What `platform_admin` allows (or the default).
-    pub ceilings: RateLimits,
+    pub ceilings: Ceilings,
+}
+
+/// What `platform_admin` allows a tenant: its own limits and budgets may
+/// only be lower.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ceilings {
+    pub rate_limits: RateLimits,
+    pub budgets: Budgets,
 }
 
 impl EffectiveSettings {
     /// Why `own` may not be set: the first field above its ceiling.
     pub fn refuse_own(&self, own: &OwnSettings) -> Option<String> {
-        own.rate_limits.and_then(|r| r.above(self.ceilings))
+        own.rate_limits
+            .and_then(|r| r.above(self.ceilings.rate_limits))
+            .or_else(|| own.budgets.and_then(|b| b.above(self.ceilings.budgets)))
     }
 }
 
@@ -203,29 +226,38 @@ impl EffectiveSettings {
 pub struct TenantDefaults {
     pub platform_agents: PlatformAgents,
     pub rate_limits: RateLimits,
+    pub budgets: Budgets,
 }
 
 impl Default for TenantDefaults {
-    /// A tenant uses no platform agent until allowed, and has no rate limit.
+    /// A tenant uses no platform agent until allowed, and has no rate limit
+    /// and no budget.
     fn default() -> Self {
         TenantDefaults {
             platform_agents: PlatformAgents::none(),
             rate_limits: RateLimits::default(),
+            budgets: Budgets::default(),
         }
     }
 }
 
 impl TenantDefaults {
     pub fn apply(&self, settings: Option<&TenantSettings>) -> EffectiveSettings {
-        let ceilings = settings
-            .and_then(|s| s.rate_limits)
-            .unwrap_or(self.rate_limits);
-        let own = settings.and_then(|s| s.own.rate_limits).unwrap_or_default();
+        let ceilings = Ceilings {
+            rate_limits: settings
+                .and_then(|s| s.rate_limits)
+                .unwrap_or(self.rate_limits),
+            budgets: settings.and_then(|s| s.budgets).unwrap_or(self.budgets),
+        };
+        let own = settings.map(|s| s.own.clone()).unwrap_or_default();
         EffectiveSettings {
             platform_agents: settings
                 .and_then(|s| s.platform_agents.clone())
                 .unwrap_or_else(|| self.platform_agents.clone()),
-            rate_limits: ceilings.min(own),
+            rate_limits: ceilings
+                .rate_limits
+                .min(own.rate_limits.unwrap_or_default()),
+            budgets: ceilings.budgets.min(own.budgets.unwrap_or_default()),
             ceilings,
         }
     }
@@ -286,7 +318,7 @@ mod tests {
         };
         // Nothing set: the default is the ceiling and what applies.
         let none = defaults.apply(None);
-        assert_eq!(none.rate_limits, none.ceilings);
+        assert_eq!(none.rate_limits, none.ceilings.rate_limits);
         assert_eq!(none.rate_limits.tenant.rpm, Some(600));
         assert_eq!(none.rate_limits.per_subject, Rates::default());
 
@@ -296,11 +328,12 @@ mod tests {
         };
         let ceiling = defaults.apply(Some(&settings));
         // A ceiling set replaces the default section: no tpm limit now.
-        assert_eq!(ceiling.ceilings, limits(json!({"rpm": 100})));
+        assert_eq!(ceiling.ceilings.rate_limits, limits(json!({"rpm": 100})));
         let lower = OwnSettings {
             rate_limits: Some(limits(
                 json!({"rpm": 50, "tpm": 1000, "per_subject": {"rpm": 5}}),
             )),
+            budgets: None,
         };
         assert_eq!(ceiling.refuse_own(&lower), None);
         settings = settings.with_own(lower);
@@ -312,6 +345,7 @@ mod tests {
         // Above the ceiling: refused, naming the field.
         let higher = OwnSettings {
             rate_limits: Some(limits(json!({"rpm": 101}))),
+            budgets: None,
         };
         assert_eq!(
             applied.refuse_own(&higher).as_deref(),
@@ -319,6 +353,7 @@ mod tests {
         );
         let subject = OwnSettings {
             rate_limits: Some(limits(json!({"per_subject": {"tpm": 2}}))),
+            budgets: None,
         };
         let capped = TenantDefaults {
             rate_limits: limits(json!({"per_subject": {"tpm": 1}})),

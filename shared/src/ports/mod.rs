@@ -20,4 +20,4 @@ pub use limits::{Draw, Holder, LocalLimiter, RateLimiter};
 pub use queue::{OutgoingMessage, Queue, QueueError, QueueName, ReceivedMessage};
 pub use registry::{Expect, Registry, Versioned};
 pub use secrets::{CachedSecrets, SecretError, SecretSource};
-pub use task_store::{FanIn, Page, StoreError, TaskRecord, TaskStore};
+pub use task_store::{FanIn, Page, SpendOn, StoreError, TaskRecord, TaskStore};

@@ -1,11 +1,11 @@
 //! The task store: tasks, their call results and the fan-in, tenant-scoped.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::domain::{
-    CallId, CallLease, CallResult, LeaseOutcome, Task, TaskId, TaskPatch, TaskStatus, TenantId,
-    TransitionError,
+    CallId, CallLease, CallResult, LeaseOutcome, Period, Spend, Task, TaskId, TaskPatch,
+    TaskStatus, TenantId, TransitionError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +19,10 @@ pub enum StoreError {
     NotFound,
     #[error(transparent)]
     Transition(#[from] TransitionError),
+    /// The transition's hold does not fit under the tenant's budget for the
+    /// period; nothing was written.
+    #[error("the {0:?} budget has no room for the hold")]
+    OverBudget(Period),
     /// The item would be larger than DynamoDB's 400 KB.
     #[error("the item is too large to store ({bytes} bytes; the limit is 400 KB)")]
     ItemTooLarge { bytes: usize },
@@ -42,6 +46,13 @@ pub enum FanIn {
     /// is still unfinished, the winner may have crashed before handing it on:
     /// hand it on again (aggregation is idempotent).
     AlreadyComplete,
+}
+
+/// A tenant's spend counters for a day and its month.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpendOn {
+    pub day: Spend,
+    pub month: Spend,
 }
 
 /// A task with the results of its calls, in call-id order.
@@ -78,6 +89,10 @@ pub trait TaskStore: Send + Sync {
     /// `TaskStatus::can_become`); applies `patch` with it. Only the task's
     /// state is written; its request never changes. Returns the task as
     /// written.
+    ///
+    /// A `patch.hold` is reserved on the tenant's day and month counters in
+    /// the same atomic write, each only if what it has committed leaves room
+    /// for it under its budget; else nothing is written (`OverBudget`).
     async fn transition(
         &self,
         seen: &Task,
@@ -103,6 +118,9 @@ pub trait TaskStore: Send + Sync {
     /// duplicate changes nothing. Does not count it toward the fan-in.
     /// Returns the result as stored: the first one written, which is this
     /// one unless another delivery's result got there first.
+    ///
+    /// The first write applies the result's `settles` to the tenant's
+    /// counters in the same atomic write; a duplicate settles nothing.
     async fn put_call(
         &self,
         tenant: &TenantId,
@@ -142,6 +160,10 @@ pub trait TaskStore: Send + Sync {
         task_id: TaskId,
         until: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+
+    /// What the tenant's counters hold for `day` and its month (zero where
+    /// nothing was counted).
+    async fn spend(&self, tenant: &TenantId, day: NaiveDate) -> Result<SpendOn, StoreError>;
 
     /// A tenant's tasks, newest first. `cursor` is a previous page's `next`.
     async fn list(

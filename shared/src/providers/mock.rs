@@ -76,6 +76,15 @@ impl ProviderClient for MockProvider {
             output.push(' ');
             output.extend(std::iter::repeat_n('A', pad));
         }
+        // Like a real model, it stops at `max_tokens` (four characters each).
+        let mut finish_reason = "stop";
+        if let Some(cap) = request.max_tokens {
+            let most = output.floor_char_boundary(cap as usize * 4);
+            if most < output.len() {
+                output.truncate(most);
+                finish_reason = "length";
+            }
+        }
         Ok(ChatResponse {
             usage: Usage {
                 input_tokens: tally.chars.div_ceil(4).max(1),
@@ -85,7 +94,7 @@ impl ProviderClient for MockProvider {
                 cache_write_input_tokens: 0,
             },
             output,
-            finish_reason: Some("stop".into()),
+            finish_reason: Some(finish_reason.into()),
             request_id: Some(format!("mock-{:016x}", tally.hash)),
         })
     }
@@ -277,6 +286,21 @@ mod tests {
         let answer = call(&agent, &request(None, "")).await.unwrap();
         assert_eq!(answer.usage.input_tokens, 1);
         assert!(answer.output.starts_with("[mock-1] 0 words"));
+    }
+
+    #[tokio::test]
+    async fn an_answer_stops_at_max_tokens_as_a_models_does() {
+        let agent = agent(json!({"mock": {"output_bytes": 4000}}));
+        let mut capped = request(None, "hi");
+        capped.max_tokens = Some(50);
+        let answer = call(&agent, &capped).await.unwrap();
+        assert_eq!(answer.output.len(), 200);
+        assert_eq!(answer.usage.output_tokens, 50);
+        assert_eq!(answer.finish_reason.as_deref(), Some("length"));
+        capped.max_tokens = Some(5000);
+        let whole = call(&agent, &capped).await.unwrap();
+        assert_eq!(whole.output.len(), 4000);
+        assert_eq!(whole.finish_reason.as_deref(), Some("stop"));
     }
 
     #[tokio::test]

@@ -78,7 +78,15 @@ pub async fn handle(
         return conclude(svc, envelope, &task, result).await;
     }
     if svc.clock.now() > task.deadline() {
-        return fail_task(svc, &task, timed_out()).await;
+        // Recorded as not made (which fails the task as timed out), so that
+        // the fan-in completes and the call's reservation is released.
+        let not_made = CallRecord::start(call_id, &agent_id).failed(
+            None,
+            ErrorClass::Timeout,
+            "the task timed out before the call was made",
+            svc.clock.now(),
+        );
+        return conclude(svc, envelope, &task, not_made).await;
     }
     let deadline = Deadline {
         task: task.deadline(),
@@ -128,8 +136,10 @@ pub(crate) async fn conclude(
     svc: &Services,
     envelope: &Envelope,
     task: &Task,
-    result: CallResult,
+    mut result: CallResult,
 ) -> Result<(), StageError> {
+    // Whichever result is written first settles the call's reservation.
+    result.settles = task.settlement(result.call_id);
     let result = persist(|| claim_check::offload_call(svc, task, result.clone())).await?;
     if task.expected_calls == Some(1) || svc.clock.now() > task.deadline() {
         // The only call, or one too late to count: finish the task here
@@ -332,7 +342,12 @@ async fn prepare(
             role: Role::User,
             content: task.spec.content.clone(),
         }],
-        max_tokens: agent.spec.constraints.max_tokens,
+        // Under a budget, what was reserved caps the answer.
+        max_tokens: task
+            .planned(call_id)
+            .and_then(|c| c.hold)
+            .map(|hold| hold.max_tokens)
+            .or(agent.spec.constraints.max_tokens),
         temperature: None,
         stop: Vec::new(),
     };
@@ -679,6 +694,7 @@ impl CallRecord {
             error: None,
             retried_errors: self.retried_errors,
             finished_at: now,
+            settles: None,
         }
     }
 
@@ -712,6 +728,7 @@ impl CallRecord {
             }),
             retried_errors: self.retried_errors,
             finished_at: now,
+            settles: None,
         }
     }
 }

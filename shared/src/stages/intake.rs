@@ -34,8 +34,6 @@ pub enum SubmitError {
     /// A strategy the request may name but this deployment does not offer yet.
     #[error("{0}")]
     NotOffered(String),
-    #[error("budget_usd is not enforced yet; send the task without it")]
-    BudgetNotEnforced,
     #[error(transparent)]
     Limited(#[from] LimitError),
     #[error(transparent)]
@@ -83,10 +81,6 @@ pub async fn submit(
         (h, b) => h.or(b),
     };
     check_offered(spec.routing_strategy, spec.aggregation)?;
-    // Refused rather than accepted and ignored until budgets are enforced.
-    if spec.budget_usd.is_some() {
-        return Err(SubmitError::BudgetNotEnforced);
-    }
     let tokens = tokens::task_input(&spec.content, spec.system.as_deref(), spec.fanout);
     let rate_limit = limits::admit(svc, principal, tokens).await?;
 

@@ -2,7 +2,8 @@
 
 use crate::domain::routing::{self, RoutingError};
 use crate::domain::{
-    CallId, Envelope, MessageKind, PlannedCall, Task, TaskError, TaskPatch, TaskStatus,
+    BudgetExceeded, CallId, Envelope, Hold, MessageKind, PlannedCall, Task, TaskError, TaskPatch,
+    TaskStatus, budget,
 };
 use crate::ports::{OutgoingMessage, QueueName, StoreError};
 
@@ -20,6 +21,16 @@ pub async fn handle(svc: &Services, envelope: &Envelope) -> Result<(), StageErro
         // A redelivery after planning, maybe before sending: send again;
         // agent-call skips a call whose result is already recorded.
         TaskStatus::Running => send_calls(svc, envelope, &task).await,
+        // Ended (cancelled, timed out) before its calls were sent: they are
+        // still sent, each to be recorded as not made, which releases what
+        // was reserved for it.
+        _ if task
+            .plan
+            .iter()
+            .any(|c| task.settlement(c.call_id).is_some()) =>
+        {
+            send_calls(svc, envelope, &task).await
+        }
         _ => Ok(()),
     }
 }
@@ -34,21 +45,50 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
         )
         .await;
     }
-    let agents = svc.agents.usable(&task.tenant).await?;
-    let chosen = match routing::select(&task.spec, &agents) {
+    let (agents, settings) = tokio::try_join!(
+        svc.agents.usable(&task.tenant),
+        svc.agents.settings(&task.tenant)
+    )?;
+    let budgets = settings.budgets;
+    let budgeted = budgets.is_set() || task.spec.budget_usd.is_some();
+    let chosen = match routing::select(&task.spec, &agents, budgeted) {
         Ok(chosen) => chosen,
         Err(e) => return fail_task(svc, &task, routing_error(&e)).await,
     };
+    let holds = if budgeted {
+        let day = budgets.is_set().then(|| now.date_naive());
+        match budget::reserve_panel(&task.spec, &chosen, day) {
+            Some(Ok(holds)) => holds.into_iter().map(Some).collect(),
+            Some(Err(exceeded)) => return fail_task(svc, &task, budget_error(&exceeded)).await,
+            None => {
+                return Err(StageError::Malformed(
+                    "routing chose an agent without prices under a budget".into(),
+                ));
+            }
+        }
+    } else {
+        vec![None; chosen.len()]
+    };
+    // The whole panel is held against the tenant's budgets in the same
+    // write as the plan: no panel is half paid and then refused.
+    let hold = budgets.is_set().then(|| Hold {
+        day: now.date_naive(),
+        amount: holds.iter().flatten().map(|h| h.amount).sum(),
+        budgets,
+    });
     let plan: Vec<PlannedCall> = chosen
         .iter()
-        .map(|agent| PlannedCall {
+        .zip(holds)
+        .map(|(agent, hold)| PlannedCall {
             call_id: CallId::new(),
             agent_id: agent.id.clone(),
+            hold,
         })
         .collect();
     let patch = TaskPatch {
         expected_calls: Some(plan.len() as u32),
         plan: Some(plan),
+        hold,
         ..TaskPatch::default()
     };
     // Writing the plan is the claim: of two deliveries planning at once,
@@ -61,6 +101,13 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
     {
         Ok(task) => task,
         Err(StoreError::Transition(_)) => return Ok(()),
+        Err(StoreError::OverBudget(period)) => {
+            let why = hold.map_or_else(
+                || format!("the tenant's {period:?} budget has no room for this task"),
+                |h| h.exceeded(period).to_string(),
+            );
+            return fail_task(svc, &task, TaskError::new(BudgetExceeded::CODE, why)).await;
+        }
         Err(e) => return Err(e.into()),
     };
     tracing::debug!(calls = task.plan.len(), "routed");
@@ -69,6 +116,10 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
 
 fn routing_error(e: &RoutingError) -> TaskError {
     TaskError::new(e.code(), e.to_string())
+}
+
+fn budget_error(e: &BudgetExceeded) -> TaskError {
+    TaskError::new(BudgetExceeded::CODE, e.to_string())
 }
 
 async fn send_calls(svc: &Services, envelope: &Envelope, task: &Task) -> Result<(), StageError> {

@@ -6,6 +6,7 @@
 
 mod announcements;
 mod blobs;
+mod budget;
 mod limits;
 mod queue;
 mod registry;

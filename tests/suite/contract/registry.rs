@@ -206,7 +206,13 @@ async fn tenant_settings_are_versioned_and_per_tenant(b: Backend) {
         rate_limits: Some(
             serde_json::from_value(json!({"rpm": 10, "per_subject": {"tpm": 5}})).unwrap(),
         ),
-        own: serde_json::from_value(json!({"rate_limits": {"rpm": 5}})).unwrap(),
+        budgets: Some(
+            serde_json::from_value(json!({"daily_usd": "50", "monthly_usd": 1000})).unwrap(),
+        ),
+        own: serde_json::from_value(
+            json!({"rate_limits": {"rpm": 5}, "budgets": {"daily_usd": "12.5"}}),
+        )
+        .unwrap(),
     };
     let stale = b
         .registry

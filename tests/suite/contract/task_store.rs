@@ -59,6 +59,7 @@ pub(super) fn call_result(call_id: CallId, output: &str) -> CallResult {
         error: None,
         retried_errors: Vec::new(),
         finished_at: Utc::now(),
+        settles: None,
     }
 }
 
@@ -70,6 +71,7 @@ async fn running_with_calls(store: &dyn TaskStore, task: &Task, n: u32) -> Vec<C
         .map(|c| PlannedCall {
             call_id: *c,
             agent_id: AgentId::parse("mock-a").unwrap(),
+            hold: None,
         })
         .collect();
     store

@@ -4,10 +4,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+    Update,
 };
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
 use serde_dynamo::{from_item, to_attribute_value, to_item};
 
 use super::describe;
@@ -17,11 +20,11 @@ use crate::adapters::layout::{
     CallItem, DONE_CALLS, IdempotencyItem, LeaseItem, RequestItem, StateItem, TaskState,
 };
 use crate::domain::{
-    CallId, CallLease, CallResult, LeaseOutcome, Task, TaskId, TaskPatch, TaskStatus, TenantId,
-    TransitionError,
+    CallId, CallLease, CallResult, Hold, LeaseOutcome, Period, Spend, Task, TaskId, TaskPatch,
+    TaskStatus, TenantId, TransitionError, Usd,
 };
 use crate::ports::task_store::fan_in_outcome;
-use crate::ports::{FanIn, Page, StoreError, TaskRecord, TaskStore};
+use crate::ports::{FanIn, Page, SpendOn, StoreError, TaskRecord, TaskStore};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -131,6 +134,142 @@ impl DynamoTaskStore {
         }
     }
 
+    /// An update adding `change` to the tenant's counter for `period` (of
+    /// `day`); with `most`, only while what it has committed is at most that.
+    fn count(
+        &self,
+        tenant: &TenantId,
+        period: Period,
+        day: NaiveDate,
+        change: Spend,
+        most: Option<Usd>,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let number = |amount: Usd| AttributeValue::N(amount.amount().normalize().to_string());
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(
+                keys::spend_pk(tenant),
+                &keys::spend_sk(period, day),
+            )))
+            .update_expression(
+                "ADD #spent :spent, #reserved :reserved, #committed :committed \
+                 SET #expires = if_not_exists(#expires, :expires)",
+            )
+            .expression_attribute_names("#spent", SPENT)
+            .expression_attribute_names("#reserved", RESERVED)
+            .expression_attribute_names("#committed", COMMITTED)
+            .expression_attribute_names("#expires", "expires_at")
+            .expression_attribute_values(":spent", number(change.spent))
+            .expression_attribute_values(":reserved", number(change.reserved))
+            .expression_attribute_values(":committed", number(change.committed()))
+            .expression_attribute_values(
+                ":expires",
+                AttributeValue::N(counter_expiry(period, day).to_string()),
+            );
+        if let Some(most) = most {
+            update = update
+                .condition_expression("attribute_not_exists(#committed) OR #committed <= :most")
+                .expression_attribute_values(":most", number(most));
+        }
+        Ok(TransactWriteItem::builder()
+            .update(update.build().map_err(backend)?)
+            .build())
+    }
+
+    /// Writes `items` as one transaction; a transaction that lost to a
+    /// concurrent one on the same item (hot counters) is tried again.
+    /// Returns each item's cancellation reason when a condition failed.
+    async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<Result<(), Vec<Option<String>>>, StoreError> {
+        let mut delay = Duration::from_millis(10);
+        for _ in 0..TRANSACTION_TRIES {
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            let cancelled = match result {
+                Ok(_) => return Ok(Ok(())),
+                Err(e) => match e.as_service_error() {
+                    Some(TransactWriteItemsError::TransactionCanceledException(c)) => c
+                        .cancellation_reasons()
+                        .iter()
+                        .map(|r| {
+                            if let Some(message) = r.message() {
+                                tracing::debug!(code = ?r.code(), message, "transaction item refused");
+                            }
+                            r.code().map(str::to_owned)
+                        })
+                        .collect::<Vec<_>>(),
+                    Some(TransactWriteItemsError::TransactionInProgressException(_)) => {
+                        vec![Some(CONFLICT.to_owned())]
+                    }
+                    _ => return Err(backend(e)),
+                },
+            };
+            if !cancelled.iter().any(|c| c.as_deref() == Some(CONFLICT)) {
+                return Ok(Err(cancelled));
+            }
+            let jitter = rand::random_range(0..=delay.as_millis() as u64);
+            tokio::time::sleep(delay + Duration::from_millis(jitter)).await;
+            delay *= 2;
+        }
+        Err(StoreError::Backend(format!(
+            "a transaction kept conflicting with others on the same items; gave up after {TRANSACTION_TRIES} tries"
+        )))
+    }
+
+    /// A transition's update with its hold on the day's and the month's
+    /// counters, in one transaction: all of it, or nothing.
+    async fn transition_holding(
+        &self,
+        tenant: &TenantId,
+        task_id: TaskId,
+        to: TaskStatus,
+        update: Update,
+        hold: &Hold,
+    ) -> Result<(), StoreError> {
+        if let Some(period) = hold.refused_by(|_| Usd::ZERO) {
+            // The hold alone is above the budget: nothing to try.
+            return Err(StoreError::OverBudget(period));
+        }
+        let mut items = vec![TransactWriteItem::builder().update(update).build()];
+        for period in Period::ALL {
+            items.push(self.count(
+                tenant,
+                period,
+                hold.day,
+                hold.change(),
+                hold.room_needed(period),
+            )?);
+        }
+        let failed = match self.transact(items).await? {
+            Ok(()) => return Ok(()),
+            Err(reasons) => reasons,
+        };
+        let is_failed = |i: usize| {
+            failed
+                .get(i)
+                .is_some_and(|c| c.as_deref() == Some("ConditionalCheckFailed"))
+        };
+        if is_failed(0) {
+            return Err(self.refused(tenant, task_id, to).await);
+        }
+        match Period::ALL
+            .into_iter()
+            .enumerate()
+            .find(|(i, _)| is_failed(i + 1))
+        {
+            Some((_, period)) => Err(StoreError::OverBudget(period)),
+            None => Err(StoreError::Backend(format!(
+                "the plan's transaction was cancelled: {failed:?}"
+            ))),
+        }
+    }
+
     /// Reads tasks by key (their request and state items), in `ids`' order;
     /// a task with no state item is left out.
     async fn read_tasks(&self, tenant: &TenantId, ids: &[TaskId]) -> Result<Vec<Task>, StoreError> {
@@ -196,6 +335,47 @@ impl DynamoTaskStore {
         }
         Ok(tasks)
     }
+}
+
+/// The spend counters' attributes; `committed` is `spent + reserved`, kept
+/// apart because a condition cannot add.
+const SPENT: &str = "spent";
+const RESERVED: &str = "reserved";
+const COMMITTED: &str = "committed";
+/// Tries of a transaction that conflicts with concurrent ones.
+const TRANSACTION_TRIES: u32 = 6;
+const CONFLICT: &str = "TransactionConflict";
+
+/// When a spend counter expires: a day's 40 days after it, a month's 400.
+fn counter_expiry(period: Period, day: NaiveDate) -> i64 {
+    let start = day.and_time(chrono::NaiveTime::MIN).and_utc().timestamp();
+    let days = match period {
+        Period::Day => 40,
+        Period::Month => 400,
+    };
+    start + days * 24 * 3600
+}
+
+/// A counter's amount (DynamoDB numbers are exact decimals).
+fn amount_of(item: &Item, name: &str) -> Result<Usd, StoreError> {
+    let Some(value) = item.get(name) else {
+        return Ok(Usd::ZERO);
+    };
+    let text = value
+        .as_n()
+        .map_err(|_| StoreError::Backend(format!("spend counter `{name}` is not a number")))?;
+    text.parse::<Decimal>()
+        .or_else(|_| Decimal::from_scientific(text))
+        .map(Usd::new)
+        .map_err(|e| StoreError::Backend(format!("spend counter `{name}`: {e}")))
+}
+
+fn spend_of(item: Option<Item>) -> Result<Spend, StoreError> {
+    let item = item.unwrap_or_default();
+    Ok(Spend {
+        spent: amount_of(&item, SPENT)?,
+        reserved: amount_of(&item, RESERVED)?,
+    })
 }
 
 fn encode(err: serde_dynamo::Error) -> StoreError {
@@ -409,13 +589,26 @@ impl TaskStore for DynamoTaskStore {
         if allowed.is_empty() {
             return Err(self.refused(tenant, task_id, to).await);
         }
-        let mut update = self
-            .update_task(tenant, task_id)
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_names("#updated_at", "updated_at")
-            .expression_attribute_values(":to", to_attribute_value(to).map_err(encode)?)
-            .expression_attribute_values(":now", to_attribute_value(now).map_err(encode)?)
-            .return_values(ReturnValue::AllNew);
+        let hold = patch.hold;
+        // A transaction returns no item: the task as written is `seen` with
+        // the patch applied (the condition checked that `seen`'s status may
+        // become `to`; the plan is written only from queued).
+        let applied = match hold {
+            Some(_) => {
+                let mut task = seen.clone();
+                task.apply(to, patch.clone(), now)?;
+                Some(task)
+            }
+            None => None,
+        };
+        let mut names = HashMap::from([
+            ("#status".to_owned(), "status".to_owned()),
+            ("#updated_at".to_owned(), "updated_at".to_owned()),
+        ]);
+        let mut values = HashMap::from([
+            (":to".to_owned(), to_attribute_value(to).map_err(encode)?),
+            (":now".to_owned(), to_attribute_value(now).map_err(encode)?),
+        ]);
         let mut sets = vec!["#status = :to".to_owned(), "#updated_at = :now".to_owned()];
         let fields: [(&str, Option<AttributeValue>); 7] = [
             (
@@ -481,33 +674,53 @@ impl TaskStore for DynamoTaskStore {
             if let Some(value) = value {
                 written += field.len() + sdk_value_size(&value);
                 sets.push(format!("#{field} = :{field}"));
-                update = update
-                    .expression_attribute_names(format!("#{field}"), field)
-                    .expression_attribute_values(format!(":{field}"), value);
+                names.insert(format!("#{field}"), field.to_owned());
+                values.insert(format!(":{field}"), value);
             }
         }
         let mut placeholders = Vec::with_capacity(allowed.len());
         for (i, status) in allowed.iter().enumerate() {
             let name = format!(":from{i}");
-            update = update
-                .expression_attribute_values(&name, to_attribute_value(status).map_err(encode)?);
+            values.insert(name.clone(), to_attribute_value(status).map_err(encode)?);
             placeholders.push(name);
         }
         // A finished task leaves the sweeper's sparse index.
         let remove = if to.is_terminal() {
-            update = update
-                .expression_attribute_names("#sweep_shard", keys::SWEEP_SHARD)
-                .expression_attribute_names("#sweep_at", keys::SWEEP_AT);
+            names.insert("#sweep_shard".to_owned(), keys::SWEEP_SHARD.to_owned());
+            names.insert("#sweep_at".to_owned(), keys::SWEEP_AT.to_owned());
             " REMOVE #sweep_shard, #sweep_at"
         } else {
             ""
         };
-        let result = update
-            .update_expression(format!("SET {}{remove}", sets.join(", ")))
-            .condition_expression(format!(
-                "attribute_exists(pk) AND #status IN ({})",
-                placeholders.join(", ")
-            ))
+        let update_expression = format!("SET {}{remove}", sets.join(", "));
+        let condition = format!(
+            "attribute_exists(pk) AND #status IN ({})",
+            placeholders.join(", ")
+        );
+        if let Some(hold) = hold {
+            let update = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(Self::key(
+                    keys::task_pk(tenant, task_id),
+                    keys::TASK_SK,
+                )))
+                .update_expression(update_expression)
+                .condition_expression(condition)
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(Some(values))
+                .build()
+                .map_err(backend)?;
+            self.transition_holding(tenant, task_id, to, update, &hold)
+                .await?;
+            return Ok(applied.unwrap_or_else(|| seen.clone()));
+        }
+        let result = self
+            .update_task(tenant, task_id)
+            .update_expression(update_expression)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .return_values(ReturnValue::AllNew)
             .send()
             .await;
         match result {
@@ -589,6 +802,49 @@ impl TaskStore for DynamoTaskStore {
             self.expires_at(result.finished_at),
         ))
         .map_err(encode)?;
+        if let Some(settle) = result.settles {
+            // The result and its settlement, in one transaction: a
+            // duplicate's put fails, and settles nothing.
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item.clone()))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(backend)?;
+            let mut items = vec![TransactWriteItem::builder().put(put).build()];
+            for period in Period::ALL {
+                items.push(self.count(
+                    tenant,
+                    period,
+                    settle.day,
+                    settle.change(result.cost_usd),
+                    None,
+                )?);
+            }
+            match self.transact(items).await {
+                Ok(Ok(())) => return Ok(result.clone()),
+                Ok(Err(reasons))
+                    if reasons
+                        .first()
+                        .is_some_and(|c| c.as_deref() == Some("ConditionalCheckFailed")) => {}
+                Ok(Err(reasons)) => {
+                    return Err(StoreError::Backend(format!(
+                        "the result's transaction was cancelled: {reasons:?}"
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
+            let first = self
+                .get_item(
+                    keys::task_pk(tenant, task_id),
+                    &keys::call_sk(result.call_id),
+                )
+                .await?;
+            return match first {
+                Some(item) => Ok(from_item::<_, CallItem>(item).map_err(decode)?.result),
+                None => Ok(result.clone()),
+            };
+        }
         let put = self
             .client
             .put_item()
@@ -668,6 +924,23 @@ impl TaskStore for DynamoTaskStore {
             already_counted,
             expected,
         ))
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant = %tenant, %day))]
+    async fn spend(&self, tenant: &TenantId, day: NaiveDate) -> Result<SpendOn, StoreError> {
+        let pk = keys::spend_pk(tenant);
+        let (day_sk, month_sk) = (
+            keys::spend_sk(Period::Day, day),
+            keys::spend_sk(Period::Month, day),
+        );
+        let (daily, monthly) = tokio::try_join!(
+            self.get_item(pk.clone(), &day_sk),
+            self.get_item(pk.clone(), &month_sk),
+        )?;
+        Ok(SpendOn {
+            day: spend_of(daily)?,
+            month: spend_of(monthly)?,
+        })
     }
 
     #[tracing::instrument(skip_all, fields(shard))]

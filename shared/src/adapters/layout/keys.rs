@@ -101,6 +101,23 @@ pub fn limits_pk(holder: &crate::ports::Holder) -> String {
 
 pub const LIMITS_SK: &str = "LIMITS";
 
+/// A tenant's spend counters: one item per UTC day (`D#2026-11-26`) and
+/// per month (`M#2026-11`). Every budgeted task of the tenant writes the
+/// two, so a tenant with budgets is bound by one item's write rate (about
+/// 500 reservations a second, as transactions); a limit that needs the
+/// counters' sum cannot be sharded.
+pub fn spend_pk(tenant: &TenantId) -> String {
+    format!("T#{tenant}#SPEND")
+}
+
+pub fn spend_sk(period: crate::domain::Period, day: chrono::NaiveDate) -> String {
+    let prefix = match period {
+        crate::domain::Period::Day => "D#",
+        crate::domain::Period::Month => "M#",
+    };
+    format!("{prefix}{}", period.key(day))
+}
+
 pub fn settings_pk(tenant: &TenantId) -> String {
     format!("T#{tenant}#SETTINGS")
 }

@@ -393,6 +393,7 @@ mod tests {
                 message: "upstream 502".into(),
             }],
             finished_at: now,
+            settles: None,
         };
         let item = CallItem::new(&task.tenant, task.task_id, &call, 0);
         assert_eq!(item_size(&item).unwrap(), reference_size(&item));

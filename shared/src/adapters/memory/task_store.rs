@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use super::lock;
 use crate::adapters::layout::capacity::{
@@ -11,12 +11,14 @@ use crate::adapters::layout::capacity::{
 use crate::adapters::layout::{self, CallItem, IdempotencyItem, RequestItem, StateItem, keys};
 use crate::domain::rate::Take;
 use crate::domain::{
-    CallId, CallLease, CallResult, IdempotencyKey, LeaseOutcome, Task, TaskId, TaskPatch,
-    TaskStatus, TenantId,
+    CallId, CallLease, CallResult, Hold, IdempotencyKey, LeaseOutcome, Period, Settlement, Spend,
+    Task, TaskId, TaskPatch, TaskStatus, TenantId,
 };
 use crate::ports::limits::LocalLimiter;
 use crate::ports::task_store::fan_in_outcome;
-use crate::ports::{Draw, FanIn, Holder, Page, RateLimiter, StoreError, TaskRecord, TaskStore};
+use crate::ports::{
+    Draw, FanIn, Holder, Page, RateLimiter, SpendOn, StoreError, TaskRecord, TaskStore,
+};
 
 struct Entry {
     task: Task,
@@ -56,6 +58,43 @@ struct State {
     /// live 30 days and changes are announced within one), a finished task
     /// stays until it is announced.
     announcing: bool,
+    /// The tenants' spend counters, by period key (`2026-11-26`, `2026-11`).
+    spend: HashMap<(TenantId, String), Spend>,
+}
+
+impl State {
+    fn spend_on(&self, tenant: &TenantId, period: Period, day: NaiveDate) -> Spend {
+        self.spend
+            .get(&(tenant.clone(), period.key(day)))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Adds `change` to the day's and the month's counters.
+    fn count(&mut self, tenant: &TenantId, day: NaiveDate, change: Spend) {
+        for period in Period::ALL {
+            let counter = self
+                .spend
+                .entry((tenant.clone(), period.key(day)))
+                .or_default();
+            *counter = *counter + change;
+        }
+    }
+
+    /// Whether `hold` fits under the tenant's budgets: the first period
+    /// that refuses it.
+    fn refuses(&self, tenant: &TenantId, hold: &Hold) -> Option<Period> {
+        hold.refused_by(|period| self.spend_on(tenant, period, hold.day).committed())
+    }
+}
+
+/// A spend counter item's write units: a few small numbers, under 1 KB.
+const COUNTER_UNITS: u64 = 1;
+
+/// The units of a transaction that writes an item of `units` and the two
+/// spend counters: twice those of the writes.
+fn with_counters(units: u64) -> u64 {
+    2 * (units + 2 * COUNTER_UNITS)
 }
 
 /// Tasks in process. Like the DynamoDB table's TTL, retention bounds what is
@@ -189,6 +228,38 @@ impl State {
                 self.idempotency.remove(&(tenant, idem));
             }
         }
+    }
+}
+
+impl MemoryTaskStore {
+    /// Keeps the first result of a call, and settles its reservation with
+    /// it (as one transaction on AWS); returns the result kept.
+    fn put_call_locked(
+        &self,
+        state: &mut State,
+        tenant: &TenantId,
+        task_id: TaskId,
+        result: &CallResult,
+        bytes: usize,
+    ) -> CallResult {
+        let settles: Option<Settlement> = result.settles;
+        self.meter.write(match settles {
+            Some(_) => with_counters(write_units(bytes)),
+            None => write_units(bytes),
+        });
+        // Like an orphan DynamoDB item, a result for a missing task is
+        // invisible (but, written, it settles).
+        let first = match state.tasks.get_mut(&(tenant.clone(), task_id)) {
+            Some(entry) => {
+                let first = !entry.calls.contains_key(&result.call_id);
+                (first, store_call(entry, result, bytes).clone())
+            }
+            None => (true, result.clone()),
+        };
+        if let (true, Some(settle)) = (first.0, settles) {
+            state.count(tenant, settle.day, settle.change(result.cost_usd));
+        }
+        first.1
     }
 }
 
@@ -329,13 +400,30 @@ impl TaskStore for MemoryTaskStore {
         // (and a refused condition still costs the item's write units, and
         // the read that says why).
         let mut task = entry.task.clone();
+        let hold = patch.hold;
+        // With a hold, the update is a transaction with the two counters.
+        let units = |item: u64| match hold {
+            Some(_) => with_counters(item),
+            None => item,
+        };
         if let Err(e) = task.apply(to, patch, now) {
-            self.meter.write(write_units(entry.state_bytes));
+            self.meter.write(units(write_units(entry.state_bytes)));
             self.meter.read(read_halves(entry.task_bytes(), true));
             return Err(e.into());
         }
         let bytes = state_size(&task, entry.done.len())?;
-        self.meter.write(write_units(bytes.max(entry.state_bytes)));
+        self.meter
+            .write(units(write_units(bytes.max(entry.state_bytes))));
+        if let Some(hold) = &hold {
+            if let Some(period) = state.refuses(tenant, hold) {
+                return Err(StoreError::OverBudget(period));
+            }
+            state.count(tenant, hold.day, hold.change());
+        }
+        let entry = state
+            .tasks
+            .get_mut(&(tenant.clone(), task_id))
+            .ok_or(StoreError::NotFound)?;
         entry.state_bytes = bytes;
         let before = entry.task.status;
         entry.task = task.clone();
@@ -387,13 +475,8 @@ impl TaskStore for MemoryTaskStore {
         result: &CallResult,
     ) -> Result<CallResult, StoreError> {
         let bytes = call_size(tenant, task_id, result)?;
-        self.meter.write(write_units(bytes));
         let mut state = lock(&self.state);
-        // Like an orphan DynamoDB item, a result for a missing task is invisible.
-        match state.tasks.get_mut(&(tenant.clone(), task_id)) {
-            Some(entry) => Ok(store_call(entry, result, bytes).clone()),
-            None => Ok(result.clone()),
-        }
+        Ok(self.put_call_locked(&mut state, tenant, task_id, result, bytes))
     }
 
     async fn record_call(
@@ -403,14 +486,13 @@ impl TaskStore for MemoryTaskStore {
         result: &CallResult,
     ) -> Result<FanIn, StoreError> {
         let bytes = call_size(tenant, task_id, result)?;
-        self.meter.write(write_units(bytes));
         let mut state = lock(&self.state);
+        self.put_call_locked(&mut state, tenant, task_id, result, bytes);
         let Some(entry) = state.tasks.get_mut(&(tenant.clone(), task_id)) else {
             // The refused update of the missing state item.
             self.meter.write(1);
             return Err(StoreError::NotFound);
         };
-        store_call(entry, result, bytes);
         let done_before = entry.done.len() as u32;
         let already_counted = !entry.done.insert(result.call_id);
         // Adding the call id to the state item's set.
@@ -427,6 +509,16 @@ impl TaskStore for MemoryTaskStore {
             already_counted,
             entry.task.expected_calls,
         ))
+    }
+
+    async fn spend(&self, tenant: &TenantId, day: NaiveDate) -> Result<SpendOn, StoreError> {
+        // Two strongly consistent gets of small items.
+        self.meter.read(2 * read_halves(0, true));
+        let state = lock(&self.state);
+        Ok(SpendOn {
+            day: state.spend_on(tenant, Period::Day, day),
+            month: state.spend_on(tenant, Period::Month, day),
+        })
     }
 
     async fn due(

@@ -1,0 +1,360 @@
+//! Budgets: what a tenant may spend per UTC day and month, and what one task
+//! may spend (`budget_usd`).
+//!
+//! Route reserves a task's whole panel before any call is made: each call's
+//! expected cost (its estimated input, its output cap at the output price,
+//! one image, or [`RESERVED_AUDIO_SECONDS`] of audio) is held against the
+//! tenant's day and month in the same atomic write as the plan, or nothing is
+//! planned. Each call's result settles its reservation with the real cost in
+//! the same atomic write as the result, so a duplicate result settles
+//! nothing. A call's output is capped at the tokens reserved for it, so the
+//! only overrun is a call whose input (or audio) was underestimated.
+
+use chrono::{Datelike, NaiveDate};
+use serde::{Deserialize, Serialize};
+
+use super::agent::Agent;
+use super::call::Usage;
+use super::money::Usd;
+use super::task::TaskSpec;
+use super::task_type::TaskType;
+use super::tokens;
+
+/// The output tokens reserved (and asked for at most) for a call of an
+/// agent that sets no `max_tokens`, when a budget applies.
+pub const RESERVED_OUTPUT_TOKENS: u32 = 4096;
+/// The audio reserved for a transcription, whose length is unknown until
+/// the file is read: ten minutes. A longer file overruns by its excess.
+pub const RESERVED_AUDIO_SECONDS: u64 = 600;
+
+/// A tenant's budgets in US dollars; `None` is no budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budgets {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_usd: Option<Usd>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_usd: Option<Usd>,
+}
+
+impl Budgets {
+    /// Whether any budget applies (and spend is counted).
+    pub fn is_set(&self) -> bool {
+        self.daily_usd.is_some() || self.monthly_usd.is_some()
+    }
+
+    pub fn limit(&self, period: Period) -> Option<Usd> {
+        match period {
+            Period::Day => self.daily_usd,
+            Period::Month => self.monthly_usd,
+        }
+    }
+
+    /// The tighter of two budgets, field by field (a missing one is none).
+    pub fn min(self, other: Budgets) -> Budgets {
+        let tighter = |a: Option<Usd>, b: Option<Usd>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Budgets {
+            daily_usd: tighter(self.daily_usd, other.daily_usd),
+            monthly_usd: tighter(self.monthly_usd, other.monthly_usd),
+        }
+    }
+
+    /// The first field of `self` above `ceiling`'s, as `budgets.…`.
+    pub fn above(self, ceiling: Budgets) -> Option<String> {
+        Period::ALL.into_iter().find_map(|period| {
+            match (self.limit(period), ceiling.limit(period)) {
+                (Some(own), Some(max)) if own > max => Some(format!("budgets.{}", period.field())),
+                _ => None,
+            }
+        })
+    }
+}
+
+/// The spans spend is counted over, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    Day,
+    Month,
+}
+
+impl Period {
+    pub const ALL: [Period; 2] = [Period::Day, Period::Month];
+
+    /// The settings field that budgets it.
+    pub fn field(self) -> &'static str {
+        match self {
+            Period::Day => "daily_usd",
+            Period::Month => "monthly_usd",
+        }
+    }
+
+    fn adjective(self) -> &'static str {
+        match self {
+            Period::Day => "daily",
+            Period::Month => "monthly",
+        }
+    }
+
+    /// The period containing `day`, as its counter is named: `2026-11-26`
+    /// or `2026-11`.
+    pub fn key(self, day: NaiveDate) -> String {
+        match self {
+            Period::Day => day.format("%Y-%m-%d").to_string(),
+            Period::Month => format!("{:04}-{:02}", day.year(), day.month()),
+        }
+    }
+}
+
+/// A period's spend: what settled calls cost, and what is held for calls
+/// not settled yet. A budget refuses what would take their sum over it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spend {
+    pub spent: Usd,
+    pub reserved: Usd,
+}
+
+impl Spend {
+    pub fn committed(&self) -> Usd {
+        self.spent + self.reserved
+    }
+}
+
+impl std::ops::Add for Spend {
+    type Output = Spend;
+    fn add(self, rhs: Spend) -> Spend {
+        Spend {
+            spent: self.spent + rhs.spent,
+            reserved: self.reserved + rhs.reserved,
+        }
+    }
+}
+
+/// A panel's reservation against its tenant's budgets, written with the
+/// plan: `amount` is held on `day` (and its month) if it fits under both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Hold {
+    pub day: NaiveDate,
+    pub amount: Usd,
+    pub budgets: Budgets,
+}
+
+impl Hold {
+    /// The most `period` may have committed for the hold to fit, or `None`
+    /// when no budget limits it. Negative when the hold alone is too much.
+    pub fn room_needed(&self, period: Period) -> Option<Usd> {
+        self.budgets.limit(period).map(|limit| limit - self.amount)
+    }
+
+    /// The first period the hold does not fit, given what each has committed.
+    pub fn refused_by(&self, committed: impl Fn(Period) -> Usd) -> Option<Period> {
+        Period::ALL.into_iter().find(|&period| {
+            self.room_needed(period)
+                .is_some_and(|most| committed(period) > most)
+        })
+    }
+
+    /// What the hold adds to each period's counter.
+    pub fn change(&self) -> Spend {
+        Spend {
+            spent: Usd::ZERO,
+            reserved: self.amount,
+        }
+    }
+
+    /// Why the task fails when `period` refuses the hold.
+    pub fn exceeded(&self, period: Period) -> BudgetExceeded {
+        BudgetExceeded::Tenant {
+            period,
+            limit: self.budgets.limit(period).unwrap_or_default(),
+            needed: self.amount,
+        }
+    }
+}
+
+/// What route reserved for one call: its expected cost, its output cap,
+/// and, when the tenant's budgets hold it, the day it is counted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallHold {
+    pub amount: Usd,
+    /// The output tokens the call asks for at most: what was reserved.
+    pub max_tokens: u32,
+    /// The day whose counters hold `amount`; `None` when only the task's
+    /// own `budget_usd` applies (nothing is counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day: Option<NaiveDate>,
+}
+
+impl CallHold {
+    /// What a call's result settles, when the tenant's counters hold it.
+    pub fn settlement(&self) -> Option<Settlement> {
+        self.day.map(|day| Settlement {
+            day,
+            reserved: self.amount,
+        })
+    }
+}
+
+/// A call's reservation, settled by its result: stored with the result,
+/// and applied to the counters in the same write, so exactly once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settlement {
+    pub day: NaiveDate,
+    pub reserved: Usd,
+}
+
+impl Settlement {
+    /// What settling changes in each period's counter once the call cost
+    /// `cost`. A cost unknown (the agent lost its prices meanwhile) is taken
+    /// to be the reservation: never a silent zero.
+    pub fn change(&self, cost: Option<Usd>) -> Spend {
+        Spend {
+            spent: cost.unwrap_or(self.reserved),
+            reserved: Usd::ZERO - self.reserved,
+        }
+    }
+}
+
+/// Why a task is refused for its budget before any call is made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetExceeded {
+    #[error(
+        "the tenant's {} budget of {limit} has no room for this task's expected cost of {needed}",
+        period.adjective()
+    )]
+    Tenant {
+        period: Period,
+        limit: Usd,
+        needed: Usd,
+    },
+    #[error("the panel's expected cost of {needed} is above the task's budget_usd of {budget}")]
+    Task { budget: Usd, needed: Usd },
+}
+
+impl BudgetExceeded {
+    pub const CODE: &'static str = "budget_exceeded";
+}
+
+/// What one call of `agent` for `spec` is expected to use at most: its
+/// estimated input, its output cap, one image, the reserved audio.
+pub fn expected_usage(agent: &Agent, spec: &TaskSpec, max_tokens: u32) -> Usage {
+    let input =
+        tokens::estimate(&spec.content) + spec.system.as_deref().map_or(0, tokens::estimate);
+    let _media = (
+        spec.task_type == TaskType::IMAGE,
+        spec.task_type == TaskType::TRANSCRIPTION,
+    );
+    let _ = agent;
+    Usage {
+        input_tokens: input,
+        output_tokens: u64::from(max_tokens),
+        ..Usage::default()
+    }
+}
+
+/// What to reserve for one call of `agent` for `spec`, or `None` for an
+/// agent without prices (which is not chosen when a budget applies).
+pub fn reserve_call(agent: &Agent, spec: &TaskSpec) -> Option<CallHold> {
+    let max_tokens = agent
+        .spec
+        .constraints
+        .max_tokens
+        .unwrap_or(RESERVED_OUTPUT_TOKENS);
+    let amount = agent.cost(&expected_usage(agent, spec, max_tokens))?;
+    Some(CallHold {
+        amount,
+        max_tokens,
+        day: None,
+    })
+}
+
+/// Reserves a panel: each call's hold, on `day` when the tenant's budgets
+/// count it, refused as a whole when it is above the task's own budget.
+/// `None` for a panel with an agent without prices (which a budget never
+/// chooses).
+pub fn reserve_panel(
+    spec: &TaskSpec,
+    panel: &[Agent],
+    day: Option<NaiveDate>,
+) -> Option<Result<Vec<CallHold>, BudgetExceeded>> {
+    let holds: Vec<CallHold> = panel
+        .iter()
+        .map(|agent| reserve_call(agent, spec).map(|hold| CallHold { day, ..hold }))
+        .collect::<Option<_>>()?;
+    let needed: Usd = holds.iter().map(|h| h.amount).sum();
+    Some(match spec.budget_usd {
+        Some(budget) if needed > budget => Err(BudgetExceeded::Task { budget, needed }),
+        _ => Ok(holds),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usd(s: &str) -> Usd {
+        Usd::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_hold_fits_while_what_is_committed_leaves_room_for_it() {
+        let day = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
+        let hold = Hold {
+            day,
+            amount: usd("0.3"),
+            budgets: Budgets {
+                daily_usd: Some(usd("1")),
+                monthly_usd: None,
+            },
+        };
+        assert_eq!(hold.room_needed(Period::Day), Some(usd("0.7")));
+        assert_eq!(hold.room_needed(Period::Month), None);
+        assert_eq!(hold.refused_by(|_| usd("0.7")), None);
+        assert_eq!(hold.refused_by(|_| usd("0.71")), Some(Period::Day));
+        assert_eq!(Period::Day.key(day), "2026-11-26");
+        assert_eq!(Period::Month.key(day), "2026-11");
+        assert_eq!(
+            hold.exceeded(Period::Day).to_string(),
+            "the tenant's daily budget of $1 has no room for this task's expected cost of $0.3"
+        );
+    }
+
+    #[test]
+    fn settling_replaces_the_reservation_by_the_cost_and_an_unknown_cost_by_the_reservation() {
+        let settle = Settlement {
+            day: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+            reserved: usd("0.5"),
+        };
+        let held = Spend {
+            spent: Usd::ZERO,
+            reserved: usd("0.5"),
+        };
+        let settled = held + settle.change(Some(usd("0.2")));
+        assert_eq!(settled.spent, usd("0.2"));
+        assert_eq!(settled.reserved, Usd::ZERO);
+        assert_eq!((held + settle.change(None)).committed(), usd("0.5"));
+    }
+
+    #[test]
+    fn a_tenants_own_budget_may_only_be_lower() {
+        let ceiling = Budgets {
+            daily_usd: Some(usd("50")),
+            monthly_usd: None,
+        };
+        let own = Budgets {
+            daily_usd: Some(usd("60")),
+            monthly_usd: Some(usd("1000")),
+        };
+        assert_eq!(own.above(ceiling).as_deref(), Some("budgets.daily_usd"));
+        assert_eq!(
+            own.min(ceiling),
+            Budgets {
+                daily_usd: Some(usd("50")),
+                monthly_usd: Some(usd("1000"))
+            }
+        );
+    }
+}
