@@ -1627,8 +1627,7 @@ async fn money_in_a_task_is_a_decimal_string_not_a_float() {
         usage: Usage {
             input_tokens: 59,
             output_tokens: 0,
-            cached_input_tokens: 0,
-            cache_write_input_tokens: 0,
+            ..Usage::default()
         },
         cost_usd: Some(cost),
         latency_ms: 1,
