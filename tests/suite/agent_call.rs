@@ -370,7 +370,7 @@ fn cost_sums_are_exact_for_a_thousand_calls_of_odd_token_counts() {
             input_tokens: 2 * i + 1,
             output_tokens: 3 * i + 7,
             cached_input_tokens: i % 3,
-            cache_write_input_tokens: 0,
+            ..Usage::default()
         };
         let call_id = CallId::new();
         task.plan.push(PlannedCall {
@@ -452,8 +452,7 @@ async fn a_redelivered_call_stored_after_its_task_ended_is_added_to_its_cost() {
     let usage = Usage {
         input_tokens: 10,
         output_tokens: 20,
-        cached_input_tokens: 0,
-        cache_write_input_tokens: 0,
+        ..Usage::default()
     };
     let result = CallResult {
         call_id,

@@ -1581,13 +1581,20 @@ async fn prices_are_taken_as_numbers_or_strings_and_given_back_as_strings() {
         "cache_write_per_mtok": "0.1875"});
     let expected = json!({"input_per_mtok": "0.15", "output_per_mtok": "0.6", "cached_input_per_mtok": "0.075",
         "cache_write_per_mtok": "0.1875"});
-    for (id, pricing) in [("by-number", numbers), ("by-string", strings)] {
+    let media = json!({"per_image": 0.04, "per_audio_minute": "0.006"});
+    let media_expected = json!({"input_per_mtok": "0", "output_per_mtok": "0", "per_image": "0.04",
+        "per_audio_minute": "0.006"});
+    for (id, pricing, expected) in [
+        ("by-number", numbers, &expected),
+        ("by-string", strings, &expected),
+        ("media", media, &media_expected),
+    ] {
         let uri = format!("/v1/agents/{id}");
         let reply = h
             .call(Method::PUT, &uri, Some(&admin), &[], Some(put(pricing)))
             .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
-        assert_eq!(reply.body["pricing"], expected);
+        assert_eq!(&reply.body["pricing"], expected);
         // What a GET gives a PUT takes back unchanged.
         let read = h.get(&admin, &uri).await;
         let again = h
@@ -1600,7 +1607,7 @@ async fn prices_are_taken_as_numbers_or_strings_and_given_back_as_strings() {
             )
             .await;
         assert_eq!(again.status, StatusCode::OK, "{}", again.body);
-        assert_eq!(again.body["pricing"], expected);
+        assert_eq!(&again.body["pricing"], expected);
     }
     for bad in [json!("1e-7"), json!("0,15"), json!(" 0.15"), json!(true)] {
         let reply = h
@@ -1627,6 +1634,23 @@ async fn prices_are_taken_as_numbers_or_strings_and_given_back_as_strings() {
         negative.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
         "pricing"
     );
+    let empty = h
+        .call(
+            Method::PUT,
+            "/v1/agents/bad",
+            Some(&admin),
+            &[],
+            Some(put(json!({}))),
+        )
+        .await;
+    let problem = empty.problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem["field"], "pricing");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("names no price")),
+        "{problem}"
+    );
 }
 
 #[tokio::test]
@@ -1651,8 +1675,7 @@ async fn money_in_a_task_is_a_decimal_string_not_a_float() {
         usage: Usage {
             input_tokens: 59,
             output_tokens: 0,
-            cached_input_tokens: 0,
-            cache_write_input_tokens: 0,
+            ..Usage::default()
         },
         cost_usd: Some(cost),
         latency_ms: 1,

@@ -197,7 +197,8 @@ pub struct TaskPage {
     pub next: Option<String>,
 }
 
-/// Dollars per million tokens, as decimal strings (a `PUT` takes them back as they are).
+/// Dollars per million tokens, per image and per minute of audio, as decimal
+/// strings (a `PUT` takes them back as they are).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PricingView {
     pub input_per_mtok: Usd,
@@ -206,6 +207,10 @@ pub struct PricingView {
     pub cached_input_per_mtok: Option<Usd>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_write_per_mtok: Option<Usd>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_image: Option<Usd>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_audio_minute: Option<Usd>,
 }
 
 impl From<Pricing> for PricingView {
@@ -215,6 +220,8 @@ impl From<Pricing> for PricingView {
             output_per_mtok: p.output_per_mtok,
             cached_input_per_mtok: p.cached_input_per_mtok,
             cache_write_per_mtok: p.cache_write_per_mtok,
+            per_image: p.per_image,
+            per_audio_minute: p.per_audio_minute,
         }
     }
 }

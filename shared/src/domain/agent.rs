@@ -101,30 +101,106 @@ impl<'de> Deserialize<'de> for BaseUrl {
     }
 }
 
-/// Dollars per million tokens, each a JSON number or a decimal string.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+// It becomes a `Pricing` through `TryFrom`, which applies the rules.
+/// An agent's prices as an admin writes them, each a JSON number or a decimal
+/// string: per million tokens, per generated image, per minute of transcribed
+/// audio. Any may be left out (an image agent can be priced by `per_image`
+/// alone), but not all of them (422); a token price left out is zero.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Pricing {
-    #[schema(schema_with = money::amount_in)]
-    pub input_per_mtok: Usd,
-    #[schema(schema_with = money::amount_in)]
-    pub output_per_mtok: Usd,
+#[schema(as = Pricing, min_properties = 1)]
+pub struct PricingRequest {
+    #[serde(default)]
+    #[schema(schema_with = money::nullable_amount_in)]
+    pub input_per_mtok: Option<Usd>,
+    #[serde(default)]
+    #[schema(schema_with = money::nullable_amount_in)]
+    pub output_per_mtok: Option<Usd>,
     /// The price of cached input tokens; without it they cost `input_per_mtok`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     #[schema(schema_with = money::nullable_amount_in)]
     pub cached_input_per_mtok: Option<Usd>,
     /// The price of input tokens written to the provider's prompt cache
     /// (Anthropic bills them apart, 1.25× input for a 5-minute cache);
     /// without it they cost `input_per_mtok`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     #[schema(schema_with = money::nullable_amount_in)]
     pub cache_write_per_mtok: Option<Usd>,
+    /// Dollars per generated image (DALL·E 3 bills by the image, not by tokens).
+    #[serde(default)]
+    #[schema(schema_with = money::nullable_amount_in)]
+    pub per_image: Option<Usd>,
+    /// Dollars per minute of transcribed audio (whisper-1 bills by duration,
+    /// not by tokens); billed by the second.
+    #[serde(default)]
+    #[schema(schema_with = money::nullable_amount_in)]
+    pub per_audio_minute: Option<Usd>,
+}
+
+impl TryFrom<PricingRequest> for Pricing {
+    type Error = AgentSpecError;
+
+    fn try_from(request: PricingRequest) -> Result<Self, AgentSpecError> {
+        let prices = [
+            request.input_per_mtok,
+            request.output_per_mtok,
+            request.cached_input_per_mtok,
+            request.cache_write_per_mtok,
+            request.per_image,
+            request.per_audio_minute,
+        ];
+        // `{}` is a mistake, not a free agent: that is a zero price, named.
+        if prices.iter().all(Option::is_none) {
+            return Err(AgentSpecError::NoPrice);
+        }
+        if prices.iter().flatten().any(|p| p.is_negative()) {
+            return Err(AgentSpecError::NegativePrice);
+        }
+        Ok(Pricing {
+            input_per_mtok: request.input_per_mtok.unwrap_or_default(),
+            output_per_mtok: request.output_per_mtok.unwrap_or_default(),
+            cached_input_per_mtok: request.cached_input_per_mtok,
+            cache_write_per_mtok: request.cache_write_per_mtok,
+            per_image: request.per_image,
+            per_audio_minute: request.per_audio_minute,
+        })
+    }
+}
+
+/// An agent's prices, every rule checked (built from a [`PricingRequest`]).
+/// Stored and sent with both token prices written, zero included, so what
+/// is read back names a price.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pricing {
+    /// Dollars per million input tokens; zero when not set.
+    #[serde(default)]
+    pub input_per_mtok: Usd,
+    /// Dollars per million output tokens; zero when not set.
+    #[serde(default)]
+    pub output_per_mtok: Usd,
+    /// The price of cached input tokens; without it they cost `input_per_mtok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_mtok: Option<Usd>,
+    /// The price of input tokens written to the provider's prompt cache;
+    /// without it they cost `input_per_mtok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_mtok: Option<Usd>,
+    /// Dollars per generated image; without it images cost nothing beyond
+    /// their tokens (gpt-image models bill tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_image: Option<Usd>,
+    /// Dollars per minute of transcribed audio; without it audio costs
+    /// nothing beyond its tokens (gpt-4o-transcribe bills tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_audio_minute: Option<Usd>,
 }
 
 impl Pricing {
     /// The exact cost of a call's usage. Cached input tokens and cache
     /// writes are part of the input count, and billed at their own prices
-    /// when the agent has them.
+    /// when the agent has them; images and audio are billed on top of the
+    /// tokens when the agent has their prices.
     pub fn cost(&self, usage: &Usage) -> Usd {
         let cached = usage.cached_input_tokens.min(usage.input_tokens);
         let written = usage
@@ -139,6 +215,12 @@ impl Pricing {
         if let Some(price) = self.cache_write_per_mtok {
             fresh -= written;
             cost = cost + Usd::for_tokens(written, price);
+        }
+        if let Some(price) = self.per_image {
+            cost = cost + price.times(usage.images);
+        }
+        if let Some(price) = self.per_audio_minute {
+            cost = cost + Usd::for_seconds(usage.audio_seconds, price);
         }
         cost + Usd::for_tokens(fresh, self.input_per_mtok)
             + Usd::for_tokens(usage.output_tokens, self.output_per_mtok)
@@ -235,7 +317,7 @@ pub struct AgentRequest {
     #[schema(value_type = Vec<TaskType>, min_items = 1)]
     pub capabilities: Vec<String>,
     #[serde(default, deserialize_with = "text::optional_object")]
-    pub pricing: Option<Pricing>,
+    pub pricing: Option<PricingRequest>,
     #[serde(default, deserialize_with = "text::object")]
     pub constraints: Constraints,
     /// 0 to 1 (default 0.5); `best` routing prefers higher.
@@ -344,6 +426,11 @@ pub enum AgentSpecError {
     BadSecret(SecretNameError),
     #[error("prices must not be negative")]
     NegativePrice,
+    #[error(
+        "pricing names no price: name at least one, such as input_per_mtok, per_image or \
+         per_audio_minute"
+    )]
+    NoPrice,
     #[error("constraints.max_attempts must be between 1 and 10")]
     MaxAttemptsOutOfRange,
     #[error("constraints.max_response_bytes must be between 1 and 1073741824 (1 GiB)")]
@@ -369,7 +456,7 @@ impl AgentSpecError {
             AgentSpecError::QualityOutOfRange => "quality",
             AgentSpecError::BaseUrlRequired | AgentSpecError::BadBaseUrl => "base_url",
             AgentSpecError::SecretRequired | AgentSpecError::BadSecret(_) => "secret",
-            AgentSpecError::NegativePrice => "pricing",
+            AgentSpecError::NegativePrice | AgentSpecError::NoPrice => "pricing",
             AgentSpecError::MaxAttemptsOutOfRange => "constraints.max_attempts",
             AgentSpecError::MaxResponseBytesOutOfRange => "constraints.max_response_bytes",
             AgentSpecError::FailureRateOutOfRange => "mock.failure_rate",
@@ -416,15 +503,7 @@ impl TryFrom<AgentRequest> for AgentSpec {
         if request.provider.needs_secret() && secret.is_none() {
             return Err(AgentSpecError::SecretRequired);
         }
-        if let Some(p) = &request.pricing {
-            let negative = p.input_per_mtok.is_negative()
-                || p.output_per_mtok.is_negative()
-                || p.cached_input_per_mtok.is_some_and(Usd::is_negative)
-                || p.cache_write_per_mtok.is_some_and(Usd::is_negative);
-            if negative {
-                return Err(AgentSpecError::NegativePrice);
-            }
-        }
+        let pricing = request.pricing.map(Pricing::try_from).transpose()?;
         if let Some(n) = request.constraints.max_attempts
             && !(1..=10).contains(&n)
         {
@@ -456,7 +535,7 @@ impl TryFrom<AgentRequest> for AgentSpec {
             base_url,
             secret,
             capabilities,
-            pricing: request.pricing,
+            pricing,
             constraints: request.constraints,
             quality: request.quality,
             tier: request.tier,
@@ -536,8 +615,7 @@ mod tests {
         let usage = Usage {
             input_tokens: 12,
             output_tokens: 30,
-            cached_input_tokens: 0,
-            cache_write_input_tokens: 0,
+            ..Usage::default()
         };
         assert_eq!(p.cost(&usage), Usd::parse("0.0000198").unwrap());
     }
@@ -573,7 +651,7 @@ mod tests {
             input_tokens: 1_000_000,
             output_tokens: 0,
             cached_input_tokens: 1_000_000,
-            cache_write_input_tokens: 0,
+            ..Usage::default()
         };
         assert_eq!(p.cost(&usage), Usd::parse("0.075").unwrap());
     }
@@ -614,6 +692,7 @@ mod tests {
             output_tokens: 12,
             cached_input_tokens: 2_000,
             cache_write_input_tokens: 100,
+            ..Usage::default()
         };
         // 50 × 3 + 2000 × 0.30 + 100 × 3.75 + 12 × 15, per million.
         assert_eq!(priced.cost(&usage), Usd::parse("0.001305").unwrap());
@@ -626,6 +705,85 @@ mod tests {
         .pricing
         .unwrap();
         assert_eq!(plain.cost(&usage), Usd::parse("0.00123").unwrap());
+    }
+
+    #[test]
+    fn an_image_agent_is_priced_per_image_alone() {
+        let spec =
+            parse(json!({"capabilities": ["image"], "pricing": {"per_image": "0.04"}})).unwrap();
+        let pricing = spec.pricing.as_ref().unwrap();
+        assert_eq!(pricing.input_per_mtok, Usd::ZERO);
+        assert_eq!(pricing.per_image, Some(Usd::parse("0.04").unwrap()));
+        let usage = Usage {
+            images: 3,
+            ..Usage::default()
+        };
+        assert_eq!(pricing.cost(&usage), Usd::parse("0.12").unwrap());
+        // Written with its zero token prices, and read back the same.
+        let written = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            written["pricing"],
+            json!({"input_per_mtok": "0", "output_per_mtok": "0", "per_image": "0.04"})
+        );
+        assert_eq!(serde_json::from_value::<AgentSpec>(written).unwrap(), spec);
+    }
+
+    #[test]
+    fn audio_is_billed_by_the_second_at_a_price_per_minute() {
+        // whisper-1 at $0.006 a minute, gpt-4o-transcribe by its tokens.
+        let pricing = parse(
+            json!({"pricing": {"input_per_mtok": "2.5", "output_per_mtok": "10",
+            "per_audio_minute": 0.006}}),
+        )
+        .unwrap()
+        .pricing
+        .unwrap();
+        let whisper = Usage {
+            audio_seconds: 61,
+            ..Usage::default()
+        };
+        assert_eq!(pricing.cost(&whisper), Usd::parse("0.0061").unwrap());
+        // Tokens and audio in one usage are billed both: 14 × 2.5 + 45 × 10
+        // per million, plus 3 s at $0.0001.
+        let both = Usage {
+            input_tokens: 14,
+            output_tokens: 45,
+            audio_seconds: 3,
+            ..Usage::default()
+        };
+        assert_eq!(pricing.cost(&both), Usd::parse("0.000785").unwrap());
+        // Without an image price, images cost nothing beyond their tokens.
+        let images = Usage {
+            images: 2,
+            ..Usage::default()
+        };
+        assert_eq!(pricing.cost(&images), Usd::ZERO);
+    }
+
+    #[test]
+    fn a_pricing_that_names_no_price_is_refused() {
+        for empty in [
+            json!({}),
+            json!({"per_image": null, "input_per_mtok": null}),
+        ] {
+            let err = parse(json!({"pricing": empty})).unwrap_err();
+            assert_eq!(err, AgentSpecError::NoPrice);
+            assert_eq!(err.field(), "pricing");
+            assert!(err.to_string().starts_with("pricing names no price"));
+        }
+        // A zero price is a price: a free agent costs "0", not unknown.
+        let free = parse(json!({"pricing": {"input_per_mtok": 0, "output_per_mtok": 0}}))
+            .unwrap()
+            .pricing
+            .unwrap();
+        assert_eq!(free.cost(&Usage::default()), Usd::ZERO);
+        // No pricing at all stays allowed: the cost is unknown (null).
+        assert_eq!(parse(json!({"pricing": null})).unwrap().pricing, None);
+        for field in ["per_image", "per_audio_minute"] {
+            let err = parse(json!({"pricing": {field: "-0.01"}})).unwrap_err();
+            assert_eq!(err, AgentSpecError::NegativePrice, "{field}");
+            assert_eq!(err.field(), "pricing");
+        }
     }
 
     #[test]

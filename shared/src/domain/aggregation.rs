@@ -125,8 +125,7 @@ mod tests {
             usage: Usage {
                 input_tokens: 10,
                 output_tokens: 5,
-                cached_input_tokens: 0,
-                cache_write_input_tokens: 0,
+                ..Usage::default()
             },
             cost_usd: cost.map(|c| Usd::parse(c).unwrap()),
             latency_ms: 1,

@@ -17,6 +17,13 @@ pub struct Usage {
     /// Part of `input_tokens` that the provider wrote to its prompt cache.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cache_write_input_tokens: u64,
+    /// Images the call generated, for agents priced per image.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub images: u64,
+    /// Seconds of audio the call transcribed, rounded up, for agents priced
+    /// per minute of audio.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub audio_seconds: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -31,6 +38,8 @@ impl std::ops::Add for Usage {
             output_tokens: self.output_tokens + rhs.output_tokens,
             cached_input_tokens: self.cached_input_tokens + rhs.cached_input_tokens,
             cache_write_input_tokens: self.cache_write_input_tokens + rhs.cache_write_input_tokens,
+            images: self.images + rhs.images,
+            audio_seconds: self.audio_seconds + rhs.audio_seconds,
         }
     }
 }
@@ -127,4 +136,46 @@ pub struct CallResult {
     /// first result written settles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settles: Option<super::budget::Settlement>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn images_and_audio_add_up_and_are_written_only_when_counted() {
+        let image = Usage {
+            images: 1,
+            ..Usage::default()
+        };
+        let clip = Usage {
+            input_tokens: 3,
+            audio_seconds: 14,
+            ..Usage::default()
+        };
+        let total: Usage = [image, image, clip].into_iter().sum();
+        assert_eq!(
+            total,
+            Usage {
+                input_tokens: 3,
+                images: 2,
+                audio_seconds: 14,
+                ..Usage::default()
+            }
+        );
+        assert_eq!(
+            serde_json::to_value(total).unwrap(),
+            json!({"input_tokens": 3, "output_tokens": 0, "images": 2, "audio_seconds": 14})
+        );
+        // What was stored before these counts existed reads as none of them.
+        let stored: Usage =
+            serde_json::from_value(json!({"input_tokens": 1, "output_tokens": 2})).unwrap();
+        assert_eq!((stored.images, stored.audio_seconds), (0, 0));
+        assert_eq!(
+            serde_json::to_value(stored).unwrap(),
+            json!({"input_tokens": 1, "output_tokens": 2})
+        );
+    }
 }

@@ -61,6 +61,20 @@ impl Usd {
         Usd(Decimal::from(tokens) * per_million.0 / Decimal::from(1_000_000u32))
     }
 
+    /// This price `count` times (images at a price per image). Saturates at
+    /// the largest amount rather than overflow.
+    pub fn times(self, count: u64) -> Usd {
+        Usd(self.0.saturating_mul(Decimal::from(count)))
+    }
+
+    /// The price of `seconds` of audio at `per_minute` dollars per minute:
+    /// exact whenever the price per second is a finite decimal (OpenAI's
+    /// $0.006 a minute is $0.0001 a second), else rounded at the 28th
+    /// decimal place. Saturates at the largest amount rather than overflow.
+    pub fn for_seconds(seconds: u64, per_minute: Usd) -> Usd {
+        Usd(Decimal::from(seconds).saturating_mul(per_minute.0) / Decimal::from(60u32))
+    }
+
     pub fn amount(self) -> Decimal {
         self.0
     }
@@ -202,6 +216,31 @@ mod tests {
             .sum();
         // sum of the first 1000 odd numbers = 1_000_000 tokens
         assert_eq!(total, Usd::parse("0.075").unwrap());
+    }
+
+    #[test]
+    fn image_and_audio_prices_are_exact() {
+        let per_image = Usd::parse("0.04").unwrap();
+        assert_eq!(per_image.times(3), Usd::parse("0.12").unwrap());
+        assert_eq!(per_image.times(0), Usd::ZERO);
+        // whisper-1: $0.006 a minute, billed by the second.
+        let per_minute = Usd::parse("0.006").unwrap();
+        assert_eq!(
+            Usd::for_seconds(7, per_minute),
+            Usd::parse("0.0007").unwrap()
+        );
+        assert_eq!(
+            Usd::for_seconds(90, per_minute),
+            Usd::parse("0.009").unwrap()
+        );
+        // 1,000 odd durations sum exactly: 1,000,000 seconds.
+        let total: Usd = (0..1000u64)
+            .map(|i| Usd::for_seconds(2 * i + 1, per_minute))
+            .sum();
+        assert_eq!(total, Usd::parse("100").unwrap());
+        // Absurd prices saturate instead of overflowing.
+        let huge = Usd::parse("10000000000000000000000000000").unwrap();
+        assert_eq!(huge.times(u64::MAX), Usd::new(Decimal::MAX));
     }
 
     #[test]

@@ -170,6 +170,7 @@ impl From<WireUsage> for Usage {
             output_tokens: u.output_tokens,
             cached_input_tokens: cached,
             cache_write_input_tokens: written,
+            ..Usage::default()
         }
     }
 }

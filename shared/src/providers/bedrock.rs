@@ -275,6 +275,7 @@ fn parse_output(agent: &Agent, output: ConverseOutput) -> Result<ChatResponse, P
             output_tokens: tokens(u.output_tokens()),
             cached_input_tokens: cached,
             cache_write_input_tokens: written,
+            ..Usage::default()
         }
     });
     Ok(ChatResponse {

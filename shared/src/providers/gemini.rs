@@ -215,7 +215,7 @@ impl From<WireUsage> for Usage {
             input_tokens: u.prompt_token_count,
             output_tokens: u.candidates_token_count + u.thoughts_token_count,
             cached_input_tokens: u.cached_content_token_count,
-            cache_write_input_tokens: 0,
+            ..Usage::default()
         }
     }
 }

@@ -90,8 +90,7 @@ impl ProviderClient for MockProvider {
                 input_tokens: tally.chars.div_ceil(4).max(1),
                 // The output is ASCII: bytes are chars.
                 output_tokens: (output.len() as u64).div_ceil(4),
-                cached_input_tokens: 0,
-                cache_write_input_tokens: 0,
+                ..Usage::default()
             },
             output,
             finish_reason: Some(finish_reason.into()),

@@ -202,7 +202,7 @@ fn parse_success(
             .or(u.prompt_cache_hit_tokens)
             .unwrap_or(0),
         // OpenAI-compatible servers do not bill cache writes apart.
-        cache_write_input_tokens: 0,
+        ..Usage::default()
     });
     Ok(ChatResponse {
         output: choice.message.content.unwrap_or_default(),

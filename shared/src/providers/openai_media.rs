@@ -15,6 +15,12 @@
 //! it by (`audio.mp3`, `audio.wav`, ...), taken from the MIME type, else from
 //! the URL's extension, else `mp3`.
 //!
+//! Usage is what the endpoints bill by: an image answer counts the images it
+//! returned (and the tokens gpt-image models report); a transcription counts
+//! tokens (gpt-4o-transcribe) or, where the answer gives a duration
+//! (whisper-1), the audio's seconds rounded up. An agent's `per_image` and
+//! `per_audio_minute` prices apply to those counts.
+//!
 //! Errors are OpenAI's, classified as for Chat Completions; `openai_compatible`
 //! servers with these endpoints (Groq's and vLLM's transcriptions, Together's
 //! images, LocalAI) work the same way.
@@ -304,8 +310,7 @@ struct ImageData {
     b64_json: Option<String>,
 }
 
-/// Token usage of gpt-image and gpt-4o-transcribe models; whisper-1 reports
-/// `{"type": "duration", "seconds": ...}` instead, read as no tokens.
+/// Token usage of gpt-image and gpt-4o-transcribe models.
 #[derive(Debug, Default, Deserialize)]
 struct TokenUsage {
     #[serde(default)]
@@ -319,8 +324,33 @@ impl From<TokenUsage> for Usage {
         Usage {
             input_tokens: u.input_tokens,
             output_tokens: u.output_tokens,
-            cached_input_tokens: 0,
-            cache_write_input_tokens: 0,
+            ..Usage::default()
+        }
+    }
+}
+
+/// A transcription's usage: tokens (gpt-4o-transcribe, `"type": "tokens"`),
+/// or the audio's length (whisper-1, `{"type": "duration", "seconds": 3.2}`).
+#[derive(Debug, Deserialize)]
+struct TranscriptionUsage {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    seconds: f64,
+    #[serde(flatten)]
+    tokens: TokenUsage,
+}
+
+impl From<TranscriptionUsage> for Usage {
+    fn from(u: TranscriptionUsage) -> Usage {
+        if u.kind.as_deref() == Some("duration") {
+            Usage {
+                // Whole seconds, rounded up; `as` saturates (a negative is 0).
+                audio_seconds: u.seconds.ceil() as u64,
+                ..Usage::default()
+            }
+        } else {
+            Usage::from(u.tokens)
         }
     }
 }
@@ -342,10 +372,14 @@ fn parse_images(agent: &Agent, raw: &RawResponse) -> Result<ChatResponse, Provid
     if urls.is_empty() {
         return Err(malformed(&"no image in the answer"));
     }
+    let usage = Usage {
+        images: urls.len() as u64,
+        ..wire.usage.map(Usage::from).unwrap_or_default()
+    };
     Ok(ChatResponse {
         output: urls.join("\n"),
         finish_reason: None,
-        usage: wire.usage.map(Usage::from).unwrap_or_default(),
+        usage,
         request_id: raw.header("x-request-id").map(str::to_owned),
     })
 }
@@ -360,12 +394,16 @@ struct TranscriptionResponse {
 fn parse_transcription(agent: &Agent, raw: &RawResponse) -> Result<ChatResponse, ProviderError> {
     let wire: TranscriptionResponse = serde_json::from_slice(&raw.body)
         .map_err(|e| http::malformed(agent, raw.status, &raw.body, &e))?;
-    let usage = wire
-        .usage
-        .filter(|u| u.get("type").and_then(|t| t.as_str()) != Some("duration"))
-        .and_then(|u| serde_json::from_value::<TokenUsage>(u).ok())
-        .map(Usage::from)
-        .unwrap_or_default();
+    // An unreadable usage does not cost the caller the transcript; the call
+    // is counted as no usage, and the operator told.
+    let usage = match wire.usage.map(serde_json::from_value::<TranscriptionUsage>) {
+        None => Usage::default(),
+        Some(Ok(usage)) => usage.into(),
+        Some(Err(error)) => {
+            tracing::warn!(agent_id = %agent.id, %error, "transcription usage unreadable; counted as none");
+            Usage::default()
+        }
+    };
     Ok(ChatResponse {
         output: wire.text,
         finish_reason: None,

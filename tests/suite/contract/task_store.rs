@@ -50,8 +50,7 @@ pub(super) fn call_result(call_id: CallId, output: &str) -> CallResult {
         usage: Usage {
             input_tokens: 12,
             output_tokens: 30,
-            cached_input_tokens: 0,
-            cache_write_input_tokens: 0,
+            ..Usage::default()
         },
         cost_usd: Some(Usd::parse("0.0000198").unwrap()),
         latency_ms: 5,
@@ -192,8 +191,7 @@ async fn a_transition_from_the_wrong_state_is_refused(b: Backend) {
                 usage: Some(Usage {
                     input_tokens: 1,
                     output_tokens: 2,
-                    cached_input_tokens: 0,
-                    cache_write_input_tokens: 0,
+                    ..Usage::default()
                 }),
                 cost_usd: Some(Usd::parse("0.000123").unwrap()),
                 ..TaskPatch::default()

@@ -378,8 +378,8 @@ mod tests {
             usage: crate::domain::Usage {
                 input_tokens: 1200,
                 output_tokens: 30,
-                cached_input_tokens: 0,
                 cache_write_input_tokens: 7,
+                ..crate::domain::Usage::default()
             },
             cost_usd: Some(Usd::parse("1.5").unwrap()),
             latency_ms: 100,

@@ -169,6 +169,7 @@ async fn parses_a_success_with_cache_usage_and_request_id() {
                 output_tokens: 12,
                 cached_input_tokens: 2000,
                 cache_write_input_tokens: 100,
+                ..Usage::default()
             },
             request_id: Some("req_018EeWyXxfu5pfWkrYcMdjWG".into()),
         }
@@ -196,8 +197,7 @@ async fn message_id_is_the_fallback_request_id_and_non_text_blocks_are_skipped()
         Usage {
             input_tokens: 7,
             output_tokens: 64,
-            cached_input_tokens: 0,
-            cache_write_input_tokens: 0,
+            ..Usage::default()
         }
     );
 }

@@ -131,6 +131,7 @@ async fn sends_the_converse_request_signed_with_sigv4() {
                 output_tokens: 5,
                 cached_input_tokens: 1000,
                 cache_write_input_tokens: 100,
+                ..Usage::default()
             },
             request_id: Some("6c4b1b9e-0d3a-4b4e-9a55-6f1a1b6d1e01".into()),
         }
@@ -177,8 +178,7 @@ async fn omits_absent_fields_and_reuses_the_client() {
         Usage {
             input_tokens: 3,
             output_tokens: 9,
-            cached_input_tokens: 0,
-            cache_write_input_tokens: 0,
+            ..Usage::default()
         }
     );
     // One SDK client per endpoint, built once.

@@ -169,7 +169,7 @@ async fn parses_a_success_with_cached_and_thought_tokens() {
                 input_tokens: 1200,
                 output_tokens: 13,
                 cached_input_tokens: 1024,
-                cache_write_input_tokens: 0,
+                ..Usage::default()
             },
             request_id: Some("mAitaLmkHPPlz7IPvtfUqQ4".into()),
         }

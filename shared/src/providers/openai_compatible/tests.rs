@@ -202,7 +202,7 @@ async fn parses_a_success_with_cached_tokens_and_request_id() {
                 input_tokens: 2006,
                 output_tokens: 300,
                 cached_input_tokens: 1920,
-                cache_write_input_tokens: 0,
+                ..Usage::default()
             },
             request_id: Some("req_7f3a".into()),
         }
@@ -227,8 +227,7 @@ async fn null_content_is_empty_and_body_id_is_the_fallback_request_id() {
         Usage {
             input_tokens: 5,
             output_tokens: 0,
-            cached_input_tokens: 0,
-            cache_write_input_tokens: 0,
+            ..Usage::default()
         }
     );
 }

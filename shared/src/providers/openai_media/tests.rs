@@ -7,6 +7,8 @@ use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use super::*;
+use crate::domain::agent::PricingRequest;
+use crate::domain::{Pricing, Usd};
 use crate::providers::test_support::{KEY, TEXT, agent, dead_address, key, single_request};
 
 const AUDIO: &[u8] = b"ID3\x03\x00\x00\x00\x00\x00\x00\xff\xfb\x90\x00\r\n--not-a-boundary\r\n";
@@ -147,7 +149,10 @@ async fn sends_the_image_request_and_returns_the_url() {
         ChatResponse {
             output: "https://oaidalleapiprodscus.blob.core.windows.net/private/img-1.png".into(),
             finish_reason: None,
-            usage: Usage::default(),
+            usage: Usage {
+                images: 1,
+                ..Usage::default()
+            },
             request_id: Some("req_img1".into()),
         }
     );
@@ -178,9 +183,46 @@ async fn inline_images_become_data_urls_with_token_usage() {
         Usage {
             input_tokens: 50,
             output_tokens: 4160,
-            cached_input_tokens: 0,
-            cache_write_input_tokens: 0,
+            images: 2,
+            ..Usage::default()
         }
+    );
+}
+
+/// `pricing` as an admin writes it, checked.
+fn pricing(request: Value) -> Pricing {
+    Pricing::try_from(serde_json::from_value::<PricingRequest>(request).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn images_are_priced_per_image_or_by_their_tokens_exactly() {
+    // DALL·E 3: $0.04 an image, whatever its tokens.
+    let dall_e = image_answer(
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"created": 1, "data": [{"url": "https://x/a.png"}]})),
+    )
+    .await
+    .unwrap();
+    let per_image = pricing(json!({"per_image": "0.04"}));
+    assert_eq!(per_image.cost(&dall_e.usage), Usd::parse("0.04").unwrap());
+
+    // gpt-image-1: $5 input and $40 output per million tokens, two images.
+    let gpt_image = image_answer(ResponseTemplate::new(200).set_body_json(json!({
+        "data": [{"b64_json": "iVBORw0KGgo="}, {"b64_json": "iVBORw0KGgo="}],
+        "usage": {"input_tokens": 50, "output_tokens": 4160, "total_tokens": 4210}
+    })))
+    .await
+    .unwrap();
+    assert_eq!(gpt_image.usage.images, 2);
+    let by_tokens = pricing(json!({"input_per_mtok": 5, "output_per_mtok": 40}));
+    // 50 × 5 + 4160 × 40 = 166,650 per million.
+    assert_eq!(
+        by_tokens.cost(&gpt_image.usage),
+        Usd::parse("0.16665").unwrap()
+    );
+    assert_eq!(
+        per_image.cost(&gpt_image.usage),
+        Usd::parse("0.08").unwrap()
     );
 }
 
@@ -396,9 +438,16 @@ async fn downloads_an_audio_url_and_names_the_file_by_its_type() {
         Usage {
             input_tokens: 14,
             output_tokens: 45,
-            cached_input_tokens: 0,
-            cache_write_input_tokens: 0,
+            ..Usage::default()
         }
+    );
+    // Billed by its tokens ($2.50 and $10 per million); no audio seconds, so
+    // a per-minute price adds nothing.
+    let by_tokens = pricing(json!({"input_per_mtok": "2.5", "output_per_mtok": 10,
+        "per_audio_minute": "0.006"}));
+    assert_eq!(
+        by_tokens.cost(&response.usage),
+        Usd::parse("0.000485").unwrap()
     );
     // A generic content type: the URL's extension names the format.
     client()
@@ -445,12 +494,45 @@ async fn downloads_an_audio_url_and_names_the_file_by_its_type() {
 }
 
 #[tokio::test]
-async fn whisper_duration_usage_is_no_tokens() {
+async fn whisper_duration_usage_counts_whole_seconds_rounded_up() {
+    // whisper-1 at $0.006 a minute: $0.0001 a second.
+    let per_minute = pricing(json!({"per_audio_minute": "0.006"}));
+    for (seconds, counted, cost) in [
+        (json!(3), 3, "0.0003"),
+        (json!(3.2), 4, "0.0004"),
+        (json!(61.0), 61, "0.0061"),
+        (json!(0.01), 1, "0.0001"),
+        (json!(-1), 0, "0"),
+    ] {
+        let response = transcription_answer(ResponseTemplate::new(200).set_body_json(json!({
+            "text": "ok", "usage": {"type": "duration", "seconds": seconds}
+        })))
+        .await
+        .unwrap();
+        assert_eq!(
+            response.usage,
+            Usage {
+                audio_seconds: counted,
+                ..Usage::default()
+            },
+            "{seconds}"
+        );
+        assert_eq!(
+            per_minute.cost(&response.usage),
+            Usd::parse(cost).unwrap(),
+            "{seconds}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_usage_keeps_the_transcript() {
     let response = transcription_answer(ResponseTemplate::new(200).set_body_json(json!({
-        "text": "ok", "usage": {"type": "duration", "seconds": 3}
+        "text": "still heard", "usage": {"type": "duration", "seconds": "three"}
     })))
     .await
     .unwrap();
+    assert_eq!(response.output, "still heard");
     assert_eq!(response.usage, Usage::default());
 }
 
