@@ -239,18 +239,24 @@ impl BudgetExceeded {
 }
 
 /// What one call of `agent` for `spec` is expected to use at most: its
-/// estimated input, its output cap, one image, the reserved audio.
+/// input as the agent's tokenizer counts it (see `tokens::estimate_for`),
+/// its output cap, one image for an image task, the reserved audio for a
+/// transcription.
 pub fn expected_usage(agent: &Agent, spec: &TaskSpec, max_tokens: u32) -> Usage {
-    let input =
-        tokens::estimate(&spec.content) + spec.system.as_deref().map_or(0, tokens::estimate);
-    let _media = (
-        spec.task_type == TaskType::IMAGE,
-        spec.task_type == TaskType::TRANSCRIPTION,
-    );
-    let _ = agent;
+    let input = tokens::estimate_for(agent, &spec.content)
+        + spec
+            .system
+            .as_deref()
+            .map_or(0, |system| tokens::estimate_for(agent, system));
     Usage {
         input_tokens: input,
         output_tokens: u64::from(max_tokens),
+        images: u64::from(spec.task_type == TaskType::IMAGE),
+        audio_seconds: if spec.task_type == TaskType::TRANSCRIPTION {
+            RESERVED_AUDIO_SECONDS
+        } else {
+            0
+        },
         ..Usage::default()
     }
 }
@@ -336,6 +342,85 @@ mod tests {
         assert_eq!(settled.spent, usd("0.2"));
         assert_eq!(settled.reserved, Usd::ZERO);
         assert_eq!((held + settle.change(None)).committed(), usd("0.5"));
+    }
+
+    fn agent(v: serde_json::Value) -> Agent {
+        let mut spec = serde_json::json!({
+            "name": "a", "provider": "openai", "model": "gpt-4o-mini",
+            "capabilities": ["text", "image", "transcription"], "secret": "s"
+        });
+        for (k, val) in v.as_object().unwrap() {
+            spec[k] = val.clone();
+        }
+        Agent {
+            id: crate::domain::AgentId::parse("a").unwrap(),
+            owner: crate::domain::Owner::Platform,
+            spec: serde_json::from_value(spec).unwrap(),
+            version: 1,
+        }
+    }
+
+    fn spec(v: serde_json::Value) -> TaskSpec {
+        serde_json::from_value::<crate::domain::TaskRequest>(v)
+            .unwrap()
+            .parse()
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn a_call_reserves_its_counted_input_its_output_cap_and_its_media() {
+        let priced = agent(serde_json::json!({
+            "pricing": {"input_per_mtok": 1, "output_per_mtok": 10, "per_image": "0.04",
+                "per_audio_minute": "0.006"},
+            "constraints": {"max_tokens": 100}
+        }));
+        // "hello world" is 2 tokens for gpt-4o-mini's tokenizer, "be brief" 2.
+        let text = spec(
+            serde_json::json!({"task_type": "text", "content": "hello world",
+            "system": "be brief"}),
+        );
+        let hold = reserve_call(&priced, &text).unwrap();
+        assert_eq!(hold.max_tokens, 100);
+        assert_eq!(hold.amount, usd("0.001004"));
+        assert_eq!(hold.day, None);
+        let image = spec(serde_json::json!({"task_type": "image", "content": "a cat"}));
+        let held = reserve_call(&priced, &image).unwrap().amount;
+        assert_eq!(held, usd("0.04") + usd("0.001002"));
+        let audio = spec(serde_json::json!({"task_type": "transcription",
+            "content": "https://example.com/a.mp3"}));
+        let held = reserve_call(&priced, &audio).unwrap().amount;
+        // Ten minutes of audio at $0.006, and the URL's tokens.
+        assert!(held > usd("0.06") && held < usd("0.0611"), "{held}");
+        // Without max_tokens the reservation caps the output it asks for.
+        let uncapped = agent(serde_json::json!({"pricing": {"output_per_mtok": 1}}));
+        let hold = reserve_call(&uncapped, &text).unwrap();
+        assert_eq!(hold.max_tokens, RESERVED_OUTPUT_TOKENS);
+        assert_eq!(hold.amount, usd("0.004096"));
+        // No prices: nothing can be reserved.
+        assert_eq!(reserve_call(&agent(serde_json::json!({})), &text), None);
+    }
+
+    #[test]
+    fn a_panel_above_the_tasks_budget_is_refused_whole() {
+        let priced = agent(serde_json::json!({"pricing": {"output_per_mtok": 1000},
+            "constraints": {"max_tokens": 100}}));
+        let panel = [priced.clone(), priced];
+        let fits = spec(serde_json::json!({"task_type": "text", "content": "x",
+            "budget_usd": "0.2"}));
+        let day = NaiveDate::from_ymd_opt(2026, 11, 26);
+        let holds = reserve_panel(&fits, &panel, day).unwrap().unwrap();
+        assert_eq!(holds.len(), 2);
+        assert!(holds.iter().all(|h| h.day == day && h.amount == usd("0.1")));
+        let tight = spec(serde_json::json!({"task_type": "text", "content": "x",
+            "budget_usd": "0.19"}));
+        assert_eq!(
+            reserve_panel(&tight, &panel, None).unwrap(),
+            Err(BudgetExceeded::Task {
+                budget: usd("0.19"),
+                needed: usd("0.2")
+            })
+        );
     }
 
     #[test]

@@ -42,9 +42,9 @@ use super::{ChatRequest, ChatResponse, ProviderClient, ProviderError};
 use crate::domain::{Agent, ErrorClass, TaskType, Usage};
 
 /// The task type answered by image generation.
-pub const TASK_IMAGE: TaskType = TaskType::from_static("image");
+pub const TASK_IMAGE: TaskType = TaskType::IMAGE;
 /// The task type answered by audio transcription.
-pub const TASK_TRANSCRIPTION: TaskType = TaskType::from_static("transcription");
+pub const TASK_TRANSCRIPTION: TaskType = TaskType::TRANSCRIPTION;
 /// The largest audio file sent for transcription: OpenAI's limit, 25 MiB.
 pub const MAX_AUDIO_BYTES: usize = 25 * 1024 * 1024;
 
