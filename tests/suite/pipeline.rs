@@ -862,6 +862,19 @@ async fn concurrent_tasks_spend_no_more_than_the_budget(b: Backend) {
         usage["month"].get("budget_usd").is_none(),
         "{name}: {usage}"
     );
+    // Another tenant's usage holds none of it.
+    let other: Value = p
+        .http
+        .get(format!("{}/v1/tenant/usage", p.base))
+        .bearer_auth(p.token("acme", &[Role::Viewer]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(other["day"]["spent_usd"], "0", "{name}: {other}");
+    assert!(other["day"].get("budget_usd").is_none(), "{name}: {other}");
     p.stop().await;
 }
 
