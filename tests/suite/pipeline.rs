@@ -911,6 +911,96 @@ async fn a_task_budget_refuses_a_panel_that_does_not_fit(b: Backend) {
     p.stop().await;
 }
 
+/// A budgeted task cancelled while its calls run: when they land, each
+/// settles what it reserved, so nothing stays reserved and the day's spend
+/// is what the task owes.
+async fn a_cancelled_budgeted_task_releases_what_it_reserved(b: Backend) {
+    let name = b.name;
+    let p = Pipeline::start(b, Faults::default()).await;
+    let platform = p.token("ops", &[Role::PlatformAdmin]);
+    let set = p
+        .http
+        .put(format!("{}/v1/tenants/frugal/settings", p.base))
+        .bearer_auth(&platform)
+        .json(&json!({"budgets": {"daily_usd": "10", "monthly_usd": "100"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200, "{name}");
+    let token = p.token("frugal", &[Role::Submitter, Role::Viewer]);
+    let body = json!({"task_type": "text", "content": "cancel me", "timeout_ms": 20000,
+        "routing": {"fanout": 2, "agents": ["mock-slow", "mock-slower"]}});
+    let (_, task) = submit(&p, &token, body, "").await;
+    let id = task["task_id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while get_task(&p, &token, &id).await.1["status"] != "running" {
+        assert!(tokio::time::Instant::now() < deadline, "{name}: never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let usage = |p: &Pipeline| {
+        let (http, base, token) = (p.http.clone(), p.base.clone(), token.clone());
+        async move {
+            http.get(format!("{base}/v1/tenant/usage"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let held = usage(&p).await;
+    assert_ne!(held["day"]["reserved_usd"], "0", "{name}: {held}");
+    let cancelled = p
+        .http
+        .post(format!("{}/v1/tasks/{id}/cancel", p.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), 200, "{name}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let settled = loop {
+        let now = usage(&p).await;
+        if now["day"]["reserved_usd"] == "0" {
+            break now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}: still reserved: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (_, task) = get_task(&p, &token, &id).await;
+    // A call the cancel came before is recorded as not made: no usage, no
+    // cost, nothing spent.
+    let calls: f64 = task["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| match &c["cost_usd"] {
+            Value::Null => {
+                assert_eq!(c["usage"]["output_tokens"], 0, "{name}: {c}");
+                0.0
+            }
+            cost => dollars(cost),
+        })
+        .sum();
+    assert!(
+        (dollars(&settled["day"]["spent_usd"]) - calls).abs() < 1e-12,
+        "{name}: spend is what the calls cost: {settled} {task}"
+    );
+    assert_eq!(settled["month"], {
+        let mut month = settled["day"].clone();
+        month["period"] = settled["month"]["period"].clone();
+        month["budget_usd"] = json!("100");
+        month["remaining_usd"] = settled["month"]["remaining_usd"].clone();
+        month
+    });
+    p.stop().await;
+}
+
 on_both_backends!(
     a_single_agent_task_completes,
     a_fan_out_of_three_completes_with_three_attributed_results,
@@ -932,4 +1022,5 @@ on_both_backends!(
     queues_are_empty_after_tasks_finish,
     concurrent_tasks_spend_no_more_than_the_budget,
     a_task_budget_refuses_a_panel_that_does_not_fit,
+    a_cancelled_budgeted_task_releases_what_it_reserved,
 );

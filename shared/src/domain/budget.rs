@@ -208,11 +208,18 @@ pub struct Settlement {
 
 impl Settlement {
     /// What settling changes in each period's counter once the call cost
-    /// `cost`. A cost unknown (the agent lost its prices meanwhile) is taken
-    /// to be the reservation: never a silent zero.
-    pub fn change(&self, cost: Option<Usd>) -> Spend {
+    /// `cost` for `usage`. A call that used nothing (not made, or failed
+    /// before an answer) spent nothing; an unknown cost of a call that did
+    /// use something (its agent lost its prices meanwhile) is taken to be
+    /// the reservation: never a silent zero.
+    pub fn change(&self, cost: Option<Usd>, usage: &Usage) -> Spend {
+        let spent = match cost {
+            Some(cost) => cost,
+            None if *usage == Usage::default() => Usd::ZERO,
+            None => self.reserved,
+        };
         Spend {
-            spent: cost.unwrap_or(self.reserved),
+            spent,
             reserved: Usd::ZERO - self.reserved,
         }
     }
@@ -338,10 +345,17 @@ mod tests {
             spent: Usd::ZERO,
             reserved: usd("0.5"),
         };
-        let settled = held + settle.change(Some(usd("0.2")));
+        let used = Usage {
+            output_tokens: 7,
+            ..Usage::default()
+        };
+        let settled = held + settle.change(Some(usd("0.2")), &used);
         assert_eq!(settled.spent, usd("0.2"));
         assert_eq!(settled.reserved, Usd::ZERO);
-        assert_eq!((held + settle.change(None)).committed(), usd("0.5"));
+        assert_eq!((held + settle.change(None, &used)).committed(), usd("0.5"));
+        // A call not made spends nothing, priced or not.
+        let unmade = held + settle.change(None, &Usage::default());
+        assert_eq!((unmade.spent, unmade.reserved), (Usd::ZERO, Usd::ZERO));
     }
 
     fn agent(v: serde_json::Value) -> Agent {

@@ -817,7 +817,7 @@ impl TaskStore for DynamoTaskStore {
                     tenant,
                     period,
                     settle.day,
-                    settle.change(result.cost_usd),
+                    settle.change(result.cost_usd, &result.usage),
                     None,
                 )?);
             }

@@ -257,7 +257,11 @@ impl MemoryTaskStore {
             None => (true, result.clone()),
         };
         if let (true, Some(settle)) = (first.0, settles) {
-            state.count(tenant, settle.day, settle.change(result.cost_usd));
+            state.count(
+                tenant,
+                settle.day,
+                settle.change(result.cost_usd, &result.usage),
+            );
         }
         first.1
     }
