@@ -424,12 +424,12 @@ mod aws_ops {
              indexes included), metered on the memory backend's identical layout:"
         );
         println!(
-            "  {:<10} {:>9} {:>12} {:>11} {:>12}",
+            "  {:<18} {:>9} {:>12} {:>11} {:>12}",
             "task", "request", "write units", "read units", "write ceiling"
         );
         for row in small.iter().chain(&large) {
             println!(
-                "  {:<10} {:>7} B {:>12.2} {:>11.2} {:>12}",
+                "  {:<18} {:>7} B {:>12.2} {:>11.2} {:>12}",
                 row.ceiling.name,
                 row.content_bytes,
                 row.write_units,
