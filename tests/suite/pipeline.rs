@@ -788,6 +788,32 @@ async fn queues_are_empty_after_tasks_finish(b: Backend) {
     p.stop().await;
 }
 
+/// Sets a tenant's budgets, as platform_admin.
+async fn set_budgets(p: &Pipeline, tenant: &str, budgets: Value) {
+    let set = p
+        .http
+        .put(format!("{}/v1/tenants/{tenant}/settings", p.base))
+        .bearer_auth(p.token("ops", &[Role::PlatformAdmin]))
+        .json(&json!({ "budgets": budgets }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200, "{}", set.text().await.unwrap());
+}
+
+/// The caller's tenant's spend today (`GET /v1/tenant/usage`).
+async fn usage(p: &Pipeline, token: &str) -> Value {
+    p.http
+        .get(format!("{}/v1/tenant/usage", p.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// 100 concurrent tasks against a daily budget of five and a half calls:
 /// spend ends within one call of the budget, on either side (here exactly
 /// five calls, as each costs what is reserved for it), no refused task
@@ -795,17 +821,8 @@ async fn queues_are_empty_after_tasks_finish(b: Backend) {
 async fn concurrent_tasks_spend_no_more_than_the_budget(b: Backend) {
     let name = b.name;
     let p = Pipeline::start(b, Faults::default()).await;
-    let platform = p.token("ops", &[Role::PlatformAdmin]);
-    let set = p
-        .http
-        .put(format!("{}/v1/tenants/thrifty/settings", p.base))
-        .bearer_auth(&platform)
-        .json(&json!({"budgets": {"daily_usd": "0.55"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(set.status(), 200, "{name}");
-    let token = p.submitter("thrifty");
+    set_budgets(&p, "thrifty", json!({"daily_usd": "0.55"})).await;
+    let token = p.token("thrifty", &[Role::Submitter, Role::Viewer]);
     let body = json!({"task_type": "metered", "content": "spend",
         "routing": {"agents": ["mock-metered"]}, "timeout_ms": 120000});
     let submitted =
@@ -843,36 +860,18 @@ async fn concurrent_tasks_spend_no_more_than_the_budget(b: Backend) {
         completed,
         "{name}: a refused task calls nothing"
     );
-    let usage: Value = p
-        .http
-        .get(format!("{}/v1/tenant/usage", p.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(usage["day"]["spent_usd"], "0.5", "{name}: {usage}");
-    assert_eq!(usage["day"]["reserved_usd"], "0", "{name}: {usage}");
-    assert_eq!(usage["day"]["budget_usd"], "0.55", "{name}: {usage}");
-    assert_eq!(usage["day"]["remaining_usd"], "0.05", "{name}: {usage}");
-    assert_eq!(usage["month"]["spent_usd"], "0.5", "{name}: {usage}");
+    let spend = usage(&p, &token).await;
+    assert_eq!(spend["day"]["spent_usd"], "0.5", "{name}: {spend}");
+    assert_eq!(spend["day"]["reserved_usd"], "0", "{name}: {spend}");
+    assert_eq!(spend["day"]["budget_usd"], "0.55", "{name}: {spend}");
+    assert_eq!(spend["day"]["remaining_usd"], "0.05", "{name}: {spend}");
+    assert_eq!(spend["month"]["spent_usd"], "0.5", "{name}: {spend}");
     assert!(
-        usage["month"].get("budget_usd").is_none(),
-        "{name}: {usage}"
+        spend["month"].get("budget_usd").is_none(),
+        "{name}: {spend}"
     );
     // Another tenant's usage holds none of it.
-    let other: Value = p
-        .http
-        .get(format!("{}/v1/tenant/usage", p.base))
-        .bearer_auth(p.token("acme", &[Role::Viewer]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let other = usage(&p, &p.token("acme", &[Role::Viewer])).await;
     assert_eq!(other["day"]["spent_usd"], "0", "{name}: {other}");
     assert!(other["day"].get("budget_usd").is_none(), "{name}: {other}");
     p.stop().await;
@@ -917,16 +916,12 @@ async fn a_task_budget_refuses_a_panel_that_does_not_fit(b: Backend) {
 async fn a_cancelled_budgeted_task_releases_what_it_reserved(b: Backend) {
     let name = b.name;
     let p = Pipeline::start(b, Faults::default()).await;
-    let platform = p.token("ops", &[Role::PlatformAdmin]);
-    let set = p
-        .http
-        .put(format!("{}/v1/tenants/frugal/settings", p.base))
-        .bearer_auth(&platform)
-        .json(&json!({"budgets": {"daily_usd": "10", "monthly_usd": "100"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(set.status(), 200, "{name}");
+    set_budgets(
+        &p,
+        "frugal",
+        json!({"daily_usd": "10", "monthly_usd": "100"}),
+    )
+    .await;
     let token = p.token("frugal", &[Role::Submitter, Role::Viewer]);
     let body = json!({"task_type": "text", "content": "cancel me", "timeout_ms": 20000,
         "routing": {"fanout": 2, "agents": ["mock-slow", "mock-slower"]}});
@@ -937,20 +932,7 @@ async fn a_cancelled_budgeted_task_releases_what_it_reserved(b: Backend) {
         assert!(tokio::time::Instant::now() < deadline, "{name}: never ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let usage = |p: &Pipeline| {
-        let (http, base, token) = (p.http.clone(), p.base.clone(), token.clone());
-        async move {
-            http.get(format!("{base}/v1/tenant/usage"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    };
-    let held = usage(&p).await;
+    let held = usage(&p, &token).await;
     assert_ne!(held["day"]["reserved_usd"], "0", "{name}: {held}");
     let cancelled = p
         .http
@@ -962,7 +944,7 @@ async fn a_cancelled_budgeted_task_releases_what_it_reserved(b: Backend) {
     assert_eq!(cancelled.status(), 200, "{name}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let settled = loop {
-        let now = usage(&p).await;
+        let now = usage(&p, &token).await;
         if now["day"]["reserved_usd"] == "0" {
             break now;
         }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::agent::Agent;
 use super::call::Usage;
+use super::ids::AgentId;
 use super::money::Usd;
 use super::task::TaskSpec;
 use super::task_type::TaskType;
@@ -239,10 +240,19 @@ pub enum BudgetExceeded {
     },
     #[error("the panel's expected cost of {needed} is above the task's budget_usd of {budget}")]
     Task { budget: Usd, needed: Usd },
+    /// Routing does not choose it under a budget; named here so that the
+    /// rule holds whatever chose the panel.
+    #[error("agent `{0}` has no prices; under a budget only priced agents are called")]
+    Unpriced(AgentId),
 }
 
 impl BudgetExceeded {
-    pub const CODE: &'static str = "budget_exceeded";
+    pub fn code(&self) -> &'static str {
+        match self {
+            BudgetExceeded::Tenant { .. } | BudgetExceeded::Task { .. } => "budget_exceeded",
+            BudgetExceeded::Unpriced(_) => "unpriced_agent",
+        }
+    }
 }
 
 /// What one call of `agent` for `spec` is expected to use at most: its
@@ -284,23 +294,62 @@ pub fn reserve_call(agent: &Agent, spec: &TaskSpec) -> Option<CallHold> {
     })
 }
 
-/// Reserves a panel: each call's hold, on `day` when the tenant's budgets
-/// count it, refused as a whole when it is above the task's own budget.
-/// `None` for a panel with an agent without prices (which a budget never
-/// chooses).
-pub fn reserve_panel(
+/// Whether a budget applies to the task: the tenant's, or its own. Then
+/// only priced agents are chosen, and every call is reserved.
+pub fn applies(budgets: Budgets, spec: &TaskSpec) -> bool {
+    budgets.is_set() || spec.budget_usd.is_some()
+}
+
+/// What a panel holds: each call's reservation (none where no budget
+/// applies), and the tenant's hold on its day's and month's counters (when
+/// it has budgets), written with the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PanelHolds {
+    pub calls: Vec<Option<CallHold>>,
+    pub tenant: Option<Hold>,
+}
+
+/// Reserves `panel` for `spec` on `day` under the tenant's `budgets` and the
+/// task's own `budget_usd`: nothing when neither applies; refused whole
+/// when the panel is above the task's budget, or names an agent without
+/// prices (which routing does not choose under a budget).
+pub fn hold_panel(
     spec: &TaskSpec,
     panel: &[Agent],
-    day: Option<NaiveDate>,
-) -> Option<Result<Vec<CallHold>, BudgetExceeded>> {
-    let holds: Vec<CallHold> = panel
+    budgets: Budgets,
+    day: NaiveDate,
+) -> Result<PanelHolds, BudgetExceeded> {
+    if !applies(budgets, spec) {
+        return Ok(PanelHolds {
+            calls: vec![None; panel.len()],
+            tenant: None,
+        });
+    }
+    let counted = budgets.is_set().then_some(day);
+    let calls: Vec<CallHold> = panel
         .iter()
-        .map(|agent| reserve_call(agent, spec).map(|hold| CallHold { day, ..hold }))
-        .collect::<Option<_>>()?;
-    let needed: Usd = holds.iter().map(|h| h.amount).sum();
-    Some(match spec.budget_usd {
-        Some(budget) if needed > budget => Err(BudgetExceeded::Task { budget, needed }),
-        _ => Ok(holds),
+        .map(|agent| {
+            reserve_call(agent, spec)
+                .map(|hold| CallHold {
+                    day: counted,
+                    ..hold
+                })
+                .ok_or_else(|| BudgetExceeded::Unpriced(agent.id.clone()))
+        })
+        .collect::<Result<_, _>>()?;
+    let needed: Usd = calls.iter().map(|h| h.amount).sum();
+    if let Some(budget) = spec.budget_usd
+        && needed > budget
+    {
+        return Err(BudgetExceeded::Task { budget, needed });
+    }
+    Ok(PanelHolds {
+        tenant: counted.map(|day| Hold {
+            day,
+            amount: needed,
+            budgets,
+        }),
+        calls: calls.into_iter().map(Some).collect(),
     })
 }
 
@@ -422,18 +471,55 @@ mod tests {
         let panel = [priced.clone(), priced];
         let fits = spec(serde_json::json!({"task_type": "text", "content": "x",
             "budget_usd": "0.2"}));
-        let day = NaiveDate::from_ymd_opt(2026, 11, 26);
-        let holds = reserve_panel(&fits, &panel, day).unwrap().unwrap();
-        assert_eq!(holds.len(), 2);
-        assert!(holds.iter().all(|h| h.day == day && h.amount == usd("0.1")));
+        let day = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
+        // The task's budget alone: holds, but nothing on the counters.
+        let holds = hold_panel(&fits, &panel, Budgets::default(), day).unwrap();
+        assert_eq!(holds.tenant, None);
+        assert!(
+            holds
+                .calls
+                .iter()
+                .all(|h| h.is_some_and(|h| h.day.is_none() && h.amount == usd("0.1")))
+        );
+        // The tenant's budgets too: the panel's sum held on its counters.
+        let tenant = Budgets {
+            daily_usd: Some(usd("5")),
+            monthly_usd: None,
+        };
+        let holds = hold_panel(&fits, &panel, tenant, day).unwrap();
+        assert_eq!(
+            holds.tenant,
+            Some(Hold {
+                day,
+                amount: usd("0.2"),
+                budgets: tenant
+            })
+        );
+        assert!(
+            holds
+                .calls
+                .iter()
+                .all(|h| h.is_some_and(|h| h.day == Some(day)))
+        );
         let tight = spec(serde_json::json!({"task_type": "text", "content": "x",
             "budget_usd": "0.19"}));
         assert_eq!(
-            reserve_panel(&tight, &panel, None).unwrap(),
+            hold_panel(&tight, &panel, tenant, day),
             Err(BudgetExceeded::Task {
                 budget: usd("0.19"),
                 needed: usd("0.2")
             })
+        );
+        // No budget at all: nothing held, unpriced agents welcome.
+        let free = spec(serde_json::json!({"task_type": "text", "content": "x"}));
+        let unpriced = [agent(serde_json::json!({}))];
+        let none = hold_panel(&free, &unpriced, Budgets::default(), day).unwrap();
+        assert_eq!(none.calls, vec![None]);
+        assert_eq!(
+            hold_panel(&fits, &unpriced, Budgets::default(), day)
+                .unwrap_err()
+                .code(),
+            "unpriced_agent"
         );
     }
 

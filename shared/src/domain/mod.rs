@@ -24,7 +24,7 @@ pub use agent::{
     Agent, AgentRequest, AgentSpec, AgentSpecError, BaseUrl, Constraints, MockFault, MockOptions,
     Pricing, Provider,
 };
-pub use budget::{BudgetExceeded, Budgets, CallHold, Hold, Period, Settlement, Spend};
+pub use budget::{BudgetExceeded, Budgets, CallHold, Hold, PanelHolds, Period, Settlement, Spend};
 pub use call::{BlobRef, CallError, CallResult, CallStatus, ErrorClass, Usage};
 pub use envelope::{Envelope, MessageKind};
 pub use ids::{AgentId, CallId, IdError, IdempotencyKey, TaskId, TenantId, WorkflowId};

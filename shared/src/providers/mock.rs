@@ -289,7 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_stops_at_max_tokens_as_a_models_does() {
-        let agent = agent(json!({"mock": {"output_bytes": 4000}}));
+        let agent = agent(json!({"output_bytes": 4000}));
         let mut capped = request(None, "hi");
         capped.max_tokens = Some(50);
         let answer = call(&agent, &capped).await.unwrap();

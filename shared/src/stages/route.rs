@@ -2,7 +2,7 @@
 
 use crate::domain::routing::{self, RoutingError};
 use crate::domain::{
-    BudgetExceeded, CallId, Envelope, Hold, MessageKind, PlannedCall, Task, TaskError, TaskPatch,
+    BudgetExceeded, CallId, Envelope, MessageKind, PlannedCall, Task, TaskError, TaskPatch,
     TaskStatus, budget,
 };
 use crate::ports::{OutgoingMessage, QueueName, StoreError};
@@ -49,36 +49,22 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
         svc.agents.usable(&task.tenant),
         svc.agents.settings(&task.tenant)
     )?;
-    let budgets = settings.budgets;
-    let budgeted = budgets.is_set() || task.spec.budget_usd.is_some();
-    let chosen = match routing::select(&task.spec, &agents, budgeted) {
+    let priced_only = budget::applies(settings.budgets, &task.spec);
+    let chosen = match routing::select(&task.spec, &agents, priced_only) {
         Ok(chosen) => chosen,
         Err(e) => return fail_task(svc, &task, routing_error(&e)).await,
     };
-    let holds = if budgeted {
-        let day = budgets.is_set().then(|| now.date_naive());
-        match budget::reserve_panel(&task.spec, &chosen, day) {
-            Some(Ok(holds)) => holds.into_iter().map(Some).collect(),
-            Some(Err(exceeded)) => return fail_task(svc, &task, budget_error(&exceeded)).await,
-            None => {
-                return Err(StageError::Malformed(
-                    "routing chose an agent without prices under a budget".into(),
-                ));
-            }
-        }
-    } else {
-        vec![None; chosen.len()]
+    // The whole panel is held against the budgets, and on the tenant's
+    // counters in the same write as the plan: no panel is half paid and
+    // then refused.
+    let holds = match budget::hold_panel(&task.spec, &chosen, settings.budgets, now.date_naive()) {
+        Ok(holds) => holds,
+        Err(e) => return fail_task(svc, &task, budget_error(&e)).await,
     };
-    // The whole panel is held against the tenant's budgets in the same
-    // write as the plan: no panel is half paid and then refused.
-    let hold = budgets.is_set().then(|| Hold {
-        day: now.date_naive(),
-        amount: holds.iter().flatten().map(|h| h.amount).sum(),
-        budgets,
-    });
+    let hold = holds.tenant;
     let plan: Vec<PlannedCall> = chosen
         .iter()
-        .zip(holds)
+        .zip(holds.calls)
         .map(|(agent, hold)| PlannedCall {
             call_id: CallId::new(),
             agent_id: agent.id.clone(),
@@ -103,10 +89,10 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
         Err(StoreError::Transition(_)) => return Ok(()),
         Err(StoreError::OverBudget(period)) => {
             let why = hold.map_or_else(
-                || format!("the tenant's {period:?} budget has no room for this task"),
-                |h| h.exceeded(period).to_string(),
+                || TaskError::new("budget_exceeded", format!("the {period:?} budget is spent")),
+                |h| budget_error(&h.exceeded(period)),
             );
-            return fail_task(svc, &task, TaskError::new(BudgetExceeded::CODE, why)).await;
+            return fail_task(svc, &task, why).await;
         }
         Err(e) => return Err(e.into()),
     };
@@ -119,7 +105,7 @@ fn routing_error(e: &RoutingError) -> TaskError {
 }
 
 fn budget_error(e: &BudgetExceeded) -> TaskError {
-    TaskError::new(BudgetExceeded::CODE, e.to_string())
+    TaskError::new(e.code(), e.to_string())
 }
 
 async fn send_calls(svc: &Services, envelope: &Envelope, task: &Task) -> Result<(), StageError> {
