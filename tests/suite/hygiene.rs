@@ -193,10 +193,180 @@ async fn no_key_or_token_is_logged_stored_or_announced(b: Backend) {
     }
 }
 
+/// Sets a tenant's own filters, as its admin.
+async fn set_filters(p: &Pipeline, tenant: &str, filters: Value) {
+    let reply = p
+        .http
+        .put(format!("{}/v1/tenant/settings", p.base))
+        .bearer_auth(p.token(tenant, &[Role::Admin]))
+        .json(&json!({ "filters": filters }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200, "{}", reply.text().await.unwrap());
+}
+
+/// Content filters: PII redacted before the provider sees it (input) and
+/// before an answer is stored (output); a block rule fails the task naming
+/// the rule. The originals (canaries) appear 0 times in the provider's
+/// requests, the logs at trace level, the stored items, the API's answers
+/// and the events.
+async fn filtered_text_is_never_sent_logged_stored_or_announced(b: Backend) {
+    let (logs, _guard) = capture_logs();
+    let canary = ulid::Ulid::new().to_string().to_lowercase();
+    let email = format!("c{canary}@example.com");
+    let secret = format!("password = hunter-{canary}");
+    // The output-only tenant's own: its requests are kept as sent.
+    let sent = ulid::Ulid::new().to_string().to_lowercase();
+    let sent_email = format!("s{sent}@example.com");
+    let (name, tables) = (b.name, b.tables.clone());
+    let p = Pipeline::start(b, Faults::default()).await;
+    let redact = json!({"pii": {"mode": "redact", "kinds": ["email", "card"]},
+        "block": [{"name": "no-secrets", "pattern": "(?i)password\\s*="}]});
+    // Input and output filtered.
+    set_filters(&p, "acme", redact.clone()).await;
+    // Output only: the provider sees the text, the answer is filtered.
+    let mut output_only = redact;
+    output_only["apply_to"] = json!(["output"]);
+    set_filters(&p, "globex", output_only).await;
+    let mut answers = String::new();
+    let submit = |tenant: &str, content: String| {
+        let (http, base) = (p.http.clone(), p.base.clone());
+        let token = p.token(tenant, &[Role::Submitter, Role::Viewer]);
+        async move {
+            let reply = http
+                .post(format!("{base}/v1/tasks?wait=20"))
+                .bearer_auth(&token)
+                .json(&json!({"task_type": "echo", "content": content}))
+                .send()
+                .await
+                .unwrap();
+            (
+                reply.status().as_u16(),
+                reply.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    // Redacted on the way in: the provider never sees the address or the card.
+    let pii = format!("write to {email}, card 4111 1111 1111 1111");
+    let (status, task) = submit("acme", pii.clone()).await;
+    assert_eq!(status, 200, "{name}: {task}");
+    assert_eq!(task["status"], "completed", "{name}: {task}");
+    assert_eq!(
+        task["result"]["output"], "write to [EMAIL], card [CARD]",
+        "{name}: {task}"
+    );
+    assert_eq!(p.provider.count("mock-echo", &pii), 0, "{name}");
+    assert_eq!(
+        p.provider
+            .count("mock-echo", "write to [EMAIL], card [CARD]"),
+        1,
+        "{name}"
+    );
+    answers.push_str(&task.to_string());
+    // Blocked on the way in: refused, naming the rule, nothing sent or kept.
+    let (status, problem) = submit("acme", format!("my {secret}")).await;
+    assert_eq!(status, 422, "{name}: {problem}");
+    assert_eq!(problem["code"], "content_blocked", "{name}: {problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("no-secrets"),
+        "{name}: {problem}"
+    );
+    answers.push_str(&problem.to_string());
+    // Output only: the provider is sent the text; the answer is redacted,
+    // or blocked (the task fails content_blocked, naming the rule).
+    let sent_pii = format!("write to {sent_email}, card 4111 1111 1111 1111");
+    let (_, task) = submit("globex", sent_pii.clone()).await;
+    assert_eq!(p.provider.count("mock-echo", &sent_pii), 1, "{name}");
+    assert_eq!(
+        task["result"]["output"], "write to [EMAIL], card [CARD]",
+        "{name}: {task}"
+    );
+    answers.push_str(&task.to_string());
+    let (_, task) = submit("globex", format!("my password = hunter-{sent}")).await;
+    assert_eq!(task["status"], "failed", "{name}: {task}");
+    assert_eq!(task["error"]["code"], "content_blocked", "{name}: {task}");
+    assert!(
+        task["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-secrets"),
+        "{name}: {task}"
+    );
+    answers.push_str(&task.to_string());
+    for tenant in ["acme", "globex"] {
+        let listed = p
+            .http
+            .get(format!("{}/v1/tasks", p.base))
+            .bearer_auth(p.token(tenant, &[Role::Viewer]))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        answers.push_str(&listed);
+    }
+    let events = format!("{:?}", p.events.published());
+    let stored = stored_items(&tables).await;
+    p.stop().await;
+    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("agent-call"),
+        "{name}: the logs were captured"
+    );
+    // An input-filtered original is nowhere. An output-only tenant's is in
+    // its requests, as sent (the REQ items, and the SDK's trace of them),
+    // and in no answer, call result, other log line or event.
+    let but_requests = |text: &str| -> String {
+        text.lines()
+            .filter(|line| !line.contains("REQ"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for (what, text) in [
+        ("logs", &logs),
+        ("stored items", &stored),
+        ("API answers", &answers),
+        ("events", &events),
+    ] {
+        for (original, text) in [(&canary, text.clone()), (&sent, but_requests(text))] {
+            let before = text.find(original.as_str()).map(|at| {
+                let from = text[..at]
+                    .char_indices()
+                    .rev()
+                    .nth(300)
+                    .map_or(0, |(i, _)| i);
+                text[from..at].to_owned()
+            });
+            assert_eq!(
+                text.matches(original.as_str()).count(),
+                0,
+                "{name}: an original in the {what}, after: {before:?}"
+            );
+        }
+    }
+    assert!(
+        !answers.contains("4111 1111 1111 1111"),
+        "{name}: the card in the API answers"
+    );
+    if name == "aws" {
+        assert!(stored.contains("[EMAIL]"), "the tables were read");
+    }
+}
+
 mod memory {
     #[tokio::test]
     async fn no_key_or_token_is_logged_stored_or_announced() {
         super::no_key_or_token_is_logged_stored_or_announced(maof_tests::backends::memory()).await;
+    }
+
+    #[tokio::test]
+    async fn filtered_text_is_never_sent_logged_stored_or_announced() {
+        super::filtered_text_is_never_sent_logged_stored_or_announced(
+            maof_tests::backends::memory(),
+        )
+        .await;
     }
 }
 
@@ -205,5 +375,13 @@ mod aws {
     async fn no_key_or_token_is_logged_stored_or_announced() {
         super::no_key_or_token_is_logged_stored_or_announced(maof_tests::backends::aws().await)
             .await;
+    }
+
+    #[tokio::test]
+    async fn filtered_text_is_never_sent_logged_stored_or_announced() {
+        super::filtered_text_is_never_sent_logged_stored_or_announced(
+            maof_tests::backends::aws().await,
+        )
+        .await;
     }
 }

@@ -235,6 +235,9 @@ impl From<SubmitError> for Problem {
                 Problem::unprocessable(e.to_string()).with_field("idempotency_key")
             }
             SubmitError::NotOffered(detail) => Problem::unprocessable(detail),
+            SubmitError::ContentBlocked { field, .. } => Problem::unprocessable(e.to_string())
+                .with_code("content_blocked")
+                .with_field(field),
             SubmitError::Limited(LimitError::Limited {
                 retry_after, state, ..
             }) => {

@@ -20,7 +20,8 @@ use super::problem::{Problem, path_not_found};
 use super::views::{PeriodUsageView, SettingsView, UsageView};
 use crate::domain::tenant::PlatformAgentsError;
 use crate::domain::{
-    Budgets, OwnSettings, Period, PlatformAgents, RateLimits, Rates, TenantId, TenantSettings, Usd,
+    Budgets, FilterError, FilterSettings, Filters, OwnSettings, Period, PlatformAgents, RateLimits,
+    Rates, TenantId, TenantSettings, Usd,
 };
 use crate::domain::{money, text};
 use crate::stages::agents::{self, MAX_PLATFORM_AGENTS_LISTED};
@@ -45,6 +46,17 @@ pub struct SettingsRequest {
     /// its own budgets, which may only be lower.
     #[serde(default, deserialize_with = "text::optional_object")]
     pub budgets: Option<BudgetsRequest>,
+    /// Content filters: PII kinds to block, redact or log, and block rules
+    /// (at most 100, each a regular expression of at most 1,000 bytes), on
+    /// input, output or both. Set by `platform_admin`, they apply to the
+    /// tenant whatever it sets; set by the tenant's admin, they apply too.
+    #[serde(default, deserialize_with = "text::optional_object")]
+    pub filters: Option<FilterSettings>,
+}
+
+/// 422 naming the field, for filters that do not compile.
+fn filter_error(e: &FilterError) -> Problem {
+    Problem::unprocessable(e.to_string()).with_field(e.field())
 }
 
 /// Budgets in US dollars; a budget left out is none (within the ceiling).
@@ -171,6 +183,11 @@ impl TryFrom<SettingsRequest> for TenantSettings {
             platform_agents,
             rate_limits: request.rate_limits.map(RateLimits::try_from).transpose()?,
             budgets: request.budgets.map(Budgets::try_from).transpose()?,
+            filters: request
+                .filters
+                .map(|f| Filters::compile(&f).map(|_| f))
+                .transpose()
+                .map_err(|e| filter_error(&e))?,
             ..TenantSettings::default()
         })
     }
@@ -248,10 +265,14 @@ pub(crate) async fn put_own_settings(
     let own = OwnSettings {
         rate_limits: request.rate_limits.map(RateLimits::try_from).transpose()?,
         budgets: request.budgets.map(Budgets::try_from).transpose()?,
+        filters: request.filters,
     };
     let current = agents::settings(&state.services, tenant)
         .await
         .map_err(Problem::server)?;
+    if let Some(filters) = &own.filters {
+        Filters::combine(&current.platform_filters, filters).map_err(|e| filter_error(&e))?;
+    }
     if let Some(field) = current.refuse_own(&own) {
         return Err(forbidden(
             &field,

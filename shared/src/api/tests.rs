@@ -669,6 +669,36 @@ async fn tenant_settings_are_checked() {
         zero.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
         "rate_limits.per_subject.rpm"
     );
+    // Filters that do not compile are refused, naming the rule's field.
+    let bad_pattern = put(json!({"filters": {"block": [{"name": "ok", "pattern": "x"},
+        {"name": "broken", "pattern": "(unclosed"}]}}))
+    .await;
+    assert_eq!(
+        bad_pattern.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
+        "filters.block[1].pattern"
+    );
+    let huge =
+        put(json!({"filters": {"block": [{"name": "huge", "pattern": "\\w{1000}{1000}"}]}})).await;
+    assert_eq!(
+        huge.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
+        "filters.block[0].pattern"
+    );
+    let rules: Vec<Value> = (0..101)
+        .map(|i| json!({"name": format!("r{i}"), "pattern": format!("x{i}y")}))
+        .collect();
+    let many = put(json!({"filters": {"block": rules}})).await;
+    assert_eq!(
+        many.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
+        "filters.block"
+    );
+    let mandatory = put(json!({"filters": {"block": [{"name": "no-secrets",
+        "pattern": "(?i)password\\s*="}]}}))
+    .await;
+    assert_eq!(
+        mandatory.body["platform_filters"]["block"][0]["name"], "no-secrets",
+        "{}",
+        mandatory.body
+    );
     let all = put(json!({"platform_agents": ["*"]})).await;
     assert_eq!(all.body["platform_agents"], json!(["*"]));
     // No limit where nothing is set (this harness's default).
@@ -725,6 +755,25 @@ async fn tenant_settings_are_checked() {
     assert_eq!(
         thrifty.body["ceilings"]["budgets"],
         json!({"daily_usd": "50", "monthly_usd": "1000"})
+    );
+    // The tenant's own filters apply with the platform's, which stay.
+    let filtered = own(
+        json!({"filters": {"pii": {"mode": "redact", "kinds": ["email"]},
+        "apply_to": ["output"]}}),
+    )
+    .await;
+    assert_eq!(filtered.status, StatusCode::OK, "{}", filtered.body);
+    assert_eq!(filtered.body["filters"]["apply_to"], json!(["output"]));
+    assert_eq!(
+        filtered.body["platform_filters"]["block"][0]["name"],
+        "no-secrets"
+    );
+    let duplicate = own(json!({"filters": {"block": [{"name": "a", "pattern": "x"},
+        {"name": "a", "pattern": "y"}]}}))
+    .await;
+    assert_eq!(
+        duplicate.problem(StatusCode::UNPROCESSABLE_ENTITY)["field"],
+        "filters.block[1].name"
     );
     let lower = own(json!({"rate_limits": {"rpm": 40, "per_subject": {"rpm": 5}}})).await;
     assert_eq!(lower.status, StatusCode::OK, "{}", lower.body);

@@ -9,8 +9,9 @@ use utoipa::ToSchema;
 
 use crate::domain::{
     Agent, AgentId, AggregateResult, AggregationStrategy, Budgets, CallError, CallId, CallResult,
-    CallStatus, Constraints, EffectiveSettings, MockOptions, Period, PlatformAgents, Pricing,
-    Provider, RateLimits, Spend, Task, TaskError, TaskId, TaskStatus, TaskType, Usage, Usd,
+    CallStatus, Constraints, EffectiveSettings, FilterSettings, MockOptions, Period,
+    PlatformAgents, Pricing, Provider, RateLimits, Spend, Task, TaskError, TaskId, TaskStatus,
+    TaskType, Usage, Usd,
 };
 use crate::ports::TaskRecord;
 
@@ -308,6 +309,11 @@ pub struct SettingsView {
     pub budgets: BudgetsView,
     /// What `platform_admin` allows; a tenant may set only lower limits and budgets.
     pub ceilings: CeilingsView,
+    /// The content filters `platform_admin` applies to the tenant; its
+    /// admins cannot turn them off.
+    pub platform_filters: FilterSettings,
+    /// The tenant's own content filters, applied with the platform's.
+    pub filters: FilterSettings,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -378,6 +384,8 @@ impl From<EffectiveSettings> for SettingsView {
                 rate_limits: settings.ceilings.rate_limits.into(),
                 budgets: settings.ceilings.budgets.into(),
             },
+            platform_filters: settings.platform_filters,
+            filters: settings.filters,
         }
     }
 }

@@ -398,6 +398,10 @@ pub struct MockOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(maximum = 67108864)]
     pub output_bytes: Option<u64>,
+    /// Answers with the request's text verbatim (what a model that repeats
+    /// its input would): the test double for output filters.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub echo: bool,
 }
 
 impl MockOptions {

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::call::{CallResult, CallStatus, Usage};
+use super::call::{CallResult, CallStatus, ErrorClass, Usage};
 use super::money::Usd;
 use super::task::{AggregateResult, AggregationStrategy, Task, TaskError, TaskPatch, TaskStatus};
 
@@ -36,6 +36,21 @@ pub fn combine(task: &Task, calls: &[CallResult]) -> (TaskStatus, TaskPatch) {
         ..TaskPatch::default()
     };
     if succeeded.is_empty() {
+        let blocked: Vec<&str> = ordered
+            .iter()
+            .filter_map(|c| c.error.as_ref())
+            .filter(|e| e.class == ErrorClass::ContentBlocked)
+            .map(|e| e.message.as_str())
+            .collect();
+        if blocked.len() == ordered.len() {
+            // Every answer was blocked: the task is, with the rules' names
+            // (the messages hold the names only, never the text).
+            patch.error = Some(TaskError::new(
+                "content_blocked",
+                format!("every answer was blocked: {}", blocked.join("; ")),
+            ));
+            return (TaskStatus::Failed, patch);
+        }
         let reasons: Vec<String> = ordered
             .iter()
             .map(|c| match &c.error {

@@ -70,6 +70,9 @@ pub enum ErrorClass {
     ResponseTooLarge,
     /// The call's message kept failing until it was dead-lettered.
     DeadLetter,
+    /// The provider answered, and the tenant's content filter blocked the
+    /// answer (the provider's own refusals are `ContentFiltered`).
+    ContentBlocked,
 }
 
 impl ErrorClass {

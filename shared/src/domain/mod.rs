@@ -5,6 +5,7 @@ pub mod aggregation;
 pub mod budget;
 pub mod call;
 pub mod envelope;
+pub mod filters;
 pub mod ids;
 pub mod lease;
 pub mod money;
@@ -27,6 +28,10 @@ pub use agent::{
 pub use budget::{BudgetExceeded, Budgets, CallHold, Hold, PanelHolds, Period, Settlement, Spend};
 pub use call::{BlobRef, CallError, CallResult, CallStatus, ErrorClass, Usage};
 pub use envelope::{Envelope, MessageKind};
+pub use filters::{
+    BlockRule, Blocked, FilterError, FilterSettings, Filters, PiiKind, PiiSettings, StreamFilter,
+    Verdict,
+};
 pub use ids::{AgentId, CallId, IdError, IdempotencyKey, TaskId, TenantId, WorkflowId};
 pub use lease::{CallLease, LeaseHolder, LeaseOutcome};
 pub use money::{MoneyError, Usd};

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::budget::Budgets;
+use super::filters::FilterSettings;
 use super::ids::{AgentId, IdError};
 
 /// Which platform agents a tenant may use: all (`["*"]`) or those listed.
@@ -145,6 +146,9 @@ pub struct OwnSettings {
     pub rate_limits: Option<RateLimits>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budgets: Option<Budgets>,
+    /// The tenant's own content filters, applied with the platform's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<FilterSettings>,
 }
 
 /// A tenant's stored settings: what `platform_admin` set (the ceilings, and
@@ -160,6 +164,10 @@ pub struct TenantSettings {
     /// The ceiling of the tenant's budgets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budgets: Option<Budgets>,
+    /// Content filters the platform applies to the tenant, which its admins
+    /// cannot turn off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<FilterSettings>,
     #[serde(default)]
     pub own: OwnSettings,
 }
@@ -177,6 +185,9 @@ impl TenantSettings {
         if update.budgets.is_some() {
             self.budgets = update.budgets;
         }
+        if update.filters.is_some() {
+            self.filters = update.filters;
+        }
         self
     }
 
@@ -187,6 +198,9 @@ impl TenantSettings {
         }
         if update.budgets.is_some() {
             self.own.budgets = update.budgets;
+        }
+        if update.filters.is_some() {
+            self.own.filters = update.filters;
         }
         self
     }
@@ -202,6 +216,10 @@ pub struct EffectiveSettings {
     pub budgets: Budgets,
     /// What `platform_admin` allows (or the default).
     pub ceilings: Ceilings,
+    /// The content filters the platform applies, and the tenant's own; both
+    /// apply (see `Filters::combine`).
+    pub platform_filters: FilterSettings,
+    pub filters: FilterSettings,
 }
 
 /// What `platform_admin` allows a tenant: its own limits and budgets may
@@ -219,6 +237,11 @@ impl EffectiveSettings {
             .and_then(|r| r.above(self.ceilings.rate_limits))
             .or_else(|| own.budgets.and_then(|b| b.above(self.ceilings.budgets)))
     }
+}
+
+/// No filter: nothing is looked for.
+fn none_filtered() -> FilterSettings {
+    FilterSettings::default()
 }
 
 /// The deployment's defaults for a tenant with nothing set.
@@ -259,6 +282,10 @@ impl TenantDefaults {
                 .min(own.rate_limits.unwrap_or_default()),
             budgets: ceilings.budgets.min(own.budgets.unwrap_or_default()),
             ceilings,
+            platform_filters: settings
+                .and_then(|s| s.filters.clone())
+                .unwrap_or_else(none_filtered),
+            filters: own.filters.unwrap_or_else(none_filtered),
         }
     }
 }
@@ -334,6 +361,7 @@ mod tests {
                 json!({"rpm": 50, "tpm": 1000, "per_subject": {"rpm": 5}}),
             )),
             budgets: None,
+            filters: None,
         };
         assert_eq!(ceiling.refuse_own(&lower), None);
         settings = settings.with_own(lower);
@@ -346,6 +374,7 @@ mod tests {
         let higher = OwnSettings {
             rate_limits: Some(limits(json!({"rpm": 101}))),
             budgets: None,
+            filters: None,
         };
         assert_eq!(
             applied.refuse_own(&higher).as_deref(),
@@ -354,6 +383,7 @@ mod tests {
         let subject = OwnSettings {
             rate_limits: Some(limits(json!({"per_subject": {"tpm": 2}}))),
             budgets: None,
+            filters: None,
         };
         let capped = TenantDefaults {
             rate_limits: limits(json!({"per_subject": {"tpm": 1}})),

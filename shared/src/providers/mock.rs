@@ -66,10 +66,14 @@ impl ProviderClient for MockProvider {
         }
 
         let tally = Tally::of(request);
-        let mut output = format!(
-            "[{}] {} words; digest {:016x}",
-            agent.spec.model, tally.words, tally.hash
-        );
+        let echo = agent.spec.mock.as_ref().is_some_and(|m| m.echo);
+        let mut output = match request.messages.last() {
+            Some(last) if echo => last.content.clone(),
+            _ => format!(
+                "[{}] {} words; digest {:016x}",
+                agent.spec.model, tally.words, tally.hash
+            ),
+        };
         if let Some(bytes) = agent.spec.mock.as_ref().and_then(|m| m.output_bytes) {
             // Base64-like padding, to the size asked for.
             let pad = (bytes as usize).saturating_sub(output.len() + 1);
@@ -300,6 +304,15 @@ mod tests {
         let whole = call(&agent, &capped).await.unwrap();
         assert_eq!(whole.output.len(), 4000);
         assert_eq!(whole.finish_reason.as_deref(), Some("stop"));
+    }
+
+    #[tokio::test]
+    async fn an_echoing_mock_answers_with_the_users_text() {
+        let agent = agent(json!({"echo": true}));
+        let answer = call(&agent, &request(Some("sys"), "reach me at a@b.co"))
+            .await
+            .unwrap();
+        assert_eq!(answer.output, "reach me at a@b.co");
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 //! until [`next_step`] says it is done; the [`CallRecord`] builds the result,
 //! and [`conclude`] stores it and moves the task on.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,9 +14,10 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use secrecy::SecretString;
 
+use crate::domain::filters::Direction;
 use crate::domain::{
     Agent, AgentId, CallError, CallId, CallLease, CallResult, CallStatus, Envelope, ErrorClass,
-    LeaseHolder, LeaseOutcome, MessageKind, ProviderKey, Task, TaskError, Usage,
+    LeaseHolder, LeaseOutcome, MessageKind, ProviderKey, Task, TaskError, Usage, Verdict,
 };
 use crate::ports::{BlobError, FanIn, QueueName, SecretError, SecretSource, StoreError};
 use crate::providers::{ChatRequest, ChatResponse, Message, ProviderClient, ProviderError, Role};
@@ -103,6 +105,7 @@ pub async fn handle(
         holder: LeaseHolder::new(),
     };
     let result = call.run(svc, deadline, &lease).await?;
+    let result = filter_output(svc, &task, result).await?;
     let concluded = conclude(svc, envelope, &task, result).await;
     if concluded.is_err() {
         // The answer could not be stored: let the redelivery call at once
@@ -110,6 +113,50 @@ pub async fn handle(
         lease.end_at(svc.clock.now()).await;
     }
     concluded
+}
+
+/// A fresh answer as the tenant's output filters leave it, before it is
+/// stored: redacted, or the call failed `content_blocked` naming the rule
+/// (what it used and cost stays: the provider was paid).
+async fn filter_output(
+    svc: &Services,
+    task: &Task,
+    mut result: CallResult,
+) -> Result<CallResult, StageError> {
+    let Some(output) = result.output.as_deref() else {
+        return Ok(result);
+    };
+    let filters = svc.agents.filters(&task.tenant).await?;
+    if !filters.applies_to(Direction::Output) {
+        return Ok(result);
+    }
+    let filtered = match filters.apply(Direction::Output, output) {
+        Verdict::Pass { text, findings } => {
+            if !findings.is_empty() {
+                // Kinds and counts only, never the text.
+                tracing::info!(?findings, "answer filtered");
+            }
+            Ok(match text {
+                Cow::Owned(redacted) => Some(redacted),
+                Cow::Borrowed(_) => None,
+            })
+        }
+        Verdict::Blocked(blocked) => Err(blocked),
+    };
+    match filtered {
+        Ok(Some(redacted)) => result.output = Some(redacted),
+        Ok(None) => {}
+        Err(blocked) => {
+            tracing::info!(rule = %blocked.rule, "answer blocked");
+            result.status = CallStatus::Failed;
+            result.output = None;
+            result.error = Some(CallError {
+                class: ErrorClass::ContentBlocked,
+                message: format!("the answer was {blocked}"),
+            });
+        }
+    }
+    Ok(result)
 }
 
 /// The call and agent an agent-call envelope names.

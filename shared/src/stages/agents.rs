@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::domain::{
-    Agent, AgentId, AgentRequest, AgentSpec, AgentSpecError, EffectiveSettings, OwnSettings, Owner,
-    SecretNameError, TenantDefaults, TenantId, TenantSettings,
+    Agent, AgentId, AgentRequest, AgentSpec, AgentSpecError, EffectiveSettings, Filters,
+    OwnSettings, Owner, SecretNameError, TenantDefaults, TenantId, TenantSettings,
 };
 use crate::ports::{Expect, Registry, StoreError, Versioned};
 
@@ -75,6 +75,8 @@ pub struct AgentCache {
     by_tenant: TtlMap<TenantId, Arc<EffectiveSettings>>,
     /// What each tenant may use, combined once per TTL rather than per task.
     usable: TtlMap<TenantId, Arc<Vec<Agent>>>,
+    /// Each tenant's content filters, compiled once per TTL.
+    filters: TtlMap<TenantId, Filters>,
 }
 
 impl AgentCache {
@@ -85,6 +87,7 @@ impl AgentCache {
             by_owner: TtlMap::new(ttl),
             by_tenant: TtlMap::new(ttl),
             usable: TtlMap::new(ttl),
+            filters: TtlMap::new(ttl),
         }
     }
 
@@ -148,9 +151,26 @@ impl AgentCache {
         }
     }
 
+    /// The content filters that apply to `tenant` (the platform's and its
+    /// own), compiled once per TTL. Settings that no longer compile (they
+    /// were checked when written) fail closed: nothing passes unfiltered.
+    pub async fn filters(&self, tenant: &TenantId) -> Result<Filters, StoreError> {
+        if let Some(filters) = self.filters.get(tenant) {
+            return Ok(filters);
+        }
+        let settings = self.settings(tenant).await?;
+        let filters =
+            Filters::combine(&settings.platform_filters, &settings.filters).map_err(|e| {
+                StoreError::Backend(format!("the tenant's filters do not compile: {e}"))
+            })?;
+        self.filters.insert(tenant.clone(), filters.clone());
+        Ok(filters)
+    }
+
     pub fn invalidate_settings(&self, tenant: &TenantId) {
         self.by_tenant.remove(tenant);
         self.usable.remove(tenant);
+        self.filters.remove(tenant);
     }
 }
 

@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
+use crate::domain::filters::Direction;
 use crate::domain::rate::BucketState;
 use crate::domain::tokens;
 use crate::domain::{
-    AggregationStrategy, CallId, IdempotencyKey, MessageKind, Principal, RequestError, Role,
-    RoutingStrategy, Task, TaskError, TaskId, TaskPatch, TaskRequest, TaskStatus, TenantId,
+    AggregationStrategy, CallId, Filters, IdempotencyKey, MessageKind, Principal, RequestError,
+    Role, RoutingStrategy, Task, TaskError, TaskId, TaskPatch, TaskRequest, TaskSpec, TaskStatus,
+    TenantId, Verdict,
 };
 use crate::ports::{Page, QueueError, QueueName, StoreError, TaskRecord};
 
@@ -34,12 +36,53 @@ pub enum SubmitError {
     /// A strategy the request may name but this deployment does not offer yet.
     #[error("{0}")]
     NotOffered(String),
+    /// The tenant's content filter refused the input, by `rule`'s name
+    /// (never the text).
+    #[error("{field} was blocked by content filter {rule}")]
+    ContentBlocked { field: &'static str, rule: String },
     #[error(transparent)]
     Limited(#[from] LimitError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the task could not be queued: {0}")]
     Queue(#[from] QueueError),
+}
+
+/// The request's text as the tenant's input filters leave it (redacted),
+/// before it is stored or any provider sees it; or refused, naming the rule.
+async fn filter_input(
+    svc: &Services,
+    tenant: &TenantId,
+    mut spec: TaskSpec,
+) -> Result<TaskSpec, SubmitError> {
+    let filters = svc.agents.filters(tenant).await?;
+    if !filters.applies_to(Direction::Input) {
+        return Ok(spec);
+    }
+    spec.content = filtered(&filters, "content", &spec.content)?;
+    if let Some(system) = &spec.system {
+        spec.system = Some(filtered(&filters, "system", system)?);
+    }
+    Ok(spec)
+}
+
+fn filtered(filters: &Filters, field: &'static str, text: &str) -> Result<String, SubmitError> {
+    match filters.apply(Direction::Input, text) {
+        Verdict::Pass { text, findings } => {
+            if !findings.is_empty() {
+                // Kinds and counts only, never the text.
+                tracing::info!(field, ?findings, "input filtered");
+            }
+            Ok(text.into_owned())
+        }
+        Verdict::Blocked(blocked) => {
+            tracing::info!(field, rule = %blocked.rule, "input blocked");
+            Err(SubmitError::ContentBlocked {
+                field,
+                rule: blocked.rule,
+            })
+        }
+    }
 }
 
 fn check_offered(
@@ -81,6 +124,7 @@ pub async fn submit(
         (h, b) => h.or(b),
     };
     check_offered(spec.routing_strategy, spec.aggregation)?;
+    let spec = filter_input(svc, &principal.tenant, spec).await?;
     let tokens = tokens::task_input(&spec.content, spec.system.as_deref(), spec.fanout);
     let rate_limit = limits::admit(svc, principal, tokens).await?;
 

@@ -209,9 +209,14 @@ async fn tenant_settings_are_versioned_and_per_tenant(b: Backend) {
         budgets: Some(
             serde_json::from_value(json!({"daily_usd": "50", "monthly_usd": 1000})).unwrap(),
         ),
-        own: serde_json::from_value(
-            json!({"rate_limits": {"rpm": 5}, "budgets": {"daily_usd": "12.5"}}),
-        )
+        filters: Some(
+            serde_json::from_value(json!({"pii": {"mode": "block", "kinds": ["card"]},
+                "block": [{"name": "no-secrets", "pattern": "(?i)password\\s*="}]}))
+            .unwrap(),
+        ),
+        own: serde_json::from_value(json!({"rate_limits": {"rpm": 5},
+            "budgets": {"daily_usd": "12.5"},
+            "filters": {"pii": {"mode": "redact", "kinds": ["email"]}, "apply_to": ["output"]}}))
         .unwrap(),
     };
     let stale = b
