@@ -150,6 +150,34 @@ impl Pipeline {
         self.token(tenant, &[Role::Submitter])
     }
 
+    /// Writes sections of a tenant's settings through the API: as
+    /// `platform_admin` (its ceilings, its mandatory filters) when
+    /// `by_platform`, else as the tenant's admin (its own). Panics unless 200.
+    pub async fn put_settings(&self, tenant: &str, by_platform: bool, sections: serde_json::Value) {
+        let (path, token) = if by_platform {
+            (
+                format!("/v1/tenants/{tenant}/settings"),
+                self.token("ops", &[Role::PlatformAdmin]),
+            )
+        } else {
+            (
+                "/v1/tenant/settings".to_owned(),
+                self.token(tenant, &[Role::Admin]),
+            )
+        };
+        let reply = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&sections)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+        let status = reply.status();
+        let body = reply.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "PUT {path}: {body}");
+    }
+
     pub async fn stop(mut self) {
         if let Some(runner) = self.runner.take() {
             runner.shutdown().await;

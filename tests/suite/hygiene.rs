@@ -193,19 +193,6 @@ async fn no_key_or_token_is_logged_stored_or_announced(b: Backend) {
     }
 }
 
-/// Sets a tenant's own filters, as its admin.
-async fn set_filters(p: &Pipeline, tenant: &str, filters: Value) {
-    let reply = p
-        .http
-        .put(format!("{}/v1/tenant/settings", p.base))
-        .bearer_auth(p.token(tenant, &[Role::Admin]))
-        .json(&json!({ "filters": filters }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(reply.status(), 200, "{}", reply.text().await.unwrap());
-}
-
 /// Content filters: PII redacted before the provider sees it (input) and
 /// before an answer is stored (output); a block rule fails the task naming
 /// the rule. The originals (canaries) appear 0 times in the provider's
@@ -224,11 +211,13 @@ async fn filtered_text_is_never_sent_logged_stored_or_announced(b: Backend) {
     let redact = json!({"pii": {"mode": "redact", "kinds": ["email", "card"]},
         "block": [{"name": "no-secrets", "pattern": "(?i)password\\s*="}]});
     // Input and output filtered.
-    set_filters(&p, "acme", redact.clone()).await;
+    p.put_settings("acme", false, json!({ "filters": redact.clone() }))
+        .await;
     // Output only: the provider sees the text, the answer is filtered.
     let mut output_only = redact;
     output_only["apply_to"] = json!(["output"]);
-    set_filters(&p, "globex", output_only).await;
+    p.put_settings("globex", false, json!({ "filters": output_only }))
+        .await;
     let mut answers = String::new();
     let submit = |tenant: &str, content: String| {
         let (http, base) = (p.http.clone(), p.base.clone());

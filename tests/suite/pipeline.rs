@@ -788,19 +788,6 @@ async fn queues_are_empty_after_tasks_finish(b: Backend) {
     p.stop().await;
 }
 
-/// Sets a tenant's budgets, as platform_admin.
-async fn set_budgets(p: &Pipeline, tenant: &str, budgets: Value) {
-    let set = p
-        .http
-        .put(format!("{}/v1/tenants/{tenant}/settings", p.base))
-        .bearer_auth(p.token("ops", &[Role::PlatformAdmin]))
-        .json(&json!({ "budgets": budgets }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(set.status(), 200, "{}", set.text().await.unwrap());
-}
-
 /// The caller's tenant's spend today (`GET /v1/tenant/usage`).
 async fn usage(p: &Pipeline, token: &str) -> Value {
     p.http
@@ -821,7 +808,8 @@ async fn usage(p: &Pipeline, token: &str) -> Value {
 async fn concurrent_tasks_spend_no_more_than_the_budget(b: Backend) {
     let name = b.name;
     let p = Pipeline::start(b, Faults::default()).await;
-    set_budgets(&p, "thrifty", json!({"daily_usd": "0.55"})).await;
+    p.put_settings("thrifty", true, json!({"budgets": {"daily_usd": "0.55"}}))
+        .await;
     let token = p.token("thrifty", &[Role::Submitter, Role::Viewer]);
     let body = json!({"task_type": "metered", "content": "spend",
         "routing": {"agents": ["mock-metered"]}, "timeout_ms": 120000});
@@ -916,10 +904,10 @@ async fn a_task_budget_refuses_a_panel_that_does_not_fit(b: Backend) {
 async fn a_cancelled_budgeted_task_releases_what_it_reserved(b: Backend) {
     let name = b.name;
     let p = Pipeline::start(b, Faults::default()).await;
-    set_budgets(
-        &p,
+    p.put_settings(
         "frugal",
-        json!({"daily_usd": "10", "monthly_usd": "100"}),
+        true,
+        json!({"budgets": {"daily_usd": "10", "monthly_usd": "100"}}),
     )
     .await;
     let token = p.token("frugal", &[Role::Submitter, Role::Viewer]);
@@ -983,6 +971,52 @@ async fn a_cancelled_budgeted_task_releases_what_it_reserved(b: Backend) {
     p.stop().await;
 }
 
+/// Each filter mode at work through the pipeline: `log` passes the text
+/// (the provider and the answer see it as sent); PII in `block` mode
+/// refuses it, naming `pii:<kind>`; the platform's filters apply whatever
+/// the tenant sets.
+async fn filter_modes_log_block_and_the_platforms_apply(b: Backend) {
+    let name = b.name;
+    let p = Pipeline::start(b, Faults::default()).await;
+    p.put_settings(
+        "acme",
+        false,
+        json!({"filters": {"pii": {"mode": "log", "kinds": ["email", "ip"]}}}),
+    )
+    .await;
+    let token = p.token("acme", &[Role::Submitter, Role::Viewer]);
+    let logged = "ping ops@example.com from 10.1.2.3";
+    let body = json!({"task_type": "echo", "content": logged});
+    let (_, task) = submit(&p, &token, body, "?wait=10").await;
+    assert_eq!(task["result"]["output"], logged, "{name}: {task}");
+    assert_eq!(p.provider.count("mock-echo", logged), 1, "{name}");
+    // The platform's card blocking applies over the tenant's logging.
+    p.put_settings(
+        "acme",
+        true,
+        json!({"filters": {"pii": {"mode": "block", "kinds": ["card"]}}}),
+    )
+    .await;
+    let carded = "pay with 5500 0000 0000 0004";
+    let body = json!({"task_type": "echo", "content": carded});
+    let (status, problem) = submit(&p, &token, body, "").await;
+    assert_eq!(status, 422, "{name}: {problem}");
+    assert_eq!(problem["code"], "content_blocked", "{name}: {problem}");
+    assert_eq!(problem["field"], "content", "{name}: {problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("pii:card"),
+        "{name}: {problem}"
+    );
+    assert!(!problem.to_string().contains("5500"), "{name}: {problem}");
+    assert_eq!(p.provider.count("mock-echo", carded), 0, "{name}");
+    // A Luhn-failing number is no card: it passes.
+    let not_a_card = "order 5500 0000 0000 0005";
+    let body = json!({"task_type": "echo", "content": not_a_card});
+    let (_, task) = submit(&p, &token, body, "?wait=10").await;
+    assert_eq!(task["result"]["output"], not_a_card, "{name}: {task}");
+    p.stop().await;
+}
+
 on_both_backends!(
     a_single_agent_task_completes,
     a_fan_out_of_three_completes_with_three_attributed_results,
@@ -1005,4 +1039,5 @@ on_both_backends!(
     concurrent_tasks_spend_no_more_than_the_budget,
     a_task_budget_refuses_a_panel_that_does_not_fit,
     a_cancelled_budgeted_task_releases_what_it_reserved,
+    filter_modes_log_block_and_the_platforms_apply,
 );
