@@ -20,7 +20,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 pub use pii::PiiKind;
@@ -82,12 +82,28 @@ pub enum Mode {
     Block,
 }
 
+/// A set whose items may not repeat (what its schema's `uniqueItems`
+/// says), refused rather than merged.
+fn unique<'de, D, T>(d: D) -> Result<BTreeSet<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Ord,
+{
+    let items = Vec::<T>::deserialize(d)?;
+    let listed = items.len();
+    let set: BTreeSet<T> = items.into_iter().collect();
+    if set.len() != listed {
+        return Err(serde::de::Error::custom("items must not repeat"));
+    }
+    Ok(set)
+}
+
 /// PII detection: the kinds to look for, and what to do when one is found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PiiSettings {
     pub mode: Mode,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique")]
     pub kinds: BTreeSet<PiiKind>,
 }
 
@@ -112,7 +128,7 @@ pub struct FilterSettings {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub block: Vec<BlockRule>,
     /// Both when left out.
-    #[serde(default = "Direction::both")]
+    #[serde(default = "Direction::both", deserialize_with = "unique")]
     pub apply_to: BTreeSet<Direction>,
 }
 
@@ -1017,6 +1033,19 @@ mod tests {
         );
         let (text, _) = passed(filters.apply(Direction::Output, "jane@example.com at 10.0.0.1"));
         assert_eq!(text, "[EMAIL] at 10.0.0.1");
+    }
+
+    #[test]
+    fn a_repeated_kind_or_direction_is_refused_as_the_schema_says() {
+        for repeated in [
+            r#"{"pii": {"mode": "log", "kinds": ["ip", "ip"]}}"#,
+            r#"{"apply_to": ["input", "input"]}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<FilterSettings>(repeated).is_err(),
+                "{repeated}"
+            );
+        }
     }
 
     #[test]
