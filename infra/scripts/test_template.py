@@ -555,6 +555,7 @@ EXPECTED_ALLOW = {
     "EventsRole": grants(
         *common("EventsLogs"),
         ({GET, PUT, UPDATE, QUERY}, CONTEXT),
+        (GET, REGISTRY),  # the tenant's settings: rate limits and filters
         (CONSUME, "GetAtt(InboxQueue.Arn)"),
         ("sqs:SendMessage", "GetAtt(RouteQueue.Arn)"),
     ),
@@ -642,7 +643,8 @@ REGISTRY_ACTIONS = {
 # The cache reads a tenant's and the platform's agents, and the tenant's settings.
 _USABLE = {(QUERY, REGISTRY), (GET, REGISTRY)}
 AGENTS_CACHE_ACTIONS = {"usable": _USABLE, "find": _USABLE, "owned": {(QUERY, REGISTRY)},
-                        "settings": {(GET, REGISTRY)}, "defaults": set(),
+                        "settings": {(GET, REGISTRY)}, "filters": {(GET, REGISTRY)},
+                        "defaults": set(),
                         "invalidate": set(), "invalidate_settings": set()}
 
 # The code each function runs (file, or file::function).
@@ -656,7 +658,8 @@ CODE_OF = {
                       "shared/src/stages/dead_letter.rs", "shared/src/stages/mod.rs"],
     "AggregateRole": ["shared/src/stages/aggregate.rs", "shared/src/stages/dead_letter.rs",
                       "shared/src/stages/mod.rs"],
-    "EventsRole": ["shared/src/stages/inbox.rs", "shared/src/stages/intake.rs::submit"],
+    "EventsRole": ["shared/src/stages/inbox.rs", "shared/src/stages/intake.rs::submit",
+                   "shared/src/stages/intake.rs::filter_input", "shared/src/stages/limits.rs"],
     "SweeperRole": ["shared/src/stages/sweeper.rs", "shared/src/stages/mod.rs"],
     "AnnouncerRole": ["shared/src/stages/announce.rs"],
 }
@@ -666,7 +669,7 @@ def store_calls(spec: str) -> set[tuple[str, str]]:
     path, _, fn = spec.partition("::")
     text = rust(path).split("#[cfg(test)]")[0]
     if fn:
-        m = re.search(rf"^pub(?:\(crate\))? async fn {fn}\b.*?^}}", text, re.M | re.S)
+        m = re.search(rf"^(?:pub(?:\(crate\))? )?async fn {fn}\b.*?^}}", text, re.M | re.S)
         assert m, f"{fn} not found in {path}"
         text = m.group(0)
     compact = re.sub(r"\s+", "", text)
