@@ -87,12 +87,9 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
     {
         Ok(task) => task,
         Err(StoreError::Transition(_)) => return Ok(()),
-        Err(StoreError::OverBudget(period)) => {
-            let why = hold.map_or_else(
-                || TaskError::new("budget_exceeded", format!("the {period:?} budget is spent")),
-                |h| budget_error(&h.exceeded(period)),
-            );
-            return fail_task(svc, &task, why).await;
+        // Only a hold is refused for a budget.
+        Err(StoreError::OverBudget(period)) if let Some(hold) = hold => {
+            return fail_task(svc, &task, budget_error(&hold.exceeded(period))).await;
         }
         Err(e) => return Err(e.into()),
     };

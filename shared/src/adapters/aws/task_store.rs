@@ -270,6 +270,64 @@ impl DynamoTaskStore {
         }
     }
 
+    /// Writes a new item unless one is there: `Duplicate` with the one
+    /// there when the store returns it.
+    async fn put_first(&self, item: Item) -> Result<Written, StoreError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item.clone()))
+            .condition_expression("attribute_not_exists(pk)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(Written::New),
+            Err(e) => match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(first)) => {
+                    Ok(Written::Duplicate(first.item().cloned()))
+                }
+                _ => Err(write_error(e, || sdk_item_size(&item))),
+            },
+        }
+    }
+
+    /// As `put_first`, with `change` added to the tenant's counters for
+    /// `day` in the same transaction: a duplicate settles nothing.
+    async fn put_settling(
+        &self,
+        tenant: &TenantId,
+        item: Item,
+        day: NaiveDate,
+        change: Spend,
+    ) -> Result<Written, StoreError> {
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(backend)?;
+        let mut items = vec![TransactWriteItem::builder().put(put).build()];
+        for period in Period::ALL {
+            items.push(self.count(tenant, period, day, change, None)?);
+        }
+        match self.transact(items).await? {
+            Ok(()) => Ok(Written::New),
+            Err(reasons)
+                if reasons
+                    .first()
+                    .is_some_and(|c| c.as_deref() == Some("ConditionalCheckFailed")) =>
+            {
+                // A transaction returns no item.
+                Ok(Written::Duplicate(None))
+            }
+            Err(reasons) => Err(StoreError::Backend(format!(
+                "the result's transaction was cancelled: {reasons:?}"
+            ))),
+        }
+    }
+
     /// Reads tasks by key (their request and state items), in `ids`' order;
     /// a task with no state item is left out.
     async fn read_tasks(&self, tenant: &TenantId, ids: &[TaskId]) -> Result<Vec<Task>, StoreError> {
@@ -335,6 +393,13 @@ impl DynamoTaskStore {
         }
         Ok(tasks)
     }
+}
+
+/// What a conditional put of a new item did.
+enum Written {
+    New,
+    /// The item was there already: the one there, when the store said.
+    Duplicate(Option<Item>),
 }
 
 /// The spend counters' attributes; `committed` is `spent + reserved`, kept
@@ -802,82 +867,29 @@ impl TaskStore for DynamoTaskStore {
             self.expires_at(result.finished_at),
         ))
         .map_err(encode)?;
-        if let Some(settle) = result.settles {
-            // The result and its settlement, in one transaction: a
-            // duplicate's put fails, and settles nothing.
-            let put = Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(item.clone()))
-                .condition_expression("attribute_not_exists(pk)")
-                .build()
-                .map_err(backend)?;
-            let mut items = vec![TransactWriteItem::builder().put(put).build()];
-            for period in Period::ALL {
-                items.push(self.count(
-                    tenant,
-                    period,
-                    settle.day,
-                    settle.change(result.cost_usd, &result.usage),
-                    None,
-                )?);
+        let written = match result.settles {
+            Some(settle) => {
+                let change = settle.change(result.cost_usd, &result.usage);
+                self.put_settling(tenant, item, settle.day, change).await?
             }
-            match self.transact(items).await {
-                Ok(Ok(())) => return Ok(result.clone()),
-                Ok(Err(reasons))
-                    if reasons
-                        .first()
-                        .is_some_and(|c| c.as_deref() == Some("ConditionalCheckFailed")) => {}
-                Ok(Err(reasons)) => {
-                    return Err(StoreError::Backend(format!(
-                        "the result's transaction was cancelled: {reasons:?}"
-                    )));
-                }
-                Err(e) => return Err(e),
-            }
-            let first = self
+            None => self.put_first(item).await?,
+        };
+        // A duplicate: the first result stands, and is what the caller goes on with.
+        let first = match written {
+            Written::New => return Ok(result.clone()),
+            Written::Duplicate(Some(item)) => item,
+            Written::Duplicate(None) => match self
                 .get_item(
                     keys::task_pk(tenant, task_id),
                     &keys::call_sk(result.call_id),
                 )
-                .await?;
-            return match first {
-                Some(item) => Ok(from_item::<_, CallItem>(item).map_err(decode)?.result),
-                None => Ok(result.clone()),
-            };
-        }
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item.clone()))
-            .condition_expression("attribute_not_exists(pk)")
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        // A duplicate: the first result stands, and is what the caller goes on with.
-        let first = match put {
-            Ok(_) => return Ok(result.clone()),
-            Err(e) => match e.as_service_error() {
-                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(first)) => {
-                    first.item().cloned()
-                }
-                _ => return Err(write_error(e, || sdk_item_size(&item))),
+                .await?
+            {
+                Some(item) => item,
+                None => return Ok(result.clone()),
             },
         };
-        let first = match first {
-            Some(item) => Some(item),
-            None => {
-                self.get_item(
-                    keys::task_pk(tenant, task_id),
-                    &keys::call_sk(result.call_id),
-                )
-                .await?
-            }
-        };
-        match first {
-            Some(item) => Ok(from_item::<_, CallItem>(item).map_err(decode)?.result),
-            None => Ok(result.clone()),
-        }
+        Ok(from_item::<_, CallItem>(first).map_err(decode)?.result)
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %tenant, task_id = %task_id, call_id = %result.call_id))]
