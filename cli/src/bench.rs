@@ -12,7 +12,7 @@ use axum::Json;
 use axum::routing::post;
 use futures::future::join_all;
 use maof::api::Authenticator;
-use maof::domain::{AgentId, AgentSpec, Owner, Principal, Role, TaskRequest, TenantId};
+use maof::domain::{AgentId, AgentSpec, Origin, Owner, Principal, Role, TaskRequest, TenantId};
 use maof::ports::Expect;
 use maof::runner::{Runner, RunnerConfig};
 use maof::stages::{Services, intake};
@@ -117,7 +117,7 @@ async fn abandoned_waits(waits: usize) -> anyhow::Result<()> {
     let mut ids = Vec::with_capacity(waits);
     for _ in 0..waits {
         ids.push(
-            intake::submit(&svc, &principal, request(), None)
+            intake::submit(&svc, &principal, &Origin::default(), request(), None)
                 .await?
                 .task
                 .task_id,
@@ -211,6 +211,8 @@ async fn in_process(tasks: usize, concurrency: usize) -> anyhow::Result<Figures>
             &AgentId::parse("bench")?,
             spec,
             Expect::Any,
+            // The bench's own setup: no one's action to audit.
+            None,
         )
         .await?;
     let runner = Runner::spawn(svc.clone(), RunnerConfig::default());
@@ -219,7 +221,9 @@ async fn in_process(tasks: usize, concurrency: usize) -> anyhow::Result<Figures>
         move || {
             let (svc, principal) = (svc.clone(), principal.clone());
             async move {
-                let Ok(submitted) = intake::submit(&svc, &principal, request(), None).await else {
+                let Ok(submitted) =
+                    intake::submit(&svc, &principal, &Origin::default(), request(), None).await
+                else {
                     return false;
                 };
                 matches!(

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::adapters::aws::{Bootstrap, ResourceNames};
 use crate::domain::{
-    AgentId, AgentSpec, Budgets, Owner, Principal, Role, TaskRequest, TaskStatus, TenantId,
+    AgentId, AgentSpec, Budgets, Origin, Owner, Principal, Role, TaskRequest, TaskStatus, TenantId,
     TenantSettings,
 };
 use crate::ports::Expect;
@@ -219,7 +219,7 @@ pub async fn measure(
                 "routing": {"fanout": ceiling.fanout}}))
         };
         // Warm-up: fills the registry and key caches.
-        let warm = intake::submit(&svc, &principal, request()?, None)
+        let warm = intake::submit(&svc, &principal, &Origin::default(), request()?, None)
             .await?
             .task;
         intake::wait(
@@ -233,7 +233,7 @@ pub async fn measure(
         counter.take();
         let mut measured = Vec::with_capacity(tasks);
         for _ in 0..tasks {
-            let task = intake::submit(&svc, &principal, request()?, None)
+            let task = intake::submit(&svc, &principal, &Origin::default(), request()?, None)
                 .await?
                 .task;
             let watch = svc.completions.watch(&task.tenant, task.task_id);
@@ -360,7 +360,7 @@ async fn register_mock_agents(svc: &crate::stages::Services) -> Result<(), BoxEr
             }))?;
             let owner = Owner::Tenant(tenant.clone());
             svc.registry
-                .put(&owner, &AgentId::parse(id)?, spec, Expect::Any)
+                .put(&owner, &AgentId::parse(id)?, spec, Expect::Any, None)
                 .await?;
         }
     }
@@ -373,6 +373,8 @@ async fn register_mock_agents(svc: &crate::stages::Services) -> Result<(), BoxEr
             budgets: Some(budgets),
             ..TenantSettings::default()
         },
+        &principal(true)?,
+        &Origin::default(),
     )
     .await?;
     Ok(())
@@ -395,7 +397,9 @@ async fn run_one(
     principal: &Principal,
     request: TaskRequest,
 ) -> Result<(), BoxError> {
-    let task = intake::submit(svc, principal, request, None).await?.task;
+    let task = intake::submit(svc, principal, &Origin::default(), request, None)
+        .await?
+        .task;
     let id = task.task_id.to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::adapters::aws::{
-    DynamoLimiter, DynamoRegistry, DynamoTaskStore, EventBridgePublisher, ResourceNames, S3Blobs,
-    SecretsManagerSource, SqsQueue, StreamFeed,
+    DynamoAudit, DynamoLimiter, DynamoRegistry, DynamoTaskStore, EventBridgePublisher,
+    ResourceNames, S3Blobs, SecretsManagerSource, SqsQueue, StreamFeed,
 };
+use crate::adapters::layout::audit_retention_from_env;
 use crate::adapters::memory::{
     MemoryBlobs, MemoryEvents, MemoryFeed, MemoryQueue, MemoryRegistry, MemorySecrets,
     MemoryTaskStore,
@@ -83,9 +84,10 @@ pub fn memory_services_on(
     outbound: OutboundPolicy,
 ) -> Result<(Services, Arc<MemoryQueue>), SetupError> {
     let queue = Arc::new(MemoryQueue::new(MAX_RECEIVES));
+    let audit = tasks.audit_log();
     let svc = services(
         tasks.clone(),
-        Arc::new(MemoryRegistry::new()),
+        Arc::new(MemoryRegistry::with_audit(audit.clone())),
         queue.clone(),
         Arc::new(MemorySecrets::with_env_fallback()),
         Settings::default(),
@@ -94,7 +96,8 @@ pub fn memory_services_on(
     .with_events(Arc::new(MemoryEvents::new()))
     .with_limiter(tasks.clone())
     .with_feed(Arc::new(MemoryFeed::new(tasks)))
-    .with_blobs(Arc::new(MemoryBlobs::new()));
+    .with_blobs(Arc::new(MemoryBlobs::new()))
+    .with_audit(audit);
     Ok((svc, queue))
 }
 
@@ -168,14 +171,17 @@ pub async fn aws_services_with(
         clients.dynamodb.clone(),
         names.context_table.clone(),
     );
+    let audit = DynamoAudit::new(clients.dynamodb.clone(), names.context_table.clone())
+        .with_retention(audit_retention_from_env().map_err(SetupError::Settings)?);
     Ok(services(
-        Arc::new(DynamoTaskStore::new(
-            clients.dynamodb.clone(),
-            names.context_table.clone(),
-        )),
+        Arc::new(
+            DynamoTaskStore::new(clients.dynamodb.clone(), names.context_table.clone())
+                .with_audit(audit.clone()),
+        ),
         Arc::new(DynamoRegistry::new(
             clients.dynamodb.clone(),
             names.registry_table.clone(),
+            audit.clone(),
         )),
         Arc::new(queue),
         Arc::new(SecretsManagerSource::new(clients.secrets)),
@@ -190,7 +196,8 @@ pub async fn aws_services_with(
     .with_blobs(Arc::new(S3Blobs::new(
         clients.s3,
         names.blob_bucket.clone(),
-    ))))
+    )))
+    .with_audit(Arc::new(audit)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,7 +259,8 @@ pub async fn seed_registry(svc: &Services, path: &Path) -> Result<Vec<Seeded>, S
         let enabled = spec.enabled;
         match svc
             .registry
-            .put(&Owner::Platform, &id, spec, Expect::Absent)
+            // The deployment's own seeding: no one's action to audit.
+            .put(&Owner::Platform, &id, spec, Expect::Absent, None)
             .await
         {
             Ok(_) | Err(StoreError::AlreadyExists) => {}

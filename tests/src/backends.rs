@@ -5,13 +5,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use maof::adapters::aws::{
-    Bootstrap, DynamoLimiter, DynamoRegistry, DynamoTaskStore, ResourceNames, S3Blobs,
+    Bootstrap, DynamoAudit, DynamoLimiter, DynamoRegistry, DynamoTaskStore, ResourceNames, S3Blobs,
     SecretsManagerSource, SqsQueue, StreamFeed, s3_config,
 };
 use maof::adapters::memory::{
     MemoryBlobs, MemoryFeed, MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore,
 };
-use maof::ports::{BlobStore, FinishedFeed, Queue, RateLimiter, Registry, SecretSource, TaskStore};
+use maof::ports::{
+    AuditLog, BlobStore, FinishedFeed, Queue, RateLimiter, Registry, SecretSource, TaskStore,
+};
 
 /// Makes a new reader of a task store's change stream: what an announcer
 /// that (re)starts builds.
@@ -36,6 +38,8 @@ pub struct Backend {
     pub secret_admin: Arc<dyn SecretAdmin>,
     pub blobs: Arc<dyn BlobStore>,
     pub limiter: Arc<dyn RateLimiter>,
+    /// The audit logs the task store and the registry write into.
+    pub audit: Arc<dyn AuditLog>,
     pub new_feed: NewFeed,
     /// The DynamoDB tables behind it, for tests that read every stored
     /// item (none for memory).
@@ -53,13 +57,15 @@ pub fn memory() -> Backend {
     let secrets = Arc::new(MemorySecrets::new());
     let tasks = Arc::new(MemoryTaskStore::new());
     let store = tasks.clone();
+    let audit = tasks.audit_log();
     Backend {
         name: "memory",
         tables: Vec::new(),
         limiter: tasks.clone(),
         tasks,
         new_feed: Arc::new(move || Arc::new(MemoryFeed::new(store.clone()))),
-        registry: Arc::new(MemoryRegistry::new()),
+        registry: Arc::new(MemoryRegistry::with_audit(audit.clone())),
+        audit,
         queue: Arc::new(MemoryQueue::new(MAX_RECEIVES)),
         secrets: secrets.clone(),
         secret_admin: secrets,
@@ -111,6 +117,7 @@ pub async fn aws() -> Backend {
         .unwrap_or_else(|e| panic!("bootstrap on moto: {e}"));
     let streams = aws_sdk_dynamodbstreams::Client::new(&config);
     let (feed_dynamodb, table) = (dynamodb.clone(), names.context_table.clone());
+    let audit = DynamoAudit::new(dynamodb.clone(), names.context_table.clone());
     Backend {
         name: "aws",
         new_feed: Arc::new(move || {
@@ -125,8 +132,16 @@ pub async fn aws() -> Backend {
             names.context_table.clone(),
         )),
         tables: vec![names.context_table.clone(), names.registry_table.clone()],
-        tasks: Arc::new(DynamoTaskStore::new(dynamodb.clone(), names.context_table)),
-        registry: Arc::new(DynamoRegistry::new(dynamodb, names.registry_table)),
+        tasks: Arc::new(
+            DynamoTaskStore::new(dynamodb.clone(), names.context_table.clone())
+                .with_audit(audit.clone()),
+        ),
+        registry: Arc::new(DynamoRegistry::new(
+            dynamodb,
+            names.registry_table,
+            audit.clone(),
+        )),
+        audit: Arc::new(audit),
         queue: Arc::new(SqsQueue::from_urls(sqs, urls)),
         secrets: Arc::new(SecretsManagerSource::new(secrets.clone())),
         secret_admin: Arc::new(SecretsManagerAdmin(secrets)),

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use maof::domain::{
-    Agent, CallId, CallLease, CallResult, LeaseOutcome, Task, TaskId, TaskPatch, TaskStatus,
-    TenantId,
+    Agent, AuditEntry, CallId, CallLease, CallResult, LeaseOutcome, Task, TaskId, TaskPatch,
+    TaskStatus, TenantId,
 };
 use maof::ports::{
     FanIn, OutgoingMessage, Page, Queue, QueueError, QueueName, ReceivedMessage, StoreError,
@@ -161,8 +161,8 @@ impl FailingRecordCalls {
 
 #[async_trait]
 impl TaskStore for FailingRecordCalls {
-    async fn create(&self, task: &Task) -> Result<(), StoreError> {
-        self.inner.create(task).await
+    async fn create(&self, task: &Task, audit: &AuditEntry) -> Result<(), StoreError> {
+        self.inner.create(task, audit).await
     }
 
     async fn get(&self, tenant: &TenantId, task_id: TaskId) -> Result<Option<Task>, StoreError> {

@@ -5,3 +5,9 @@ pub mod backends;
 pub mod faults;
 pub mod moto;
 pub mod pipeline;
+
+/// The audit entry of a task stored directly (not through intake), for
+/// `TaskStore::create`.
+pub fn created(task: &maof::domain::Task) -> maof::domain::AuditEntry {
+    maof::domain::AuditEntry::task_created_by_submitter(task)
+}

@@ -98,6 +98,7 @@ impl Pipeline {
             every_tenant_uses_platform_agents(),
         )
         .with_blobs(backend.blobs)
+        .with_audit(backend.audit)
         .with_events(events.clone())
         .with_feed((backend.new_feed)());
         maof::setup::seed_registry(&services, &seed_file())

@@ -9,8 +9,8 @@ use chrono::Utc;
 use maof::adapters::memory::{MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore};
 use maof::domain::aggregation::combine;
 use maof::domain::{
-    AgentId, AgentSpec, CallId, CallResult, CallStatus, Owner, PlannedCall, Principal, Provider,
-    Role, Task, TaskRequest, TaskStatus, TenantId, Usage, Usd,
+    AgentId, AgentSpec, CallId, CallResult, CallStatus, Origin, Owner, PlannedCall, Principal,
+    Provider, Role, Task, TaskRequest, TaskStatus, TenantId, Usage, Usd,
 };
 use maof::ports::{CachedSecrets, Expect, SecretSource, SystemClock};
 use maof::providers::{OutboundPolicy, Providers, http_client};
@@ -81,6 +81,7 @@ async fn harness(upstream: &MockServer, settings: Settings) -> Harness {
             &AgentId::parse("upstream").unwrap(),
             spec,
             Expect::Absent,
+            None,
         )
         .await
         .unwrap();
@@ -110,7 +111,7 @@ async fn run(h: &Harness, request: serde_json::Value) -> maof::ports::TaskRecord
         roles: vec![Role::Submitter],
     };
     let request: TaskRequest = serde_json::from_value(request).unwrap();
-    let task = intake::submit(&h.svc, &principal, request, None)
+    let task = intake::submit(&h.svc, &principal, &Origin::default(), request, None)
         .await
         .unwrap()
         .task;
@@ -274,6 +275,7 @@ async fn an_answer_over_the_agents_response_cap_fails_once_as_response_too_large
             &AgentId::parse("upstream").unwrap(),
             spec,
             Expect::Any,
+            None,
         )
         .await
         .unwrap();
@@ -425,7 +427,10 @@ async fn a_redelivered_call_stored_after_its_task_ended_is_added_to_its_cost() {
     let (spec, _) = request.parse().unwrap();
     let tenant = TenantId::parse("acme").unwrap();
     let task = Task::new(tenant.clone(), spec, None, "u", Utc::now());
-    svc.tasks.create(&task).await.unwrap();
+    svc.tasks
+        .create(&task, &maof_tests::created(&task))
+        .await
+        .unwrap();
     let call_id = CallId::new();
     let agent_id = AgentId::parse("a").unwrap();
     let plan = TaskPatch {
@@ -515,7 +520,13 @@ async fn a_key_is_sent_only_to_a_host_its_binding_names() {
         .unwrap();
         h.svc
             .registry
-            .put(&acme(), &AgentId::parse(id).unwrap(), spec, Expect::Absent)
+            .put(
+                &acme(),
+                &AgentId::parse(id).unwrap(),
+                spec,
+                Expect::Absent,
+                None,
+            )
             .await
             .unwrap();
     }

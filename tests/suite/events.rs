@@ -10,7 +10,7 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::SqsEvent;
 use maof::adapters::aws::EventBridgePublisher;
 use maof::adapters::memory::MemoryEvents;
-use maof::domain::{Principal, Role, TaskStatus, TenantId};
+use maof::domain::{Origin, Principal, Role, TaskStatus, TenantId};
 use maof::ports::{EventPublisher, TaskFinished};
 use maof::runner::{Runner, RunnerConfig};
 use maof::stages::inbox::EventSources;
@@ -205,13 +205,13 @@ async fn finished_tasks_are_announced() {
     };
     let ok =
         serde_json::from_value(serde_json::json!({"task_type": "text", "content": "hi"})).unwrap();
-    let ok = intake::submit(&svc, &principal, ok, None)
+    let ok = intake::submit(&svc, &principal, &Origin::default(), ok, None)
         .await
         .unwrap()
         .task;
     let bad = serde_json::from_value(serde_json::json!({"task_type": "image", "content": "a cat"}))
         .unwrap();
-    let bad = intake::submit(&svc, &principal, bad, None)
+    let bad = intake::submit(&svc, &principal, &Origin::default(), bad, None)
         .await
         .unwrap()
         .task;
@@ -307,7 +307,7 @@ async fn eventbridge_publisher_puts_events_on_the_bus() {
     };
     let request =
         serde_json::from_value(serde_json::json!({"task_type": "text", "content": "hi"})).unwrap();
-    let task = intake::submit(&svc, &principal, request, None)
+    let task = intake::submit(&svc, &principal, &Origin::default(), request, None)
         .await
         .unwrap()
         .task;

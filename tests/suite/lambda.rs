@@ -9,7 +9,7 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_http::request::LambdaRequest;
 use maof::api::{ApiState, AuthConfig, Authenticator, ClaimMapping, router};
-use maof::domain::{Envelope, MessageKind, Role, TaskId, TaskStatus, TenantId};
+use maof::domain::{Envelope, MessageKind, Origin, Role, TaskId, TaskStatus, TenantId};
 use maof::ports::QueueName;
 use maof::stages::intake;
 use secrecy::SecretString;
@@ -180,7 +180,7 @@ async fn an_sqs_batch_reports_only_the_bad_message() {
     };
     let request =
         serde_json::from_value(serde_json::json!({"task_type": "text", "content": "hi"})).unwrap();
-    let task = intake::submit(&svc, &principal, request, None)
+    let task = intake::submit(&svc, &principal, &Origin::default(), request, None)
         .await
         .unwrap()
         .task;
@@ -304,7 +304,10 @@ async fn the_announcer_publishes_finishings_and_reports_the_first_it_could_not()
     };
     let (one, two) = (stored("one"), stored("two"));
     for task in [&one, &two] {
-        svc.tasks.create(task).await.unwrap();
+        svc.tasks
+            .create(task, &maof_tests::created(task))
+            .await
+            .unwrap();
     }
     let running = svc
         .tasks

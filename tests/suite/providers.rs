@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use maof::adapters::memory::{MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore};
 use maof::domain::{
-    AgentId, AgentSpec, Owner, PlatformAgents, Principal, Role, TaskRequest, TaskStatus,
+    AgentId, AgentSpec, Origin, Owner, PlatformAgents, Principal, Role, TaskRequest, TaskStatus,
     TenantDefaults, TenantId,
 };
 use maof::ports::{CachedSecrets, Expect, SystemClock};
@@ -177,6 +177,7 @@ async fn a_task_can_be_routed_to_each_provider_kind() {
                 &AgentId::parse(*id).unwrap(),
                 spec,
                 Expect::Absent,
+                None,
             )
             .await
             .unwrap();
@@ -198,7 +199,7 @@ async fn a_task_can_be_routed_to_each_provider_kind() {
             "task_type": task_type, "content": "I love it", "routing": {"agents": [id]}
         }))
         .unwrap();
-        let task = intake::submit(&svc, &principal, request, None)
+        let task = intake::submit(&svc, &principal, &Origin::default(), request, None)
             .await
             .unwrap()
             .task;

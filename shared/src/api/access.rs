@@ -8,14 +8,14 @@
 //! | `viewer` | read everything of its tenant (tasks, agents it may use, usage) |
 //! | `submitter` | also create tasks, and cancel those it submitted |
 //! | `operator` | also cancel any task of its tenant |
-//! | `admin` | also manage its tenant's agents and lower its own limits and budgets |
-//! | `platform_admin` | also manage platform agents and every tenant's settings |
+//! | `admin` | also manage its tenant's agents, lower its own limits and budgets, read its audit log |
+//! | `platform_admin` | also manage platform agents and every tenant's settings, read the platform's audit log |
 
 use axum::Extension;
 use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, post, put};
 
-use super::{ApiState, agents, openapi, tasks, tenants};
+use super::{ApiState, agents, audit, openapi, tasks, tenants};
 use crate::domain::Role;
 
 /// What a route needs.
@@ -157,6 +157,13 @@ pub(crate) fn routes() -> Vec<Route> {
             "/v1/tenants/{tenant}/settings",
             platform,
             put(tenants::put_settings),
+        ),
+        route(Method::GET, "/v1/audit", admin, get(audit::list_audit)),
+        route(
+            Method::GET,
+            "/v1/platform/audit",
+            platform,
+            get(audit::list_platform_audit),
         ),
         route(Method::GET, "/health", Public, get(super::health)),
         route(

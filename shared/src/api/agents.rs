@@ -223,7 +223,16 @@ pub(crate) async fn put_agent(
     let request: AgentRequest = json_body(&headers, body)?;
     let principal = &caller.principal;
     let owner = Owner::Tenant(principal.tenant.clone());
-    let agent = agents::put(&state.services, &owner, &id, request, expect).await?;
+    let agent = agents::put(
+        &state.services,
+        &owner,
+        &id,
+        request,
+        expect,
+        principal,
+        &caller.origin,
+    )
+    .await?;
     tracing::info!(version = agent.version, "agent written");
     Ok(written(principal, agent, format!("/v1/agents/{id}")))
 }
@@ -260,7 +269,16 @@ pub(crate) async fn delete_agent(
     let expect = if_match(&headers)?.map_or(Expect::Any, Expect::Version);
     let tenant = &caller.principal.tenant;
     let owner = Owner::Tenant(tenant.clone());
-    match agents::delete(&state.services, &owner, &id, expect).await {
+    match agents::delete(
+        &state.services,
+        &owner,
+        &id,
+        expect,
+        &caller.principal,
+        &caller.origin,
+    )
+    .await
+    {
         Ok(()) => {}
         Err(StoreError::NotFound) => {
             let visible = agents::visible_one(&state.services, tenant, &id)
@@ -396,7 +414,16 @@ pub(crate) async fn put_platform_agent(
     tracing::Span::current().record("agent_id", tracing::field::display(&id));
     let expect = put_expectation(&headers)?;
     let request: AgentRequest = json_body(&headers, body)?;
-    let agent = agents::put(&state.services, &Owner::Platform, &id, request, expect).await?;
+    let agent = agents::put(
+        &state.services,
+        &Owner::Platform,
+        &id,
+        request,
+        expect,
+        &caller.principal,
+        &caller.origin,
+    )
+    .await?;
     tracing::info!(version = agent.version, "platform agent written");
     Ok(written(
         &caller.principal,
@@ -435,9 +462,16 @@ pub(crate) async fn delete_platform_agent(
     let id = known_id(path)?;
     tracing::Span::current().record("agent_id", tracing::field::display(&id));
     let expect = if_match(&headers)?.map_or(Expect::Any, Expect::Version);
-    agents::delete(&state.services, &Owner::Platform, &id, expect)
-        .await
-        .map_err(registry_write)?;
+    agents::delete(
+        &state.services,
+        &Owner::Platform,
+        &id,
+        expect,
+        &caller.principal,
+        &caller.origin,
+    )
+    .await
+    .map_err(registry_write)?;
     tracing::info!(sub = %caller.principal.sub, "platform agent deleted");
     Ok(StatusCode::NO_CONTENT)
 }

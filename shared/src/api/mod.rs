@@ -7,6 +7,7 @@
 
 pub(crate) mod access;
 mod agents;
+mod audit;
 mod auth;
 mod extract;
 pub mod limits;
@@ -22,7 +23,10 @@ mod tests;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::{Json, http::Uri};
 use tower_http::trace::TraceLayer;
 
@@ -60,7 +64,36 @@ pub fn router(state: ApiState) -> Router {
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// A request's id: API Gateway's, or one made here. The response carries it
+/// as `x-request-id` and the audit log records it. A client's own
+/// `x-request-id` is not taken: the audit log's ids are the server's.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestId(pub String);
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = gateway_request_id(&request).unwrap_or_else(|| ulid::Ulid::new().to_string());
+    let value = HeaderValue::from_str(&id).ok();
+    request.extensions_mut().insert(RequestId(id));
+    let mut response = next.run(request).await;
+    if let Some(value) = value {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// The id API Gateway gave the request (HTTP API, payload 2.0).
+fn gateway_request_id(request: &Request) -> Option<String> {
+    use lambda_http::request::RequestContext;
+    match request.extensions().get::<RequestContext>()? {
+        RequestContext::ApiGatewayV2(context) => context.request_id.clone(),
+        _ => None,
+    }
 }
 
 #[utoipa::path(

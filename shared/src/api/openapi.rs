@@ -5,6 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::audit::AuditPage;
 use super::problem::Problem;
 use super::tenants::{
     BudgetsRequest, PlatformAgentName, RateLimitsRequest, RatesRequest, SettingsRequest,
@@ -14,8 +15,9 @@ use super::views::{
     PricingView, RateLimitsView, RatesView, ResultView, SettingsView, TaskPage, TaskView,
     UsageView,
 };
-use super::{agents, tasks, tenants};
-use crate::domain::{AgentRequest, TaskRequest, TenantId};
+use super::{agents, audit, tasks, tenants};
+use crate::domain::audit::{Actor, Detail, Resource};
+use crate::domain::{AgentRequest, AuditEntry, TaskRequest, TenantId};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -44,6 +46,8 @@ use crate::domain::{AgentRequest, TaskRequest, TenantId};
         tenants::get_settings,
         tenants::put_settings,
         tenants::get_usage,
+        audit::list_audit,
+        audit::list_platform_audit,
         super::health,
         openapi_json,
     ),
@@ -51,7 +55,7 @@ use crate::domain::{AgentRequest, TaskRequest, TenantId};
         Problem, TaskRequest, Accepted, TaskView, ResultView, CallView, TaskPage, AgentRequest, AgentView, PricingView, AgentList, Health,
         SettingsRequest, PlatformAgentName, RateLimitsRequest, RatesRequest, SettingsView,
         CeilingsView, RateLimitsView, RatesView, TenantId, BudgetsRequest, BudgetsView, UsageView,
-        PeriodUsageView,
+        PeriodUsageView, AuditPage, AuditEntry, Actor, Resource, Detail,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -59,6 +63,7 @@ use crate::domain::{AgentRequest, TaskRequest, TenantId};
         (name = "agents", description = "The tenant's agents, and the platform agents it may use"),
         (name = "platform", description = "Platform agents (platform_admin)"),
         (name = "tenants", description = "Tenants' settings"),
+        (name = "audit", description = "The tenant's audit log (admin), read only"),
         (name = "system", description = "Liveness and this document"),
     )
 )]

@@ -121,7 +121,7 @@ pub(crate) async fn submit_task(
 
     let svc = &state.services;
     let tenant = &caller.principal.tenant;
-    let submitted = intake::submit(svc, &caller.principal, request, key).await?;
+    let submitted = intake::submit(svc, &caller.principal, &caller.origin, request, key).await?;
     let task = submitted.task;
     tracing::Span::current().record("task_id", tracing::field::display(task.task_id));
     let limits = submitted.rate_limit.as_ref().map(rate_limit_headers);
@@ -329,7 +329,7 @@ pub(crate) async fn cancel_task(
     let id = parse_id(path)?;
     tracing::Span::current().record("task_id", tracing::field::display(id));
     let svc = &state.services;
-    let task = intake::cancel(svc, &caller.principal, id).await?;
+    let task = intake::cancel(svc, &caller.principal, &caller.origin, id).await?;
     // The cancel is done; reading the calls back is only for the answer.
     match intake::get(svc, &task.tenant, id).await {
         Ok(Some(record)) => Ok(Json(record.into())),

@@ -281,9 +281,15 @@ pub(crate) async fn put_own_settings(
             ),
         ));
     }
-    agents::update_own_settings(&state.services, tenant, own)
-        .await
-        .map_err(settings_write)?;
+    agents::update_own_settings(
+        &state.services,
+        tenant,
+        own,
+        &caller.principal,
+        &caller.origin,
+    )
+    .await
+    .map_err(settings_write)?;
     tracing::info!("tenant's own settings written");
     effective(&state, tenant).await
 }
@@ -353,9 +359,15 @@ pub(crate) async fn put_settings(
     let tenant = tenant_in_path(path)?;
     let request: SettingsRequest = json_body(&headers, body)?;
     let update = TenantSettings::try_from(request)?;
-    agents::update_settings(&state.services, &tenant, update)
-        .await
-        .map_err(settings_write)?;
+    agents::update_settings(
+        &state.services,
+        &tenant,
+        update,
+        &caller.principal,
+        &caller.origin,
+    )
+    .await
+    .map_err(settings_write)?;
     tracing::info!(%tenant, "tenant settings written");
     effective(&state, &tenant).await
 }

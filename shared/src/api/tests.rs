@@ -1,6 +1,8 @@
 //! The router over the memory backends, driven request by request. Workers
 //! are not running: tasks stay queued unless a test moves them.
 
+mod audit;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,15 +69,17 @@ fn harness() -> Harness {
         Duration::from_secs(60),
     ));
     let tasks = Arc::new(MemoryTaskStore::new());
+    let audit = tasks.audit_log();
     let services = Services::new(
         tasks.clone(),
-        Arc::new(MemoryRegistry::new()),
+        Arc::new(MemoryRegistry::with_audit(audit.clone())),
         queue.clone(),
         secrets,
         Providers::new(http_client(crate::providers::OutboundPolicy::strict()).unwrap()),
         clock,
         Settings::default(),
-    );
+    )
+    .with_audit(audit);
     let auth = Arc::new(Authenticator::new(SecretString::from(SECRET)));
     let app = router(ApiState {
         services,

@@ -194,6 +194,10 @@ macro_rules! ulid_id {
                 Self(ulid)
             }
 
+            pub fn as_ulid(&self) -> Ulid {
+                self.0
+            }
+
             /// Only the canonical spelling, the one this API writes: the
             /// decoder also takes lower case, and drops the bits of a first
             /// character above `7`, which would make two strings one id.

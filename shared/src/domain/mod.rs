@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod aggregation;
+pub mod audit;
 pub mod budget;
 pub mod call;
 pub mod envelope;
@@ -25,6 +26,7 @@ pub use agent::{
     Agent, AgentRequest, AgentSpec, AgentSpecError, BaseUrl, Constraints, MockFault, MockOptions,
     Pricing, Provider,
 };
+pub use audit::{Action, Actor, AuditEntry, AuditId, AuditQuery, Origin, Outcome};
 pub use budget::{BudgetExceeded, Budgets, CallHold, Hold, PanelHolds, Period, Settlement, Spend};
 pub use call::{BlobRef, CallError, CallResult, CallStatus, ErrorClass, Usage};
 pub use envelope::{Envelope, MessageKind};

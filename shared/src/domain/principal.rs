@@ -8,7 +8,19 @@ use super::ids::TenantId;
 /// operator may, an operator what a submitter may, a submitter what a
 /// viewer may. Only `platform_admin` reaches past its own tenant (platform
 /// agents, tenants' settings); no tenant token carries it unless minted so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Viewer,

@@ -606,6 +606,9 @@ pub struct TaskPatch {
     /// the transition is refused (`StoreError::OverBudget`). Not a field of
     /// the task: its calls' holds say what each reserved.
     pub hold: Option<super::budget::Hold>,
+    /// An audit entry written in the same atomic write (a cancellation, a
+    /// budget refusal): both or neither. Not a field of the task.
+    pub audit: Option<super::audit::AuditEntry>,
 }
 
 impl TaskPatch {

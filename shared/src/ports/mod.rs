@@ -1,6 +1,7 @@
 //! Ports: one trait per outside thing. Stages are written against these only;
 //! `adapters` implements them in memory and on AWS.
 
+pub mod audit;
 pub mod blobs;
 pub mod clock;
 pub mod events;
@@ -10,6 +11,7 @@ pub mod registry;
 pub mod secrets;
 pub mod task_store;
 
+pub use audit::{AuditLog, NoAuditLog};
 pub use blobs::{BlobError, BlobKey, BlobStore, NoBlobs};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use events::{

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use super::task_store::StoreError;
-use crate::domain::{Agent, AgentId, AgentSpec, Owner, TenantId, TenantSettings};
+use crate::domain::{Agent, AgentId, AgentSpec, AuditEntry, Owner, TenantId, TenantSettings};
 
 /// The condition a registry write is made under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,17 +34,26 @@ pub trait Registry: Send + Sync {
 
     /// Writes `spec` as `owner`'s agent `id`, bumping the version. A stale
     /// `Expect` is refused with `VersionConflict` (or `AlreadyExists` for
-    /// `Absent`).
+    /// `Absent`). `audit` (none only for the deployment's own seeding) is
+    /// appended to its log in the same atomic write: both or neither.
     async fn put(
         &self,
         owner: &Owner,
         id: &AgentId,
         spec: AgentSpec,
         expect: Expect,
+        audit: Option<&AuditEntry>,
     ) -> Result<Agent, StoreError>;
 
     /// Removes one of `owner`'s agents; `NotFound` if absent, `VersionConflict` if stale.
-    async fn delete(&self, owner: &Owner, id: &AgentId, expect: Expect) -> Result<(), StoreError>;
+    /// `audit` as for `put`.
+    async fn delete(
+        &self,
+        owner: &Owner,
+        id: &AgentId,
+        expect: Expect,
+        audit: Option<&AuditEntry>,
+    ) -> Result<(), StoreError>;
 
     /// What `platform_admin` set for `tenant`, if anything.
     async fn settings(
@@ -52,11 +61,13 @@ pub trait Registry: Send + Sync {
         tenant: &TenantId,
     ) -> Result<Option<Versioned<TenantSettings>>, StoreError>;
 
-    /// Writes `tenant`'s settings under `expect` (as agents are written).
+    /// Writes `tenant`'s settings under `expect`, with `audit` (as agents
+    /// are written).
     async fn put_settings(
         &self,
         tenant: &TenantId,
         settings: &TenantSettings,
         expect: Expect,
+        audit: Option<&AuditEntry>,
     ) -> Result<Versioned<TenantSettings>, StoreError>;
 }

@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::domain::{
-    CallId, CallLease, CallResult, LeaseOutcome, Period, Spend, Task, TaskId, TaskPatch,
-    TaskStatus, TenantId, TransitionError,
+    AuditEntry, CallId, CallLease, CallResult, LeaseOutcome, Period, Spend, Task, TaskId,
+    TaskPatch, TaskStatus, TenantId, TransitionError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -71,10 +71,11 @@ pub struct Page<T> {
 
 #[async_trait]
 pub trait TaskStore: Send + Sync {
-    /// Stores a new task, with its idempotency key if it has one, atomically.
-    /// Refused with `AlreadyExists` for a known id and with
-    /// `DuplicateIdempotencyKey` for a key the tenant used before.
-    async fn create(&self, task: &Task) -> Result<(), StoreError>;
+    /// Stores a new task, with its idempotency key if it has one and its
+    /// `task.created` audit entry, atomically. Refused with `AlreadyExists`
+    /// for a known id and with `DuplicateIdempotencyKey` for a key the
+    /// tenant used before (then no entry is written either).
+    async fn create(&self, task: &Task, audit: &AuditEntry) -> Result<(), StoreError>;
 
     async fn get(&self, tenant: &TenantId, task_id: TaskId) -> Result<Option<Task>, StoreError>;
 
@@ -90,6 +91,7 @@ pub trait TaskStore: Send + Sync {
     /// state is written; its request never changes. Returns the task as
     /// written.
     ///
+    /// A `patch.audit` entry is appended to its log in the same atomic write.
     /// A `patch.hold` is reserved on the tenant's day and month counters in
     /// the same atomic write, each only if what it has committed leaves room
     /// for it under its budget; else nothing is written (`OverBudget`).

@@ -16,8 +16,9 @@ use secrecy::SecretString;
 
 use crate::domain::filters::Direction;
 use crate::domain::{
-    Agent, AgentId, CallError, CallId, CallLease, CallResult, CallStatus, Envelope, ErrorClass,
-    LeaseHolder, LeaseOutcome, MessageKind, ProviderKey, Task, TaskError, Usage, Verdict,
+    Agent, AgentId, AuditEntry, CallError, CallId, CallLease, CallResult, CallStatus, Envelope,
+    ErrorClass, LeaseHolder, LeaseOutcome, MessageKind, ProviderKey, Task, TaskError, Usage,
+    Verdict,
 };
 use crate::ports::{BlobError, FanIn, QueueName, SecretError, SecretSource, StoreError};
 use crate::providers::{ChatRequest, ChatResponse, Message, ProviderClient, ProviderError, Role};
@@ -148,6 +149,13 @@ async fn filter_output(
         Ok(None) => {}
         Err(blocked) => {
             tracing::info!(rule = %blocked.rule, "answer blocked");
+            // Its id is the call's: a redelivery records it once. The
+            // provider was paid, so a store fault must not fail the call.
+            let entry =
+                AuditEntry::output_blocked(task, result.call_id, &blocked.rule, svc.clock.now());
+            if let Err(e) = persist(|| svc.audit.record(&entry)).await {
+                tracing::error!(error = %e, "the output block's audit entry was not recorded");
+            }
             result.status = CallStatus::Failed;
             result.output = None;
             result.error = Some(CallError {
@@ -194,7 +202,7 @@ pub(crate) async fn conclude(
         // result as stored.
         let stored = persist(|| svc.tasks.put_call(&task.tenant, task.task_id, &result)).await?;
         let ended = if svc.clock.now() > task.deadline() {
-            end_task(svc, task, timed_out()).await?
+            end_task(svc, task, timed_out(), None).await?
         } else {
             aggregate::finish(svc, task, std::slice::from_ref(&stored)).await?
         };

@@ -6,9 +6,11 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::domain::audit::{changed_fields, changed_fields_within};
 use crate::domain::{
-    Agent, AgentId, AgentRequest, AgentSpec, AgentSpecError, EffectiveSettings, Filters,
-    OwnSettings, Owner, SecretNameError, TenantDefaults, TenantId, TenantSettings,
+    Action, Agent, AgentId, AgentRequest, AgentSpec, AgentSpecError, AuditEntry, EffectiveSettings,
+    Filters, Origin, OwnSettings, Owner, Principal, SecretNameError, TenantDefaults, TenantId,
+    TenantSettings,
 };
 use crate::ports::{Expect, Registry, StoreError, Versioned};
 
@@ -239,13 +241,17 @@ pub enum AgentWriteError {
 
 /// Writes `owner`'s agent `id`. `expect` comes from `If-Match` (a version)
 /// or `If-None-Match: *` (create only); without either the write is
-/// unconditional.
+/// unconditional. Audited with the fields it changes: an unconditional
+/// write is made against the version it read (and read again if another
+/// writer got there first), so the entry names exactly what it replaced.
 pub async fn put(
     svc: &Services,
     owner: &Owner,
     id: &AgentId,
     request: AgentRequest,
     expect: Expect,
+    principal: &Principal,
+    origin: &Origin,
 ) -> Result<Agent, AgentWriteError> {
     let spec = AgentSpec::try_from(request)?;
     if let Some(secret) = &spec.secret {
@@ -259,16 +265,52 @@ pub async fn put(
     {
         return Err(AgentWriteError::PlatformId(id.clone()));
     }
-    // A new agent must fit (a replace of the version read always does).
-    if !matches!(expect, Expect::Version(_)) && svc.registry.get(owner, id).await?.is_none() {
-        let count = svc.registry.list(owner).await?.len();
-        if count >= MAX_AGENTS_PER_OWNER {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let current = svc.registry.get(owner, id).await?;
+        // A new agent must fit (a replace always does).
+        if current.is_none() && svc.registry.list(owner).await?.len() >= MAX_AGENTS_PER_OWNER {
             return Err(AgentWriteError::TooMany);
         }
+        let (action, before) = match &current {
+            Some(agent) => (Action::AgentChanged, json(&agent.spec)),
+            None => (Action::AgentCreated, serde_json::Value::Null),
+        };
+        let write_expect = match (expect, &current) {
+            (Expect::Any, Some(agent)) => Expect::Version(agent.version),
+            (Expect::Any, None) => Expect::Absent,
+            (given, _) => given,
+        };
+        let entry = AuditEntry::agent_written(
+            owner,
+            id.as_str(),
+            action,
+            changed_fields(&before, &json(&spec)),
+            principal,
+            origin,
+            svc.clock.now(),
+        );
+        match svc
+            .registry
+            .put(owner, id, spec.clone(), write_expect, Some(&entry))
+            .await
+        {
+            Err(StoreError::VersionConflict { .. } | StoreError::AlreadyExists)
+                if expect == Expect::Any && tries < WRITE_TRIES =>
+            {
+                continue;
+            }
+            written => {
+                svc.agents.invalidate(owner);
+                return Ok(written?);
+            }
+        }
     }
-    let agent = svc.registry.put(owner, id, spec, expect).await?;
-    svc.agents.invalidate(owner);
-    Ok(agent)
+}
+
+fn json(value: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or_default()
 }
 
 pub async fn delete(
@@ -276,14 +318,25 @@ pub async fn delete(
     owner: &Owner,
     id: &AgentId,
     expect: Expect,
+    principal: &Principal,
+    origin: &Origin,
 ) -> Result<(), StoreError> {
-    svc.registry.delete(owner, id, expect).await?;
+    let entry = AuditEntry::agent_written(
+        owner,
+        id.as_str(),
+        Action::AgentDeleted,
+        Vec::new(),
+        principal,
+        origin,
+        svc.clock.now(),
+    );
+    svc.registry.delete(owner, id, expect, Some(&entry)).await?;
     svc.agents.invalidate(owner);
     Ok(())
 }
 
-/// Tries of a settings update that lost a race to another writer.
-const SETTINGS_TRIES: u32 = 5;
+/// Tries of a read-change-write that lost a race to another writer.
+const WRITE_TRIES: u32 = 5;
 
 /// Replaces the platform's sections of `tenant`'s settings that `update`
 /// names; the others stay as they were.
@@ -291,8 +344,11 @@ pub async fn update_settings(
     svc: &Services,
     tenant: &TenantId,
     update: TenantSettings,
+    principal: &Principal,
+    origin: &Origin,
 ) -> Result<Versioned<TenantSettings>, StoreError> {
-    change_settings(svc, tenant, |current| current.merged(update.clone())).await
+    let change = |current: TenantSettings| current.merged(update.clone());
+    change_settings(svc, tenant, change, principal, origin).await
 }
 
 /// Replaces the tenant's own sections that `update` names (checked against
@@ -301,28 +357,52 @@ pub async fn update_own_settings(
     svc: &Services,
     tenant: &TenantId,
     update: OwnSettings,
+    principal: &Principal,
+    origin: &Origin,
 ) -> Result<Versioned<TenantSettings>, StoreError> {
-    change_settings(svc, tenant, |current| current.with_own(update.clone())).await
+    let change = |current: TenantSettings| current.with_own(update.clone());
+    change_settings(svc, tenant, change, principal, origin).await
 }
 
 /// Reads, changes and writes `tenant`'s settings conditionally, again if
-/// another writer got there first.
+/// another writer got there first; audited with the sections it changed.
 async fn change_settings(
     svc: &Services,
     tenant: &TenantId,
     change: impl Fn(TenantSettings) -> TenantSettings,
+    principal: &Principal,
+    origin: &Origin,
 ) -> Result<Versioned<TenantSettings>, StoreError> {
     let mut tries = 0;
     loop {
         tries += 1;
         let current = svc.registry.settings(tenant).await?;
-        let (changed, expect) = match current {
-            Some(current) => (change(current.value), Expect::Version(current.version)),
-            None => (change(TenantSettings::default()), Expect::Absent),
+        let (before, changed, expect) = match current {
+            Some(current) => (
+                json(&current.value),
+                change(current.value),
+                Expect::Version(current.version),
+            ),
+            None => (
+                json(&TenantSettings::default()),
+                change(TenantSettings::default()),
+                Expect::Absent,
+            ),
         };
-        match svc.registry.put_settings(tenant, &changed, expect).await {
+        let entry = AuditEntry::settings_changed(
+            tenant,
+            changed_fields_within(&before, &json(&changed), "own"),
+            principal,
+            origin,
+            svc.clock.now(),
+        );
+        match svc
+            .registry
+            .put_settings(tenant, &changed, expect, Some(&entry))
+            .await
+        {
             Err(StoreError::VersionConflict { .. } | StoreError::AlreadyExists)
-                if tries < SETTINGS_TRIES =>
+                if tries < WRITE_TRIES =>
             {
                 continue;
             }
@@ -359,9 +439,23 @@ mod tests {
         let (svc, _) = crate::setup::memory_services(OutboundPolicy::strict()).unwrap();
         let acme = TenantId::parse("acme").unwrap();
         let own = Owner::Tenant(acme.clone());
-        put(&svc, &own, &id("mine"), mock("mine"), Expect::Any)
-            .await
-            .unwrap();
+        let admin = Principal {
+            sub: "ana".into(),
+            tenant: acme.clone(),
+            roles: vec![crate::domain::Role::PlatformAdmin],
+        };
+        let origin = Origin::default();
+        put(
+            &svc,
+            &own,
+            &id("mine"),
+            mock("mine"),
+            Expect::Any,
+            &admin,
+            &origin,
+        )
+        .await
+        .unwrap();
         let ids = |agents: Arc<Vec<Agent>>| -> Vec<String> {
             agents.iter().map(|a| a.id.to_string()).collect()
         };
@@ -372,6 +466,8 @@ mod tests {
             &id("shared"),
             mock("shared"),
             Expect::Any,
+            &admin,
+            &origin,
         )
         .await
         .unwrap();
@@ -384,6 +480,8 @@ mod tests {
                 platform_agents: Some(PlatformAgents::All),
                 ..TenantSettings::default()
             },
+            &admin,
+            &origin,
         )
         .await
         .unwrap();
@@ -394,7 +492,9 @@ mod tests {
         let found = svc.agents.find(&acme, &id("shared")).await.unwrap();
         assert!(found.is_some_and(|a| a.owner == Owner::Platform));
         assert!(svc.agents.find(&acme, &id("none")).await.unwrap().is_none());
-        delete(&svc, &own, &id("mine"), Expect::Any).await.unwrap();
+        delete(&svc, &own, &id("mine"), Expect::Any, &admin, &origin)
+            .await
+            .unwrap();
         assert_eq!(ids(svc.agents.usable(&acme).await.unwrap()), ["shared"]);
     }
 }

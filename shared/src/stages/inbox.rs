@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use crate::domain::{Principal, Role, TaskRequest, TenantId};
+use crate::domain::{Origin, Principal, Role, TaskRequest, TenantId};
 
 use super::intake::{self, SubmitError};
 use super::limits::LimitError;
@@ -127,14 +127,16 @@ pub async fn handle(
     };
     let request: TaskRequest = serde_json::from_value(request)
         .map_err(|e| StageError::Malformed(format!("not a task request: {e}")))?;
-    // The event's own id makes a redelivered event the same task.
+    // The event's own id makes a redelivered event the same task, and names
+    // it in the audit log.
+    let origin = Origin::event(fallback_key.clone());
     let header_key = request.idempotency_key.is_none().then_some(fallback_key);
     let principal = Principal {
         sub,
         tenant,
         roles: vec![Role::Submitter],
     };
-    match intake::submit(svc, &principal, request, header_key.as_deref()).await {
+    match intake::submit(svc, &principal, &origin, request, header_key.as_deref()).await {
         Ok(submitted) => {
             tracing::info!(task_id = %submitted.task.task_id, created = submitted.created, "task submitted by event");
             Ok(())

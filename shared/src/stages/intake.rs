@@ -7,13 +7,14 @@ use crate::domain::filters::Direction;
 use crate::domain::rate::BucketState;
 use crate::domain::tokens;
 use crate::domain::{
-    AggregationStrategy, CallId, Filters, IdempotencyKey, MessageKind, Principal, RequestError,
-    Role, RoutingStrategy, Task, TaskError, TaskId, TaskPatch, TaskRequest, TaskSpec, TaskStatus,
-    TenantId, Verdict,
+    AggregationStrategy, AuditEntry, CallId, Filters, IdempotencyKey, MessageKind, Origin,
+    Principal, RequestError, Role, RoutingStrategy, Task, TaskError, TaskId, TaskPatch,
+    TaskRequest, TaskSpec, TaskStatus, TenantId, Verdict,
 };
 use crate::ports::{Page, QueueError, QueueName, StoreError, TaskRecord};
 
 use super::Services;
+use super::audit::record_refusal;
 use super::limits::{self, LimitError};
 
 /// A task accepted by intake. `created` is false when an idempotency key
@@ -106,11 +107,41 @@ fn check_offered(
 
 /// Validates, stores and enqueues a task. Safe to retry with the same
 /// idempotency key: the first task is returned, and re-queued if it never
-/// left the queue (a crash between store and send loses nothing).
+/// left the queue (a crash between store and send loses nothing). The
+/// task's creation is audited with it; a refusal by a filter or a rate
+/// limit is audited on its own.
 #[tracing::instrument(skip_all, fields(tenant = %principal.tenant, stage = "intake", task_id))]
 pub async fn submit(
     svc: &Services,
     principal: &Principal,
+    origin: &Origin,
+    request: TaskRequest,
+    header_key: Option<&str>,
+) -> Result<Submitted, SubmitError> {
+    let submitted = admit_and_create(svc, principal, origin, request, header_key).await;
+    let refusal = match &submitted {
+        Err(SubmitError::ContentBlocked { field, rule }) => Some(AuditEntry::input_blocked(
+            principal,
+            origin,
+            field,
+            rule,
+            svc.clock.now(),
+        )),
+        Err(SubmitError::Limited(LimitError::Limited { limit, .. })) => Some(
+            AuditEntry::rate_limited(principal, origin, limit, svc.clock.now()),
+        ),
+        _ => None,
+    };
+    if let Some(entry) = refusal {
+        record_refusal(svc, entry).await;
+    }
+    submitted
+}
+
+async fn admit_and_create(
+    svc: &Services,
+    principal: &Principal,
+    origin: &Origin,
     request: TaskRequest,
     header_key: Option<&str>,
 ) -> Result<Submitted, SubmitError> {
@@ -136,7 +167,8 @@ pub async fn submit(
         svc.clock.now(),
     );
     tracing::Span::current().record("task_id", tracing::field::display(task.task_id));
-    match svc.tasks.create(&task).await {
+    let created = AuditEntry::task_created(&task, principal, origin);
+    match svc.tasks.create(&task, &created).await {
         Ok(()) => {}
         Err(StoreError::DuplicateIdempotencyKey(existing)) => {
             let task = svc
@@ -307,6 +339,7 @@ pub enum CancelError {
 pub async fn cancel(
     svc: &Services,
     principal: &Principal,
+    origin: &Origin,
     task_id: TaskId,
 ) -> Result<Task, CancelError> {
     // A cancelled task owes what its finished calls cost.
@@ -320,16 +353,18 @@ pub async fn cancel(
         return Err(CancelError::NotOwn);
     }
     let spent = super::spent(svc, &task).await.map_err(CancelError::Store)?;
+    let now = svc.clock.now();
     let patch = TaskPatch {
         error: Some(TaskError::new(
             "cancelled",
             format!("cancelled by {}", principal.sub),
         )),
+        audit: Some(AuditEntry::task_cancelled(&task, principal, origin, now)),
         ..spent
     };
     match svc
         .tasks
-        .transition(&task, TaskStatus::Cancelled, patch, svc.clock.now())
+        .transition(&task, TaskStatus::Cancelled, patch, now)
         .await
     {
         Ok(task) => {

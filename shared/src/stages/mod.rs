@@ -5,6 +5,7 @@ pub mod agent_call;
 pub mod agents;
 pub mod aggregate;
 pub mod announce;
+pub mod audit;
 pub mod batch;
 mod claim_check;
 mod completions;
@@ -22,12 +23,13 @@ pub use agents::AgentCache;
 pub use completions::Completions;
 
 use crate::domain::{
-    Envelope, MessageKind, PlatformAgents, Rates, Task, TaskError, TaskId, TaskPatch, TaskStatus,
-    TenantDefaults, TenantId,
+    AuditEntry, Envelope, MessageKind, PlatformAgents, Rates, Task, TaskError, TaskId, TaskPatch,
+    TaskStatus, TenantDefaults, TenantId,
 };
 use crate::ports::{
-    BlobStore, CachedSecrets, Clock, EventPublisher, FinishedFeed, LocalLimiter, NoBlobs, NoEvents,
-    OutgoingMessage, Queue, QueueError, QueueName, RateLimiter, Registry, StoreError, TaskStore,
+    AuditLog, BlobStore, CachedSecrets, Clock, EventPublisher, FinishedFeed, LocalLimiter,
+    NoAuditLog, NoBlobs, NoEvents, OutgoingMessage, Queue, QueueError, QueueName, RateLimiter,
+    Registry, StoreError, TaskStore,
 };
 use crate::providers::Providers;
 
@@ -54,6 +56,11 @@ pub struct Services {
     pub blobs: Arc<dyn BlobStore>,
     /// Rate-limit buckets, shared by every instance on AWS.
     pub limiter: Arc<dyn RateLimiter>,
+    /// The audit logs, for refusals (which write nothing else) and reading;
+    /// an action that writes carries its entry into its own write.
+    pub audit: Arc<dyn AuditLog>,
+    /// Bounds what a flood of refusals writes to the audit log.
+    pub refusals: Arc<audit::RefusalSampler>,
     pub settings: Settings,
 }
 
@@ -173,6 +180,8 @@ impl Services {
             blobs: Arc::new(NoBlobs),
             // Exact for this process; the backends' setup shares them.
             limiter: Arc::new(LocalLimiter::default()),
+            audit: Arc::new(NoAuditLog),
+            refusals: Arc::new(audit::RefusalSampler::default()),
             settings,
         }
     }
@@ -190,6 +199,11 @@ impl Services {
 
     pub fn with_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
         self.limiter = limiter;
+        self
+    }
+
+    pub fn with_audit(mut self, audit: Arc<dyn AuditLog>) -> Self {
+        self.audit = audit;
         self
     }
 
@@ -284,18 +298,21 @@ pub(crate) async fn fail_task(
     task: &Task,
     error: TaskError,
 ) -> Result<(), StageError> {
-    end_task(svc, task, error).await.map(|_| ())
+    end_task(svc, task, error, None).await.map(|_| ())
 }
 
-/// `fail_task`, saying whether this write ended the task.
+/// `fail_task`, with `audit` written with the failure (both or neither),
+/// saying whether this write ended the task.
 pub(crate) async fn end_task(
     svc: &Services,
     task: &Task,
     error: TaskError,
+    audit: Option<AuditEntry>,
 ) -> Result<Ended, StageError> {
     tracing::info!(code = %error.code, reason = %error.message, "task failed");
     let patch = TaskPatch {
         error: Some(error),
+        audit,
         ..spent(svc, task).await?
     };
     match svc

@@ -2,12 +2,12 @@
 
 use crate::domain::routing::{self, RoutingError};
 use crate::domain::{
-    BudgetExceeded, CallId, Envelope, MessageKind, PlannedCall, Task, TaskError, TaskPatch,
-    TaskStatus, budget,
+    AuditEntry, BudgetExceeded, CallId, Envelope, MessageKind, PlannedCall, Task, TaskError,
+    TaskPatch, TaskStatus, budget,
 };
 use crate::ports::{OutgoingMessage, QueueName, StoreError};
 
-use super::{Services, StageError, fail_task};
+use super::{Services, StageError, end_task, fail_task};
 
 #[tracing::instrument(skip_all, fields(stage = "route", tenant = %envelope.tenant, task_id = %envelope.task_id))]
 pub async fn handle(svc: &Services, envelope: &Envelope) -> Result<(), StageError> {
@@ -59,7 +59,7 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
     // then refused.
     let holds = match budget::hold_panel(&task.spec, &chosen, settings.budgets, now.date_naive()) {
         Ok(holds) => holds,
-        Err(e) => return fail_task(svc, &task, budget_error(&e)).await,
+        Err(e) => return fail_over_budget(svc, &task, &e).await,
     };
     let hold = holds.tenant;
     let plan: Vec<PlannedCall> = chosen
@@ -89,7 +89,7 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
         Err(StoreError::Transition(_)) => return Ok(()),
         // Only a hold is refused for a budget.
         Err(StoreError::OverBudget(period)) if let Some(hold) = hold => {
-            return fail_task(svc, &task, budget_error(&hold.exceeded(period))).await;
+            return fail_over_budget(svc, &task, &hold.exceeded(period)).await;
         }
         Err(e) => return Err(e.into()),
     };
@@ -101,8 +101,15 @@ fn routing_error(e: &RoutingError) -> TaskError {
     TaskError::new(e.code(), e.to_string())
 }
 
-fn budget_error(e: &BudgetExceeded) -> TaskError {
-    TaskError::new(e.code(), e.to_string())
+/// Fails a task a budget refused, with the refusal's audit entry.
+async fn fail_over_budget(
+    svc: &Services,
+    task: &Task,
+    e: &BudgetExceeded,
+) -> Result<(), StageError> {
+    let entry = AuditEntry::budget_exceeded(task, e.code(), svc.clock.now());
+    let error = TaskError::new(e.code(), e.to_string());
+    end_task(svc, task, error, Some(entry)).await.map(|_| ())
 }
 
 async fn send_calls(svc: &Services, envelope: &Envelope, task: &Task) -> Result<(), StageError> {

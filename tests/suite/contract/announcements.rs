@@ -54,7 +54,10 @@ async fn stored_task(b: &Backend, content: &str) -> Task {
         "u",
         Utc::now(),
     );
-    b.tasks.create(&task).await.unwrap();
+    b.tasks
+        .create(&task, &maof_tests::created(&task))
+        .await
+        .unwrap();
     task
 }
 

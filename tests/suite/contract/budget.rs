@@ -90,7 +90,10 @@ async fn a_hold_is_written_with_the_plan_or_not_at_all(b: Backend) {
     let name = b.name;
     let tenant = fresh_tenant();
     let first = queued(&tenant);
-    b.tasks.create(&first).await.unwrap();
+    b.tasks
+        .create(&first, &maof_tests::created(&first))
+        .await
+        .unwrap();
     let planned = plan(&*b.tasks, &first, &["0.0000198", "0.3"], daily("0.5"))
         .await
         .unwrap();
@@ -107,7 +110,10 @@ async fn a_hold_is_written_with_the_plan_or_not_at_all(b: Backend) {
     );
     // What is left (0.1999802) cannot hold 0.2: refused, nothing written.
     let second = queued(&tenant);
-    b.tasks.create(&second).await.unwrap();
+    b.tasks
+        .create(&second, &maof_tests::created(&second))
+        .await
+        .unwrap();
     let refused = plan(&*b.tasks, &second, &["0.2"], daily("0.5")).await;
     assert!(
         matches!(refused, Err(StoreError::OverBudget(Period::Day))),
@@ -152,7 +158,10 @@ async fn a_result_settles_its_reservation_once(b: Backend) {
     let name = b.name;
     let tenant = fresh_tenant();
     let task = queued(&tenant);
-    b.tasks.create(&task).await.unwrap();
+    b.tasks
+        .create(&task, &maof_tests::created(&task))
+        .await
+        .unwrap();
     let task = plan(&*b.tasks, &task, &["0.5", "0.25"], daily("1"))
         .await
         .unwrap();
@@ -197,7 +206,10 @@ async fn a_result_settles_its_reservation_once(b: Backend) {
     // A counter back at zero reserved takes the next hold (DynamoDB keeps
     // the sum of decimals exact, zero included).
     let next = queued(&tenant);
-    b.tasks.create(&next).await.unwrap();
+    b.tasks
+        .create(&next, &maof_tests::created(&next))
+        .await
+        .unwrap();
     plan(&*b.tasks, &next, &["0.1"], daily("1")).await.unwrap();
     assert_eq!(
         b.tasks.spend(&tenant, day()).await.unwrap().day,
@@ -223,7 +235,10 @@ async fn concurrent_holds_never_commit_more_than_the_budget(b: Backend) {
     let tenant = fresh_tenant();
     let tasks: Vec<Task> = (0..20).map(|_| queued(&tenant)).collect();
     for task in &tasks {
-        b.tasks.create(task).await.unwrap();
+        b.tasks
+            .create(task, &maof_tests::created(task))
+            .await
+            .unwrap();
     }
     // Twenty holds of 0.1 against 0.75: exactly seven fit.
     let outcomes = join_all(

@@ -28,7 +28,7 @@ async fn a_put_with_a_stale_version_is_refused(b: Backend) {
     let id = AgentId::parse("gpt-mini").unwrap();
     let v1 = b
         .registry
-        .put(&acme, &id, spec("v1"), Expect::Absent)
+        .put(&acme, &id, spec("v1"), Expect::Absent, None)
         .await
         .unwrap();
     assert_eq!(v1.version, 1);
@@ -42,7 +42,7 @@ async fn a_put_with_a_stale_version_is_refused(b: Backend) {
 
     let again = b
         .registry
-        .put(&acme, &id, spec("dup"), Expect::Absent)
+        .put(&acme, &id, spec("dup"), Expect::Absent, None)
         .await;
     assert!(
         matches!(again, Err(StoreError::AlreadyExists)),
@@ -52,13 +52,13 @@ async fn a_put_with_a_stale_version_is_refused(b: Backend) {
 
     let v2 = b
         .registry
-        .put(&acme, &id, spec("v2"), Expect::Version(1))
+        .put(&acme, &id, spec("v2"), Expect::Version(1), None)
         .await
         .unwrap();
     assert_eq!(v2.version, 2);
     let stale = b
         .registry
-        .put(&acme, &id, spec("stale"), Expect::Version(1))
+        .put(&acme, &id, spec("stale"), Expect::Version(1), None)
         .await;
     assert!(
         matches!(stale, Err(StoreError::VersionConflict { current: Some(2) })),
@@ -72,7 +72,7 @@ async fn a_put_with_a_stale_version_is_refused(b: Backend) {
 
     let forced = b
         .registry
-        .put(&acme, &id, spec("v3"), Expect::Any)
+        .put(&acme, &id, spec("v3"), Expect::Any, None)
         .await
         .unwrap();
     assert_eq!(forced.version, 3);
@@ -87,6 +87,7 @@ async fn agents_list_in_id_order_and_delete_checks_the_version(b: Backend) {
                 &AgentId::parse(id).unwrap(),
                 spec(id),
                 Expect::Absent,
+                None,
             )
             .await
             .unwrap();
@@ -102,18 +103,18 @@ async fn agents_list_in_id_order_and_delete_checks_the_version(b: Backend) {
     assert_eq!(ids, ["a-agent", "b-agent", "c-agent"], "{}", b.name);
 
     let a = AgentId::parse("a-agent").unwrap();
-    let stale = b.registry.delete(&acme, &a, Expect::Version(7)).await;
+    let stale = b.registry.delete(&acme, &a, Expect::Version(7), None).await;
     assert!(
         matches!(stale, Err(StoreError::VersionConflict { current: Some(1) })),
         "{}: {stale:?}",
         b.name
     );
     b.registry
-        .delete(&acme, &a, Expect::Version(1))
+        .delete(&acme, &a, Expect::Version(1), None)
         .await
         .unwrap();
     assert!(b.registry.get(&acme, &a).await.unwrap().is_none());
-    let missing = b.registry.delete(&acme, &a, Expect::Any).await;
+    let missing = b.registry.delete(&acme, &a, Expect::Any, None).await;
     assert!(
         matches!(missing, Err(StoreError::NotFound)),
         "{}: {missing:?}",
@@ -133,7 +134,7 @@ async fn owners_never_see_each_others_agents(b: Backend) {
         (&Owner::Platform, "platform's"),
     ] {
         b.registry
-            .put(owner, &id, spec(name), Expect::Absent)
+            .put(owner, &id, spec(name), Expect::Absent, None)
             .await
             .unwrap_or_else(|e| panic!("{}: {owner}: {e}", b.name));
     }
@@ -164,7 +165,10 @@ async fn owners_never_see_each_others_agents(b: Backend) {
             .unwrap()
             .is_none()
     );
-    b.registry.delete(&acme, &id, Expect::Any).await.unwrap();
+    b.registry
+        .delete(&acme, &id, Expect::Any, None)
+        .await
+        .unwrap();
     assert!(b.registry.get(&globex, &id).await.unwrap().is_some());
     assert!(
         b.registry
@@ -184,7 +188,7 @@ async fn tenant_settings_are_versioned_and_per_tenant(b: Backend) {
     };
     let v1 = b
         .registry
-        .put_settings(&acme, &all, Expect::Absent)
+        .put_settings(&acme, &all, Expect::Absent, None)
         .await
         .unwrap();
     assert_eq!(v1.version, 1);
@@ -194,7 +198,10 @@ async fn tenant_settings_are_versioned_and_per_tenant(b: Backend) {
         "{}",
         b.name
     );
-    let again = b.registry.put_settings(&acme, &all, Expect::Absent).await;
+    let again = b
+        .registry
+        .put_settings(&acme, &all, Expect::Absent, None)
+        .await;
     assert!(
         matches!(again, Err(StoreError::AlreadyExists)),
         "{}: {again:?}",
@@ -221,7 +228,7 @@ async fn tenant_settings_are_versioned_and_per_tenant(b: Backend) {
     };
     let stale = b
         .registry
-        .put_settings(&acme, &none, Expect::Version(7))
+        .put_settings(&acme, &none, Expect::Version(7), None)
         .await;
     assert!(
         matches!(stale, Err(StoreError::VersionConflict { current: Some(1) })),
@@ -230,7 +237,7 @@ async fn tenant_settings_are_versioned_and_per_tenant(b: Backend) {
     );
     let v2 = b
         .registry
-        .put_settings(&acme, &none, Expect::Version(1))
+        .put_settings(&acme, &none, Expect::Version(1), None)
         .await
         .unwrap();
     assert_eq!(v2.version, 2);

@@ -95,7 +95,10 @@ async fn running_with_calls(store: &dyn TaskStore, task: &Task, n: u32) -> Vec<C
 
 async fn a_created_task_reads_back_whole(b: Backend) {
     let task = new_task("acme", None);
-    b.tasks.create(&task).await.unwrap();
+    b.tasks
+        .create(&task, &maof_tests::created(&task))
+        .await
+        .unwrap();
     let read = b.tasks.get(&task.tenant, task.task_id).await.unwrap();
     assert_eq!(
         read.as_ref(),
@@ -107,8 +110,11 @@ async fn a_created_task_reads_back_whole(b: Backend) {
 
 async fn a_duplicate_create_is_refused(b: Backend) {
     let task = new_task("acme", None);
-    b.tasks.create(&task).await.unwrap();
-    let again = b.tasks.create(&task).await;
+    b.tasks
+        .create(&task, &maof_tests::created(&task))
+        .await
+        .unwrap();
+    let again = b.tasks.create(&task, &maof_tests::created(&task)).await;
     assert!(
         matches!(again, Err(StoreError::AlreadyExists)),
         "{}: got {again:?}",
@@ -118,9 +124,12 @@ async fn a_duplicate_create_is_refused(b: Backend) {
 
 async fn a_reused_idempotency_key_returns_the_first_task(b: Backend) {
     let first = new_task("acme", Some("order-42"));
-    b.tasks.create(&first).await.unwrap();
+    b.tasks
+        .create(&first, &maof_tests::created(&first))
+        .await
+        .unwrap();
     let second = new_task("acme", Some("order-42"));
-    match b.tasks.create(&second).await {
+    match b.tasks.create(&second, &maof_tests::created(&second)).await {
         Err(StoreError::DuplicateIdempotencyKey(id)) => assert_eq!(id, first.task_id),
         other => panic!(
             "{}: expected DuplicateIdempotencyKey, got {other:?}",
@@ -136,12 +145,18 @@ async fn a_reused_idempotency_key_returns_the_first_task(b: Backend) {
     );
     // Keys are per tenant: another tenant may use the same key.
     let other_tenant = new_task("globex", Some("order-42"));
-    b.tasks.create(&other_tenant).await.unwrap();
+    b.tasks
+        .create(&other_tenant, &maof_tests::created(&other_tenant))
+        .await
+        .unwrap();
 }
 
 async fn a_transition_from_the_wrong_state_is_refused(b: Backend) {
     let task = new_task("acme", None);
-    b.tasks.create(&task).await.unwrap();
+    b.tasks
+        .create(&task, &maof_tests::created(&task))
+        .await
+        .unwrap();
     let (t, id) = (&task.tenant, task.task_id);
 
     let skip = b
@@ -245,7 +260,10 @@ async fn a_transition_from_the_wrong_state_is_refused(b: Backend) {
 
 async fn only_one_of_concurrent_transitions_wins(b: Backend) {
     let task = new_task("acme", None);
-    b.tasks.create(&task).await.unwrap();
+    b.tasks
+        .create(&task, &maof_tests::created(&task))
+        .await
+        .unwrap();
     let attempts = (0..10).map(|_| {
         let store = b.tasks.clone();
         let task = task.clone();
@@ -277,7 +295,10 @@ async fn only_one_of_concurrent_transitions_wins(b: Backend) {
 /// counted once and exactly one call wins the fan-in claim.
 async fn exactly_one_fan_in_claim_wins(b: Backend) {
     let task = new_task("acme", None);
-    b.tasks.create(&task).await.unwrap();
+    b.tasks
+        .create(&task, &maof_tests::created(&task))
+        .await
+        .unwrap();
     let calls = running_with_calls(b.tasks.as_ref(), &task, 20).await;
 
     let deliveries = calls.iter().chain(calls.iter()).map(|call| {
@@ -335,7 +356,10 @@ async fn exactly_one_fan_in_claim_wins(b: Backend) {
 
 async fn the_first_result_of_a_call_wins(b: Backend) {
     let task = new_task("acme", None);
-    b.tasks.create(&task).await.unwrap();
+    b.tasks
+        .create(&task, &maof_tests::created(&task))
+        .await
+        .unwrap();
     let calls = running_with_calls(b.tasks.as_ref(), &task, 2).await;
     let first = b
         .tasks
@@ -381,7 +405,10 @@ async fn the_first_result_of_a_call_wins(b: Backend) {
 
 async fn put_call_stores_once_without_counting(b: Backend) {
     let task = new_task("acme", None);
-    b.tasks.create(&task).await.unwrap();
+    b.tasks
+        .create(&task, &maof_tests::created(&task))
+        .await
+        .unwrap();
     let calls = running_with_calls(b.tasks.as_ref(), &task, 2).await;
     let (t, id) = (&task.tenant, task.task_id);
     let stored = b
@@ -425,7 +452,10 @@ async fn put_call_stores_once_without_counting(b: Backend) {
 
 async fn a_tenant_cannot_reach_another_tenants_task(b: Backend) {
     let task = new_task("acme", None);
-    b.tasks.create(&task).await.unwrap();
+    b.tasks
+        .create(&task, &maof_tests::created(&task))
+        .await
+        .unwrap();
     let intruder = tenant("globex");
     assert!(
         b.tasks
@@ -495,11 +525,18 @@ async fn a_tenants_tasks_list_newest_first_in_pages(b: Backend) {
     let mut created = Vec::new();
     for _ in 0..5 {
         let task = new_task("acme", None);
-        b.tasks.create(&task).await.unwrap();
+        b.tasks
+            .create(&task, &maof_tests::created(&task))
+            .await
+            .unwrap();
         created.push(task.task_id);
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
-    b.tasks.create(&new_task("globex", None)).await.unwrap();
+    let globex = new_task("globex", None);
+    b.tasks
+        .create(&globex, &maof_tests::created(&globex))
+        .await
+        .unwrap();
     created.reverse();
 
     let t = tenant("acme");
@@ -521,7 +558,10 @@ async fn a_tenants_tasks_list_newest_first_in_pages(b: Backend) {
 
 async fn usage_and_cost_survive_storage_exactly(b: Backend) {
     let task = new_task("acme", None);
-    b.tasks.create(&task).await.unwrap();
+    b.tasks
+        .create(&task, &maof_tests::created(&task))
+        .await
+        .unwrap();
     let calls = running_with_calls(b.tasks.as_ref(), &task, 1).await;
     let mut result = call_result(calls[0], "ok");
     result.cost_usd = Some(Usd::parse("0.000000000000000000123456789").unwrap());
@@ -545,7 +585,10 @@ async fn usage_and_cost_survive_storage_exactly(b: Backend) {
 
 async fn a_call_lease_is_held_by_one_delivery_at_a_time(b: Backend) {
     let task = new_task("acme", None);
-    b.tasks.create(&task).await.unwrap();
+    b.tasks
+        .create(&task, &maof_tests::created(&task))
+        .await
+        .unwrap();
     let calls = running_with_calls(b.tasks.as_ref(), &task, 2).await;
     let (t, id) = (&task.tenant, task.task_id);
     // Leases are kept to the millisecond.
@@ -609,7 +652,10 @@ async fn a_call_lease_is_held_by_one_delivery_at_a_time(b: Backend) {
 
 async fn of_concurrent_deliveries_one_takes_the_lease(b: Backend) {
     let task = new_task("acme", None);
-    b.tasks.create(&task).await.unwrap();
+    b.tasks
+        .create(&task, &maof_tests::created(&task))
+        .await
+        .unwrap();
     let calls = running_with_calls(b.tasks.as_ref(), &task, 1).await;
     let now = Utc::now();
     let outcomes = join_all((0..10).map(|_| {
@@ -648,7 +694,10 @@ fn task_of_size(tenant_name: &str, kb: usize) -> Task {
 
 async fn an_item_over_400_kb_is_refused_and_changes_nothing(b: Backend) {
     let task = new_task("acme", None);
-    b.tasks.create(&task).await.unwrap();
+    b.tasks
+        .create(&task, &maof_tests::created(&task))
+        .await
+        .unwrap();
     let calls = running_with_calls(b.tasks.as_ref(), &task, 2).await;
     let (t, id) = (&task.tenant, task.task_id);
     let big = call_result(calls[0], &"y".repeat(450_000));
@@ -685,7 +734,10 @@ async fn pages_of_large_tasks_list_every_task_once_newest_first(b: Backend) {
     let mut created = Vec::new();
     for _ in 0..8 {
         let task = task_of_size("acme", 190);
-        b.tasks.create(&task).await.unwrap();
+        b.tasks
+            .create(&task, &maof_tests::created(&task))
+            .await
+            .unwrap();
         created.push(task.task_id);
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
@@ -713,7 +765,10 @@ async fn pages_of_large_tasks_list_every_task_once_newest_first(b: Backend) {
 
 async fn calls_that_land_after_the_task_ended_are_added_once(b: Backend) {
     let task = new_task("acme", None);
-    b.tasks.create(&task).await.unwrap();
+    b.tasks
+        .create(&task, &maof_tests::created(&task))
+        .await
+        .unwrap();
     let calls = running_with_calls(b.tasks.as_ref(), &task, 3).await;
     let (t, id) = (&task.tenant, task.task_id);
     let first = call_result(calls[0], "first");
@@ -762,7 +817,10 @@ async fn calls_that_land_after_the_task_ended_are_added_once(b: Backend) {
     assert_eq!(now.counted_calls.len(), 3, "{}", b.name);
     // An unfinished task is left alone.
     let running = new_task("acme", None);
-    b.tasks.create(&running).await.unwrap();
+    b.tasks
+        .create(&running, &maof_tests::created(&running))
+        .await
+        .unwrap();
     b.tasks
         .add_late_calls(&running, &[call_result(CallId::new(), "x")])
         .await

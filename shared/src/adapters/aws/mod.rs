@@ -2,6 +2,7 @@
 //! SQS for the queues, Secrets Manager for keys. The endpoint comes from the
 //! standard `AWS_ENDPOINT_URL` (moto locally); clients are built once per process.
 
+mod audit;
 mod blobs;
 mod bootstrap;
 mod events;
@@ -13,6 +14,7 @@ mod secrets;
 mod task_store;
 pub mod template;
 
+pub use audit::DynamoAudit;
 pub use blobs::S3Blobs;
 pub use bootstrap::{Bootstrap, BootstrapError};
 pub use events::EventBridgePublisher;

@@ -6,9 +6,12 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
 use serde_dynamo::{from_item, to_item};
 
-use super::describe;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem};
+
+use super::{DynamoAudit, describe};
 use crate::adapters::layout::keys::{self, PK, SK};
-use crate::domain::{Agent, AgentId, AgentSpec, Owner, TenantId, TenantSettings};
+use crate::domain::{Agent, AgentId, AgentSpec, AuditEntry, Owner, TenantId, TenantSettings};
 use crate::ports::{Expect, Registry, StoreError, Versioned};
 
 #[derive(Serialize, Deserialize)]
@@ -30,20 +33,23 @@ struct SettingsItem {
 
 /// Agents and tenants' settings in the registry table, each write
 /// conditional on its version. An owner's agents share a partition, so
-/// listing them is one query, never a scan.
+/// listing them is one query, never a scan. A write's audit entry goes to
+/// the context table's audit log in the same transaction (one spans tables).
 #[derive(Clone)]
 pub struct DynamoRegistry {
     client: Client,
     table: String,
+    audit: DynamoAudit,
 }
 
 type Item = HashMap<String, AttributeValue>;
 
 impl DynamoRegistry {
-    pub fn new(client: Client, table: impl Into<String>) -> Self {
+    pub fn new(client: Client, table: impl Into<String>, audit: DynamoAudit) -> Self {
         DynamoRegistry {
             client,
             table: table.into(),
+            audit,
         }
     }
 
@@ -95,9 +101,27 @@ impl DynamoRegistry {
         Ok(out.item)
     }
 
-    /// A put under `expect`; a failed condition is `Conflict`, for the
-    /// caller to explain by the current version.
-    async fn write(&self, item: Item, expect: Expect) -> Result<Written, StoreError> {
+    /// A put under `expect`, with `audit`; a failed condition is
+    /// `Conflict`, for the caller to explain by the current version.
+    async fn write(
+        &self,
+        item: Item,
+        expect: Expect,
+        audit: Option<&AuditEntry>,
+    ) -> Result<Written, StoreError> {
+        if let Some(entry) = audit {
+            let mut put = Put::builder().table_name(&self.table).set_item(Some(item));
+            if let Some((condition, value)) = Self::condition(expect) {
+                put = put.condition_expression(condition);
+                if let Some(value) = value {
+                    put = put.expression_attribute_values(":v", value);
+                }
+            }
+            let put = put.build().map_err(backend)?;
+            return self
+                .transact(TransactWriteItem::builder().put(put).build(), entry)
+                .await;
+        }
         let mut put = self
             .client
             .put_item()
@@ -127,6 +151,48 @@ impl DynamoRegistry {
             Expect::Absent => 1,
             Expect::Version(v) => v + 1,
             Expect::Any => current.map_or(1, |v| v + 1),
+        }
+    }
+}
+
+impl DynamoRegistry {
+    /// `write` and `entry`'s put in one transaction: `Conflict` when the
+    /// write's condition failed (then neither is written).
+    async fn transact(
+        &self,
+        write: TransactWriteItem,
+        entry: &AuditEntry,
+    ) -> Result<Written, StoreError> {
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(write)
+            .transact_items(self.audit.put(entry)?)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Written::Done),
+            Err(e) => match e.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(c))
+                    if c.cancellation_reasons()
+                        .first()
+                        .and_then(|r| r.code())
+                        .is_some_and(|code| code == "ConditionalCheckFailed") =>
+                {
+                    Ok(Written::Conflict)
+                }
+                // Another transaction on the item at the same moment: as a
+                // lost race, explained by the version now.
+                Some(TransactWriteItemsError::TransactionCanceledException(c))
+                    if c.cancellation_reasons()
+                        .first()
+                        .and_then(|r| r.code())
+                        .is_some_and(|code| code == "TransactionConflict") =>
+                {
+                    Ok(Written::Conflict)
+                }
+                _ => Err(backend(e)),
+            },
         }
     }
 }
@@ -203,6 +269,7 @@ impl Registry for DynamoRegistry {
         id: &AgentId,
         spec: AgentSpec,
         expect: Expect,
+        audit: Option<&AuditEntry>,
     ) -> Result<Agent, StoreError> {
         let current = match expect {
             Expect::Any => self.get(owner, id).await?.map(|a| a.version),
@@ -220,7 +287,7 @@ impl Registry for DynamoRegistry {
             agent: agent.clone(),
         })
         .map_err(encode)?;
-        match self.write(item, expect).await? {
+        match self.write(item, expect, audit).await? {
             Written::Done => Ok(agent),
             Written::Conflict => {
                 let current = self.get(owner, id).await?.map(|a| a.version);
@@ -230,11 +297,37 @@ impl Registry for DynamoRegistry {
     }
 
     #[tracing::instrument(skip_all, fields(owner = %owner, agent_id = %id))]
-    async fn delete(&self, owner: &Owner, id: &AgentId, expect: Expect) -> Result<(), StoreError> {
+    async fn delete(
+        &self,
+        owner: &Owner,
+        id: &AgentId,
+        expect: Expect,
+        audit: Option<&AuditEntry>,
+    ) -> Result<(), StoreError> {
         let (condition, value) = match Self::condition(expect) {
             Some((condition, value)) => (condition, value),
             None => ("attribute_exists(pk)", None),
         };
+        if let Some(entry) = audit {
+            let mut delete = Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(Self::agent_key(owner, id)))
+                .condition_expression(condition);
+            if let Some(value) = value {
+                delete = delete.expression_attribute_values(":v", value);
+            }
+            let delete = delete.build().map_err(backend)?;
+            return match self
+                .transact(TransactWriteItem::builder().delete(delete).build(), entry)
+                .await?
+            {
+                Written::Done => Ok(()),
+                Written::Conflict => match self.get(owner, id).await?.map(|a| a.version) {
+                    None => Err(StoreError::NotFound),
+                    current => Err(Self::conflict(current, expect)),
+                },
+            };
+        }
         let mut delete = self
             .client
             .delete_item()
@@ -283,6 +376,7 @@ impl Registry for DynamoRegistry {
         tenant: &TenantId,
         settings: &TenantSettings,
         expect: Expect,
+        audit: Option<&AuditEntry>,
     ) -> Result<Versioned<TenantSettings>, StoreError> {
         let current = match expect {
             Expect::Any => self.settings(tenant).await?.map(|s| s.version),
@@ -296,7 +390,7 @@ impl Registry for DynamoRegistry {
             settings: settings.clone(),
         })
         .map_err(encode)?;
-        match self.write(item, expect).await? {
+        match self.write(item, expect, audit).await? {
             Written::Done => Ok(Versioned {
                 value: settings.clone(),
                 version,

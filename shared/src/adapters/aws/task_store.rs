@@ -13,15 +13,16 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde_dynamo::{from_item, to_attribute_value, to_item};
 
-use super::describe;
+use super::{DynamoAudit, describe};
 use crate::adapters::layout;
 use crate::adapters::layout::keys::{self, GSI1, GSI1_PK, GSI1_SK, PK, SK};
 use crate::adapters::layout::{
     CallItem, DONE_CALLS, IdempotencyItem, LeaseItem, RequestItem, StateItem, TaskState,
+    merge_newest,
 };
 use crate::domain::{
-    CallId, CallLease, CallResult, Hold, LeaseOutcome, Period, Spend, Task, TaskId, TaskPatch,
-    TaskStatus, TenantId, TransitionError, Usd,
+    AuditEntry, CallId, CallLease, CallResult, Hold, LeaseOutcome, Period, Spend, Task, TaskId,
+    TaskPatch, TaskStatus, TenantId, TransitionError, Usd,
 };
 use crate::ports::task_store::fan_in_outcome;
 use crate::ports::{FanIn, Page, SpendOn, StoreError, TaskRecord, TaskStore};
@@ -35,17 +36,28 @@ pub struct DynamoTaskStore {
     table: String,
     /// How long items live after their task is created (the table's TTL).
     retention: Duration,
+    /// The audit logs, in the same table: an action's entry goes into the
+    /// action's own write.
+    audit: DynamoAudit,
 }
 
 impl DynamoTaskStore {
     pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
     pub fn new(client: Client, table: impl Into<String>) -> Self {
+        let table = table.into();
         DynamoTaskStore {
+            audit: DynamoAudit::new(client.clone(), table.clone()),
             client,
-            table: table.into(),
+            table,
             retention: Self::DEFAULT_RETENTION,
         }
+    }
+
+    /// Audit entries written with tasks go through `audit` (its retention).
+    pub fn with_audit(mut self, audit: DynamoAudit) -> Self {
+        self.audit = audit;
+        self
     }
 
     pub fn with_retention(mut self, retention: Duration) -> Self {
@@ -222,50 +234,52 @@ impl DynamoTaskStore {
         )))
     }
 
-    /// A transition's update with its hold on the day's and the month's
-    /// counters, in one transaction: all of it, or nothing.
-    async fn transition_holding(
+    /// A transition's update with what goes with it, in one transaction:
+    /// its hold on the day's and the month's counters, its audit entry; all
+    /// of it, or nothing.
+    async fn transition_transacted(
         &self,
         tenant: &TenantId,
         task_id: TaskId,
         to: TaskStatus,
         update: Update,
-        hold: &Hold,
+        hold: Option<&Hold>,
+        audit: Option<&AuditEntry>,
     ) -> Result<(), StoreError> {
-        if let Some(period) = hold.refused_by(|_| Usd::ZERO) {
+        if let Some(period) = hold.and_then(|h| h.refused_by(|_| Usd::ZERO)) {
             // The hold alone is above the budget: nothing to try.
             return Err(StoreError::OverBudget(period));
         }
         let mut items = vec![TransactWriteItem::builder().update(update).build()];
-        for period in Period::ALL {
-            items.push(self.count(
-                tenant,
-                period,
-                hold.day,
-                hold.change(),
-                hold.room_needed(period),
-            )?);
+        if let Some(hold) = hold {
+            for period in Period::ALL {
+                items.push(self.count(
+                    tenant,
+                    period,
+                    hold.day,
+                    hold.change(),
+                    hold.room_needed(period),
+                )?);
+            }
+        }
+        if let Some(entry) = audit {
+            items.push(self.audit.put(entry)?);
         }
         let failed = match self.transact(items).await? {
             Ok(()) => return Ok(()),
             Err(reasons) => reasons,
         };
-        let is_failed = |i: usize| {
-            failed
-                .get(i)
-                .is_some_and(|c| c.as_deref() == Some("ConditionalCheckFailed"))
-        };
-        if is_failed(0) {
+        if is_condition_failure(&failed, 0) {
             return Err(self.refused(tenant, task_id, to).await);
         }
-        match Period::ALL
+        let over = Period::ALL
             .into_iter()
             .enumerate()
-            .find(|(i, _)| is_failed(i + 1))
-        {
+            .find(|(i, _)| hold.is_some() && is_condition_failure(&failed, i + 1));
+        match over {
             Some((_, period)) => Err(StoreError::OverBudget(period)),
             None => Err(StoreError::Backend(format!(
-                "the plan's transaction was cancelled: {failed:?}"
+                "the transition's transaction was cancelled: {failed:?}"
             ))),
         }
     }
@@ -482,6 +496,13 @@ fn sdk_value_size(value: &AttributeValue) -> usize {
     layout::value_size(&serde_dynamo::AttributeValue::from(value.clone()))
 }
 
+/// Whether a cancelled transaction's item `i` failed its condition.
+fn is_condition_failure(reasons: &[Option<String>], i: usize) -> bool {
+    reasons
+        .get(i)
+        .is_some_and(|c| c.as_deref() == Some("ConditionalCheckFailed"))
+}
+
 fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
@@ -500,24 +521,9 @@ fn joined(state: Item, request: Item) -> Result<Task, StoreError> {
 #[async_trait]
 impl TaskStore for DynamoTaskStore {
     #[tracing::instrument(skip_all, fields(tenant = %task.tenant, task_id = %task.task_id))]
-    async fn create(&self, task: &Task) -> Result<(), StoreError> {
+    async fn create(&self, task: &Task, audit: &AuditEntry) -> Result<(), StoreError> {
         let request = self.request_item(task)?;
         let state = self.state_item(task)?;
-        let Some(idem) = &task.idempotency_key else {
-            // The request first: the state item is what makes the task exist
-            // (a request left alone by a crash is never read, and expires).
-            // Two puts cost half the write units of one transaction.
-            self.put_new(request).await?;
-            return self.put_new(state).await;
-        }; // The task and its idempotency record are written together or not at all.
-        let idem_pk = keys::idempotency_pk(&task.tenant, idem);
-        let idem_item = to_item(IdempotencyItem::new(
-            &task.tenant,
-            idem,
-            task.task_id,
-            self.expires_at(task.created_at),
-        ))
-        .map_err(encode)?;
         let put = |item: Item| -> Result<TransactWriteItem, StoreError> {
             let put = Put::builder()
                 .table_name(&self.table)
@@ -527,21 +533,44 @@ impl TaskStore for DynamoTaskStore {
                 .map_err(backend)?;
             Ok(TransactWriteItem::builder().put(put).build())
         };
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(put(request)?)
-            .transact_items(put(state)?)
-            .transact_items(put(idem_item)?)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_transaction_canceled_exception()) =>
+        let Some(idem) = &task.idempotency_key else {
+            // The request first, in its own put: a transaction costs twice
+            // its items' units, and the request is the large one. The state
+            // item is what makes the task exist (a request left alone by a
+            // crash is never read, and expires), and it is written with the
+            // audit entry, so that neither is kept without the other.
+            self.put_new(request).await?;
+            return match self
+                .transact(vec![put(state)?, self.audit.put(audit)?])
+                .await?
             {
-                // Which condition failed? The idempotency record tells.
+                Ok(()) => Ok(()),
+                Err(reasons) if is_condition_failure(&reasons, 0) => Err(StoreError::AlreadyExists),
+                Err(reasons) => Err(StoreError::Backend(format!(
+                    "the task's creation was cancelled: {reasons:?}"
+                ))),
+            };
+        };
+        // The task, its idempotency record and its audit entry are written
+        // together or not at all: a retry with a used key leaves nothing.
+        let idem_pk = keys::idempotency_pk(&task.tenant, idem);
+        let idem_item = to_item(IdempotencyItem::new(
+            &task.tenant,
+            idem,
+            task.task_id,
+            self.expires_at(task.created_at),
+        ))
+        .map_err(encode)?;
+        let items = vec![
+            put(request)?,
+            put(state)?,
+            put(idem_item)?,
+            self.audit.put(audit)?,
+        ];
+        match self.transact(items).await? {
+            Ok(()) => Ok(()),
+            Err(reasons) if is_condition_failure(&reasons, 2) => {
+                // The key was used: by which task?
                 let existing = self
                     .client
                     .get_item()
@@ -559,7 +588,14 @@ impl TaskStore for DynamoTaskStore {
                     None => Err(StoreError::AlreadyExists),
                 }
             }
-            Err(e) => Err(backend(e)),
+            Err(reasons)
+                if is_condition_failure(&reasons, 0) || is_condition_failure(&reasons, 1) =>
+            {
+                Err(StoreError::AlreadyExists)
+            }
+            Err(reasons) => Err(StoreError::Backend(format!(
+                "the task's creation was cancelled: {reasons:?}"
+            ))),
         }
     }
 
@@ -655,16 +691,18 @@ impl TaskStore for DynamoTaskStore {
             return Err(self.refused(tenant, task_id, to).await);
         }
         let hold = patch.hold;
+        let audit = patch.audit.clone();
+        let transacted = hold.is_some() || audit.is_some();
         // A transaction returns no item: the task as written is `seen` with
         // the patch applied (the condition checked that `seen`'s status may
         // become `to`; the plan is written only from queued).
-        let applied = match hold {
-            Some(_) => {
+        let applied = match transacted {
+            true => {
                 let mut task = seen.clone();
                 task.apply(to, patch.clone(), now)?;
                 Some(task)
             }
-            None => None,
+            false => None,
         };
         let mut names = HashMap::from([
             ("#status".to_owned(), "status".to_owned()),
@@ -762,7 +800,7 @@ impl TaskStore for DynamoTaskStore {
             "attribute_exists(pk) AND #status IN ({})",
             placeholders.join(", ")
         );
-        if let Some(hold) = hold {
+        if transacted {
             let update = Update::builder()
                 .table_name(&self.table)
                 .set_key(Some(Self::key(
@@ -775,7 +813,7 @@ impl TaskStore for DynamoTaskStore {
                 .set_expression_attribute_values(Some(values))
                 .build()
                 .map_err(backend)?;
-            self.transition_holding(tenant, task_id, to, update, &hold)
+            self.transition_transacted(tenant, task_id, to, update, hold.as_ref(), audit.as_ref())
                 .await?;
             return Ok(applied.unwrap_or_else(|| seen.clone()));
         }
@@ -1124,51 +1162,25 @@ impl TaskStore for DynamoTaskStore {
         )
         .await;
         let shards = shards.into_iter().collect::<Result<Vec<_>, _>>()?;
-        let (ids, more) = merge_newest(shards, limit as usize);
+        let (ids, below) = merge_newest(shards, limit as usize);
         let items = self.read_tasks(tenant, &ids).await?;
-        let next = if more {
-            ids.last().map(TaskId::to_string)
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        Ok(Page {
+            items,
+            next: below.map(|id| id.to_string()),
+        })
     }
-}
-
-/// Merges the list shards' newest ids (each newest first, with whether its
-/// query stopped before the shard's end) into the newest `limit`, and
-/// whether more exist. A shard that stopped early may hold more ids below
-/// the last it gave: the merge is complete only down to the highest such
-/// id, and stops there.
-fn merge_newest(shards: Vec<(Vec<TaskId>, bool)>, limit: usize) -> (Vec<TaskId>, bool) {
-    let mut complete_down_to: Option<TaskId> = None;
-    let mut ids = Vec::new();
-    for (shard_ids, stopped_early) in shards {
-        if stopped_early && let Some(last) = shard_ids.last() {
-            complete_down_to = complete_down_to.max(Some(*last));
-        }
-        ids.extend(shard_ids);
-    }
-    ids.sort_by_key(|id| std::cmp::Reverse(*id));
-    let mut more = complete_down_to.is_some();
-    if let Some(floor) = complete_down_to {
-        ids.retain(|id| *id >= floor);
-    }
-    more |= ids.len() > limit;
-    ids.truncate(limit);
-    (ids, more)
 }
 
 impl DynamoTaskStore {
     /// One list shard's newest task ids below `before`, at most `limit + 1`,
-    /// and whether the query stopped before the shard's end.
+    /// and where the query stopped if before the shard's end.
     async fn list_shard(
         &self,
         tenant: &TenantId,
         shard: u32,
         before: Option<TaskId>,
         limit: u32,
-    ) -> Result<(Vec<TaskId>, bool), StoreError> {
+    ) -> Result<layout::ShardPage<TaskId>, StoreError> {
         let mut query = self
             .client
             .query()
@@ -1193,36 +1205,11 @@ impl DynamoTaskStore {
             .filter_map(|item| item.get(GSI1_SK)?.as_s().ok())
             .filter_map(|id| TaskId::parse(id).ok())
             .collect::<Vec<_>>();
-        let stopped_early = out.last_evaluated_key.is_some() && ids.len() <= limit as usize;
-        Ok((ids, stopped_early))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn merging_list_shards_never_skips_what_a_short_page_left_unread() {
-        let ids: Vec<TaskId> = {
-            let mut v: Vec<TaskId> = (0..9).map(|_| TaskId::new()).collect();
-            v.sort();
-            v.reverse(); // newest first
-            v
-        };
-        // Shard a has ids 0, 2, 4, 6, 8; shard b 1, 3, 5, 7 (0 newest).
-        let a: Vec<TaskId> = ids.iter().step_by(2).copied().collect();
-        let b: Vec<TaskId> = ids.iter().skip(1).step_by(2).copied().collect();
-        let (page, more) = merge_newest(vec![(a.clone(), false), (b.clone(), false)], 4);
-        assert_eq!(page, ids[..4]);
-        assert!(more);
-        let (page, more) = merge_newest(vec![(a.clone(), false), (b.clone(), false)], 20);
-        assert_eq!(page, ids);
-        assert!(!more);
-        // Shard b's page stopped at 1 MB after id 3: ids below it may be
-        // unread there, so the page ends at 3 and says there is more.
-        let (page, more) = merge_newest(vec![(a, false), (b[..2].to_vec(), true)], 20);
-        assert_eq!(page, ids[..4]);
-        assert!(more);
+        let stopped_at = out
+            .last_evaluated_key
+            .as_ref()
+            .and_then(|key| key.get(GSI1_SK)?.as_s().ok())
+            .and_then(|id| TaskId::parse(id).ok());
+        Ok((ids, stopped_at))
     }
 }

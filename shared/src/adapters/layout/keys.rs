@@ -59,8 +59,11 @@ pub fn tenant_tasks_shard(tenant: &TenantId, shard: u32) -> String {
 
 /// A task id's hash, for spreading tasks over partitions.
 fn spread(task: TaskId) -> u32 {
-    task.to_string()
-        .bytes()
+    spread_text(&task.to_string())
+}
+
+fn spread_text(text: &str) -> u32 {
+    text.bytes()
         .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
 }
 
@@ -116,6 +119,23 @@ pub fn spend_sk(period: crate::domain::Period, day: chrono::NaiveDate) -> String
         crate::domain::Period::Month => "M#",
     };
     format!("{prefix}{}", period.key(day))
+}
+
+/// How many partitions one audit log spreads over: a task's creation
+/// writes its log, so the log takes the task list's write rate.
+pub const AUDIT_SHARDS: u32 = LIST_SHARDS;
+
+/// An audit log's partition for entry `id`: a tenant's starts with the
+/// tenant, like every tenant key; the platform's with `PLATFORM`.
+pub fn audit_pk(log: &Owner, id: crate::domain::AuditId) -> String {
+    audit_shard(log, spread_text(&id.to_string()) % AUDIT_SHARDS)
+}
+
+pub fn audit_shard(log: &Owner, shard: u32) -> String {
+    match log {
+        Owner::Tenant(tenant) => format!("T#{tenant}#AUDIT#{shard}"),
+        Owner::Platform => format!("PLATFORM#AUDIT#{shard}"),
+    }
 }
 
 pub fn settings_pk(tenant: &TenantId) -> String {

@@ -19,8 +19,8 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    AggregateResult, CallId, CallLease, CallResult, IdempotencyKey, LeaseHolder, PlannedCall, Task,
-    TaskError, TaskId, TaskSpec, TaskStatus, TenantId, Usage, Usd,
+    AggregateResult, AuditEntry, CallId, CallLease, CallResult, IdempotencyKey, LeaseHolder,
+    PlannedCall, Task, TaskError, TaskId, TaskSpec, TaskStatus, TenantId, Usage, Usd,
 };
 
 /// DynamoDB's largest item: 400 KB, counting attribute names and values.
@@ -250,6 +250,77 @@ impl IdempotencyItem {
     }
 }
 
+/// An audit entry (sort key: its id). It expires by the audit retention,
+/// not the tasks'.
+#[derive(Serialize, Deserialize)]
+pub struct AuditItem {
+    pub pk: String,
+    pub sk: String,
+    pub expires_at: i64,
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+}
+
+impl AuditItem {
+    pub fn new(entry: &AuditEntry, retention: std::time::Duration) -> Self {
+        AuditItem {
+            pk: keys::audit_pk(&entry.log(), entry.id),
+            sk: entry.id.to_string(),
+            expires_at: entry.at.timestamp()
+                + i64::try_from(retention.as_secs()).unwrap_or(i64::MAX / 2),
+            entry: entry.clone(),
+        }
+    }
+}
+
+/// How long audit entries are kept when `MAOF_AUDIT_RETENTION_DAYS` is unset.
+pub const DEFAULT_AUDIT_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(400 * 24 * 3600);
+
+/// The audit retention `MAOF_AUDIT_RETENTION_DAYS` sets (whole days, at
+/// least one); the default when unset.
+pub fn audit_retention_from_env() -> Result<std::time::Duration, String> {
+    match std::env::var("MAOF_AUDIT_RETENTION_DAYS") {
+        Err(_) => Ok(DEFAULT_AUDIT_RETENTION),
+        Ok(days) => match days.trim().parse::<u64>() {
+            Ok(n) if (1..=36_500).contains(&n) => Ok(std::time::Duration::from_secs(n * 24 * 3600)),
+            _ => Err(format!(
+                "MAOF_AUDIT_RETENTION_DAYS must be a number of days from 1 to 36500: {days}"
+            )),
+        },
+    }
+}
+
+/// One shard's answer to a newest-first query: the keys that matched, and
+/// where it stopped reading if it stopped before the shard's end (DynamoDB's
+/// `LastEvaluatedKey`, which a filter can leave below every matched key).
+pub type ShardPage<K> = (Vec<K>, Option<K>);
+
+/// Merges the newest keys of a partition's shards into the newest `limit`,
+/// and the cursor to read below for the next page (none when all was read).
+/// A shard that stopped early may hold more keys below where it stopped:
+/// the merge is complete only down to the highest such point, and stops
+/// there.
+pub fn merge_newest<K: Ord + Copy>(shards: Vec<ShardPage<K>>, limit: usize) -> (Vec<K>, Option<K>) {
+    let mut complete_down_to: Option<K> = None;
+    let mut keys = Vec::new();
+    for (shard_keys, stopped_at) in shards {
+        complete_down_to = complete_down_to.max(stopped_at);
+        keys.extend(shard_keys);
+    }
+    keys.sort_by_key(|key| std::cmp::Reverse(*key));
+    if let Some(floor) = complete_down_to {
+        keys.retain(|key| *key >= floor);
+    }
+    if keys.len() > limit {
+        keys.truncate(limit);
+        let last = keys.last().copied();
+        return (keys, last);
+    }
+    // Everything above the floor is here; what is below it is unread.
+    (keys, complete_down_to)
+}
+
 /// The task that a change to an item finished, if it did: a task's state
 /// item whose status became terminal with this write (`TaskStatus::finishes`).
 /// Every other change (other items, later writes to a finished task) is
@@ -309,6 +380,35 @@ use size::number_size;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merging_list_shards_never_skips_what_a_short_page_left_unread() {
+        let ids: Vec<TaskId> = {
+            let mut v: Vec<TaskId> = (0..9).map(|_| TaskId::new()).collect();
+            v.sort();
+            v.reverse(); // newest first
+            v
+        };
+        // Shard a has ids 0, 2, 4, 6, 8; shard b 1, 3, 5, 7 (0 newest).
+        let a: Vec<TaskId> = ids.iter().step_by(2).copied().collect();
+        let b: Vec<TaskId> = ids.iter().skip(1).step_by(2).copied().collect();
+        let (page, next) = merge_newest(vec![(a.clone(), None), (b.clone(), None)], 4);
+        assert_eq!(page, ids[..4]);
+        assert_eq!(next, Some(ids[3]));
+        let (page, next) = merge_newest(vec![(a.clone(), None), (b.clone(), None)], 20);
+        assert_eq!(page, ids);
+        assert_eq!(next, None);
+        // Shard b's page stopped at 1 MB after id 3: ids below it may be
+        // unread there, so the page ends at 3 and says there is more.
+        let (page, next) = merge_newest(vec![(a.clone(), None), (b[..2].to_vec(), Some(b[1]))], 20);
+        assert_eq!(page, ids[..4]);
+        assert_eq!(next, Some(ids[3]));
+        // A filter left shard b's page empty, but it read down to id 5:
+        // the page ends there, with nothing of b, and goes on below 5.
+        let (page, next) = merge_newest(vec![(a, None), (Vec::new(), Some(ids[5]))], 20);
+        assert_eq!(page, [ids[0], ids[2], ids[4]]);
+        assert_eq!(next, Some(ids[5]));
+    }
 
     #[test]
     fn sizes_count_names_and_values_as_dynamodb_does() {

@@ -1,6 +1,7 @@
 //! In-process backends for `maof dev` and fast tests. Each keeps the exact
 //! semantics of its AWS counterpart (conditions, visibility, redrive).
 
+mod audit;
 mod blobs;
 mod events;
 mod feed;
@@ -9,6 +10,7 @@ mod registry;
 mod secrets;
 mod task_store;
 
+pub use audit::MemoryAudit;
 pub use blobs::MemoryBlobs;
 pub use events::MemoryEvents;
 pub use feed::MemoryFeed;

@@ -4,15 +4,19 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
+use super::MemoryAudit;
 use super::lock;
 use crate::adapters::layout::capacity::{
     CapacityMeter, Consumed, INDEX_ENTRY_UNITS, read_halves, write_units,
 };
-use crate::adapters::layout::{self, CallItem, IdempotencyItem, RequestItem, StateItem, keys};
+use crate::adapters::layout::{
+    self, AuditItem, CallItem, DEFAULT_AUDIT_RETENTION, IdempotencyItem, RequestItem, StateItem,
+    keys,
+};
 use crate::domain::rate::Take;
 use crate::domain::{
-    CallId, CallLease, CallResult, Hold, IdempotencyKey, LeaseOutcome, Period, Settlement, Spend,
-    Task, TaskId, TaskPatch, TaskStatus, TenantId,
+    AuditEntry, CallId, CallLease, CallResult, Hold, IdempotencyKey, LeaseOutcome, Period,
+    Settlement, Spend, Task, TaskId, TaskPatch, TaskStatus, TenantId,
 };
 use crate::ports::limits::LocalLimiter;
 use crate::ports::task_store::fan_in_outcome;
@@ -106,6 +110,9 @@ pub struct MemoryTaskStore {
     meter: CapacityMeter,
     /// Rate-limit buckets, in the same table on AWS.
     limits: LocalLimiter,
+    /// The audit logs, in the same table on AWS: entries that go with a
+    /// task's write are appended with it.
+    audit: std::sync::Arc<MemoryAudit>,
 }
 
 impl Default for MemoryTaskStore {
@@ -127,7 +134,14 @@ impl MemoryTaskStore {
             max_finished,
             meter: CapacityMeter::default(),
             limits: LocalLimiter::default(),
+            audit: std::sync::Arc::new(MemoryAudit::new()),
         }
+    }
+
+    /// The audit logs this store appends to (the registry shares them, as
+    /// the context table holds them on AWS).
+    pub fn audit_log(&self) -> std::sync::Arc<MemoryAudit> {
+        self.audit.clone()
     }
 
     /// The capacity the same operations would have consumed on DynamoDB
@@ -178,6 +192,10 @@ fn store_call<'e>(entry: &'e mut Entry, result: &CallResult, bytes: usize) -> &'
         .calls
         .entry(result.call_id)
         .or_insert_with(|| result.clone())
+}
+
+fn audit_size(entry: &AuditEntry) -> Result<usize, StoreError> {
+    sized(&AuditItem::new(entry, DEFAULT_AUDIT_RETENTION), 0)
 }
 
 fn state_size(task: &Task, done_calls: usize) -> Result<usize, StoreError> {
@@ -314,7 +332,7 @@ impl MemoryTaskStore {
 
 #[async_trait]
 impl TaskStore for MemoryTaskStore {
-    async fn create(&self, task: &Task) -> Result<(), StoreError> {
+    async fn create(&self, task: &Task, audit: &AuditEntry) -> Result<(), StoreError> {
         let request_bytes = sized(&RequestItem::new(task, expires(task.created_at)), 0)?;
         let state_bytes = state_size(task, 0)?;
         let idem_bytes = match &task.idempotency_key {
@@ -324,12 +342,15 @@ impl TaskStore for MemoryTaskStore {
             )?),
             None => None,
         };
-        // Two puts; with a key, one transaction of three (twice the units).
-        // The new state item enters the list and sweep indexes.
-        let items = write_units(request_bytes) + write_units(state_bytes);
+        let audit_units = write_units(audit_size(audit)?);
+        // The request's put, then a transaction of the state and the audit
+        // entry; with a key, one transaction of the four. A transaction
+        // costs twice its items' units. The new state item enters the list
+        // and sweep indexes.
+        let (request_units, state_units) = (write_units(request_bytes), write_units(state_bytes));
         self.meter.write(match idem_bytes {
-            Some(idem) => 2 * (items + write_units(idem)),
-            None => items,
+            Some(idem) => 2 * (request_units + state_units + write_units(idem) + audit_units),
+            None => request_units + 2 * (state_units + audit_units),
         });
         self.meter.write(2 * INDEX_ENTRY_UNITS);
         let mut state = lock(&self.state);
@@ -357,6 +378,7 @@ impl TaskStore for MemoryTaskStore {
                 other_bytes: 0,
             },
         );
+        self.audit.append(audit);
         Ok(())
     }
 
@@ -405,10 +427,15 @@ impl TaskStore for MemoryTaskStore {
         // the read that says why).
         let mut task = entry.task.clone();
         let hold = patch.hold;
-        // With a hold, the update is a transaction with the two counters.
-        let units = |item: u64| match hold {
-            Some(_) => with_counters(item),
-            None => item,
+        let audit = patch.audit.clone();
+        let audit_units = audit.as_ref().map(audit_size).transpose()?.map(write_units);
+        // With a hold, the update is a transaction with the two counters;
+        // with an audit entry, with its put (twice the units, as any
+        // transaction).
+        let units = |item: u64| match (hold, audit_units) {
+            (Some(_), audit) => with_counters(item) + 2 * audit.unwrap_or(0),
+            (None, Some(audit)) => 2 * (item + audit),
+            (None, None) => item,
         };
         if let Err(e) = task.apply(to, patch, now) {
             self.meter.write(units(write_units(entry.state_bytes)));
@@ -437,6 +464,9 @@ impl TaskStore for MemoryTaskStore {
         }
         if TaskStatus::finishes(Some(before), to) {
             state.record_finishing(&task, self.max_finished);
+        }
+        if let Some(audit) = &audit {
+            self.audit.append(audit);
         }
         Ok(task)
     }
@@ -664,7 +694,10 @@ mod tests {
         .unwrap();
         let (spec, _) = request.parse().unwrap();
         let task = Task::new(TenantId::parse("t").unwrap(), spec, None, "u", Utc::now());
-        store.create(&task).await.unwrap();
+        store
+            .create(&task, &AuditEntry::task_created_by_submitter(&task))
+            .await
+            .unwrap();
         let patch = TaskPatch {
             result: Some(AggregateResult {
                 strategy: AggregationStrategy::First,
@@ -704,7 +737,10 @@ mod tests {
                     .unwrap();
             let (spec, key) = request.parse().unwrap();
             let task = Task::new(tenant.clone(), spec, key, "u", Utc::now());
-            store.create(&task).await.unwrap();
+            store
+                .create(&task, &AuditEntry::task_created_by_submitter(&task))
+                .await
+                .unwrap();
             store
                 .transition(
                     &task,
@@ -753,7 +789,10 @@ mod tests {
                 .unwrap();
             let (spec, key) = request.parse().unwrap();
             let task = Task::new(tenant.clone(), spec, key, "u", Utc::now());
-            store.create(&task).await.unwrap();
+            store
+                .create(&task, &AuditEntry::task_created_by_submitter(&task))
+                .await
+                .unwrap();
             ids.push(task.task_id);
         }
         for id in &ids[..3] {

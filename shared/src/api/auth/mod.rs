@@ -25,7 +25,7 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, MatchedPath};
 use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap, StatusCode, header};
 use base64::Engine;
@@ -42,12 +42,13 @@ pub use self::config::{
 };
 use self::jwks::Lookup;
 pub use self::jwks::{JwksCache, MIN_REFETCH_INTERVAL};
-use super::ApiState;
 use super::access::Access;
 use super::problem::Problem;
-use crate::domain::{Principal, Role, TenantId};
+use super::{ApiState, RequestId};
+use crate::domain::{AuditEntry, Origin, Principal, Role, TenantId};
 use crate::ports::{Clock, SystemClock};
 use crate::providers::OutboundClient;
+use crate::stages::audit::record_refusal;
 
 /// HS256 keys shorter than this are guessable; they still work (tests,
 /// `maof dev` with a chosen secret) but are reported.
@@ -523,9 +524,12 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
 
 /// An authenticated caller holding the role the route's entry in the
 /// access table (`api::access`) needs. Taking it as a handler argument is
-/// what protects a route: 401 without a valid token, 403 without the role.
+/// what protects a route: 401 without a valid token, 403 without the role;
+/// each refusal is audited.
 pub struct Caller {
     pub principal: Principal,
+    /// The request, for the audit log.
+    pub origin: Origin,
 }
 
 impl FromRequestParts<ApiState> for Caller {
@@ -542,14 +546,58 @@ impl FromRequestParts<ApiState> for Caller {
                 ));
             }
         };
+        let request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
+        match Self::admitted(parts, state, needed).await {
+            Ok(principal) => Ok(Caller {
+                principal,
+                origin: Origin {
+                    request_id,
+                    event: false,
+                },
+            }),
+            Err((error, principal)) => {
+                if error != AuthError::KeysUnavailable {
+                    let route = format!(
+                        "{} {}",
+                        parts.method,
+                        parts
+                            .extensions
+                            .get::<MatchedPath>()
+                            .map_or("?", MatchedPath::as_str)
+                    );
+                    let now = state.services.clock.now();
+                    let entry = AuditEntry::access_denied(
+                        principal.as_ref(),
+                        &route,
+                        error.code(),
+                        request_id,
+                        now,
+                    );
+                    record_refusal(&state.services, entry).await;
+                }
+                Err(error.into())
+            }
+        }
+    }
+}
+
+impl Caller {
+    /// The verified principal holding the route's role; or why not, with
+    /// the principal when it was verified (a 403).
+    async fn admitted(
+        parts: &Parts,
+        state: &ApiState,
+        needed: Role,
+    ) -> Result<Principal, (AuthError, Option<Principal>)> {
         let principal = state
             .auth
             .authenticate(&parts.headers, &parts.extensions)
-            .await?;
+            .await
+            .map_err(|e| (e, None))?;
         if !principal.may(needed) {
             tracing::info!(tenant = %principal.tenant, sub = %principal.sub, ?needed, "forbidden");
-            return Err(AuthError::Forbidden(needed).into());
+            return Err((AuthError::Forbidden(needed), Some(principal)));
         }
-        Ok(Caller { principal })
+        Ok(principal)
     }
 }
