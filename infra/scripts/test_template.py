@@ -423,6 +423,8 @@ def test_environment_matches_what_the_code_reads():
     names = code_queue_names()
     setup = rust("shared/src/setup.rs")
     assert '"MAOF_QUEUE_URL_{}"' in setup and "replace('-', \"_\").to_uppercase()" in setup
+    assert '"MAOF_AUDIT_RETENTION_DAYS"' in rust("shared/src/adapters/layout/mod.rs")
+    assert PARAMS["AuditRetentionDays"]["Default"] == 400
     resource_src = rust("shared/src/adapters/aws/mod.rs")
     for var in ("MAOF_CONTEXT_TABLE", "MAOF_REGISTRY_TABLE", "MAOF_QUEUE_PREFIX"):
         assert var in resource_src, var
@@ -432,6 +434,7 @@ def test_environment_matches_what_the_code_reads():
         assert env["MAOF_REGISTRY_TABLE"] == {"Ref": "RegistryTable"}, fn
         assert env["MAOF_QUEUE_PREFIX"] == {"Ref": "Prefix"}, fn
         assert env["RUST_LOG"] == {"Ref": "RustLog"}, fn
+        assert env["MAOF_AUDIT_RETENTION_DAYS"] == {"Ref": "AuditRetentionDays"}, fn
         # Only the announcer publishes; no stage needs the bus.
         if fn == "Announcer":
             assert env["MAOF_EVENT_BUS"] == {"Ref": "EventBus"}, fn
@@ -516,7 +519,7 @@ EXPECTED_ALLOW = {
     ),
     "RouteRole": grants(
         *common("RouteLogs"),
-        ({UPDATE, QUERY}, CONTEXT),
+        ({UPDATE, QUERY, PUT}, CONTEXT),  # PUT: a budget refusal's audit entry
         ({QUERY, GET}, REGISTRY),
         (CONSUME, {"GetAtt(RouteQueue.Arn)", "GetAtt(RouteDlq.Arn)"}),
         ("sqs:SendMessage", "GetAtt(AgentCallQueue.Arn)"),
@@ -619,7 +622,9 @@ def test_no_wildcards_and_each_role_grants_exactly_what_its_function_needs():
 TASK_STORE_ACTIONS = {
     "get": {(QUERY, CONTEXT)},  # the request and state items, one query
     "get_with_calls": {(QUERY, CONTEXT)},
-    "create": {(PUT, CONTEXT), (GET, CONTEXT)},  # puts (a transaction with a key); get on conflict
+    # the request's put, then a transaction with the audit entry (one
+    # transaction of all with a key); get on conflict
+    "create": {(PUT, CONTEXT), (GET, CONTEXT)},
     "transition": {(UPDATE, CONTEXT), (QUERY, CONTEXT)},  # get (a query) when refused
     "lease_call": {(PUT, CONTEXT), (GET, CONTEXT)},  # get when moto returns no old item
     # likewise; a result that settles a budget reservation updates the
@@ -640,6 +645,11 @@ REGISTRY_ACTIONS = {
     "settings": {(GET, REGISTRY)},
     "put_settings": {(PUT, REGISTRY), (GET, REGISTRY)},
 }
+# The audit log: an entry recorded on its own (a refusal), or read; and an
+# entry made with `AuditEntry::` goes into its action's write (a transaction
+# with the action's item): a put in the context table either way.
+AUDIT_ACTIONS = {"record": {(PUT, CONTEXT)}, "list": {(QUERY, CONTEXT)},
+                 "entry": {(PUT, CONTEXT)}}
 # The cache reads a tenant's and the platform's agents, and the tenant's settings.
 _USABLE = {(QUERY, REGISTRY), (GET, REGISTRY)}
 AGENTS_CACHE_ACTIONS = {"usable": _USABLE, "find": _USABLE, "owned": {(QUERY, REGISTRY)},
@@ -651,7 +661,9 @@ AGENTS_CACHE_ACTIONS = {"usable": _USABLE, "find": _USABLE, "owned": {(QUERY, RE
 CODE_OF = {
     "IntakeRole": ["shared/src/stages/intake.rs", "shared/src/stages/mod.rs",
                    "shared/src/stages/agents.rs", "shared/src/api/agents.rs",
-                   "shared/src/api/tenants.rs", "shared/src/api/tasks.rs"],
+                   "shared/src/api/tenants.rs", "shared/src/api/tasks.rs",
+                   "shared/src/api/audit.rs", "shared/src/api/auth/mod.rs",
+                   "shared/src/stages/audit.rs"],
     "RouteRole": ["shared/src/stages/route.rs", "shared/src/stages/dead_letter.rs",
                   "shared/src/stages/mod.rs"],
     "AgentCallRole": ["shared/src/stages/agent_call.rs", "shared/src/stages/aggregate.rs",
@@ -659,7 +671,9 @@ CODE_OF = {
     "AggregateRole": ["shared/src/stages/aggregate.rs", "shared/src/stages/dead_letter.rs",
                       "shared/src/stages/mod.rs"],
     "EventsRole": ["shared/src/stages/inbox.rs", "shared/src/stages/intake.rs::submit",
-                   "shared/src/stages/intake.rs::filter_input", "shared/src/stages/limits.rs"],
+                   "shared/src/stages/intake.rs::admit_and_create",
+                   "shared/src/stages/intake.rs::filter_input", "shared/src/stages/limits.rs",
+                   "shared/src/stages/audit.rs::record_refusal"],
     "SweeperRole": ["shared/src/stages/sweeper.rs", "shared/src/stages/mod.rs"],
     "AnnouncerRole": ["shared/src/stages/announce.rs"],
 }
@@ -676,12 +690,16 @@ def store_calls(spec: str) -> set[tuple[str, str]]:
     calls = {("tasks", m) for m in re.findall(r"\btasks\.([a-z_]+)\(", compact)}
     calls |= {("registry", m) for m in re.findall(r"\bregistry\.([a-z_]+)\(", compact)}
     calls |= {("agents", m) for m in re.findall(r"\.agents\.([a-z_]+)\(", compact)}
+    calls |= {("audit", m) for m in re.findall(r"\.audit\.([a-z_]+)\(", compact)}
+    if "AuditEntry::" in compact:
+        calls.add(("audit", "entry"))
     return calls
 
 
 def test_roles_cover_the_store_calls_their_code_makes():
     """When a stage starts calling another store method, its role must grow."""
-    tables = {"tasks": TASK_STORE_ACTIONS, "registry": REGISTRY_ACTIONS, "agents": AGENTS_CACHE_ACTIONS}
+    tables = {"tasks": TASK_STORE_ACTIONS, "registry": REGISTRY_ACTIONS,
+              "agents": AGENTS_CACHE_ACTIONS, "audit": AUDIT_ACTIONS}
     for role, files in CODE_OF.items():
         needed = set()
         for spec in files:

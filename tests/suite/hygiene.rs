@@ -3,7 +3,8 @@
 //! echoes the key in its error), on both backends. Then the logs (captured
 //! at trace level), every stored item (each DynamoDB table scanned on
 //! moto), the API's answers and the announced events are searched: the
-//! canaries appear 0 times.
+//! canaries appear 0 times. The audit logs, read through the API, are among
+//! the answers searched.
 
 use std::sync::{Arc, Mutex};
 
@@ -75,6 +76,28 @@ async fn stored_items(tables: &[String]) -> String {
         }
     }
     all
+}
+
+/// The tenant's audit log that `token` may read, and the platform's, as the
+/// API answers them.
+async fn audit_logs(p: &Pipeline, token: &str) -> String {
+    let platform = p.token("ops", &[Role::PlatformAdmin]);
+    let mut read = String::new();
+    for (path, token) in [
+        ("/v1/audit", token),
+        ("/v1/platform/audit", platform.as_str()),
+    ] {
+        let reply = p
+            .http
+            .get(format!("{}{path}?limit=100", p.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200, "{path}");
+        read.push_str(&reply.text().await.unwrap());
+    }
+    read
 }
 
 async fn no_key_or_token_is_logged_stored_or_announced(b: Backend) {
@@ -156,6 +179,19 @@ async fn no_key_or_token_is_logged_stored_or_announced(b: Backend) {
             .unwrap();
         answers.push_str(&listed);
     }
+    // A refused token (tampered) is audited, never kept.
+    let refused = p
+        .http
+        .get(format!("{}/v1/tasks", p.base))
+        .bearer_auth(format!("{token}x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401, "{name}");
+    let logs_read = audit_logs(&p, &token).await;
+    assert!(logs_read.contains("agent.created"), "{name}: {logs_read}");
+    assert!(logs_read.contains("token_signature"), "{name}: {logs_read}");
+    answers.push_str(&logs_read);
     // The key did reach the provider: the run was real.
     assert!(!server.received_requests().await.unwrap().is_empty());
     let events = format!("{:?}", p.events.published());
@@ -295,6 +331,22 @@ async fn filtered_text_is_never_sent_logged_stored_or_announced(b: Backend) {
             .await
             .unwrap();
         answers.push_str(&listed);
+    }
+    // The blocks are audited by rule, without the text.
+    for tenant in ["acme", "globex"] {
+        let logs_read = audit_logs(&p, &p.token(tenant, &[Role::Admin])).await;
+        assert!(logs_read.contains("no-secrets"), "{name}: {logs_read}");
+        // acme's input was refused; globex's answer withheld.
+        let field = if tenant == "acme" {
+            "content"
+        } else {
+            "output"
+        };
+        assert!(
+            logs_read.contains(&format!(r#""field":"{field}""#)),
+            "{name}: {logs_read}"
+        );
+        answers.push_str(&logs_read);
     }
     let events = format!("{:?}", p.events.published());
     let stored = stored_items(&tables).await;

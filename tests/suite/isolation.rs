@@ -51,7 +51,46 @@ const RESOURCES: &[Resource] = &[
         ],
         list: Some("/v1/agents"),
     },
+    Resource {
+        // No route reads one entry: the log is only listed.
+        name: "audit entry",
+        create: create_audit_entry,
+        probes: &[],
+        list: Some("/v1/audit"),
+    },
 ];
+
+/// An audited action (a task's creation), and the id of its entry.
+fn create_audit_entry(p: &Pipeline, owner: &str) -> futures::future::BoxFuture<'static, Created> {
+    let (http, base, token) = (
+        p.http.clone(),
+        p.base.clone(),
+        p.token(owner, &[Role::Admin]),
+    );
+    let task = create_task(p, owner);
+    Box::pin(async move {
+        let task = task.await;
+        let log: Value = http
+            .get(format!("{base}/v1/audit?action=task.created"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let entry = log["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["resource"]["id"] == task.id.as_str())
+            .unwrap_or_else(|| panic!("no entry for task {}: {log}", task.id));
+        Created {
+            id: entry["id"].as_str().unwrap().to_owned(),
+            call: None,
+        }
+    })
+}
 
 fn create_task(p: &Pipeline, owner: &str) -> futures::future::BoxFuture<'static, Created> {
     let (http, base, token) = (
@@ -150,9 +189,27 @@ async fn another_tenant_finds_none_of_a_tenants_resources(b: Backend) {
             );
         }
         // The owner still has it: the probes changed nothing.
-        let owner = p.token("acme", &[Role::Viewer]);
-        let first = resource.probes[0]
-            .1
+        let owner = p.token("acme", &[Role::Admin]);
+        let Some((_, first)) = resource.probes.first() else {
+            let list = resource.list.unwrap_or_default();
+            let listed = p
+                .http
+                .get(format!("{}{list}", p.base))
+                .bearer_auth(&owner)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                listed.contains(&created.id),
+                "{name}: {} not listed to its owner",
+                resource.name
+            );
+            continue;
+        };
+        let first = first
             .replace("{id}", &created.id)
             .replace("{call}", created.call.as_deref().unwrap_or("none"));
         let mine = p

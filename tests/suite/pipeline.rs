@@ -801,6 +801,32 @@ async fn usage(p: &Pipeline, token: &str) -> Value {
         .unwrap()
 }
 
+/// Every entry of `action` in `tenant`'s audit log, page by page.
+async fn audit_entries(p: &Pipeline, tenant: &str, action: &str) -> Vec<Value> {
+    let token = p.token(tenant, &[Role::Admin]);
+    let (mut entries, mut cursor) = (Vec::new(), String::new());
+    loop {
+        let page: Value = p
+            .http
+            .get(format!(
+                "{}/v1/audit?action={action}&limit=100&cursor={cursor}",
+                p.base
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        entries.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => return entries,
+        }
+    }
+}
+
 /// 100 concurrent tasks against a daily budget of five and a half calls:
 /// spend ends within one call of the budget, on either side (here exactly
 /// five calls, as each costs what is reserved for it), no refused task
@@ -847,6 +873,27 @@ async fn concurrent_tasks_spend_no_more_than_the_budget(b: Backend) {
         p.provider.count("mock-metered", "spend"),
         completed,
         "{name}: a refused task calls nothing"
+    );
+    // Each refusal is audited once, with its task.
+    let refusals = audit_entries(&p, "thrifty", "budget.exceeded").await;
+    let mut refused: Vec<&str> = refusals
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    refused.sort();
+    refused.dedup();
+    assert_eq!(refusals.len(), 100 - completed as usize, "{name}");
+    assert_eq!(refused.len(), 100 - completed as usize, "{name}");
+    assert!(
+        refusals
+            .iter()
+            .all(|e| e["actor"]["via"] == "pipeline" && e["detail"]["code"] == "budget_exceeded"),
+        "{name}: {refusals:?}"
+    );
+    assert_eq!(
+        audit_entries(&p, "thrifty", "task.created").await.len(),
+        100,
+        "{name}"
     );
     let spend = usage(&p, &token).await;
     assert_eq!(spend["day"]["spent_usd"], "0.5", "{name}: {spend}");

@@ -5,6 +5,7 @@
 //! on `memory` and on `aws` (DynamoDB, SQS, Secrets Manager on moto).
 
 mod announcements;
+mod audit;
 mod blobs;
 mod budget;
 mod limits;
