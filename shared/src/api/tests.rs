@@ -72,7 +72,9 @@ fn harness() -> Harness {
         Arc::new(MemoryRegistry::new()),
         queue.clone(),
         secrets,
-        Providers::new(http_client(crate::providers::OutboundPolicy::strict()).unwrap()),
+        Arc::new(Providers::new(
+            http_client(crate::providers::OutboundPolicy::strict()).unwrap(),
+        )),
         clock,
         Settings::default(),
     );
