@@ -108,7 +108,9 @@ fn rss_kib() -> Option<u64> {
 /// waiter dropped after 10 ms, as axum drops a request's future when its
 /// client disconnects. The baseline is the same process after the submits.
 async fn abandoned_waits(waits: usize) -> anyhow::Result<()> {
-    let (svc, _) = maof::setup::memory_services(maof::providers::OutboundPolicy::strict())?;
+    let (svc, _) = maof::setup::memory_services(maof::setup::outbound(
+        maof::providers::OutboundPolicy::strict(),
+    )?)?;
     let principal = Principal {
         sub: "bench".into(),
         tenant: TenantId::parse("bench")?,
@@ -194,7 +196,9 @@ fn request() -> TaskRequest {
 }
 
 async fn in_process(tasks: usize, concurrency: usize) -> anyhow::Result<Figures> {
-    let (svc, _) = maof::setup::memory_services(maof::providers::OutboundPolicy::strict())?;
+    let (svc, _) = maof::setup::memory_services(maof::setup::outbound(
+        maof::providers::OutboundPolicy::strict(),
+    )?)?;
     let spec: AgentSpec = serde_json::from_value(json!({
         "name": "bench mock", "provider": "mock", "model": "bench", "capabilities": ["text"],
         "pricing": {"input_per_mtok": 0.15, "output_per_mtok": 0.60}

@@ -7,8 +7,8 @@ use anyhow::Context;
 use maof::adapters::aws::{Bootstrap, ResourceNames, load_sdk_config};
 use maof::api::{ApiState, AuthConfig, Authenticator, router};
 use maof::domain::{PlatformAgents, Role, TenantId};
-use maof::providers::OutboundPolicy;
 use maof::providers::outbound::ALLOW_VAR;
+use maof::providers::{OutboundClient, OutboundPolicy};
 use maof::runner::{Runner, RunnerConfig};
 use maof::setup;
 use maof::stages::{Services, Settings};
@@ -51,8 +51,9 @@ pub struct BootstrapArgs {
 }
 
 /// Creates the tables and queues (if missing) and returns the services on
-/// them, their provider calls bound by `outbound`.
-pub async fn bootstrap(args: BootstrapArgs, outbound: OutboundPolicy) -> anyhow::Result<Services> {
+/// them, their provider calls made through `http` (the process's one
+/// outbound client).
+pub async fn bootstrap(args: BootstrapArgs, http: OutboundClient) -> anyhow::Result<Services> {
     let config = load_sdk_config().await;
     let names = ResourceNames::from_env();
     // With MAOF_JWT_SECRET set, the stack's signing key is that value: the
@@ -64,7 +65,7 @@ pub async fn bootstrap(args: BootstrapArgs, outbound: OutboundPolicy) -> anyhow:
         .with_jwt_secret(jwt)
         .ensure_all()
         .await?;
-    let svc = setup::aws_services(&config, &names, outbound).await?;
+    let svc = setup::aws_services(&config, &names, http).await?;
     if let Some(seed) = args.seed {
         report_seed(&setup::seed_registry(&svc, &seed).await?);
     }
@@ -126,9 +127,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // Local model servers (Ollama, vLLM, llama.cpp) listen on loopback; the
     // Lambdas refuse it.
     let outbound = OutboundPolicy::allow_loopback().with_env_allow_list()?;
+    let http = setup::outbound(outbound.clone())?;
     let svc = match args.backend {
-        Backend::Memory => setup::memory_services(outbound.clone())?.0,
-        Backend::Aws => bootstrap(BootstrapArgs { seed: None }, outbound.clone()).await?,
+        Backend::Memory => setup::memory_services(http.clone())?.0,
+        Backend::Aws => bootstrap(BootstrapArgs { seed: None }, http.clone()).await?,
     }
     .with_settings(dev_settings()?);
     let seeded = setup::seed_registry(&svc, &args.agents)
@@ -142,7 +144,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let config = AuthConfig::from_env()?.with_secret(jwt_secret());
     let auth = Arc::new(Authenticator::from_config(
         config,
-        svc.providers.http().cloned(),
+        Some(http),
         svc.clock.clone(),
     )?);
     let tenant = TenantId::parse(args.tenant.clone()).context("bad --tenant")?;

@@ -37,9 +37,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Token(args) => token::run(args),
         Command::Bootstrap(args) => {
             // Bootstrapping calls no provider; the services it returns go unused.
-            dev::bootstrap(args, maof::providers::OutboundPolicy::strict())
-                .await
-                .map(|_| ())
+            dev::bootstrap(
+                args,
+                maof::setup::outbound(maof::providers::OutboundPolicy::strict())?,
+            )
+            .await
+            .map(|_| ())
         }
         Command::Bench(args) => bench::run(args).await,
         Command::Event(args) => event::run(args),

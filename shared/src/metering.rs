@@ -193,7 +193,12 @@ pub async fn measure(
         s3,
         streams: aws_sdk_dynamodbstreams::Client::new(config),
     };
-    let svc = crate::setup::aws_services_with(clients, &names, OutboundPolicy::strict()).await?;
+    let svc = crate::setup::aws_services_with(
+        clients,
+        &names,
+        crate::setup::outbound(OutboundPolicy::strict())?,
+    )
+    .await?;
     let settings = measured(svc.settings.clone());
     let mut svc = svc.with_settings(settings);
     // Announcing is not measured: on AWS the stream trigger reads for free,
@@ -294,7 +299,10 @@ pub struct UnitsRow {
 pub async fn measure_units(tasks: usize, content_bytes: usize) -> Result<Vec<UnitsRow>, BoxError> {
     let store = Arc::new(crate::adapters::memory::MemoryTaskStore::new());
     let events = Arc::new(crate::adapters::memory::MemoryEvents::new());
-    let (svc, _) = crate::setup::memory_services_on(store.clone(), OutboundPolicy::strict())?;
+    let (svc, _) = crate::setup::memory_services_on(
+        store.clone(),
+        crate::setup::outbound(OutboundPolicy::strict())?,
+    )?;
     let settings = measured(svc.settings.clone());
     let svc = svc.with_events(events.clone()).with_settings(settings);
     register_mock_agents(&svc).await?;

@@ -1,8 +1,10 @@
 //! Building `Services` from configuration, once per process: the AWS set for
 //! the Lambdas (and `maof dev --backend aws`), the memory set for `maof dev`.
-//! Each takes the [`OutboundPolicy`] its provider calls obey: the Lambdas
+//! Each takes the process's one [`OutboundClient`] (see [`outbound`]), built
+//! under the policy its provider calls obey: the Lambdas
 //! [`OutboundPolicy::from_env`] (strict plus `MAOF_OUTBOUND_ALLOW`), `maof
-//! dev` loopback as well.
+//! dev` loopback as well. The caller keeps the client for its other
+//! outbound fetches (the identity provider's JWKS).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,7 +25,7 @@ use crate::domain::{AgentId, AgentSpec, Owner, SecretName};
 use crate::ports::{
     CachedSecrets, Clock, Expect, QueueName, SecretSource, StoreError, SystemClock,
 };
-use crate::providers::{OutboundPolicy, Providers, http_client};
+use crate::providers::{OutboundClient, OutboundPolicy, Providers, http_client};
 use crate::stages::{Services, Settings};
 
 /// Receives before a message is dead-lettered, as in the template.
@@ -49,39 +51,43 @@ fn services(
     queue: Arc<dyn crate::ports::Queue>,
     secrets: Arc<dyn SecretSource>,
     settings: Settings,
-    outbound: OutboundPolicy,
-) -> Result<Services, SetupError> {
-    tracing::info!(%outbound, "outbound HTTP policy");
+    http: OutboundClient,
+) -> Services {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let secrets = Arc::new(CachedSecrets::new(
         secrets,
         clock.clone(),
         CachedSecrets::DEFAULT_TTL,
     ));
-    Ok(Services::new(
+    Services::new(
         tasks,
         registry,
         queue,
         secrets,
-        Providers::new(http_client(outbound)?),
+        Arc::new(Providers::new(http)),
         clock,
         settings,
-    ))
+    )
+}
+
+/// The process's one outbound HTTP client, under `policy`: the provider
+/// clients share it, and so does every other outbound fetch.
+pub fn outbound(policy: OutboundPolicy) -> Result<OutboundClient, SetupError> {
+    tracing::info!(%policy, "outbound HTTP policy");
+    Ok(http_client(policy)?)
 }
 
 /// The in-process backends. Secrets come from the environment
 /// (`maof/openai` from `MAOF_OPENAI`).
-pub fn memory_services(
-    outbound: OutboundPolicy,
-) -> Result<(Services, Arc<MemoryQueue>), SetupError> {
-    memory_services_on(Arc::new(MemoryTaskStore::new()), outbound)
+pub fn memory_services(http: OutboundClient) -> Result<(Services, Arc<MemoryQueue>), SetupError> {
+    memory_services_on(Arc::new(MemoryTaskStore::new()), http)
 }
 
 /// As `memory_services`, on a task store the caller keeps (to read its
 /// capacity meter).
 pub fn memory_services_on(
     tasks: Arc<MemoryTaskStore>,
-    outbound: OutboundPolicy,
+    http: OutboundClient,
 ) -> Result<(Services, Arc<MemoryQueue>), SetupError> {
     let queue = Arc::new(MemoryQueue::new(MAX_RECEIVES));
     let audit = tasks.audit_log();
@@ -91,14 +97,22 @@ pub fn memory_services_on(
         queue.clone(),
         Arc::new(MemorySecrets::with_env_fallback()),
         Settings::default(),
-        outbound,
-    )?
+        http,
+    )
     .with_events(Arc::new(MemoryEvents::new()))
     .with_limiter(tasks.clone())
     .with_feed(Arc::new(MemoryFeed::new(tasks)))
     .with_blobs(Arc::new(MemoryBlobs::new()))
     .with_audit(audit);
     Ok((svc, queue))
+}
+
+/// The in-process backends, provider calls under the strict policy: what
+/// the crate's unit tests run on.
+#[cfg(test)]
+pub(crate) fn strict_memory_services() -> Services {
+    let http = outbound(OutboundPolicy::strict()).unwrap_or_else(|e| panic!("{e}"));
+    memory_services(http).unwrap_or_else(|e| panic!("{e}")).0
 }
 
 /// Queue URLs from `MAOF_QUEUE_URL_ROUTE`, `MAOF_QUEUE_URL_AGENT_CALL`, ...
@@ -122,9 +136,9 @@ pub fn queue_urls_from_env() -> Option<HashMap<QueueName, String>> {
 pub async fn aws_services(
     config: &aws_config::SdkConfig,
     names: &ResourceNames,
-    outbound: OutboundPolicy,
+    http: OutboundClient,
 ) -> Result<Services, SetupError> {
-    let svc = aws_services_with(AwsClients::new(config), names, outbound).await?;
+    let svc = aws_services_with(AwsClients::new(config), names, http).await?;
     Ok(match std::env::var("MAOF_EVENT_BUS") {
         Ok(bus) if !bus.is_empty() => svc.with_events(Arc::new(EventBridgePublisher::new(
             aws_sdk_eventbridge::Client::new(config),
@@ -160,7 +174,7 @@ impl AwsClients {
 pub async fn aws_services_with(
     clients: AwsClients,
     names: &ResourceNames,
-    outbound: OutboundPolicy,
+    http: OutboundClient,
 ) -> Result<Services, SetupError> {
     let queue = match queue_urls_from_env() {
         Some(urls) => SqsQueue::from_urls(clients.sqs, urls),
@@ -186,8 +200,8 @@ pub async fn aws_services_with(
         Arc::new(queue),
         Arc::new(SecretsManagerSource::new(clients.secrets)),
         Settings::from_env().map_err(SetupError::Settings)?,
-        outbound,
-    )?
+        http,
+    )
     .with_feed(Arc::new(feed))
     .with_limiter(Arc::new(DynamoLimiter::new(
         clients.dynamodb.clone(),
@@ -287,7 +301,7 @@ mod tests {
                  capabilities: {capabilities}\n    pricing: {pricing}\n"
             )
         };
-        let (svc, _) = memory_services(OutboundPolicy::strict()).unwrap();
+        let (svc, _) = memory_services(outbound(OutboundPolicy::strict()).unwrap()).unwrap();
 
         std::fs::write(
             &path,

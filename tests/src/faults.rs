@@ -11,11 +11,11 @@ use maof::domain::{
     Agent, AuditEntry, CallId, CallLease, CallResult, LeaseOutcome, Task, TaskId, TaskPatch,
     TaskStatus, TenantId,
 };
+use maof::ports::{ChatRequest, ChatResponse, ProviderClient, ProviderError};
 use maof::ports::{
     FanIn, OutgoingMessage, Page, Queue, QueueError, QueueName, ReceivedMessage, StoreError,
     TaskRecord, TaskStore,
 };
-use maof::providers::{ChatRequest, ChatResponse, ProviderClient, ProviderError};
 use secrecy::SecretString;
 
 /// Sends every message twice, as SQS's at-least-once delivery may.

@@ -93,7 +93,7 @@ impl Pipeline {
             backend.registry,
             queue,
             secrets,
-            providers,
+            Arc::new(providers),
             clock,
             every_tenant_uses_platform_agents(),
         )

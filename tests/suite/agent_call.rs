@@ -64,7 +64,9 @@ async fn harness(upstream: &MockServer, settings: Settings) -> Harness {
             clock.clone(),
             CachedSecrets::DEFAULT_TTL,
         )),
-        Providers::new(http_client(OutboundPolicy::allow_loopback()).unwrap()),
+        Arc::new(Providers::new(
+            http_client(OutboundPolicy::allow_loopback()).unwrap(),
+        )),
         clock,
         settings,
     );
@@ -421,7 +423,10 @@ fn cost_sums_are_exact_for_a_thousand_calls_of_odd_token_counts() {
 #[tokio::test]
 async fn a_redelivered_call_stored_after_its_task_ended_is_added_to_its_cost() {
     use maof::domain::{Envelope, MessageKind, TaskPatch};
-    let (svc, _) = maof::setup::memory_services(maof::providers::OutboundPolicy::strict()).unwrap();
+    let (svc, _) = maof::setup::memory_services(
+        maof::setup::outbound(maof::providers::OutboundPolicy::strict()).unwrap(),
+    )
+    .unwrap();
     let request: TaskRequest =
         serde_json::from_value(json!({"task_type": "text", "content": "x"})).unwrap();
     let (spec, _) = request.parse().unwrap();

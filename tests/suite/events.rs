@@ -36,7 +36,10 @@ fn sources() -> EventSources {
 
 #[tokio::test]
 async fn inbox_messages_become_tasks_of_the_configured_tenant_once() {
-    let (svc, _) = maof::setup::memory_services(maof::providers::OutboundPolicy::strict()).unwrap();
+    let (svc, _) = maof::setup::memory_services(
+        maof::setup::outbound(maof::providers::OutboundPolicy::strict()).unwrap(),
+    )
+    .unwrap();
     let event: SqsEvent = serde_json::from_str(&fixture("sqs-inbox-batch.json")).unwrap();
 
     let response = maof::lambda::handle_inbox(&svc, &sources(), event.clone()).await;
@@ -124,7 +127,10 @@ fn event_sources_parse_their_configuration() {
 async fn an_event_over_the_rate_limit_waits_for_room() {
     use maof::domain::{RateLimits, Rates};
     use maof::stages::StageError;
-    let (svc, _) = maof::setup::memory_services(maof::providers::OutboundPolicy::strict()).unwrap();
+    let (svc, _) = maof::setup::memory_services(
+        maof::setup::outbound(maof::providers::OutboundPolicy::strict()).unwrap(),
+    )
+    .unwrap();
     let mut settings = svc.settings.clone();
     settings.tenant_defaults.rate_limits = RateLimits {
         tenant: Rates {
@@ -152,7 +158,10 @@ async fn an_event_over_the_rate_limit_waits_for_room() {
 
 #[tokio::test]
 async fn only_well_formed_task_requests_are_accepted() {
-    let (svc, _) = maof::setup::memory_services(maof::providers::OutboundPolicy::strict()).unwrap();
+    let (svc, _) = maof::setup::memory_services(
+        maof::setup::outbound(maof::providers::OutboundPolicy::strict()).unwrap(),
+    )
+    .unwrap();
     let event = fixture("eventbridge-task-requested.json");
     maof::stages::inbox::handle(&svc, &sources(), "m-1", &event)
         .await
@@ -180,7 +189,10 @@ async fn only_well_formed_task_requests_are_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_tasks_are_announced() {
-    let (svc, _) = maof::setup::memory_services(maof::providers::OutboundPolicy::strict()).unwrap();
+    let (svc, _) = maof::setup::memory_services(
+        maof::setup::outbound(maof::providers::OutboundPolicy::strict()).unwrap(),
+    )
+    .unwrap();
     let events = Arc::new(MemoryEvents::new());
     let svc = svc
         .with_events(events.clone())
@@ -299,7 +311,10 @@ async fn eventbridge_publisher_puts_events_on_the_bus() {
         .await
         .unwrap();
 
-    let (svc, _) = maof::setup::memory_services(maof::providers::OutboundPolicy::strict()).unwrap();
+    let (svc, _) = maof::setup::memory_services(
+        maof::setup::outbound(maof::providers::OutboundPolicy::strict()).unwrap(),
+    )
+    .unwrap();
     let principal = Principal {
         sub: "u".into(),
         tenant: tenant("acme"),

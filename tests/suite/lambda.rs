@@ -73,8 +73,10 @@ fn lambda_request(fixture_name: &str) -> http::Request<axum::body::Body> {
 /// Sends the fixture's task through the Router; asserts it was stored
 /// for `tenant` by `sub` and queued for routing.
 async fn intake_accepts(fixture_name: &str, config: AuthConfig, tenant: &str, sub: &str) {
-    let (svc, queue) =
-        maof::setup::memory_services(maof::providers::OutboundPolicy::strict()).unwrap();
+    let (svc, queue) = maof::setup::memory_services(
+        maof::setup::outbound(maof::providers::OutboundPolicy::strict()).unwrap(),
+    )
+    .unwrap();
     let auth = Arc::new(Authenticator::from_config(config, None, svc.clock.clone()).unwrap());
     let app = router(ApiState {
         services: svc.clone(),
@@ -142,8 +144,10 @@ async fn behind_the_jwt_authorizer_intake_takes_its_claims_instead_of_reverifyin
 async fn without_the_authorizer_intake_verifies_the_bearer_token_even_with_a_context() {
     // Not configured to trust the authorizer (no JwtIssuer, or `maof dev`):
     // the context is not read, and the identity provider's token is refused.
-    let (svc, queue) =
-        maof::setup::memory_services(maof::providers::OutboundPolicy::strict()).unwrap();
+    let (svc, queue) = maof::setup::memory_services(
+        maof::setup::outbound(maof::providers::OutboundPolicy::strict()).unwrap(),
+    )
+    .unwrap();
     let config = AuthConfig {
         trust_gateway_authorizer: false,
         ..behind_the_authorizer()
@@ -164,8 +168,10 @@ async fn without_the_authorizer_intake_verifies_the_bearer_token_even_with_a_con
 
 #[tokio::test]
 async fn an_sqs_batch_reports_only_the_bad_message() {
-    let (svc, queue) =
-        maof::setup::memory_services(maof::providers::OutboundPolicy::strict()).unwrap();
+    let (svc, queue) = maof::setup::memory_services(
+        maof::setup::outbound(maof::providers::OutboundPolicy::strict()).unwrap(),
+    )
+    .unwrap();
     let svc = svc.with_settings(maof_tests::pipeline::every_tenant_uses_platform_agents());
     maof::setup::seed_registry(
         &svc,
@@ -292,7 +298,10 @@ impl maof::ports::EventPublisher for DownBus {
 #[tokio::test]
 async fn the_announcer_publishes_finishings_and_reports_the_first_it_could_not() {
     use maof::domain::{TaskPatch, TaskRequest};
-    let (svc, _) = maof::setup::memory_services(maof::providers::OutboundPolicy::strict()).unwrap();
+    let (svc, _) = maof::setup::memory_services(
+        maof::setup::outbound(maof::providers::OutboundPolicy::strict()).unwrap(),
+    )
+    .unwrap();
     let now = chrono::Utc::now;
     let stored = |content: &str| {
         let request: TaskRequest = serde_json::from_value(

@@ -1064,6 +1064,45 @@ async fn filter_modes_log_block_and_the_platforms_apply(b: Backend) {
     p.stop().await;
 }
 
+/// The agent a finished single-call task was sent to.
+fn called(task: &Value) -> &str {
+    task["calls"][0]["agent_id"].as_str().unwrap_or("")
+}
+
+async fn strategies_pick_by_price_quality_and_context_window(b: Backend) {
+    let name = b.name;
+    let p = Pipeline::start(b, Faults::default()).await;
+    let token = p.submitter("acme");
+    let routed = |strategy: &str, content: String| json!({"task_type": "routed", "content": content, "routing": {"strategy": strategy}});
+    // A short task fits route-cheap's 100-token window (1 + 50 output).
+    let (_, task) = submit(&p, &token, routed("cheapest", "short".into()), "?wait=10").await;
+    assert_eq!(task["status"], "completed", "{name}: {task}");
+    assert_eq!(called(&task), "route-cheap", "{name}: {task}");
+    // 1,000 characters (250 tokens) do not: the next cheapest is called.
+    let long = "word ".repeat(200);
+    let (_, task) = submit(&p, &token, routed("cheapest", long.clone()), "?wait=10").await;
+    assert_eq!(task["status"], "completed", "{name}: {task}");
+    assert_eq!(called(&task), "route-mid", "{name}: {task}");
+    for quality in ["quality", "best"] {
+        let (_, task) = submit(&p, &token, routed(quality, "short".into()), "?wait=10").await;
+        assert_eq!(called(&task), "route-best", "{name} {quality}: {task}");
+    }
+    // Named, it is still refused before any call, naming the window.
+    let body = json!({"task_type": "routed", "content": long,
+        "routing": {"agents": ["route-cheap"]}});
+    let (_, task) = submit(&p, &token, body, "?wait=10").await;
+    assert_eq!(task["status"], "failed", "{name}: {task}");
+    assert_eq!(
+        task["error"]["code"], "context_window_too_small",
+        "{name}: {task}"
+    );
+    assert!(task["calls"].as_array().unwrap().is_empty(), "{task}");
+    // Strategies that need statistics not kept yet are refused at intake.
+    let (status, problem) = submit(&p, &token, routed("fastest", "x".into()), "").await;
+    assert_eq!(status, 422, "{problem}");
+    p.stop().await;
+}
+
 on_both_backends!(
     a_single_agent_task_completes,
     a_fan_out_of_three_completes_with_three_attributed_results,
@@ -1087,4 +1126,5 @@ on_both_backends!(
     a_task_budget_refuses_a_panel_that_does_not_fit,
     a_cancelled_budgeted_task_releases_what_it_reserved,
     filter_modes_log_block_and_the_platforms_apply,
+    strategies_pick_by_price_quality_and_context_window,
 );

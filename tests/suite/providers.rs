@@ -110,8 +110,10 @@ async fn a_task_can_be_routed_to_each_provider_kind() {
             clock.clone(),
             CachedSecrets::DEFAULT_TTL,
         )),
-        Providers::new(http_client(OutboundPolicy::allow_loopback()).unwrap())
-            .with_bedrock(Bedrock::with_config(aws)),
+        Arc::new(
+            Providers::new(http_client(OutboundPolicy::allow_loopback()).unwrap())
+                .with_bedrock(Bedrock::with_config(aws)),
+        ),
         clock,
         Settings {
             tenant_defaults: TenantDefaults {

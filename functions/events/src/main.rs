@@ -15,7 +15,7 @@ async fn main() -> Result<(), Error> {
         &load_sdk_config().await,
         &ResourceNames::from_env(),
         // Strict, plus MAOF_OUTBOUND_ALLOW.
-        OutboundPolicy::from_env()?,
+        maof::setup::outbound(OutboundPolicy::from_env()?)?,
     )
     .await?;
     let (svc, sources) = (&svc, &sources);

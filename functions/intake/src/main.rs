@@ -11,11 +11,12 @@ use maof::providers::OutboundPolicy;
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     maof::telemetry::init();
+    // Strict, plus MAOF_OUTBOUND_ALLOW: the process's one outbound client.
+    let http = maof::setup::outbound(OutboundPolicy::from_env()?)?;
     let services = maof::setup::aws_services(
         &load_sdk_config().await,
         &ResourceNames::from_env(),
-        // Strict, plus MAOF_OUTBOUND_ALLOW.
-        OutboundPolicy::from_env()?,
+        http.clone(),
     )
     .await?;
     // The HS256 signing key lives in Secrets Manager, never in the environment.
@@ -27,11 +28,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     // Names, rules and key algorithms only: AuthConfig's Debug leaves secrets out.
     tracing::info!(?config, "authentication");
     // The JWKS is fetched by the process's outbound client: the SSRF policy applies.
-    let auth = Authenticator::from_config(
-        config,
-        services.providers.http().cloned(),
-        services.clock.clone(),
-    )?;
+    let auth = Authenticator::from_config(config, Some(http), services.clock.clone())?;
     let app = router(ApiState {
         services,
         auth: Arc::new(auth),

@@ -75,7 +75,9 @@ fn harness() -> Harness {
         Arc::new(MemoryRegistry::with_audit(audit.clone())),
         queue.clone(),
         secrets,
-        Providers::new(http_client(crate::providers::OutboundPolicy::strict()).unwrap()),
+        Arc::new(Providers::new(
+            http_client(crate::providers::OutboundPolicy::strict()).unwrap(),
+        )),
         clock,
         Settings::default(),
     )
@@ -1828,7 +1830,10 @@ async fn the_openapi_document_states_the_rules_the_api_enforces() {
     assert_eq!(task["properties"]["timeout_ms"]["minimum"], 1);
     assert_eq!(task["properties"]["timeout_ms"]["maximum"], 900_000);
     assert_eq!(schemas["IdempotencyKey"]["maxLength"], 255);
-    assert_eq!(routing["strategy"]["enum"], json!(["best", "cheapest"]));
+    assert_eq!(
+        routing["strategy"]["enum"],
+        json!(["explicit", "cheapest", "quality", "best"])
+    );
 
     // Unknown fields are refused wherever the API refuses them.
     for name in [

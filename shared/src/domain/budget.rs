@@ -260,13 +260,23 @@ impl BudgetExceeded {
 /// its output cap, one image for an image task, the reserved audio for a
 /// transcription.
 pub fn expected_usage(agent: &Agent, spec: &TaskSpec, max_tokens: u32) -> Usage {
-    let input = tokens::estimate_for(agent, &spec.content)
+    usage_for_input(spec, input_tokens(agent, spec), max_tokens)
+}
+
+/// The input tokens one call of `agent` sends for `spec`: its content and
+/// system prompt, as the agent's tokenizer counts them.
+pub fn input_tokens(agent: &Agent, spec: &TaskSpec) -> u64 {
+    tokens::estimate_for(agent, &spec.content)
         + spec
             .system
             .as_deref()
-            .map_or(0, |system| tokens::estimate_for(agent, system));
+            .map_or(0, |system| tokens::estimate_for(agent, system))
+}
+
+/// [`expected_usage`], the input already counted.
+pub fn usage_for_input(spec: &TaskSpec, input_tokens: u64, max_tokens: u32) -> Usage {
     Usage {
-        input_tokens: input,
+        input_tokens,
         output_tokens: u64::from(max_tokens),
         images: u64::from(spec.task_type == TaskType::IMAGE),
         audio_seconds: if spec.task_type == TaskType::TRANSCRIPTION {
@@ -278,14 +288,20 @@ pub fn expected_usage(agent: &Agent, spec: &TaskSpec, max_tokens: u32) -> Usage 
     }
 }
 
-/// What to reserve for one call of `agent` for `spec`, or `None` for an
-/// agent without prices (which is not chosen when a budget applies).
-pub fn reserve_call(agent: &Agent, spec: &TaskSpec) -> Option<CallHold> {
-    let max_tokens = agent
+/// The output a budgeted call of `agent` asks for at most, and is reserved
+/// for: its `max_tokens`, or [`RESERVED_OUTPUT_TOKENS`].
+pub fn output_cap(agent: &Agent) -> u32 {
+    agent
         .spec
         .constraints
         .max_tokens
-        .unwrap_or(RESERVED_OUTPUT_TOKENS);
+        .unwrap_or(RESERVED_OUTPUT_TOKENS)
+}
+
+/// What to reserve for one call of `agent` for `spec`, or `None` for an
+/// agent without prices (which is not chosen when a budget applies).
+pub fn reserve_call(agent: &Agent, spec: &TaskSpec) -> Option<CallHold> {
+    let max_tokens = output_cap(agent);
     let amount = agent.cost(&expected_usage(agent, spec, max_tokens))?;
     Some(CallHold {
         amount,

@@ -1,9 +1,27 @@
 //! Picking agents for a task: pure, so every rule is unit-tested.
+//!
+//! Route first keeps the agents that can serve the task (the capability
+//! filter): enabled, listing the task type, priced when a budget applies,
+//! and with a context window that holds the input plus the output the call
+//! asks for. Then the strategy orders them:
+//!
+//! | strategy | order |
+//! |---|---|
+//! | `explicit` (implied by `routing.agents`) | the named agents, in order, whatever their task types |
+//! | `cheapest` | lowest expected cost for this input (what a budget reserves: the input as the agent's tokenizer counts it, plus its output cap, at its prices); unpriced agents last |
+//! | `quality` (`best`) | highest quality score, then lowest price |
+//!
+//! The first `fanout` agents are called, preferring distinct providers so
+//! one provider's outage hits one call; the rest, in order, are the
+//! fallbacks (for `explicit`: the named agents not called, then the other
+//! capable agents by quality).
 
 use std::cmp::Ordering;
 use std::collections::HashSet;
 
 use super::agent::Agent;
+use super::budget;
+use super::ids::AgentId;
 use super::money::Usd;
 use super::task::{RoutingStrategy, TaskSpec};
 use super::task_type::TaskType;
@@ -16,12 +34,28 @@ pub enum RoutingError {
         "no agent with prices can serve task_type `{0}`; under a budget only priced agents are called"
     )]
     NoPricedAgent(TaskType),
+    #[error(
+        "no agent for task_type `{task_type}` has a context window for this task: it needs {needed} tokens (input and output) and the largest window is {largest}"
+    )]
+    NoAgentWithRoom {
+        task_type: TaskType,
+        needed: u64,
+        largest: u32,
+    },
     #[error("routing.agents names `{0}`, which is unknown or disabled")]
     UnknownAgent(String),
     #[error(
         "routing.agents names `{0}`, which has no prices; under a budget only priced agents are called"
     )]
     UnpricedAgent(String),
+    #[error(
+        "routing.agents names `{agent}`, whose context window of {window} tokens cannot hold this task's {needed} (input and output)"
+    )]
+    AgentWithoutRoom {
+        agent: String,
+        needed: u64,
+        window: u32,
+    },
     #[error(
         "fanout {wanted} needs {wanted} agents for task_type `{task_type}`; {available} available"
     )]
@@ -37,10 +71,65 @@ impl RoutingError {
         match self {
             RoutingError::NoCapableAgent(_) => "no_capable_agent",
             RoutingError::NoPricedAgent(_) => "no_priced_agent",
+            RoutingError::NoAgentWithRoom { .. } | RoutingError::AgentWithoutRoom { .. } => {
+                "context_window_too_small"
+            }
             RoutingError::UnknownAgent(_) => "unknown_agent",
             RoutingError::UnpricedAgent(_) => "unpriced_agent",
             RoutingError::NotEnoughAgents { .. } => "not_enough_agents",
         }
+    }
+}
+
+/// The agents a task is sent to, and the ones to fall back on, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// One call each, `fanout` of them, in the strategy's order.
+    pub calls: Vec<Agent>,
+    /// The other candidates, best first; none when `routing.fallback` is off.
+    pub fallbacks: Vec<AgentId>,
+}
+
+/// An agent with what a call of it for this task would take.
+struct Candidate<'a> {
+    agent: &'a Agent,
+    /// Input plus the output the call asks for.
+    needed: u64,
+    /// What a call is expected to cost at most; `None` without prices.
+    expected_cost: Option<Usd>,
+}
+
+impl<'a> Candidate<'a> {
+    fn new(agent: &'a Agent, spec: &TaskSpec, budgeted: bool) -> Self {
+        let input = budget::input_tokens(agent, spec);
+        // The output the call asks for: under a budget what is reserved
+        // (agent-call caps the answer at it), else the agent's own cap;
+        // without one the provider's default applies, which is not known.
+        let asked = if budgeted {
+            Some(budget::output_cap(agent))
+        } else {
+            agent.spec.constraints.max_tokens
+        };
+        let expected_cost = agent.cost(&budget::usage_for_input(
+            spec,
+            input,
+            budget::output_cap(agent),
+        ));
+        Candidate {
+            agent,
+            needed: input + u64::from(asked.unwrap_or(0)),
+            expected_cost,
+        }
+    }
+
+    /// Whether the agent's context window holds the call; an agent that
+    /// states none is taken to.
+    fn fits(&self) -> bool {
+        self.agent
+            .spec
+            .constraints
+            .context_window
+            .is_none_or(|window| self.needed <= u64::from(window))
     }
 }
 
@@ -54,8 +143,9 @@ fn blended_price(agent: &Agent) -> Option<Usd> {
         .map(|p| p.input_per_mtok + p.output_per_mtok)
 }
 
-fn by_price(a: &Agent, b: &Agent) -> Ordering {
-    match (blended_price(a), blended_price(b)) {
+/// Known amounts first, lowest first.
+fn lowest_known(a: Option<Usd>, b: Option<Usd>) -> Ordering {
+    match (a, b) {
         (Some(x), Some(y)) => x.cmp(&y),
         (Some(_), None) => Ordering::Less,
         (None, Some(_)) => Ordering::Greater,
@@ -67,81 +157,155 @@ fn by_quality(a: &Agent, b: &Agent) -> Ordering {
     b.spec.quality.total_cmp(&a.spec.quality)
 }
 
-/// Chooses `spec.fanout` distinct agents: exactly the named ones when
-/// `routing.agents` is given, else the capable ones ordered by the strategy,
-/// preferring distinct providers so one provider's outage hits one call.
-/// Under a budget (`priced_only`), an agent without prices is not chosen:
-/// what it costs could not be reserved.
+/// The strategy's order; ties end on the id, so the order is total.
+fn order(strategy: RoutingStrategy, a: &Candidate, b: &Candidate) -> Ordering {
+    let primary = match strategy {
+        RoutingStrategy::Cheapest => lowest_known(a.expected_cost, b.expected_cost)
+            .then_with(|| by_quality(a.agent, b.agent)),
+        // Explicit orders only the fallbacks beyond the named agents; the
+        // strategies not offered never reach routing.
+        RoutingStrategy::Quality
+        | RoutingStrategy::Explicit
+        | RoutingStrategy::Fastest
+        | RoutingStrategy::RoundRobin
+        | RoutingStrategy::Weighted => by_quality(a.agent, b.agent)
+            .then_with(|| lowest_known(blended_price(a.agent), blended_price(b.agent))),
+    };
+    primary.then_with(|| a.agent.id.cmp(&b.agent.id))
+}
+
+/// Chooses the agents for a task (see the module's documentation). Under a
+/// budget (`budgeted`), an agent without prices is not chosen: what it
+/// costs could not be reserved.
 pub fn select(
     spec: &TaskSpec,
     agents: &[Agent],
-    priced_only: bool,
-) -> Result<Vec<Agent>, RoutingError> {
-    let priced = |a: &Agent| !priced_only || a.spec.pricing.is_some();
-    if !spec.agents.is_empty() {
-        return spec
-            .agents
-            .iter()
-            .take(spec.fanout as usize)
-            .map(|id| {
-                let agent = agents
-                    .iter()
-                    .find(|a| &a.id == id && a.spec.enabled)
-                    .ok_or_else(|| RoutingError::UnknownAgent(id.to_string()))?;
-                if !priced(agent) {
-                    return Err(RoutingError::UnpricedAgent(id.to_string()));
-                }
-                Ok(agent.clone())
-            })
-            .collect();
-    }
-    let mut capable: Vec<&Agent> = agents
+    budgeted: bool,
+) -> Result<Selection, RoutingError> {
+    let mut capable: Vec<Candidate> = agents
         .iter()
         .filter(|a| a.can_serve(&spec.task_type))
+        .filter(|a| !budgeted || a.spec.pricing.is_some())
+        .map(|a| Candidate::new(a, spec, budgeted))
         .collect();
-    if capable.is_empty() {
-        return Err(RoutingError::NoCapableAgent(spec.task_type.clone()));
+    capable.sort_by(|a, b| order(spec.routing_strategy, a, b));
+    let (calls, candidates) = if spec.routing_strategy == RoutingStrategy::Explicit {
+        let (calls, named) = named(spec, agents, budgeted)?;
+        // The named agents not called, then every other capable agent.
+        (calls, named.into_iter().chain(capable).collect())
+    } else {
+        let fit = fitting(spec, agents, capable)?;
+        (spread(&fit, spec.fanout as usize), fit)
+    };
+    let mut fallbacks: Vec<AgentId> = Vec::new();
+    if spec.fallback {
+        for c in candidates.iter().filter(|c| c.fits()) {
+            let id = &c.agent.id;
+            if !calls.iter().any(|a| &a.id == id) && !fallbacks.contains(id) {
+                fallbacks.push(id.clone());
+            }
+        }
     }
-    capable.retain(|a| priced(a));
+    Ok(Selection { calls, fallbacks })
+}
+
+/// The named agents: the first `fanout` are called, the others come first
+/// among the fallbacks. Each must exist, be enabled, be priced under a
+/// budget, and have room for the task.
+fn named<'a>(
+    spec: &TaskSpec,
+    agents: &'a [Agent],
+    budgeted: bool,
+) -> Result<(Vec<Agent>, Vec<Candidate<'a>>), RoutingError> {
+    let named = spec
+        .agents
+        .iter()
+        .map(|id| {
+            let agent = agents
+                .iter()
+                .find(|a| &a.id == id && a.spec.enabled)
+                .ok_or_else(|| RoutingError::UnknownAgent(id.to_string()))?;
+            if budgeted && agent.spec.pricing.is_none() {
+                return Err(RoutingError::UnpricedAgent(id.to_string()));
+            }
+            let candidate = Candidate::new(agent, spec, budgeted);
+            match agent.spec.constraints.context_window {
+                Some(window) if !candidate.fits() => Err(RoutingError::AgentWithoutRoom {
+                    agent: id.to_string(),
+                    needed: candidate.needed,
+                    window,
+                }),
+                _ => Ok(candidate),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let calls = named
+        .iter()
+        .take(spec.fanout as usize)
+        .map(|c| c.agent.clone())
+        .collect();
+    Ok((calls, named))
+}
+
+/// The capable agents whose context window holds the task, in order; at
+/// least `fanout` of them, or the reason there are not.
+fn fitting<'a>(
+    spec: &TaskSpec,
+    agents: &[Agent],
+    capable: Vec<Candidate<'a>>,
+) -> Result<Vec<Candidate<'a>>, RoutingError> {
     if capable.is_empty() {
-        return Err(RoutingError::NoPricedAgent(spec.task_type.clone()));
+        return Err(if agents.iter().any(|a| a.can_serve(&spec.task_type)) {
+            RoutingError::NoPricedAgent(spec.task_type.clone())
+        } else {
+            RoutingError::NoCapableAgent(spec.task_type.clone())
+        });
     }
-    let wanted = spec.fanout as usize;
-    if capable.len() < wanted {
+    let (fit, unfit): (Vec<_>, Vec<_>) = capable.into_iter().partition(Candidate::fits);
+    if fit.is_empty() {
+        return Err(RoutingError::NoAgentWithRoom {
+            task_type: spec.task_type.clone(),
+            needed: unfit.iter().map(|c| c.needed).min().unwrap_or_default(),
+            largest: unfit
+                .iter()
+                .filter_map(|c| c.agent.spec.constraints.context_window)
+                .max()
+                .unwrap_or_default(),
+        });
+    }
+    if fit.len() < spec.fanout as usize {
         return Err(RoutingError::NotEnoughAgents {
             wanted: spec.fanout,
-            available: capable.len(),
+            available: fit.len(),
             task_type: spec.task_type.clone(),
         });
     }
-    capable.sort_by(|a, b| {
-        let primary = match spec.routing_strategy {
-            RoutingStrategy::Cheapest => by_price(a, b).then_with(|| by_quality(a, b)),
-            _ => by_quality(a, b).then_with(|| by_price(a, b)),
-        };
-        primary.then_with(|| a.id.cmp(&b.id))
-    });
+    Ok(fit)
+}
+
+/// The first `wanted` of `ordered`, preferring distinct providers, kept in
+/// `ordered`'s order.
+fn spread(ordered: &[Candidate], wanted: usize) -> Vec<Agent> {
     let mut chosen: Vec<&Agent> = Vec::with_capacity(wanted);
     let mut providers = HashSet::new();
-    for agent in &capable {
-        if chosen.len() < wanted && providers.insert(agent.spec.provider) {
-            chosen.push(agent);
+    for c in ordered {
+        if chosen.len() < wanted && providers.insert(c.agent.spec.provider) {
+            chosen.push(c.agent);
         }
     }
-    for agent in &capable {
-        if chosen.len() < wanted && !chosen.iter().any(|c| c.id == agent.id) {
-            chosen.push(agent);
+    for c in ordered {
+        if chosen.len() < wanted && !chosen.iter().any(|a| a.id == c.agent.id) {
+            chosen.push(c.agent);
         }
     }
-    // Keep the strategy's order among the chosen.
-    chosen.sort_by_key(|c| capable.iter().position(|a| a.id == c.id));
-    Ok(chosen.into_iter().cloned().collect())
+    chosen.sort_by_key(|a| ordered.iter().position(|c| c.agent.id == a.id));
+    chosen.into_iter().cloned().collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AgentId, AgentSpec, TaskRequest};
+    use crate::domain::{AgentSpec, Pricing, TaskRequest};
     use serde_json::json;
 
     fn agent(id: &str, provider: &str, quality: f64, price: Option<f64>, caps: &[&str]) -> Agent {
@@ -160,6 +324,13 @@ mod tests {
         }
     }
 
+    /// `agent` with a context window and an output cap.
+    fn windowed(mut agent: Agent, window: u32, max_tokens: Option<u32>) -> Agent {
+        agent.spec.constraints.context_window = Some(window);
+        agent.spec.constraints.max_tokens = max_tokens;
+        agent
+    }
+
     fn spec(v: serde_json::Value) -> TaskSpec {
         serde_json::from_value::<TaskRequest>(v)
             .unwrap()
@@ -170,6 +341,14 @@ mod tests {
 
     fn ids(agents: &[Agent]) -> Vec<&str> {
         agents.iter().map(|a| a.id.as_str()).collect()
+    }
+
+    fn calls(s: &TaskSpec, registry: &[Agent], budgeted: bool) -> Vec<String> {
+        let selection = select(s, registry, budgeted).unwrap();
+        ids(&selection.calls)
+            .into_iter()
+            .map(String::from)
+            .collect()
     }
 
     fn registry() -> Vec<Agent> {
@@ -183,21 +362,171 @@ mod tests {
     }
 
     #[test]
-    fn best_prefers_quality_then_distinct_providers() {
-        let chosen = select(
-            &spec(json!({"task_type": "text", "content": "x", "routing": {"fanout": 2}})),
-            &registry(),
-            false,
-        )
-        .unwrap();
-        assert_eq!(ids(&chosen), ["good", "free"]);
+    fn each_strategy_picks_what_it_should() {
+        // (routing section, the agents called, the fallbacks in order)
+        let table = [
+            (json!({}), vec!["good"], vec!["good-too", "free", "cheap"]),
+            (
+                json!({"strategy": "quality"}),
+                vec!["good"],
+                vec!["good-too", "free", "cheap"],
+            ),
+            (
+                json!({"strategy": "best"}),
+                vec!["good"],
+                vec!["good-too", "free", "cheap"],
+            ),
+            (
+                json!({"strategy": "cheapest"}),
+                vec!["cheap"],
+                vec!["good-too", "good", "free"],
+            ),
+            // Named: exactly those, in order, whatever their task types; the
+            // named ones not called, then the other capable agents by quality.
+            (
+                json!({"agents": ["coder", "cheap"]}),
+                vec!["coder"],
+                vec!["cheap", "good", "good-too", "free"],
+            ),
+            (
+                json!({"strategy": "explicit", "agents": ["coder", "cheap"], "fanout": 2}),
+                vec!["coder", "cheap"],
+                vec!["good", "good-too", "free"],
+            ),
+            (json!({"fallback": false}), vec!["good"], vec![]),
+        ];
+        for (routing, called, fallbacks) in table {
+            let s = spec(json!({"task_type": "text", "content": "x", "routing": routing}));
+            let selection = select(&s, &registry(), false).unwrap();
+            assert_eq!(ids(&selection.calls), called, "{routing}");
+            let fell_back: Vec<&str> = selection.fallbacks.iter().map(|id| id.as_str()).collect();
+            assert_eq!(fell_back, fallbacks, "{routing}");
+        }
+    }
+
+    #[test]
+    fn fanout_prefers_distinct_providers_in_the_strategys_order() {
+        let two = spec(json!({"task_type": "text", "content": "x", "routing": {"fanout": 2}}));
+        // good-too (0.85) is skipped: good already calls anthropic.
+        assert_eq!(calls(&two, &registry(), false), ["good", "free"]);
+        let three = spec(json!({"task_type": "text", "content": "x", "routing": {"fanout": 3}}));
+        let selection = select(&three, &registry(), false).unwrap();
+        assert_eq!(ids(&selection.calls), ["good", "free", "cheap"]);
+        assert_eq!(selection.fallbacks, [AgentId::parse("good-too").unwrap()]);
+        // Four text agents on three providers: the fourth repeats one.
+        let s = spec(
+            json!({"task_type": "text", "content": "x", "routing": {"strategy": "cheapest", "fanout": 4}}),
+        );
+        assert_eq!(
+            calls(&s, &registry(), false),
+            ["cheap", "good-too", "good", "free"]
+        );
+    }
+
+    #[test]
+    fn cheapest_is_the_lowest_expected_cost_for_this_input() {
+        let priced = |id: &str, input: f64, output: f64| {
+            let mut a = agent(id, "mock", 0.5, None, &["text"]);
+            a.spec.pricing = Some(
+                serde_json::from_value::<Pricing>(
+                    json!({"input_per_mtok": input, "output_per_mtok": output}),
+                )
+                .unwrap(),
+            );
+            a.spec.constraints.max_tokens = Some(100);
+            a
+        };
+        // Dear input, cheap output; and the other way round.
+        let registry = [
+            priced("reader", 10.0, 0.1),
+            priced("writer", 0.1, 10.0),
+            agent("unpriced", "gemini", 0.9, None, &["text"]),
+        ];
+        let cheapest = |content: String| {
+            spec(json!({"task_type": "text", "content": content,
+                "routing": {"strategy": "cheapest", "fanout": 3}}))
+        };
+        // A short question costs its 100 answer tokens: writer's are dear.
+        assert_eq!(
+            calls(&cheapest("x".into()), &registry, false),
+            ["reader", "writer", "unpriced"]
+        );
+        // 10,000 input tokens outweigh them: reader's input is dear.
+        assert_eq!(
+            calls(&cheapest("x".repeat(40_000)), &registry, false),
+            ["writer", "reader", "unpriced"]
+        );
+    }
+
+    #[test]
+    fn an_agent_whose_context_window_is_too_small_is_skipped() {
+        // 1,000 characters: 250 input tokens by the ratio.
+        let content = "x".repeat(1_000);
+        let registry = vec![
+            // Too small for the input.
+            windowed(
+                agent("tiny", "openai", 0.1, Some(0.01), &["text"]),
+                200,
+                None,
+            ),
+            // Room for the input, not for the 4,000 tokens it asks for.
+            windowed(
+                agent("capped", "gemini", 0.2, Some(0.02), &["text"]),
+                4_000,
+                Some(4_000),
+            ),
+            // Room for both, just: 250 + 3,750.
+            windowed(
+                agent("roomy", "anthropic", 0.3, Some(0.5), &["text"]),
+                4_000,
+                Some(3_750),
+            ),
+            // States no window: taken to have room.
+            agent("unstated", "mock", 0.4, Some(5.0), &["text"]),
+        ];
+        let cheapest = spec(json!({"task_type": "text", "content": content,
+            "routing": {"strategy": "cheapest", "fanout": 2}}));
+        let selection = select(&cheapest, &registry, false).unwrap();
+        assert_eq!(ids(&selection.calls), ["roomy", "unstated"]);
+        assert!(selection.fallbacks.is_empty(), "{:?}", selection.fallbacks);
+
+        // Under a budget, a call without max_tokens asks for (and reserves)
+        // 4,096 output tokens: the window must hold them too.
+        let open = vec![windowed(
+            agent("open", "openai", 0.5, Some(0.1), &["text"]),
+            4_000,
+            None,
+        )];
+        let s = spec(json!({"task_type": "text", "content": "x"}));
+        assert_eq!(calls(&s, &open, false), ["open"]);
+        let refused = select(&s, &open, true).unwrap_err();
+        assert_eq!(refused.code(), "context_window_too_small");
+        assert_eq!(
+            refused,
+            RoutingError::NoAgentWithRoom {
+                task_type: TaskType::parse("text").unwrap(),
+                needed: 1 + u64::from(budget::RESERVED_OUTPUT_TOKENS),
+                largest: 4_000,
+            }
+        );
+
+        // A named agent is called only if the task fits it.
+        let named = spec(json!({"task_type": "text", "content": content,
+            "routing": {"agents": ["tiny"]}}));
+        assert_eq!(
+            select(&named, &registry, false).unwrap_err(),
+            RoutingError::AgentWithoutRoom {
+                agent: "tiny".into(),
+                needed: 250,
+                window: 200,
+            }
+        );
     }
 
     #[test]
     fn under_a_budget_an_agent_without_prices_is_not_chosen() {
         let two = spec(json!({"task_type": "text", "content": "x", "routing": {"fanout": 2}}));
-        let chosen = select(&two, &registry(), true).unwrap();
-        assert_eq!(ids(&chosen), ["good", "cheap"]);
+        assert_eq!(calls(&two, &registry(), true), ["good", "cheap"]);
         let named =
             spec(json!({"task_type": "text", "content": "x", "routing": {"agents": ["free"]}}));
         assert_eq!(
@@ -212,27 +541,17 @@ mod tests {
     }
 
     #[test]
-    fn cheapest_prefers_price_and_unpriced_last() {
-        let s = spec(
-            json!({"task_type": "text", "content": "x", "routing": {"strategy": "cheapest", "fanout": 4}}),
-        );
-        assert_eq!(
-            ids(&select(&s, &registry(), false).unwrap()),
-            ["cheap", "good-too", "good", "free"]
-        );
-    }
-
-    #[test]
-    fn named_agents_are_taken_as_named() {
-        let s = spec(
-            json!({"task_type": "text", "content": "x", "routing": {"agents": ["coder", "cheap"], "fanout": 2}}),
-        );
-        assert_eq!(
-            ids(&select(&s, &registry(), false).unwrap()),
-            ["coder", "cheap"]
-        );
+    fn named_agents_must_exist() {
         let s =
             spec(json!({"task_type": "text", "content": "x", "routing": {"agents": ["ghost"]}}));
+        assert_eq!(
+            select(&s, &registry(), false),
+            Err(RoutingError::UnknownAgent("ghost".into()))
+        );
+        // Every named agent, called or not.
+        let s = spec(
+            json!({"task_type": "text", "content": "x", "routing": {"agents": ["cheap", "ghost"]}}),
+        );
         assert_eq!(
             select(&s, &registry(), false),
             Err(RoutingError::UnknownAgent("ghost".into()))

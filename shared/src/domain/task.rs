@@ -111,25 +111,40 @@ pub struct TransitionError {
     pub to: TaskStatus,
 }
 
+/// How route orders the agents that may serve a task (see `domain::routing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RoutingStrategy {
-    #[default]
-    Best,
+    /// The agents `routing.agents` names, in order (implied by naming them).
+    Explicit,
+    /// Lowest expected cost for this input.
     Cheapest,
+    /// Highest quality score; `best` is its older name.
+    #[default]
+    #[serde(alias = "best")]
+    Quality,
     Fastest,
     RoundRobin,
     Weighted,
 }
 
 impl RoutingStrategy {
-    /// The strategies a request may name today; the others are refused (422).
-    pub const OFFERED: [RoutingStrategy; 2] = [RoutingStrategy::Best, RoutingStrategy::Cheapest];
+    /// The strategies a request may name today; the others need shared
+    /// statistics not kept yet, and are refused (422).
+    pub const OFFERED: [RoutingStrategy; 3] = [
+        RoutingStrategy::Explicit,
+        RoutingStrategy::Cheapest,
+        RoutingStrategy::Quality,
+    ];
+
+    /// Names a request may use for a strategy besides its own (`best`).
+    pub const ALIASES: [&str; 1] = ["best"];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            RoutingStrategy::Best => "best",
+            RoutingStrategy::Explicit => "explicit",
             RoutingStrategy::Cheapest => "cheapest",
+            RoutingStrategy::Quality => "quality",
             RoutingStrategy::Fastest => "fastest",
             RoutingStrategy::RoundRobin => "round_robin",
             RoutingStrategy::Weighted => "weighted",
@@ -193,8 +208,14 @@ fn content_schema() -> utoipa::openapi::schema::Object {
 
 fn offered_routing() -> utoipa::openapi::schema::Object {
     enum_schema(
-        RoutingStrategy::OFFERED.map(RoutingStrategy::as_str),
-        "How agents are picked (default `best`); the other strategies are not offered yet",
+        RoutingStrategy::OFFERED
+            .map(RoutingStrategy::as_str)
+            .into_iter()
+            .chain(RoutingStrategy::ALIASES),
+        "How agents are picked: `explicit` (implied by `agents`, and only with them), \
+         `cheapest` (lowest expected cost for this input), `quality` (highest quality \
+         score; `best` is the same). Default `quality`, or `explicit` when `agents` is \
+         given; the other strategies are not offered yet",
     )
 }
 
@@ -216,9 +237,10 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingRequest {
+    /// None: `explicit` when `agents` names any, else the default.
     #[serde(default)]
     #[schema(schema_with = offered_routing)]
-    pub strategy: RoutingStrategy,
+    pub strategy: Option<RoutingStrategy>,
     /// Exactly these agents, in order (at least `fanout` of them); none: any capable agent.
     #[serde(default)]
     #[schema(value_type = Vec<AgentId>)]
@@ -234,7 +256,7 @@ pub struct RoutingRequest {
 impl Default for RoutingRequest {
     fn default() -> Self {
         RoutingRequest {
-            strategy: RoutingStrategy::default(),
+            strategy: None,
             agents: Vec::new(),
             fanout: 1,
             fallback: true,
@@ -307,6 +329,12 @@ pub enum RequestError {
     BadAgent(IdError),
     #[error("routing.fanout ({fanout}) exceeds the {named} agents named in routing.agents")]
     FanoutExceedsAgents { fanout: u32, named: usize },
+    #[error("routing.strategy explicit calls the agents routing.agents names, and it names none")]
+    ExplicitWithoutAgents,
+    #[error(
+        "routing.agents names the agents to call (strategy explicit); routing.strategy {0} cannot apply to them"
+    )]
+    StrategyWithAgents(&'static str),
     #[error("budget_usd must not be negative")]
     NegativeBudget,
     #[error("timeout_ms must be between 1 and {max}")]
@@ -333,7 +361,8 @@ impl RequestError {
             RequestError::FanoutOutOfRange { .. } | RequestError::FanoutExceedsAgents { .. } => {
                 "routing.fanout"
             }
-            RequestError::BadAgent(_) => "routing.agents",
+            RequestError::BadAgent(_) | RequestError::ExplicitWithoutAgents => "routing.agents",
+            RequestError::StrategyWithAgents(_) => "routing.strategy",
             RequestError::NegativeBudget => "budget_usd",
             RequestError::TimeoutOutOfRange { .. } => "timeout_ms",
             RequestError::BadIdempotencyKey(_) => "idempotency_key",
@@ -394,6 +423,17 @@ impl TaskRequest {
                 named: agents.len(),
             });
         }
+        let routing_strategy = match (routing.strategy, agents.is_empty()) {
+            (None, true) => RoutingStrategy::default(),
+            (None | Some(RoutingStrategy::Explicit), false) => RoutingStrategy::Explicit,
+            (Some(RoutingStrategy::Explicit), true) => {
+                return Err(RequestError::ExplicitWithoutAgents);
+            }
+            (Some(strategy), false) => {
+                return Err(RequestError::StrategyWithAgents(strategy.as_str()));
+            }
+            (Some(strategy), true) => strategy,
+        };
         if self.budget_usd.is_some_and(Usd::is_negative) {
             return Err(RequestError::NegativeBudget);
         }
@@ -412,7 +452,7 @@ impl TaskRequest {
             task_type,
             content: self.content,
             system: self.system,
-            routing_strategy: routing.strategy,
+            routing_strategy,
             agents,
             fanout: routing.fanout,
             fallback: routing.fallback,
@@ -656,7 +696,46 @@ mod tests {
         assert!(spec.fallback);
         assert_eq!(spec.timeout_ms, DEFAULT_TIMEOUT_MS);
         assert_eq!(spec.aggregation, AggregationStrategy::First);
+        assert_eq!(spec.routing_strategy, RoutingStrategy::Quality);
         assert!(key.is_none());
+    }
+
+    #[test]
+    fn naming_agents_is_the_explicit_strategy_and_best_is_quality() {
+        let strategy = |routing| {
+            request(json!({"task_type": "text", "content": "x", "routing": routing}))
+                .unwrap()
+                .parse()
+                .map(|(spec, _)| spec.routing_strategy)
+        };
+        assert_eq!(
+            strategy(json!({"agents": ["a"]})),
+            Ok(RoutingStrategy::Explicit)
+        );
+        assert_eq!(
+            strategy(json!({"strategy": "explicit", "agents": ["a"]})),
+            Ok(RoutingStrategy::Explicit)
+        );
+        assert_eq!(
+            strategy(json!({"strategy": "best"})),
+            Ok(RoutingStrategy::Quality)
+        );
+        assert_eq!(
+            strategy(json!({"strategy": "cheapest"})),
+            Ok(RoutingStrategy::Cheapest)
+        );
+        assert_eq!(
+            strategy(json!({"strategy": "explicit"})),
+            Err(RequestError::ExplicitWithoutAgents)
+        );
+        let refused = strategy(json!({"strategy": "cheapest", "agents": ["a"]})).unwrap_err();
+        assert_eq!(refused, RequestError::StrategyWithAgents("cheapest"));
+        assert_eq!(refused.field(), "routing.strategy");
+        // A task stored before `quality` was named reads back the same.
+        assert_eq!(
+            serde_json::from_value::<RoutingStrategy>(json!("best")).unwrap(),
+            RoutingStrategy::Quality
+        );
     }
 
     #[test]

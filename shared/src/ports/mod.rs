@@ -6,6 +6,7 @@ pub mod blobs;
 pub mod clock;
 pub mod events;
 pub mod limits;
+pub mod provider;
 pub mod queue;
 pub mod registry;
 pub mod secrets;
@@ -19,6 +20,9 @@ pub use events::{
     TaskFinished,
 };
 pub use limits::{Draw, Holder, LocalLimiter, RateLimiter};
+pub use provider::{
+    ChatRequest, ChatResponse, Message, ProviderClient, ProviderClients, ProviderError, Role,
+};
 pub use queue::{OutgoingMessage, Queue, QueueError, QueueName, ReceivedMessage};
 pub use registry::{Expect, Registry, Versioned};
 pub use secrets::{CachedSecrets, SecretError, SecretSource};

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::http::{self, RawResponse, header, parse_reset_timestamp, retry_after_header};
 use super::outbound::OutboundClient;
-use super::{ChatRequest, ChatResponse, ProviderClient, ProviderError, Role};
 use crate::domain::{Agent, ErrorClass, Usage};
+use crate::ports::{ChatRequest, ChatResponse, ProviderClient, ProviderError, Role};
 
 /// A client for Anthropic's Messages API over the process's one [`OutboundClient`].
 #[derive(Debug, Clone)]

@@ -46,8 +46,8 @@ use tokio::sync::OnceCell;
 
 use super::http::{self, parse_retry_after};
 use super::outbound::{GuardedResolver, OutboundError};
-use super::{ChatRequest, ChatResponse, ProviderClient, ProviderError, Role};
 use crate::domain::{Agent, ErrorClass, Usage};
+use crate::ports::{ChatRequest, ChatResponse, ProviderClient, ProviderError, Role};
 
 /// A Bedrock Converse client; cheap to build, it loads its AWS configuration
 /// on first use.

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use super::http::{self, RawResponse, parse_reset_duration, retry_after_header};
 use super::outbound::OutboundClient;
-use super::{ChatRequest, ChatResponse, ProviderClient, ProviderError, Role};
 use crate::domain::{Agent, ErrorClass, Usage};
+use crate::ports::{ChatRequest, ChatResponse, ProviderClient, ProviderError, Role};
 
 /// A client for Gemini's `generateContent` over the process's one [`OutboundClient`].
 #[derive(Debug, Clone)]

@@ -11,8 +11,8 @@ use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::outbound::{OutboundClient, OutboundError, SendError};
-use super::{ChatRequest, ProviderError, Role};
 use crate::domain::{Agent, ErrorClass};
+use crate::ports::{ChatRequest, ProviderError, Role};
 
 /// Longest provider error message passed on to the task's owner.
 pub(super) const MAX_MESSAGE_CHARS: usize = 300;
@@ -330,7 +330,7 @@ pub(super) fn max_tokens(agent: &Agent, request: &ChatRequest) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::Message;
+    use crate::ports::Message;
 
     #[test]
     fn standard_retry_headers() {

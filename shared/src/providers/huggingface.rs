@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use super::http::{self, RawResponse, retry_after_header};
 use super::openai_compatible::OpenAiCompatible;
 use super::outbound::OutboundClient;
-use super::{ChatRequest, ChatResponse, ProviderClient, ProviderError};
 use crate::domain::{Agent, ErrorClass, TaskType, Usage};
+use crate::ports::{ChatRequest, ChatResponse, ProviderClient, ProviderError};
 
 /// The task type served by the inference API; every other goes to the router.
 pub const TASK_CLASSIFICATION: TaskType = TaskType::from_static("classification");

@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use secrecy::SecretString;
 
-use super::{ChatRequest, ChatResponse, ProviderClient, ProviderError, Role};
 use crate::domain::{Agent, ErrorClass, MockFault, Usage};
+use crate::ports::{ChatRequest, ChatResponse, ProviderClient, ProviderError, Role};
 
 /// Answers `[{model}] {n} words; digest {hash:016x}` where `n` counts the
 /// words of the system prompt and messages and `hash` is their FNV-1a digest.
@@ -177,7 +177,7 @@ mod tests {
 
     use super::*;
     use crate::domain::{AgentId, AgentSpec, TaskType};
-    use crate::providers::Message;
+    use crate::ports::Message;
 
     fn agent(mock: serde_json::Value) -> Agent {
         let spec: AgentSpec = serde_json::from_value(json!({

@@ -14,14 +14,10 @@ pub mod presets;
 #[cfg(test)]
 mod test_support;
 
+use crate::domain::Provider;
+use crate::ports::{ProviderClient, ProviderClients};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
-
-use async_trait::async_trait;
-use secrecy::SecretString;
-
-use crate::domain::{Agent, ErrorClass, Provider, TaskType, Usage};
 
 pub use anthropic::Anthropic;
 pub use bedrock::Bedrock;
@@ -32,74 +28,6 @@ pub use openai_compatible::OpenAiCompatible;
 pub use openai_media::{MAX_AUDIO_BYTES, OpenAi, OpenAiMedia, TASK_IMAGE, TASK_TRANSCRIPTION};
 pub use outbound::{OutboundClient, OutboundConfigError, OutboundPolicy};
 pub use presets::{PRESETS, Preset, preset_base_url};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    User,
-    Assistant,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub role: Role,
-    pub content: String,
-}
-
-/// What every provider is asked, whatever its wire format.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChatRequest {
-    pub task_type: TaskType,
-    pub system: Option<String>,
-    pub messages: Vec<Message>,
-    pub max_tokens: Option<u32>,
-    pub temperature: Option<f32>,
-    pub stop: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChatResponse {
-    pub output: String,
-    pub finish_reason: Option<String>,
-    pub usage: Usage,
-    /// The provider's own id for the request, for support tickets.
-    pub request_id: Option<String>,
-}
-
-/// A failed provider call, classified.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{class:?}: {message}")]
-pub struct ProviderError {
-    pub class: ErrorClass,
-    /// Safe for the task's owner: no key, no internal address.
-    pub message: String,
-    /// The wait the provider asked for (`retry-after` and kin).
-    pub retry_after: Option<Duration>,
-    /// The HTTP status, when there was a response.
-    pub status: Option<u16>,
-}
-
-impl ProviderError {
-    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        ProviderError {
-            class,
-            message: message.into(),
-            retry_after: None,
-            status: None,
-        }
-    }
-}
-
-#[async_trait]
-pub trait ProviderClient: Send + Sync {
-    /// Calls `agent` with `request`. `key` is the agent's secret, when its
-    /// provider needs one. Honours `agent.spec.base_url` and the agent's timeout.
-    async fn complete(
-        &self,
-        agent: &Agent,
-        key: Option<&SecretString>,
-        request: &ChatRequest,
-    ) -> Result<ChatResponse, ProviderError>;
-}
 
 /// The client for each provider kind.
 ///
@@ -117,9 +45,6 @@ pub struct Providers {
     clients: HashMap<Provider, Arc<dyn ProviderClient>>,
     /// The HTTP client's policy and resolver, for Bedrock's SDK client.
     outbound: outbound::GuardedResolver,
-    /// The shared HTTP client itself, for other outbound fetches (the
-    /// identity provider's JWKS).
-    http: Option<OutboundClient>,
 }
 
 impl Providers {
@@ -130,7 +55,6 @@ impl Providers {
         let openai = Arc::new(OpenAi::new(http.clone()));
         let mut providers = Providers {
             outbound: http.resolver(),
-            http: Some(http.clone()),
             ..Providers::default()
         };
         providers.insert(Provider::Mock, Arc::new(MockProvider));
@@ -159,15 +83,11 @@ impl Providers {
     pub fn insert(&mut self, provider: Provider, client: Arc<dyn ProviderClient>) {
         self.clients.insert(provider, client);
     }
+}
 
-    pub fn get(&self, provider: Provider) -> Option<&Arc<dyn ProviderClient>> {
-        self.clients.get(&provider)
-    }
-
-    /// The outbound client these providers share (`None` only for
-    /// `Providers::default()`, which has no clients).
-    pub fn http(&self) -> Option<&OutboundClient> {
-        self.http.as_ref()
+impl ProviderClients for Providers {
+    fn client(&self, provider: Provider) -> Option<Arc<dyn ProviderClient>> {
+        self.clients.get(&provider).cloned()
     }
 }
 

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::http::{self, RawResponse, header, parse_reset_duration, retry_after_header};
 use super::outbound::OutboundClient;
-use super::{ChatRequest, ChatResponse, ProviderClient, ProviderError, Role};
 use crate::domain::{Agent, ErrorClass, Usage};
+use crate::ports::{ChatRequest, ChatResponse, ProviderClient, ProviderError, Role};
 
 // The shared helpers now live in `http`; this module's tests still exercise
 // them under these names.

@@ -38,8 +38,8 @@ use serde::{Deserialize, Serialize};
 use super::http::{self, RawResponse};
 use super::openai_compatible::{self, OpenAiCompatible};
 use super::outbound::{OutboundClient, SendError};
-use super::{ChatRequest, ChatResponse, ProviderClient, ProviderError};
 use crate::domain::{Agent, ErrorClass, TaskType, Usage};
+use crate::ports::{ChatRequest, ChatResponse, ProviderClient, ProviderError};
 
 /// The task type answered by image generation.
 pub const TASK_IMAGE: TaskType = TaskType::IMAGE;

@@ -8,8 +8,8 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use super::{ChatRequest, Message, Role};
 use crate::domain::{Agent, AgentId, AgentSpec, TaskType};
+use crate::ports::{ChatRequest, Message, Role};
 
 /// A client that may reach the tests' local servers (loopback), and nothing
 /// else the outbound policy refuses.

@@ -20,8 +20,10 @@ use crate::domain::{
     ErrorClass, LeaseHolder, LeaseOutcome, MessageKind, ProviderKey, Task, TaskError, Usage,
     Verdict,
 };
-use crate::ports::{BlobError, FanIn, QueueName, SecretError, SecretSource, StoreError};
-use crate::providers::{ChatRequest, ChatResponse, Message, ProviderClient, ProviderError, Role};
+use crate::ports::{
+    BlobError, ChatRequest, ChatResponse, FanIn, Message, ProviderClient, ProviderError, QueueName,
+    Role, SecretError, SecretSource, StoreError,
+};
 
 use super::{Ended, Services, StageError, aggregate, claim_check, end_task, fail_task};
 
@@ -352,7 +354,7 @@ async fn prepare(
             now,
         ))));
     };
-    let Some(client) = svc.providers.get(agent.spec.provider).cloned() else {
+    let Some(client) = svc.providers.client(agent.spec.provider) else {
         let message = format!(
             "provider {:?} is not available in this deployment",
             agent.spec.provider
@@ -417,47 +419,24 @@ async fn prepare(
 
 impl Call {
     /// Attempts the call until it succeeds, fails for good, or must wait in
-    /// the queue. Every attempt is made holding the call's lease, so no other
-    /// delivery calls (and pays) at the same time.
+    /// the queue: each attempt is cleared by the deadline and the lease
+    /// ([`Call::clearance`]), made ([`Call::attempt`]), and its failure
+    /// judged by the retry policy ([`next_step`]).
     async fn run(
         mut self,
         svc: &Services,
         deadline: Deadline,
         lease: &Lease<'_>,
     ) -> Result<CallResult, StageError> {
-        let agent_timeout = Duration::from_millis(self.agent.spec.constraints.timeout_ms());
-        let max_attempts = self.agent.spec.constraints.max_attempts();
         let mut key_refreshed = false;
         loop {
-            let now = svc.clock.now();
-            let budget = match deadline.attempt_budget(now, agent_timeout, self.record.attempts) {
-                Budget::Attempt(budget) => budget,
-                Budget::TaskOver => {
-                    lease.end_at(now).await;
-                    let error = ProviderError::new(
-                        ErrorClass::Timeout,
-                        "the task's deadline passed before the call could be made",
-                    );
-                    return Ok(self.record.failed_with(&self.agent, error, now));
-                }
-                Budget::InvocationOver => {
-                    // Another invocation has the time this one lacks.
-                    lease.end_at(now).await;
-                    return Err(StageError::RetryLater {
-                        after: Duration::ZERO,
-                        reason: "the invocation's deadline is too near for another attempt".into(),
-                    });
+            let budget = match self.clearance(svc, deadline, lease).await? {
+                Clearance::Attempt(budget) => budget,
+                Clearance::TaskOver(error) => {
+                    return Ok(self.record.failed_with(&self.agent, error, svc.clock.now()));
                 }
             };
-            if let LeaseOutcome::Held { until } =
-                lease.hold_until(now + budget + LEASE_MARGIN).await?
-            {
-                return Err(StageError::RetryLater {
-                    after: deadline.cap(LeaseOutcome::remaining(until, now), now),
-                    reason: "another delivery is calling the agent".into(),
-                });
-            }
-            self.record.attempts += 1;
+            self.record.requests += 1;
             let error = match self.attempt(budget).await {
                 Ok(response) => {
                     return Ok(self
@@ -466,29 +445,23 @@ impl Call {
                 }
                 Err(error) => error,
             };
-            tracing::warn!(attempt = self.record.attempts, class = ?error.class, status = error.status, "provider call failed");
-            let next = next_step(
+            let attempts = self.record.attempts();
+            tracing::warn!(attempt = attempts, class = ?error.class, status = error.status, "provider call failed");
+            let tries = Tries {
+                attempts,
+                max_attempts: self.agent.spec.constraints.max_attempts(),
+                key_refreshed,
+                has_key: self.key.is_some(),
+            };
+            match next_step(
                 &error,
-                Tries {
-                    attempts: self.record.attempts,
-                    max_attempts,
-                    key_refreshed,
-                    has_key: self.key.is_some(),
-                },
-                backoff(self.record.attempts),
+                tries,
+                backoff(attempts),
                 svc.settings.max_inline_wait,
-            );
-            match next {
+            ) {
                 Next::RefreshKey => {
                     key_refreshed = true;
-                    // A key refresh is not a failed attempt.
-                    self.record.attempts -= 1;
-                    if let Some(name) = self.agent.spec.secret.as_deref() {
-                        svc.secrets.invalidate(name);
-                    }
-                    self.key = key_for(svc, &self.agent).await.ok().flatten();
-                    if self.key.is_none() {
-                        self.record.attempts += 1;
+                    if !self.rotate_key(svc).await {
                         return Ok(self.record.failed_with(&self.agent, error, svc.clock.now()));
                     }
                 }
@@ -516,6 +489,59 @@ impl Call {
         }
     }
 
+    /// Whether the next attempt may start, and how long it may take: as long
+    /// as the deadline leaves, and only holding the call's lease, so that no
+    /// other delivery calls (and pays) at the same time. A delivery that may
+    /// not go on returns the error that puts the message back in the queue.
+    async fn clearance(
+        &self,
+        svc: &Services,
+        deadline: Deadline,
+        lease: &Lease<'_>,
+    ) -> Result<Clearance, StageError> {
+        let now = svc.clock.now();
+        let agent_timeout = Duration::from_millis(self.agent.spec.constraints.timeout_ms());
+        let budget = match deadline.attempt_budget(now, agent_timeout, self.record.attempts()) {
+            Budget::Attempt(budget) => budget,
+            Budget::TaskOver => {
+                lease.end_at(now).await;
+                return Ok(Clearance::TaskOver(ProviderError::new(
+                    ErrorClass::Timeout,
+                    "the task's deadline passed before the call could be made",
+                )));
+            }
+            Budget::InvocationOver => {
+                // Another invocation has the time this one lacks.
+                lease.end_at(now).await;
+                return Err(StageError::RetryLater {
+                    after: Duration::ZERO,
+                    reason: "the invocation's deadline is too near for another attempt".into(),
+                });
+            }
+        };
+        match lease.hold_until(now + budget + LEASE_MARGIN).await? {
+            LeaseOutcome::Held { until } => Err(StageError::RetryLater {
+                after: deadline.cap(LeaseOutcome::remaining(until, now), now),
+                reason: "another delivery is calling the agent".into(),
+            }),
+            LeaseOutcome::Acquired => Ok(Clearance::Attempt(budget)),
+        }
+    }
+
+    /// Key rotation: the provider refused the key, which may have been
+    /// rotated since it was cached. Fetches it again; whether there is one.
+    /// The request the stale key made is then not counted as an attempt.
+    async fn rotate_key(&mut self, svc: &Services) -> bool {
+        if let Some(name) = self.agent.spec.secret.as_deref() {
+            svc.secrets.invalidate(name);
+        }
+        self.key = key_for(svc, &self.agent).await.ok().flatten();
+        if self.key.is_some() {
+            self.record.stale_key_requests += 1;
+        }
+        self.key.is_some()
+    }
+
     /// One provider request, cut off at `budget`.
     async fn attempt(&self, budget: Duration) -> Result<ChatResponse, ProviderError> {
         let call = self
@@ -530,6 +556,14 @@ impl Call {
                 ))
             })
     }
+}
+
+/// What the deadline and the lease allow the next attempt.
+enum Clearance {
+    /// Attempt, cut off after this long.
+    Attempt(Duration),
+    /// The task's deadline passed: the call fails with this error.
+    TaskOver(ProviderError),
 }
 
 /// The lease one delivery holds on its call.
@@ -709,7 +743,10 @@ pub(crate) struct CallRecord {
     call_id: CallId,
     agent_id: AgentId,
     started: Instant,
-    attempts: u32,
+    /// Provider requests made.
+    requests: u32,
+    /// Requests refused for a key that was then rotated: not attempts.
+    stale_key_requests: u32,
     retried_errors: Vec<CallError>,
 }
 
@@ -719,9 +756,15 @@ impl CallRecord {
             call_id,
             agent_id: agent_id.clone(),
             started: Instant::now(),
-            attempts: 0,
+            requests: 0,
+            stale_key_requests: 0,
             retried_errors: Vec::new(),
         }
+    }
+
+    /// The attempts made: every request but those a rotated key retried.
+    fn attempts(&self) -> u32 {
+        self.requests - self.stale_key_requests
     }
 
     fn retry(&mut self, error: &ProviderError) {
@@ -735,6 +778,7 @@ impl CallRecord {
         if agent.spec.pricing.is_none() {
             tracing::warn!("the agent has no prices: this call's cost is unknown (null), not zero");
         }
+        let attempts = self.attempts();
         CallResult {
             call_id: self.call_id,
             agent_id: self.agent_id,
@@ -745,7 +789,7 @@ impl CallRecord {
             cost_usd: agent.cost(&response.usage),
             usage: response.usage,
             latency_ms: self.started.elapsed().as_millis() as u64,
-            attempts: self.attempts,
+            attempts,
             error: None,
             retried_errors: self.retried_errors,
             finished_at: now,
@@ -766,6 +810,7 @@ impl CallRecord {
         message: &str,
         now: DateTime<Utc>,
     ) -> CallResult {
+        let attempts = self.attempts();
         CallResult {
             call_id: self.call_id,
             agent_id: self.agent_id,
@@ -776,7 +821,7 @@ impl CallRecord {
             usage: Usage::default(),
             cost_usd: agent.and_then(|a| a.cost(&Usage::default())),
             latency_ms: self.started.elapsed().as_millis() as u64,
-            attempts: self.attempts,
+            attempts,
             error: Some(CallError {
                 class,
                 message: message.to_owned(),

@@ -420,7 +420,6 @@ mod tests {
 
     use super::*;
     use crate::domain::PlatformAgents;
-    use crate::providers::OutboundPolicy;
 
     fn mock(name: &str) -> AgentRequest {
         serde_json::from_value(json!({"name": name, "provider": "mock", "model": "m",
@@ -436,7 +435,7 @@ mod tests {
     /// at once: an own agent, a platform agent, the settings that allow it.
     #[tokio::test]
     async fn what_a_tenant_may_use_follows_writes_through_this_process() {
-        let (svc, _) = crate::setup::memory_services(OutboundPolicy::strict()).unwrap();
+        let svc = crate::setup::strict_memory_services();
         let acme = TenantId::parse("acme").unwrap();
         let own = Owner::Tenant(acme.clone());
         let admin = Principal {

@@ -92,8 +92,8 @@ fn check_offered(
 ) -> Result<(), SubmitError> {
     if !RoutingStrategy::OFFERED.contains(&routing) {
         return Err(SubmitError::NotOffered(format!(
-            "routing.strategy {:?} is not offered yet; use best or cheapest",
-            routing
+            "routing.strategy {} is not offered yet; use quality (or best), cheapest, or explicit with routing.agents",
+            routing.as_str()
         )));
     }
     if !AggregationStrategy::OFFERED.contains(&aggregation) {

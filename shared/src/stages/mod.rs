@@ -28,10 +28,9 @@ use crate::domain::{
 };
 use crate::ports::{
     AuditLog, BlobStore, CachedSecrets, Clock, EventPublisher, FinishedFeed, LocalLimiter,
-    NoAuditLog, NoBlobs, NoEvents, OutgoingMessage, Queue, QueueError, QueueName, RateLimiter,
-    Registry, StoreError, TaskStore,
+    NoAuditLog, NoBlobs, NoEvents, OutgoingMessage, ProviderClients, Queue, QueueError, QueueName,
+    RateLimiter, Registry, StoreError, TaskStore,
 };
-use crate::providers::Providers;
 
 /// Everything a stage talks to, built once per process.
 #[derive(Clone)]
@@ -43,7 +42,8 @@ pub struct Services {
     pub agents: Arc<AgentCache>,
     pub queue: Arc<dyn Queue>,
     pub secrets: Arc<CachedSecrets>,
-    pub providers: Providers,
+    /// The client for each provider kind.
+    pub providers: Arc<dyn ProviderClients>,
     pub clock: Arc<dyn Clock>,
     /// Wakes in-process waiters (`?wait=N`) when a task finishes.
     pub completions: Arc<Completions>,
@@ -158,7 +158,7 @@ impl Services {
         registry: Arc<dyn Registry>,
         queue: Arc<dyn Queue>,
         secrets: Arc<CachedSecrets>,
-        providers: Providers,
+        providers: Arc<dyn ProviderClients>,
         clock: Arc<dyn Clock>,
         settings: Settings,
     ) -> Self {

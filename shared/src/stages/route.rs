@@ -49,11 +49,18 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
         svc.agents.usable(&task.tenant),
         svc.agents.settings(&task.tenant)
     )?;
-    let priced_only = budget::applies(settings.budgets, &task.spec);
-    let chosen = match routing::select(&task.spec, &agents, priced_only) {
-        Ok(chosen) => chosen,
+    let budgeted = budget::applies(settings.budgets, &task.spec);
+    let selection = match routing::select(&task.spec, &agents, budgeted) {
+        Ok(selection) => selection,
         Err(e) => return fail_task(svc, &task, routing_error(&e)).await,
     };
+    // The candidates after the chosen, in order, for the fallback chain.
+    tracing::debug!(
+        strategy = task.spec.routing_strategy.as_str(),
+        fallbacks = ?selection.fallbacks,
+        "agents chosen"
+    );
+    let chosen = selection.calls;
     // The whole panel is held against the budgets, and on the tenant's
     // counters in the same write as the plan: no panel is half paid and
     // then refused.

@@ -34,7 +34,9 @@ fn services(b: &Backend, events: Arc<dyn EventPublisher>) -> Services {
             clock.clone(),
             CachedSecrets::DEFAULT_TTL,
         )),
-        Providers::new(http_client(OutboundPolicy::strict()).unwrap()),
+        Arc::new(Providers::new(
+            http_client(OutboundPolicy::strict()).unwrap(),
+        )),
         clock,
         Settings::default(),
     )

@@ -450,7 +450,7 @@ mod tests {
         };
         let request: TaskRequest = serde_json::from_value(serde_json::json!({
             "task_type": "text", "content": "Grüße ✓ ".repeat(40), "system": "be brief",
-            "routing": {"strategy": "cheapest", "fanout": 2, "agents": ["a-1", "b-2"]},
+            "routing": {"strategy": "explicit", "fanout": 2, "agents": ["a-1", "b-2"]},
             "aggregation": {"strategy": "all"}, "budget_usd": 0.05, "timeout_ms": 120_000,
             "metadata": {"n": 3, "f": 0.000_125, "neg": -40, "big": 12_300_000u64,
                          "list": [1, "x", null, true, {"k": []}], "none": null}

@@ -822,7 +822,9 @@ struct Api {
 }
 
 fn api(config: AuthConfig) -> Api {
-    let (services, _) = crate::setup::memory_services(OutboundPolicy::strict()).unwrap();
+    let (services, _) =
+        crate::setup::memory_services(crate::setup::outbound(OutboundPolicy::strict()).unwrap())
+            .unwrap();
     let auth = Authenticator::from_config(config, None, Arc::new(SystemClock)).unwrap();
     Api {
         app: router(ApiState {

@@ -8,10 +8,11 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use super::*;
 use crate::domain::ErrorClass;
+use crate::ports::ProviderClient;
 use crate::providers::test_support::{
     agent, forbidden_server, key, received, single_request, test_names,
 };
-use crate::providers::{OpenAiCompatible, OpenAiMedia, ProviderClient, TASK_TRANSCRIPTION};
+use crate::providers::{OpenAiCompatible, OpenAiMedia, TASK_TRANSCRIPTION};
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d))
