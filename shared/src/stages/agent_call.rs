@@ -17,7 +17,7 @@ use secrecy::SecretString;
 use crate::domain::filters::Direction;
 use crate::domain::{
     Agent, AgentId, AuditEntry, CallError, CallId, CallLease, CallResult, CallStatus, Envelope,
-    ErrorClass, LeaseHolder, LeaseOutcome, MessageKind, ProviderKey, Task, TaskError, Usage,
+    ErrorClass, LeaseHolder, LeaseOutcome, MessageKind, ProviderKey, Task, TaskError, Usage, Usd,
     Verdict,
 };
 use crate::ports::{
@@ -811,6 +811,12 @@ impl CallRecord {
         now: DateTime<Utc>,
     ) -> CallResult {
         let attempts = self.attempts();
+        // A call that sent nothing cost nothing, whoever its agent; one that
+        // did and failed is priced at no usage (unknown without prices).
+        let cost_usd = match self.requests {
+            0 => Some(Usd::ZERO),
+            _ => agent.and_then(|a| a.cost(&Usage::default())),
+        };
         CallResult {
             call_id: self.call_id,
             agent_id: self.agent_id,
@@ -819,7 +825,7 @@ impl CallRecord {
             output: None,
             output_ref: None,
             usage: Usage::default(),
-            cost_usd: agent.and_then(|a| a.cost(&Usage::default())),
+            cost_usd,
             latency_ms: self.started.elapsed().as_millis() as u64,
             attempts,
             error: Some(CallError {
