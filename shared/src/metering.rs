@@ -36,7 +36,8 @@ use crate::stages::intake;
 ///
 /// The rate-limit take is on with the defaults of a deployment (600
 /// requests and 200,000 tokens a minute per tenant); a tenant whose token
-/// subjects have limits of their own adds one more Update.
+/// subjects have limits of their own adds one more Update, and each call
+/// of an agent with `rpm` or `tpm` one more at route (its buckets' take).
 ///
 /// The request's own item costs one call but saves write units on every
 /// later write (DynamoDB bills by units, not calls): the state item written

@@ -657,6 +657,68 @@ async fn a_task_cancelled_mid_call_owes_what_its_calls_cost_when_they_land(b: Ba
     p.stop().await;
 }
 
+/// Waits until `agent` was asked `n` times for `content`; then, after a
+/// retry's delay, checks it was asked no more.
+async fn called_exactly(p: &Pipeline, name: &str, agent: &str, content: &str, n: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while p.provider.count(agent, content) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}: {agent} was called {} times, not {n}",
+            p.provider.count(agent, content)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Longer than the 6 s a refused route message waits before it tries again.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(p.provider.count(agent, content), n, "{name}: {agent}");
+}
+
+/// 50 concurrent tasks for an agent limited to 10 calls a minute make 10
+/// calls while the clock stands still; the rest wait in the queue (none
+/// fails), and a minute later 10 more go. With fallback, a task passes the
+/// agent at its limit over for the next capable one, within that one's
+/// limit (5 a minute).
+async fn an_agent_at_its_rate_limit_is_passed_over_or_waited_for(b: Backend) {
+    let name = b.name;
+    let clock = Arc::new(maof::ports::ManualClock::new(chrono::Utc::now()));
+    let p = Pipeline::start(
+        b,
+        Faults {
+            clock: Some(clock.clone()),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let token = p.submitter("acme");
+    let body = json!({"task_type": "limited", "content": "limit me", "timeout_ms": 600000,
+        "routing": {"agents": ["limited-a"], "fallback": false}});
+    let submitted =
+        futures::future::join_all((0..50).map(|_| submit(&p, &token, body.clone(), ""))).await;
+    assert!(submitted.iter().all(|(status, _)| *status == 202), "{name}");
+    called_exactly(&p, name, "limited-a", "limit me", 10).await;
+    // None of the waiting tasks failed.
+    let token_viewer = p.token("acme", &[Role::Viewer]);
+    for (_, task) in &submitted {
+        let (_, task) = get_task(&p, &token_viewer, task["task_id"].as_str().unwrap()).await;
+        assert!(
+            ["queued", "running", "completed"].contains(&task["status"].as_str().unwrap()),
+            "{name}: {task}"
+        );
+    }
+    clock.advance(Duration::from_secs(60));
+    called_exactly(&p, name, "limited-a", "limit me", 20).await;
+    // limited-a has no room (the clock stands still again): the next tasks
+    // go to limited-b, five of them; the other three wait.
+    let body = json!({"task_type": "limited", "content": "fall back", "timeout_ms": 600000});
+    for _ in 0..8 {
+        assert_eq!(submit(&p, &token, body.clone(), "").await.0, 202, "{name}");
+    }
+    called_exactly(&p, name, "limited-b", "fall back", 5).await;
+    assert_eq!(p.provider.count("limited-a", "fall back"), 0, "{name}");
+    p.stop().await;
+}
+
 fn dropping_the_first(queue: QueueName, clock: Arc<maof::ports::ManualClock>) -> Faults {
     Faults {
         wrap_queue: Some(Box::new(move |q| {
@@ -1127,4 +1189,5 @@ on_both_backends!(
     a_cancelled_budgeted_task_releases_what_it_reserved,
     filter_modes_log_block_and_the_platforms_apply,
     strategies_pick_by_price_quality_and_context_window,
+    an_agent_at_its_rate_limit_is_passed_over_or_waited_for,
 );

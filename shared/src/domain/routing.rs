@@ -102,14 +102,6 @@ struct Candidate<'a> {
 impl<'a> Candidate<'a> {
     fn new(agent: &'a Agent, spec: &TaskSpec, budgeted: bool) -> Self {
         let input = budget::input_tokens(agent, spec);
-        // The output the call asks for: under a budget what is reserved
-        // (agent-call caps the answer at it), else the agent's own cap;
-        // without one the provider's default applies, which is not known.
-        let asked = if budgeted {
-            Some(budget::output_cap(agent))
-        } else {
-            agent.spec.constraints.max_tokens
-        };
         let expected_cost = agent.cost(&budget::usage_for_input(
             spec,
             input,
@@ -117,7 +109,7 @@ impl<'a> Candidate<'a> {
         ));
         Candidate {
             agent,
-            needed: input + u64::from(asked.unwrap_or(0)),
+            needed: input + u64::from(output_asked(agent, budgeted).unwrap_or(0)),
             expected_cost,
         }
     }
@@ -131,6 +123,24 @@ impl<'a> Candidate<'a> {
             .context_window
             .is_none_or(|window| self.needed <= u64::from(window))
     }
+}
+
+/// The output a call of `agent` asks for: under a budget what is reserved
+/// (agent-call caps the answer at it), else the agent's own cap; without
+/// one the provider's default applies, which is not known.
+fn output_asked(agent: &Agent, budgeted: bool) -> Option<u32> {
+    if budgeted {
+        Some(budget::output_cap(agent))
+    } else {
+        agent.spec.constraints.max_tokens
+    }
+}
+
+/// The tokens a call of `agent` for `spec` takes from a window or a
+/// tokens-per-minute limit: its input, as the agent's tokenizer counts it,
+/// plus the output it asks for.
+pub fn call_tokens(agent: &Agent, spec: &TaskSpec, budgeted: bool) -> u64 {
+    budget::input_tokens(agent, spec) + u64::from(output_asked(agent, budgeted).unwrap_or(0))
 }
 
 /// Input plus output price per million tokens: the price to compare agents by.

@@ -5,32 +5,48 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::task_store::StoreError;
-use crate::domain::TenantId;
 use crate::domain::rate::{Charge, Take};
+use crate::domain::{AgentId, Owner, TenantId};
 
-/// Whose buckets: a tenant's, or one token subject's within it; and which
-/// shard of them (a holder whose limit allows more takes a second than one
-/// item should take writes has its limit split over shards).
+/// Whose buckets.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// A tenant's requests.
+    Tenant(TenantId),
+    /// One token subject's requests within its tenant.
+    Subject(TenantId, String),
+    /// The calls of one agent, whoever's tasks they serve: a provider's
+    /// limits are per key, and a platform agent's key serves every tenant.
+    Agent(Owner, AgentId),
+}
+
+/// Whose buckets, and which shard of them (a holder whose limit allows
+/// more takes a second than one item should take writes has its limit
+/// split over shards).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Holder {
-    pub tenant: TenantId,
-    pub subject: Option<String>,
+    pub scope: Scope,
     pub shard: u32,
 }
 
 impl Holder {
     pub fn tenant(tenant: TenantId) -> Self {
         Holder {
-            tenant,
-            subject: None,
+            scope: Scope::Tenant(tenant),
             shard: 0,
         }
     }
 
     pub fn subject(tenant: TenantId, subject: String) -> Self {
         Holder {
-            tenant,
-            subject: Some(subject),
+            scope: Scope::Subject(tenant, subject),
+            shard: 0,
+        }
+    }
+
+    pub fn agent(owner: Owner, agent: AgentId) -> Self {
+        Holder {
+            scope: Scope::Agent(owner, agent),
             shard: 0,
         }
     }

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use crate::domain::rate::{BucketState, Charge, Rate, Take};
-use crate::domain::{Principal, Rates};
+use crate::domain::rate::{BucketState, Charge, Rate, Refused, Take};
+use crate::domain::{Agent, Principal, Rates};
 use crate::ports::{Draw, Holder, StoreError};
 
 use super::Services;
@@ -113,26 +113,10 @@ pub async fn admit(
     let now = svc.clock.now();
     let mut tightest: Option<BucketState> = None;
     for (holder, rates, scope) in holders {
-        let shards = shards(rates);
-        let draws = draws(rates, shards, tokens);
-        if draws.is_empty() {
-            continue;
-        }
-        // A shard at random; a sharded holder tries a second before refusing.
-        let first = rand::random_range(0..shards);
-        let mut take = svc
-            .limiter
-            .take(&holder.clone().in_shard(first), &draws, now)
-            .await?;
-        if shards > 1 && matches!(take, Take::Refused { .. }) {
-            let second = (first + 1 + rand::random_range(0..shards - 1)) % shards;
-            take = svc
-                .limiter
-                .take(&holder.in_shard(second), &draws, now)
-                .await?;
-        }
-        match take {
-            Take::Allowed(states) => {
+        let draws = draws(rates, shards(rates), tokens);
+        match take(svc, holder, rates, &draws, now).await? {
+            None => {}
+            Some(Take::Allowed(states)) => {
                 for state in states {
                     let room = |s: &BucketState| s.remaining as f64 / s.limit.max(1) as f64;
                     if tightest.as_ref().is_none_or(|t| room(&state) < room(t)) {
@@ -140,15 +124,13 @@ pub async fn admit(
                     }
                 }
             }
-            Take::Refused { bucket, refused } => {
+            Some(Take::Refused { bucket, refused }) => {
                 let draw = draws[bucket.min(draws.len() - 1)];
                 tracing::info!(tenant = %principal.tenant, limit = draw.bucket, scope, "rate limited");
-                let retry_after_us = u64::try_from(refused.retry_after_us).unwrap_or(0);
                 return Err(LimitError::Limited {
                     limit: draw.bucket,
                     scope,
-                    // Whole seconds, rounded up: a client that waits them is admitted.
-                    retry_after: Duration::from_secs(retry_after_us.div_ceil(1_000_000).max(1)),
+                    retry_after: wait_of(&refused),
                     state: BucketState {
                         limit: draw.charge.rate.limit,
                         remaining: 0,
@@ -159,6 +141,84 @@ pub async fn admit(
         }
     }
     Ok(tightest)
+}
+
+/// Takes `draws` from one holder's buckets, limited to `rates`: a shard at
+/// random, and for a sharded holder a second before refusing. None when
+/// the holder has no limit (nothing is written).
+async fn take(
+    svc: &Services,
+    holder: Holder,
+    rates: Rates,
+    draws: &[Draw],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<Take>, StoreError> {
+    if draws.is_empty() {
+        return Ok(None);
+    }
+    let shards = shards(rates);
+    let first = rand::random_range(0..shards);
+    let mut take = svc
+        .limiter
+        .take(&holder.clone().in_shard(first), draws, now)
+        .await?;
+    if shards > 1 && matches!(take, Take::Refused { .. }) {
+        let second = (first + 1 + rand::random_range(0..shards - 1)) % shards;
+        take = svc
+            .limiter
+            .take(&holder.in_shard(second), draws, now)
+            .await?;
+    }
+    Ok(Some(take))
+}
+
+/// Whole seconds, rounded up: a client that waits them is admitted.
+fn wait_of(refused: &Refused) -> Duration {
+    let us = u64::try_from(refused.retry_after_us).unwrap_or(0);
+    Duration::from_secs(us.div_ceil(1_000_000).max(1))
+}
+
+/// What an agent's own limits (`rpm`, `tpm`: its provider key's) say to one
+/// more call of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallAdmission {
+    /// Taken (or the agent has no limit).
+    Admitted,
+    /// At its limit: it has room again after this long.
+    Wait(Duration),
+    /// The call alone is more tokens than the agent's minute allows.
+    Never,
+}
+
+/// Takes one call of `tokens` estimated tokens from `agent`'s buckets, shared
+/// by every instance (one conditional write, only for an agent with limits).
+pub async fn admit_call(
+    svc: &Services,
+    agent: &Agent,
+    tokens: u64,
+) -> Result<CallAdmission, StoreError> {
+    let rates = Rates {
+        rpm: agent.spec.constraints.rpm.map(u64::from),
+        tpm: agent.spec.constraints.tpm.map(u64::from),
+    };
+    let shards = shards(rates);
+    if rates
+        .tpm
+        .is_some_and(|tpm| tokens > (tpm / u64::from(shards)).max(1))
+    {
+        return Ok(CallAdmission::Never);
+    }
+    let holder = Holder::agent(agent.owner.clone(), agent.id.clone());
+    let draws = draws(rates, shards, tokens);
+    Ok(
+        match take(svc, holder, rates, &draws, svc.clock.now()).await? {
+            None | Some(Take::Allowed(_)) => CallAdmission::Admitted,
+            Some(Take::Refused { refused, .. }) => {
+                tracing::info!(agent = %agent.id, "agent at its rate limit");
+                CallAdmission::Wait(wait_of(&refused))
+            }
+        },
+    )
 }
 
 #[cfg(test)]

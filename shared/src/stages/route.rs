@@ -1,12 +1,15 @@
 //! Route: picks agents for a task and sends one agent-call message per call.
 
-use crate::domain::routing::{self, RoutingError};
+use std::time::Duration;
+
+use crate::domain::routing::{self, RoutingError, Selection};
 use crate::domain::{
-    AuditEntry, BudgetExceeded, CallId, Envelope, MessageKind, PlannedCall, Task, TaskError,
+    Agent, AuditEntry, BudgetExceeded, CallId, Envelope, MessageKind, PlannedCall, Task, TaskError,
     TaskPatch, TaskStatus, budget,
 };
 use crate::ports::{OutgoingMessage, QueueName, StoreError};
 
+use super::limits::{self, CallAdmission};
 use super::{Services, StageError, end_task, fail_task};
 
 #[tracing::instrument(skip_all, fields(stage = "route", tenant = %envelope.tenant, task_id = %envelope.task_id))]
@@ -60,7 +63,28 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
         fallbacks = ?selection.fallbacks,
         "agents chosen"
     );
-    let chosen = selection.calls;
+    // Agents at their own rate limits are passed over for the next
+    // candidates; with none left, the task waits in the queue for room.
+    let chosen = match admit_panel(svc, &task, &agents, selection, budgeted).await? {
+        Panel::Ready(chosen) => chosen,
+        Panel::Wait(after) if now + after < task.deadline() => {
+            return Err(StageError::RetryLater {
+                after,
+                reason: "the task's agents are at their rate limits".into(),
+            });
+        }
+        Panel::Wait(_) | Panel::None => {
+            return fail_task(
+                svc,
+                &task,
+                TaskError::new(
+                    "agents_rate_limited",
+                    "every agent that could serve the task is at its rate limit until after its deadline, or the task alone is more tokens than an agent's minute allows",
+                ),
+            )
+            .await;
+        }
+    };
     // The whole panel is held against the budgets, and on the tenant's
     // counters in the same write as the plan: no panel is half paid and
     // then refused.
@@ -102,6 +126,53 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
     };
     tracing::debug!(calls = task.plan.len(), "routed");
     send_calls(svc, envelope, &task).await
+}
+
+/// The panel, every member admitted by its own rate limits; or how long
+/// until one would be; or none ever.
+enum Panel {
+    Ready(Vec<Agent>),
+    Wait(Duration),
+    None,
+}
+
+/// Takes each chosen agent's call from its limits, passing an agent at its
+/// limit over for the next fallback, until `fanout` are admitted. Takes
+/// made for a panel that then waits are not given back: the limits are
+/// kept strictly, at worst by a few calls' worth too strictly.
+async fn admit_panel(
+    svc: &Services,
+    task: &Task,
+    agents: &[Agent],
+    selection: Selection,
+    budgeted: bool,
+) -> Result<Panel, StageError> {
+    let wanted = selection.calls.len();
+    let candidates = selection.calls.into_iter().chain(
+        selection
+            .fallbacks
+            .iter()
+            .filter_map(|id| agents.iter().find(|a| &a.id == id).cloned()),
+    );
+    let (mut admitted, mut soonest) = (Vec::with_capacity(wanted), None::<Duration>);
+    for agent in candidates {
+        if admitted.len() == wanted {
+            break;
+        }
+        let tokens = routing::call_tokens(&agent, &task.spec, budgeted);
+        match limits::admit_call(svc, &agent, tokens).await? {
+            CallAdmission::Admitted => admitted.push(agent),
+            CallAdmission::Wait(after) => {
+                soonest = Some(soonest.map_or(after, |s| s.min(after)));
+            }
+            CallAdmission::Never => {}
+        }
+    }
+    Ok(match (admitted.len() == wanted, soonest) {
+        (true, _) => Panel::Ready(admitted),
+        (false, Some(after)) => Panel::Wait(after),
+        (false, None) => Panel::None,
+    })
 }
 
 fn routing_error(e: &RoutingError) -> TaskError {

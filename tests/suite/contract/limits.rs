@@ -1,8 +1,8 @@
 //! Rate-limit buckets: shared, exact under concurrency, all or nothing.
 
 use chrono::Utc;
-use maof::domain::TenantId;
 use maof::domain::rate::{Charge, Rate, Take};
+use maof::domain::{AgentId, Owner, TenantId};
 use maof::ports::{Draw, Holder};
 use maof_tests::backends::Backend;
 
@@ -107,7 +107,34 @@ async fn a_take_of_several_buckets_moves_all_or_none(b: Backend) {
     assert_eq!(states[1].remaining, 30, "{}", b.name);
 }
 
+/// An agent's buckets are its own: apart from its tenant's, and a
+/// platform agent's apart from a tenant's agent of the same id.
+async fn an_agents_buckets_are_apart_from_its_owners(b: Backend) {
+    let now = Utc::now();
+    let acme = TenantId::parse("acme").unwrap();
+    let id = AgentId::parse("gpt").unwrap();
+    let holders = [
+        Holder::agent(Owner::Tenant(acme.clone()), id.clone()),
+        Holder::agent(Owner::Platform, id.clone()),
+        Holder::tenant(acme.clone()),
+        Holder::subject(acme, "gpt".into()),
+    ];
+    for holder in &holders {
+        let first = b.limiter.take(holder, &[rpm(1)], now).await.unwrap();
+        assert!(matches!(first, Take::Allowed(_)), "{}: {holder:?}", b.name);
+    }
+    for holder in &holders {
+        let second = b.limiter.take(holder, &[rpm(1)], now).await.unwrap();
+        assert!(
+            matches!(second, Take::Refused { .. }),
+            "{}: {holder:?}",
+            b.name
+        );
+    }
+}
+
 on_both_backends!(
     fifty_concurrent_takes_against_a_limit_of_ten_admit_exactly_ten,
     a_take_of_several_buckets_moves_all_or_none,
+    an_agents_buckets_are_apart_from_its_owners,
 );

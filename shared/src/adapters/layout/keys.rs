@@ -82,19 +82,24 @@ pub fn agent_sk(id: &AgentId) -> String {
 }
 
 /// A rate-limit holder's buckets: one item, so one conditional write takes
-/// from all of them. A subject's follows its tenant's key; a long subject is
-/// hashed to keep the key short; shards past the first have a suffix.
+/// from all of them. A subject's follows its tenant's key, and an agent's
+/// its owner's (the platform's with `PLATFORM`); a long subject is hashed
+/// to keep the key short; shards past the first have a suffix.
 pub fn limits_pk(holder: &crate::ports::Holder) -> String {
-    let tenant = &holder.tenant;
-    let mut pk = match &holder.subject {
-        None => format!("T#{tenant}#LIMITS"),
-        Some(subject) if subject.len() <= 200 => format!("T#{tenant}#LIMITS#SUB#{subject}"),
-        Some(subject) => {
+    use crate::ports::limits::Scope;
+    let mut pk = match &holder.scope {
+        Scope::Tenant(tenant) => format!("T#{tenant}#LIMITS"),
+        Scope::Subject(tenant, subject) if subject.len() <= 200 => {
+            format!("T#{tenant}#LIMITS#SUB#{subject}")
+        }
+        Scope::Subject(tenant, subject) => {
             let hash = subject.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
                 (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
             });
             format!("T#{tenant}#LIMITS#SUBH#{hash:016x}")
         }
+        Scope::Agent(Owner::Tenant(tenant), agent) => format!("T#{tenant}#LIMITS#AGENT#{agent}"),
+        Scope::Agent(Owner::Platform, agent) => format!("PLATFORM#LIMITS#AGENT#{agent}"),
     };
     if holder.shard > 0 {
         pk.push_str(&format!("#S{}", holder.shard));
