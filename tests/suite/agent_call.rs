@@ -381,6 +381,7 @@ fn cost_sums_are_exact_for_a_thousand_calls_of_odd_token_counts() {
             call_id,
             agent_id: agent.id.clone(),
             hold: None,
+            fallbacks: Vec::new(),
         });
         calls.push(CallResult {
             call_id,
@@ -396,6 +397,7 @@ fn cost_sums_are_exact_for_a_thousand_calls_of_odd_token_counts() {
             error: None,
             retried_errors: Vec::new(),
             finished_at: Utc::now(),
+            fell_back_from: Vec::new(),
             settles: None,
         });
     }
@@ -443,6 +445,7 @@ async fn a_redelivered_call_stored_after_its_task_ended_is_added_to_its_cost() {
             call_id,
             agent_id: agent_id.clone(),
             hold: None,
+            fallbacks: Vec::new(),
         }]),
         expected_calls: Some(1),
         ..TaskPatch::default()
@@ -478,6 +481,7 @@ async fn a_redelivered_call_stored_after_its_task_ended_is_added_to_its_cost() {
         error: None,
         retried_errors: Vec::new(),
         finished_at: Utc::now(),
+        fell_back_from: Vec::new(),
         settles: None,
     };
     svc.tasks
@@ -546,7 +550,9 @@ async fn a_key_is_sent_only_to_a_host_its_binding_names() {
     ] {
         let record = run(
             &h,
-            json!({"task_type": "text", "content": "hi", "routing": {"agents": [id]}}),
+            // Without fallback: the refused agent's own failure is the point.
+            json!({"task_type": "text", "content": "hi",
+                "routing": {"agents": [id], "fallback": false}}),
         )
         .await;
         assert_eq!(record.task.status, TaskStatus::Failed, "{id}");

@@ -157,8 +157,9 @@ async fn no_key_or_token_is_logged_stored_or_announced(b: Backend) {
             .http
             .post(format!("{}/v1/tasks?wait=20", p.base))
             .bearer_auth(&token)
+            // Without fallback: the echoing agent's own failure is the point.
             .json(&json!({"task_type": "text", "content": "hello",
-                "routing": {"agents": [id]}}))
+                "routing": {"agents": [id], "fallback": false}}))
             .send()
             .await
             .unwrap()

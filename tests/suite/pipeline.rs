@@ -657,6 +657,73 @@ async fn a_task_cancelled_mid_call_owes_what_its_calls_cost_when_they_land(b: Ba
     p.stop().await;
 }
 
+/// A call whose agent fails for good on the provider's side goes to the
+/// call's fallbacks in order: through two failing agents to the third,
+/// which answers; the call shows the chain. With a depth of one it stops
+/// failed at the second, and without fallback at the first.
+async fn a_call_falls_back_through_failing_agents_to_one_that_answers(b: Backend) {
+    let name = b.name;
+    let p = Pipeline::start(b, Faults::default()).await;
+    let token = p.submitter("acme");
+    let body = json!({"task_type": "chained", "content": "fall through"});
+    let (_, task) = submit(&p, &token, body, "?wait=20").await;
+    assert_eq!(task["status"], "completed", "{name}: {task}");
+    let call = &task["calls"][0];
+    assert_eq!(call["agent_id"], "chain-c", "{name}: {task}");
+    let chain: Vec<(&str, &str)> = call["fell_back_from"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["agent_id"].as_str().unwrap(),
+                h["error"]["class"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        chain,
+        [("chain-a", "server"), ("chain-b", "rate_limited")],
+        "{name}: {task}"
+    );
+    for agent in ["chain-a", "chain-b", "chain-c"] {
+        assert_eq!(
+            p.provider.count(agent, "fall through"),
+            1,
+            "{name}: {agent}"
+        );
+    }
+    let body = json!({"task_type": "chained", "content": "one step",
+        "routing": {"fallback_depth": 1}});
+    let (_, task) = submit(&p, &token, body, "?wait=20").await;
+    assert_eq!(task["status"], "failed", "{name}: {task}");
+    assert_eq!(task["calls"][0]["agent_id"], "chain-b", "{name}: {task}");
+    assert_eq!(p.provider.count("chain-c", "one step"), 0, "{name}");
+    let body = json!({"task_type": "chained", "content": "no fallback",
+        "routing": {"fallback": false}});
+    let (_, task) = submit(&p, &token, body, "?wait=20").await;
+    assert_eq!(task["status"], "failed", "{name}: {task}");
+    assert_eq!(task["calls"][0]["agent_id"], "chain-a", "{name}: {task}");
+    assert!(
+        task["calls"][0]["fell_back_from"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{name}: {task}"
+    );
+    assert_eq!(p.provider.count("chain-b", "no fallback"), 0, "{name}");
+    // A depth without fallback is refused, naming the field.
+    let body = json!({"task_type": "chained", "content": "x",
+        "routing": {"fallback": false, "fallback_depth": 2}});
+    let (status, problem) = submit(&p, &token, body, "").await;
+    assert_eq!(status, 422, "{name}: {problem}");
+    assert_eq!(
+        problem["field"], "routing.fallback_depth",
+        "{name}: {problem}"
+    );
+    p.stop().await;
+}
+
 /// Waits until `agent` was asked `n` times for `content`; then, after a
 /// retry's delay, checks it was asked no more.
 async fn called_exactly(p: &Pipeline, name: &str, agent: &str, content: &str, n: u32) {
@@ -1190,4 +1257,5 @@ on_both_backends!(
     filter_modes_log_block_and_the_platforms_apply,
     strategies_pick_by_price_quality_and_context_window,
     an_agent_at_its_rate_limit_is_passed_over_or_waited_for,
+    a_call_falls_back_through_failing_agents_to_one_that_answers,
 );

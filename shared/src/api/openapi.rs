@@ -17,6 +17,7 @@ use super::views::{
 };
 use super::{agents, audit, tasks, tenants};
 use crate::domain::audit::{Actor, Detail, Resource};
+use crate::domain::call::Hop;
 use crate::domain::{AgentRequest, AuditEntry, TaskRequest, TenantId};
 
 #[derive(OpenApi)]
@@ -55,7 +56,7 @@ use crate::domain::{AgentRequest, AuditEntry, TaskRequest, TenantId};
         Problem, TaskRequest, Accepted, TaskView, ResultView, CallView, TaskPage, AgentRequest, AgentView, PricingView, AgentList, Health,
         SettingsRequest, PlatformAgentName, RateLimitsRequest, RatesRequest, SettingsView,
         CeilingsView, RateLimitsView, RatesView, TenantId, BudgetsRequest, BudgetsView, UsageView,
-        PeriodUsageView, AuditPage, AuditEntry, Actor, Resource, Detail,
+        PeriodUsageView, AuditPage, AuditEntry, Actor, Resource, Detail, Hop,
     )),
     modifiers(&BearerAuth),
     tags(

@@ -1738,6 +1738,7 @@ async fn money_in_a_task_is_a_decimal_string_not_a_float() {
         error: None,
         retried_errors: Vec::new(),
         finished_at: chrono::Utc::now(),
+        fell_back_from: Vec::new(),
         settles: None,
     };
     h.tasks.put_call(&tenant, task_id, &call).await.unwrap();

@@ -7,6 +7,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::domain::call::Hop;
 use crate::domain::{
     Agent, AgentId, AggregateResult, AggregationStrategy, Budgets, CallError, CallId, CallResult,
     CallStatus, Constraints, EffectiveSettings, FilterSettings, MockOptions, Period,
@@ -163,6 +164,10 @@ pub struct CallView {
     pub error: Option<CallError>,
     /// The errors of earlier attempts, oldest first.
     pub retried_errors: Vec<CallError>,
+    /// The agents tried before `agent_id`, each failed for good on the
+    /// provider's side, oldest first (the fallback chain); `usage` and
+    /// `cost_usd` include theirs.
+    pub fell_back_from: Vec<Hop>,
     pub finished_at: DateTime<Utc>,
 }
 
@@ -184,6 +189,7 @@ impl CallView {
             attempts: call.attempts,
             error: call.error,
             retried_errors: call.retried_errors,
+            fell_back_from: call.fell_back_from,
             finished_at: call.finished_at,
         }
     }

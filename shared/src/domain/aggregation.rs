@@ -120,6 +120,7 @@ mod tests {
                 call_id: *c,
                 agent_id: AgentId::parse(format!("a{i}")).unwrap(),
                 hold: None,
+                fallbacks: Vec::new(),
             })
             .collect();
         (task, calls)
@@ -151,6 +152,7 @@ mod tests {
             }),
             retried_errors: Vec::new(),
             finished_at: Utc::now(),
+            fell_back_from: Vec::new(),
             settles: None,
         }
     }

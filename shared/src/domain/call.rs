@@ -88,6 +88,19 @@ impl ErrorClass {
     }
 }
 
+/// One agent a call tried and left for the next (a fallback).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Hop {
+    #[schema(value_type = String)]
+    pub agent_id: AgentId,
+    pub error: CallError,
+    pub attempts: u32,
+    pub latency_ms: u64,
+    /// What its attempts cost; `None` without prices.
+    #[schema(value_type = Option<String>)]
+    pub cost_usd: Option<Usd>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CallError {
     pub class: ErrorClass,
@@ -134,6 +147,11 @@ pub struct CallResult {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retried_errors: Vec<CallError>,
     pub finished_at: DateTime<Utc>,
+    /// The agents this call tried before its last, each failed for good on
+    /// the provider's side, oldest first; `agent_id` is the last. `usage`
+    /// and `cost_usd` are the whole call's, these included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fell_back_from: Vec<Hop>,
     /// The budget reservation this result settles: the store applies it to
     /// the tenant's counters in the same write as the result, so only the
     /// first result written settles.

@@ -17,6 +17,10 @@ pub const MAX_CONTENT_BYTES: usize = 200 * 1024;
 /// Largest `system` prompt accepted, in bytes.
 pub const MAX_SYSTEM_BYTES: usize = 32 * 1024;
 pub const MAX_FANOUT: u32 = 10;
+/// How many other agents a failed call may fall back to, at most, and by
+/// default.
+pub const MAX_FALLBACK_DEPTH: u32 = 5;
+pub const DEFAULT_FALLBACK_DEPTH: u32 = 2;
 pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
 pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
 
@@ -234,6 +238,12 @@ fn default_true() -> bool {
     true
 }
 
+/// A spec stored before `fallback_depth` existed had fallback on (nothing
+/// called it then) and the default depth.
+fn default_fallback_depth() -> u32 {
+    DEFAULT_FALLBACK_DEPTH
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingRequest {
@@ -249,8 +259,15 @@ pub struct RoutingRequest {
     #[serde(default = "default_fanout")]
     #[schema(minimum = 1, maximum = 10)]
     pub fanout: u32,
+    /// Whether a call that fails for good on the provider's side is tried
+    /// with another capable agent (default true).
     #[serde(default = "default_true")]
     pub fallback: bool,
+    /// How many other agents a call may fall back to (0 to 5, default 2);
+    /// only with `fallback`.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 5)]
+    pub fallback_depth: Option<u32>,
 }
 
 impl Default for RoutingRequest {
@@ -260,6 +277,7 @@ impl Default for RoutingRequest {
             agents: Vec::new(),
             fanout: 1,
             fallback: true,
+            fallback_depth: None,
         }
     }
 }
@@ -335,6 +353,10 @@ pub enum RequestError {
         "routing.agents names the agents to call (strategy explicit); routing.strategy {0} cannot apply to them"
     )]
     StrategyWithAgents(&'static str),
+    #[error("routing.fallback_depth must be between 0 and {max}")]
+    FallbackDepthOutOfRange { max: u32 },
+    #[error("routing.fallback_depth needs routing.fallback, which is false")]
+    FallbackDepthWithoutFallback,
     #[error("budget_usd must not be negative")]
     NegativeBudget,
     #[error("timeout_ms must be between 1 and {max}")]
@@ -363,6 +385,8 @@ impl RequestError {
             }
             RequestError::BadAgent(_) | RequestError::ExplicitWithoutAgents => "routing.agents",
             RequestError::StrategyWithAgents(_) => "routing.strategy",
+            RequestError::FallbackDepthOutOfRange { .. }
+            | RequestError::FallbackDepthWithoutFallback => "routing.fallback_depth",
             RequestError::NegativeBudget => "budget_usd",
             RequestError::TimeoutOutOfRange { .. } => "timeout_ms",
             RequestError::BadIdempotencyKey(_) => "idempotency_key",
@@ -380,6 +404,9 @@ pub struct TaskSpec {
     pub agents: Vec<AgentId>,
     pub fanout: u32,
     pub fallback: bool,
+    /// How many other agents each call may fall back to (0 without fallback).
+    #[serde(default = "default_fallback_depth")]
+    pub fallback_depth: u32,
     pub aggregation: AggregationStrategy,
     pub budget_usd: Option<Usd>,
     pub timeout_ms: u64,
@@ -434,6 +461,16 @@ impl TaskRequest {
             }
             (Some(strategy), true) => strategy,
         };
+        let fallback_depth = match (routing.fallback, routing.fallback_depth) {
+            (false, Some(_)) => return Err(RequestError::FallbackDepthWithoutFallback),
+            (false, None) => 0,
+            (true, Some(depth)) if depth > MAX_FALLBACK_DEPTH => {
+                return Err(RequestError::FallbackDepthOutOfRange {
+                    max: MAX_FALLBACK_DEPTH,
+                });
+            }
+            (true, depth) => depth.unwrap_or(DEFAULT_FALLBACK_DEPTH),
+        };
         if self.budget_usd.is_some_and(Usd::is_negative) {
             return Err(RequestError::NegativeBudget);
         }
@@ -456,6 +493,7 @@ impl TaskRequest {
             agents,
             fanout: routing.fanout,
             fallback: routing.fallback,
+            fallback_depth,
             aggregation: self.aggregation.strategy,
             budget_usd: self.budget_usd,
             timeout_ms,
@@ -505,6 +543,10 @@ pub struct PlannedCall {
     /// What was reserved for the call when a budget applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<super::budget::CallHold>,
+    /// The agents to try, in order, if this one fails for good on the
+    /// provider's side: this call's own (no two calls of a fan-out share one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<AgentId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,7 +14,9 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use secrecy::SecretString;
 
+use crate::domain::call::Hop;
 use crate::domain::filters::Direction;
+use crate::domain::routing;
 use crate::domain::{
     Agent, AgentId, AuditEntry, CallError, CallId, CallLease, CallResult, CallStatus, Envelope,
     ErrorClass, LeaseHolder, LeaseOutcome, MessageKind, ProviderKey, Task, TaskError, Usage, Usd,
@@ -25,6 +27,7 @@ use crate::ports::{
     Role, SecretError, SecretSource, StoreError,
 };
 
+use super::limits::{self, CallAdmission};
 use super::{Ended, Services, StageError, aggregate, claim_check, end_task, fail_task};
 
 /// How long a lease outlives the attempt it covers: time to write the result.
@@ -97,17 +100,13 @@ pub async fn handle(
         task: task.deadline(),
         invocation: invocation_deadline,
     };
-    let call = match prepare(svc, &task, call_id, &agent_id).await? {
-        Prepared::Ready(call) => call,
-        Prepared::Failed(result) => return conclude(svc, envelope, &task, *result).await,
-    };
     let lease = Lease {
         svc,
         task: &task,
         call_id,
         holder: LeaseHolder::new(),
     };
-    let result = call.run(svc, deadline, &lease).await?;
+    let result = call_with_fallbacks(svc, &task, call_id, &agent_id, deadline, &lease).await?;
     let result = filter_output(svc, &task, result).await?;
     let concluded = conclude(svc, envelope, &task, result).await;
     if concluded.is_err() {
@@ -116,6 +115,137 @@ pub async fn handle(
         lease.end_at(svc.clock.now()).await;
     }
     concluded
+}
+
+/// Calls the planned agent and, while the last agent failed for good on
+/// the provider's side, the call's fallbacks in order, within the task's
+/// deadline. A fallback must be usable now: known to the tenant, under its
+/// own rate limit (a fallback does not wait for room), and after a context
+/// length error, with a larger window. The result is the last agent's,
+/// with the ones left behind in `fell_back_from` and their cost added.
+/// A delivery that must wait in the queue (a provider's long retry-after)
+/// starts over from the planned agent when it comes back.
+async fn call_with_fallbacks(
+    svc: &Services,
+    task: &Task,
+    call_id: CallId,
+    planned: &AgentId,
+    deadline: Deadline,
+    lease: &Lease<'_>,
+) -> Result<CallResult, StageError> {
+    let fallbacks = task
+        .planned(call_id)
+        .map(|c| c.fallbacks.clone())
+        .unwrap_or_default();
+    let mut left = fallbacks.into_iter();
+    let mut hops: Vec<Hop> = Vec::new();
+    let mut agent_id = planned.clone();
+    loop {
+        let result = match prepare(svc, task, call_id, &agent_id).await? {
+            Prepared::Ready(call) => call.run(svc, deadline, lease).await?,
+            Prepared::Failed(result) => *result,
+        };
+        let next = match result
+            .error
+            .as_ref()
+            .filter(|_| result.status == CallStatus::Failed)
+        {
+            Some(error) if falls_back(error.class) && svc.clock.now() < task.deadline() => {
+                next_fallback(svc, task, &result, error.class, &mut left).await?
+            }
+            _ => None,
+        };
+        let Some(next) = next else {
+            return Ok(after_hops(result, hops));
+        };
+        tracing::info!(from = %result.agent_id, to = %next, "falling back");
+        hops.push(Hop {
+            agent_id: result.agent_id.clone(),
+            error: result.error.clone().unwrap_or(CallError {
+                class: ErrorClass::Unavailable,
+                message: String::new(),
+            }),
+            attempts: result.attempts,
+            latency_ms: result.latency_ms,
+            cost_usd: result.cost_usd,
+        });
+        agent_id = next;
+    }
+}
+
+/// Whether a call that failed for good with `class` goes on to a fallback:
+/// failures of the provider's side (a caller's bad request would fail on
+/// any agent; a refusal of the content is the content's).
+fn falls_back(class: ErrorClass) -> bool {
+    matches!(
+        class,
+        ErrorClass::RateLimited
+            | ErrorClass::Overloaded
+            | ErrorClass::Server
+            | ErrorClass::Timeout
+            | ErrorClass::Network
+            | ErrorClass::Auth
+            | ErrorClass::ContextLengthExceeded
+    )
+}
+
+/// The first of the call's fallbacks `left` that may take it now.
+async fn next_fallback(
+    svc: &Services,
+    task: &Task,
+    failed: &CallResult,
+    class: ErrorClass,
+    left: &mut impl Iterator<Item = AgentId>,
+) -> Result<Option<AgentId>, StageError> {
+    let failed_window = match class {
+        ErrorClass::ContextLengthExceeded => svc
+            .agents
+            .find(&task.tenant, &failed.agent_id)
+            .await?
+            .and_then(|a| a.spec.constraints.context_window),
+        _ => None,
+    };
+    let budgeted = task
+        .planned(failed.call_id)
+        .is_some_and(|c| c.hold.is_some());
+    for id in left.by_ref() {
+        let Some(agent) = svc.agents.find(&task.tenant, &id).await? else {
+            continue;
+        };
+        if !agent.spec.enabled || !agent.can_serve(&task.spec.task_type) {
+            continue;
+        }
+        // An agent that states no window, or after one that stated none,
+        // is given the chance.
+        let roomier = match (agent.spec.constraints.context_window, failed_window) {
+            (Some(window), Some(failed)) => window > failed,
+            _ => true,
+        };
+        if class == ErrorClass::ContextLengthExceeded && !roomier {
+            continue;
+        }
+        let tokens = routing::call_tokens(&agent, &task.spec, budgeted);
+        match limits::admit_call(svc, &agent, tokens).await? {
+            CallAdmission::Admitted => return Ok(Some(id)),
+            CallAdmission::Wait(_) | CallAdmission::Never => {}
+        }
+    }
+    Ok(None)
+}
+
+/// The last agent's result with the agents it fell back from: their
+/// attempts' cost is the call's too (unknown if any is).
+fn after_hops(mut result: CallResult, hops: Vec<Hop>) -> CallResult {
+    if hops.is_empty() {
+        return result;
+    }
+    result.cost_usd = hops
+        .iter()
+        .map(|h| h.cost_usd)
+        .chain([result.cost_usd])
+        .try_fold(Usd::ZERO, |sum, cost| cost.map(|c| sum + c));
+    result.fell_back_from = hops;
+    result
 }
 
 /// A fresh answer as the tenant's output filters leave it, before it is
@@ -793,6 +923,7 @@ impl CallRecord {
             error: None,
             retried_errors: self.retried_errors,
             finished_at: now,
+            fell_back_from: Vec::new(),
             settles: None,
         }
     }
@@ -834,6 +965,7 @@ impl CallRecord {
             }),
             retried_errors: self.retried_errors,
             finished_at: now,
+            fell_back_from: Vec::new(),
             settles: None,
         }
     }

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use crate::domain::routing::{self, RoutingError, Selection};
 use crate::domain::{
-    Agent, AuditEntry, BudgetExceeded, CallId, Envelope, MessageKind, PlannedCall, Task, TaskError,
-    TaskPatch, TaskStatus, budget,
+    Agent, AgentId, AuditEntry, BudgetExceeded, CallHold, CallId, Envelope, MessageKind,
+    PlannedCall, Task, TaskError, TaskPatch, TaskSpec, TaskStatus, budget,
 };
 use crate::ports::{OutgoingMessage, QueueName, StoreError};
 
@@ -63,6 +63,7 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
         fallbacks = ?selection.fallbacks,
         "agents chosen"
     );
+    let candidates = selection.fallbacks.clone();
     // Agents at their own rate limits are passed over for the next
     // candidates; with none left, the task waits in the queue for room.
     let chosen = match admit_panel(svc, &task, &agents, selection, budgeted).await? {
@@ -93,13 +94,16 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
         Err(e) => return fail_over_budget(svc, &task, &e).await,
     };
     let hold = holds.tenant;
+    let fallbacks = deal_fallbacks(&task.spec, &agents, &candidates, &chosen, &holds.calls);
     let plan: Vec<PlannedCall> = chosen
         .iter()
         .zip(holds.calls)
-        .map(|(agent, hold)| PlannedCall {
+        .zip(fallbacks)
+        .map(|((agent, hold), fallbacks)| PlannedCall {
             call_id: CallId::new(),
             agent_id: agent.id.clone(),
             hold,
+            fallbacks,
         })
         .collect();
     let patch = TaskPatch {
@@ -175,6 +179,48 @@ async fn admit_panel(
     })
 }
 
+/// Each call's own fallbacks: the candidates not called that can serve the
+/// task, dealt to the calls in turn (so no two calls of a fan-out fall back
+/// to one agent), at most `fallback_depth` each. Under a budget, only an
+/// agent whose expected cost fits what the call reserved, asking for the
+/// output reserved (a fallback adds nothing to the hold).
+fn deal_fallbacks(
+    spec: &TaskSpec,
+    agents: &[Agent],
+    candidates: &[AgentId],
+    chosen: &[Agent],
+    holds: &[Option<CallHold>],
+) -> Vec<Vec<AgentId>> {
+    let mut dealt = vec![Vec::new(); chosen.len()];
+    if chosen.is_empty() || spec.fallback_depth == 0 {
+        return dealt;
+    }
+    let spare = candidates
+        .iter()
+        .filter(|id| !chosen.iter().any(|a| &a.id == *id))
+        .filter_map(|id| agents.iter().find(|a| &a.id == id))
+        .filter(|a| a.can_serve(&spec.task_type));
+    let mut next = 0;
+    for agent in spare {
+        // The next call, in turn, with room and a hold the agent fits.
+        let taker = (0..chosen.len())
+            .map(|i| (next + i) % chosen.len())
+            .find(|&i| {
+                dealt[i].len() < spec.fallback_depth as usize
+                    && holds[i].is_none_or(|hold| {
+                        agent
+                            .cost(&budget::expected_usage(agent, spec, hold.max_tokens))
+                            .is_some_and(|cost| cost <= hold.amount)
+                    })
+            });
+        if let Some(i) = taker {
+            dealt[i].push(agent.id.clone());
+            next = (i + 1) % chosen.len();
+        }
+    }
+    dealt
+}
+
 fn routing_error(e: &RoutingError) -> TaskError {
     TaskError::new(e.code(), e.to_string())
 }
@@ -205,4 +251,71 @@ async fn send_calls(svc: &Services, envelope: &Envelope, task: &Task) -> Result<
         .collect();
     svc.queue.send_batch(QueueName::AgentCall, messages).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::{AgentSpec, TaskRequest, Usd};
+
+    fn agent(id: &str, price: f64, caps: &[&str]) -> Agent {
+        let spec = json!({"name": id, "provider": "mock", "model": "m", "capabilities": caps,
+            "pricing": {"input_per_mtok": price, "output_per_mtok": price}});
+        Agent {
+            id: AgentId::parse(id).unwrap(),
+            owner: crate::domain::Owner::Platform,
+            spec: serde_json::from_value::<AgentSpec>(spec).unwrap(),
+            version: 1,
+        }
+    }
+
+    fn spec(routing: serde_json::Value) -> TaskSpec {
+        let request: TaskRequest = serde_json::from_value(
+            json!({"task_type": "text", "content": "hello", "routing": routing}),
+        )
+        .unwrap();
+        request.parse().unwrap().0
+    }
+
+    fn ids(dealt: &[Vec<AgentId>]) -> Vec<Vec<&str>> {
+        dealt
+            .iter()
+            .map(|d| d.iter().map(AgentId::as_str).collect())
+            .collect()
+    }
+
+    #[test]
+    fn fallbacks_are_dealt_in_turn_capable_within_depth_and_the_hold() {
+        let agents: Vec<Agent> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|id| agent(id, 1.0, &["text"]))
+            .chain([
+                agent("img", 1.0, &["image"]),
+                agent("dear", 1000.0, &["text"]),
+            ])
+            .collect();
+        let candidates: Vec<AgentId> = ["c", "img", "dear", "d", "e", "f"]
+            .into_iter()
+            .map(|id| AgentId::parse(id).unwrap())
+            .collect();
+        let chosen = vec![agents[0].clone(), agents[1].clone()];
+        // Two calls, depth 2: each its own, never one that cannot serve.
+        let two = spec(json!({"fanout": 2}));
+        let dealt = deal_fallbacks(&two, &agents, &candidates, &chosen, &[None, None]);
+        assert_eq!(ids(&dealt), [vec!["c", "d"], vec!["dear", "e"]]);
+        // Under a budget, only those whose expected cost fits the call's hold.
+        let hold = CallHold {
+            amount: Usd::parse("0.01").unwrap(),
+            max_tokens: 100,
+            day: None,
+        };
+        let dealt = deal_fallbacks(&two, &agents, &candidates, &chosen, &[Some(hold); 2]);
+        assert_eq!(ids(&dealt), [vec!["c", "e"], vec!["d", "f"]]);
+        // Depth 0, or no fallback: none.
+        let none = spec(json!({"fallback": false}));
+        let dealt = deal_fallbacks(&none, &agents, &candidates, &chosen[..1], &[None]);
+        assert_eq!(ids(&dealt), [Vec::<&str>::new()]);
+    }
 }

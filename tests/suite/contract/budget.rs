@@ -55,6 +55,7 @@ async fn plan(
             call_id: CallId::new(),
             agent_id: AgentId::parse("mock-a").unwrap(),
             hold: Some(*hold),
+            fallbacks: Vec::new(),
         })
         .collect();
     let patch = TaskPatch {

@@ -58,6 +58,7 @@ pub(super) fn call_result(call_id: CallId, output: &str) -> CallResult {
         error: None,
         retried_errors: Vec::new(),
         finished_at: Utc::now(),
+        fell_back_from: Vec::new(),
         settles: None,
     }
 }
@@ -71,6 +72,7 @@ async fn running_with_calls(store: &dyn TaskStore, task: &Task, n: u32) -> Vec<C
             call_id: *c,
             agent_id: AgentId::parse("mock-a").unwrap(),
             hold: None,
+            fallbacks: Vec::new(),
         })
         .collect();
     store

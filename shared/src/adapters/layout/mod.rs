@@ -493,6 +493,7 @@ mod tests {
                 message: "upstream 502".into(),
             }],
             finished_at: now,
+            fell_back_from: Vec::new(),
             settles: None,
         };
         let item = CallItem::new(&task.tenant, task.task_id, &call, 0);
