@@ -216,19 +216,28 @@ impl Actor {
     }
 }
 
-/// Where an action came from: its door and, for the API, the request's id
-/// (the `x-request-id` the response carries).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Where an action came from: its door, and the id of the request (the
+/// `x-request-id` the response carries) or of the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     pub request_id: Option<String>,
-    pub event: bool,
+    pub via: Via,
+}
+
+impl Default for Origin {
+    fn default() -> Self {
+        Origin {
+            request_id: None,
+            via: Via::Api,
+        }
+    }
 }
 
 impl Origin {
     pub fn request(id: impl Into<String>) -> Self {
         Origin {
             request_id: Some(id.into()),
-            event: false,
+            via: Via::Api,
         }
     }
 
@@ -236,12 +245,8 @@ impl Origin {
     pub fn event(id: impl Into<String>) -> Self {
         Origin {
             request_id: Some(id.into()),
-            event: true,
+            via: Via::Event,
         }
-    }
-
-    fn via(&self) -> Via {
-        if self.event { Via::Event } else { Via::Api }
     }
 }
 
@@ -353,7 +358,7 @@ impl AuditEntry {
     pub fn task_created(task: &Task, principal: &Principal, origin: &Origin) -> Self {
         Self::new(
             &Owner::Tenant(task.tenant.clone()),
-            Actor::of(principal, origin.via()),
+            Actor::of(principal, origin.via),
             Action::TaskCreated,
             Some(task_resource(task.task_id)),
             origin.request_id.clone(),
@@ -380,7 +385,7 @@ impl AuditEntry {
     ) -> Self {
         Self::new(
             &Owner::Tenant(task.tenant.clone()),
-            Actor::of(principal, origin.via()),
+            Actor::of(principal, origin.via),
             Action::TaskCancelled,
             Some(task_resource(task.task_id)),
             origin.request_id.clone(),
@@ -401,7 +406,7 @@ impl AuditEntry {
     ) -> Self {
         Self::new(
             owner,
-            Actor::of(principal, origin.via()),
+            Actor::of(principal, origin.via),
             action,
             Some(Resource {
                 kind: ResourceKind::Agent,
@@ -427,7 +432,7 @@ impl AuditEntry {
     ) -> Self {
         Self::new(
             &Owner::Tenant(tenant.clone()),
-            Actor::of(principal, origin.via()),
+            Actor::of(principal, origin.via),
             Action::SettingsChanged,
             Some(Resource {
                 kind: ResourceKind::Settings,
@@ -482,7 +487,7 @@ impl AuditEntry {
     ) -> Self {
         Self::new(
             &Owner::Tenant(principal.tenant.clone()),
-            Actor::of(principal, origin.via()),
+            Actor::of(principal, origin.via),
             Action::RateLimited,
             None,
             origin.request_id.clone(),
@@ -522,7 +527,7 @@ impl AuditEntry {
     ) -> Self {
         Self::new(
             &Owner::Tenant(principal.tenant.clone()),
-            Actor::of(principal, origin.via()),
+            Actor::of(principal, origin.via),
             Action::ContentBlocked,
             None,
             origin.request_id.clone(),

@@ -145,26 +145,25 @@ async fn call_with_fallbacks(
             Prepared::Ready(call) => call.run(svc, deadline, lease).await?,
             Prepared::Failed(result) => *result,
         };
-        let next = match result
-            .error
-            .as_ref()
-            .filter(|_| result.status == CallStatus::Failed)
-        {
-            Some(error) if falls_back(error.class) && svc.clock.now() < task.deadline() => {
-                next_fallback(svc, task, &result, error.class, &mut left).await?
+        // A failure of the provider's side, with time left: the next
+        // fallback that can take the call, if any.
+        let fell = match (&result.status, &result.error) {
+            (CallStatus::Failed, Some(error))
+                if falls_back(error.class) && svc.clock.now() < task.deadline() =>
+            {
+                next_fallback(svc, task, &result, error.class, &mut left)
+                    .await?
+                    .map(|next| (next, error.clone()))
             }
             _ => None,
         };
-        let Some(next) = next else {
+        let Some((next, error)) = fell else {
             return Ok(after_hops(result, hops));
         };
         tracing::info!(from = %result.agent_id, to = %next, "falling back");
         hops.push(Hop {
-            agent_id: result.agent_id.clone(),
-            error: result.error.clone().unwrap_or(CallError {
-                class: ErrorClass::Unavailable,
-                message: String::new(),
-            }),
+            agent_id: result.agent_id,
+            error,
             attempts: result.attempts,
             latency_ms: result.latency_ms,
             cost_usd: result.cost_usd,

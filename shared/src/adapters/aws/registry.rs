@@ -173,21 +173,16 @@ impl DynamoRegistry {
         match result {
             Ok(_) => Ok(Written::Done),
             Err(e) => match e.as_service_error() {
+                // The write's condition failed, or another transaction held
+                // the item at the same moment (a lost race): either way the
+                // caller explains it by the version now.
                 Some(TransactWriteItemsError::TransactionCanceledException(c))
                     if c.cancellation_reasons()
                         .first()
                         .and_then(|r| r.code())
-                        .is_some_and(|code| code == "ConditionalCheckFailed") =>
-                {
-                    Ok(Written::Conflict)
-                }
-                // Another transaction on the item at the same moment: as a
-                // lost race, explained by the version now.
-                Some(TransactWriteItemsError::TransactionCanceledException(c))
-                    if c.cancellation_reasons()
-                        .first()
-                        .and_then(|r| r.code())
-                        .is_some_and(|code| code == "TransactionConflict") =>
+                        .is_some_and(|code| {
+                            code == "ConditionalCheckFailed" || code == "TransactionConflict"
+                        }) =>
                 {
                     Ok(Written::Conflict)
                 }

@@ -552,7 +552,7 @@ impl FromRequestParts<ApiState> for Caller {
                 principal,
                 origin: Origin {
                     request_id,
-                    event: false,
+                    ..Origin::default()
                 },
             }),
             Err((error, principal)) => {
