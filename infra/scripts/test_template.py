@@ -654,7 +654,13 @@ AUDIT_ACTIONS = {"record": {(PUT, CONTEXT)}, "list": {(QUERY, CONTEXT)},
                  "entry": {(PUT, CONTEXT)}}
 # A take of rate-limit buckets: a conditional update, and a read of the item
 # when a refusal did not return it (shared/src/adapters/aws/limits.rs).
-LIMITER_ACTIONS = {"take": {(UPDATE, CONTEXT), (GET, CONTEXT)}}
+LIMITER_ACTIONS = {"take": {(UPDATE, CONTEXT), (GET, CONTEXT)},
+                   "peek": {(GET, CONTEXT)}}  # a health view's read of the buckets
+# Agents' health (shared/src/adapters/aws/health.rs): one query reads the
+# state and the buckets; the breaker's changes and a provider's wait are
+# conditional updates. A result's counts ride in the task store's write.
+HEALTH_ACTIONS = {"read": {(QUERY, CONTEXT)}, "change": {(UPDATE, CONTEXT)},
+                  "cool_down": {(UPDATE, CONTEXT)}}
 # The cache reads a tenant's and the platform's agents, and the tenant's settings.
 _USABLE = {(QUERY, REGISTRY), (GET, REGISTRY)}
 AGENTS_CACHE_ACTIONS = {"usable": _USABLE, "find": _USABLE, "owned": {(QUERY, REGISTRY)},
@@ -668,12 +674,14 @@ CODE_OF = {
                    "shared/src/stages/agents.rs", "shared/src/api/agents.rs",
                    "shared/src/api/tenants.rs", "shared/src/api/tasks.rs",
                    "shared/src/api/audit.rs", "shared/src/api/auth/mod.rs",
-                   "shared/src/stages/audit.rs", "shared/src/stages/limits.rs"],
+                   "shared/src/stages/audit.rs", "shared/src/stages/limits.rs",
+                   "shared/src/stages/health.rs"],
     "RouteRole": ["shared/src/stages/route.rs", "shared/src/stages/dead_letter.rs",
                   "shared/src/stages/mod.rs", "shared/src/stages/limits.rs::admit_call",
-                  "shared/src/stages/limits.rs::take"],
+                  "shared/src/stages/limits.rs::take", "shared/src/stages/health.rs"],
     "AgentCallRole": ["shared/src/stages/agent_call.rs", "shared/src/stages/aggregate.rs",
-                      "shared/src/stages/dead_letter.rs", "shared/src/stages/mod.rs"],
+                      "shared/src/stages/dead_letter.rs", "shared/src/stages/mod.rs",
+                      "shared/src/stages/health.rs"],
     "AggregateRole": ["shared/src/stages/aggregate.rs", "shared/src/stages/dead_letter.rs",
                       "shared/src/stages/mod.rs"],
     "EventsRole": ["shared/src/stages/inbox.rs", "shared/src/stages/intake.rs::submit",
@@ -698,6 +706,7 @@ def store_calls(spec: str) -> set[tuple[str, str]]:
     calls |= {("agents", m) for m in re.findall(r"\.agents\.([a-z_]+)\(", compact)}
     calls |= {("audit", m) for m in re.findall(r"\.audit\.([a-z_]+)\(", compact)}
     calls |= {("limiter", m) for m in re.findall(r"\.limiter\.([a-z_]+)\(", compact)}
+    calls |= {("health", m) for m in re.findall(r"\.health\.([a-z_]+)\(", compact)}
     if "AuditEntry::" in compact:
         calls.add(("audit", "entry"))
     return calls
@@ -707,7 +716,7 @@ def test_roles_cover_the_store_calls_their_code_makes():
     """When a stage starts calling another store method, its role must grow."""
     tables = {"tasks": TASK_STORE_ACTIONS, "registry": REGISTRY_ACTIONS,
               "agents": AGENTS_CACHE_ACTIONS, "audit": AUDIT_ACTIONS,
-              "limiter": LIMITER_ACTIONS}
+              "limiter": LIMITER_ACTIONS, "health": HEALTH_ACTIONS}
     for role, files in CODE_OF.items():
         needed = set()
         for spec in files:

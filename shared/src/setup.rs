@@ -13,8 +13,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::adapters::aws::{
-    DynamoAudit, DynamoLimiter, DynamoRegistry, DynamoTaskStore, EventBridgePublisher,
-    ResourceNames, S3Blobs, SecretsManagerSource, SqsQueue, StreamFeed,
+    DynamoAudit, DynamoHealth, DynamoLimiter, DynamoRegistry, DynamoTaskStore,
+    EventBridgePublisher, ResourceNames, S3Blobs, SecretsManagerSource, SqsQueue, StreamFeed,
 };
 use crate::adapters::layout::audit_retention_from_env;
 use crate::adapters::memory::{
@@ -101,6 +101,7 @@ pub fn memory_services_on(
     )
     .with_events(Arc::new(MemoryEvents::new()))
     .with_limiter(tasks.clone())
+    .with_health(tasks.health())
     .with_feed(Arc::new(MemoryFeed::new(tasks)))
     .with_blobs(Arc::new(MemoryBlobs::new()))
     .with_audit(audit);
@@ -187,6 +188,7 @@ pub async fn aws_services_with(
     );
     let audit = DynamoAudit::new(clients.dynamodb.clone(), names.context_table.clone())
         .with_retention(audit_retention_from_env().map_err(SetupError::Settings)?);
+    let health = DynamoHealth::new(clients.dynamodb.clone(), names.context_table.clone());
     Ok(services(
         Arc::new(
             DynamoTaskStore::new(clients.dynamodb.clone(), names.context_table.clone())
@@ -211,6 +213,7 @@ pub async fn aws_services_with(
         clients.s3,
         names.blob_bucket.clone(),
     )))
+    .with_health(Arc::new(health))
     .with_audit(Arc::new(audit)))
 }
 

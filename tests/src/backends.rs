@@ -5,14 +5,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use maof::adapters::aws::{
-    Bootstrap, DynamoAudit, DynamoLimiter, DynamoRegistry, DynamoTaskStore, ResourceNames, S3Blobs,
-    SecretsManagerSource, SqsQueue, StreamFeed, s3_config,
+    Bootstrap, DynamoAudit, DynamoHealth, DynamoLimiter, DynamoRegistry, DynamoTaskStore,
+    ResourceNames, S3Blobs, SecretsManagerSource, SqsQueue, StreamFeed, s3_config,
 };
 use maof::adapters::memory::{
     MemoryBlobs, MemoryFeed, MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore,
 };
 use maof::ports::{
-    AuditLog, BlobStore, FinishedFeed, Queue, RateLimiter, Registry, SecretSource, TaskStore,
+    AgentHealth, AuditLog, BlobStore, FinishedFeed, Queue, RateLimiter, Registry, SecretSource,
+    TaskStore,
 };
 
 /// Makes a new reader of a task store's change stream: what an announcer
@@ -38,6 +39,8 @@ pub struct Backend {
     pub secret_admin: Arc<dyn SecretAdmin>,
     pub blobs: Arc<dyn BlobStore>,
     pub limiter: Arc<dyn RateLimiter>,
+    /// Agents' health, which the task store adds results' counts to.
+    pub health: Arc<dyn AgentHealth>,
     /// The audit logs the task store and the registry write into.
     pub audit: Arc<dyn AuditLog>,
     pub new_feed: NewFeed,
@@ -62,6 +65,7 @@ pub fn memory() -> Backend {
         name: "memory",
         tables: Vec::new(),
         limiter: tasks.clone(),
+        health: tasks.health(),
         tasks,
         new_feed: Arc::new(move || Arc::new(MemoryFeed::new(store.clone()))),
         registry: Arc::new(MemoryRegistry::with_audit(audit.clone())),
@@ -128,6 +132,10 @@ pub async fn aws() -> Backend {
             ))
         }),
         limiter: Arc::new(DynamoLimiter::new(
+            dynamodb.clone(),
+            names.context_table.clone(),
+        )),
+        health: Arc::new(DynamoHealth::new(
             dynamodb.clone(),
             names.context_table.clone(),
         )),

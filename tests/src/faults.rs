@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use maof::domain::health::Observation;
 use maof::domain::{
     Agent, AuditEntry, CallId, CallLease, CallResult, LeaseOutcome, Task, TaskId, TaskPatch,
     TaskStatus, TenantId,
@@ -205,9 +206,10 @@ impl TaskStore for FailingRecordCalls {
         tenant: &TenantId,
         task_id: TaskId,
         result: &CallResult,
+        health: &[Observation],
     ) -> Result<CallResult, StoreError> {
         self.fault()?;
-        self.inner.put_call(tenant, task_id, result).await
+        self.inner.put_call(tenant, task_id, result, health).await
     }
 
     async fn record_call(
@@ -215,9 +217,12 @@ impl TaskStore for FailingRecordCalls {
         tenant: &TenantId,
         task_id: TaskId,
         result: &CallResult,
+        health: &[Observation],
     ) -> Result<FanIn, StoreError> {
         self.fault()?;
-        self.inner.record_call(tenant, task_id, result).await
+        self.inner
+            .record_call(tenant, task_id, result, health)
+            .await
     }
 
     async fn add_late_calls(&self, seen: &Task, calls: &[CallResult]) -> Result<(), StoreError> {

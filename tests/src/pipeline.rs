@@ -95,9 +95,14 @@ impl Pipeline {
             secrets,
             Arc::new(providers),
             clock,
-            every_tenant_uses_platform_agents(),
+            // Health read fresh: a test sees a circuit open at once.
+            Settings {
+                health_ttl: Duration::ZERO,
+                ..every_tenant_uses_platform_agents()
+            },
         )
         .with_blobs(backend.blobs)
+        .with_health(backend.health)
         .with_audit(backend.audit)
         .with_events(events.clone())
         .with_feed((backend.new_feed)());

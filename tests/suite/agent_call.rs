@@ -382,6 +382,7 @@ fn cost_sums_are_exact_for_a_thousand_calls_of_odd_token_counts() {
             agent_id: agent.id.clone(),
             hold: None,
             fallbacks: Vec::new(),
+            probe: false,
         });
         calls.push(CallResult {
             call_id,
@@ -446,6 +447,7 @@ async fn a_redelivered_call_stored_after_its_task_ended_is_added_to_its_cost() {
             agent_id: agent_id.clone(),
             hold: None,
             fallbacks: Vec::new(),
+            probe: false,
         }]),
         expected_calls: Some(1),
         ..TaskPatch::default()
@@ -485,7 +487,7 @@ async fn a_redelivered_call_stored_after_its_task_ended_is_added_to_its_cost() {
         settles: None,
     };
     svc.tasks
-        .put_call(&tenant, task.task_id, &result)
+        .put_call(&tenant, task.task_id, &result, &[])
         .await
         .unwrap();
     // Its redelivery adds what it cost, once however often it comes.

@@ -1232,6 +1232,113 @@ async fn strategies_pick_by_price_quality_and_context_window(b: Backend) {
     p.stop().await;
 }
 
+/// An agent failing on the provider's side has its circuit opened once
+/// the breaker's window holds enough failures (3 of 3 here): the next
+/// tasks go to the healthy agent without calling it, a task that may use
+/// only it fails at once naming it, and its health shows the open
+/// circuit. After the cooldown exactly one probe goes to it; failing, it
+/// opens the circuit again.
+async fn an_open_circuit_is_routed_around_and_probed_after_its_cooldown(b: Backend) {
+    let name = b.name;
+    let clock = Arc::new(maof::ports::ManualClock::new(chrono::Utc::now()));
+    let p = Pipeline::start(
+        b,
+        Faults {
+            clock: Some(clock.clone()),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let token = p.submitter("acme");
+    let viewer = p.token("acme", &[Role::Viewer]);
+    for i in 0..6 {
+        let content = format!("guarded {i}");
+        let body = json!({"task_type": "guarded", "content": content});
+        let (_, task) = submit(&p, &token, body, "?wait=20").await;
+        assert_eq!(task["status"], "completed", "{name}: {task}");
+        assert_eq!(called(&task), "steady", "{name}: {task}");
+        // The first three fall back from flaky; then its circuit is open.
+        let hops = task["calls"][0]["fell_back_from"].as_array().unwrap().len();
+        assert_eq!(hops, usize::from(i < 3), "{name}: task {i}: {task}");
+        assert_eq!(
+            p.provider.count("flaky", &content),
+            u32::from(i < 3),
+            "{name}: task {i}"
+        );
+    }
+    let health = p
+        .http
+        .get(format!("{}/v1/agents/flaky/health", p.base))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "{name}");
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["circuit"], "open", "{name}: {health}");
+    assert_eq!(health["failures"], 3, "{name}: {health}");
+    assert_eq!(health["failure_rate"], 1.0, "{name}: {health}");
+    assert_eq!(health["trips"], 1, "{name}: {health}");
+    assert!(health["retry_at"].is_string(), "{name}: {health}");
+    let listed: Value = p
+        .http
+        .get(format!("{}/v1/agents?health=true", p.base))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let steady = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "steady")
+        .unwrap();
+    assert_eq!(steady["health"]["circuit"], "closed", "{name}: {steady}");
+    assert_eq!(steady["health"]["calls"], 6, "{name}: {steady}");
+    assert!(
+        steady["health"]["latency_ms"].is_number(),
+        "{name}: {steady}"
+    );
+    // Only flaky may serve it: no silent bypass, no call.
+    let body = json!({"task_type": "guarded", "content": "only flaky",
+        "routing": {"agents": ["flaky"], "fallback": false}});
+    let (_, task) = submit(&p, &token, body, "?wait=20").await;
+    assert_eq!(task["status"], "failed", "{name}: {task}");
+    assert_eq!(task["error"]["code"], "circuit_open", "{name}: {task}");
+    assert!(
+        task["error"]["message"].as_str().unwrap().contains("flaky"),
+        "{name}: {task}"
+    );
+    assert_eq!(p.provider.count("flaky", "only flaky"), 0, "{name}");
+    // After the cooldown: two tasks at once, one probe.
+    clock.advance(Duration::from_secs(601));
+    let body = |content: &str| json!({"task_type": "guarded", "content": content});
+    let (first, second) = tokio::join!(
+        submit(&p, &token, body("probe 1"), "?wait=20"),
+        submit(&p, &token, body("probe 2"), "?wait=20")
+    );
+    for (_, task) in [&first, &second] {
+        assert_eq!(task["status"], "completed", "{name}: {task}");
+    }
+    let probes = p.provider.count("flaky", "probe 1") + p.provider.count("flaky", "probe 2");
+    assert_eq!(probes, 1, "{name}");
+    let health: Value = p
+        .http
+        .get(format!("{}/v1/agents/flaky/health", p.base))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["circuit"], "open", "{name}: {health}");
+    p.stop().await;
+}
+
 on_both_backends!(
     a_single_agent_task_completes,
     a_fan_out_of_three_completes_with_three_attributed_results,
@@ -1258,4 +1365,5 @@ on_both_backends!(
     strategies_pick_by_price_quality_and_context_window,
     an_agent_at_its_rate_limit_is_passed_over_or_waited_for,
     a_call_falls_back_through_failing_agents_to_one_that_answers,
+    an_open_circuit_is_routed_around_and_probed_after_its_cooldown,
 );

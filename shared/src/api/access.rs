@@ -93,6 +93,12 @@ pub(crate) fn routes() -> Vec<Route> {
             get(agents::get_agent),
         ),
         route(
+            Method::GET,
+            "/v1/agents/{id}/health",
+            viewer,
+            get(agents::get_agent_health),
+        ),
+        route(
             Method::PUT,
             "/v1/agents/{id}",
             admin,

@@ -6,8 +6,8 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -15,10 +15,13 @@ use super::ApiState;
 use super::auth::Caller;
 use super::extract::{header_text, json_body};
 use super::problem::{Problem, path_not_found, registry_write};
-use super::views::{AgentList, AgentView};
+use super::views::{AgentHealthView, AgentList, AgentView};
 use crate::domain::{Agent, AgentId, AgentRequest, Owner, Principal, Role};
 use crate::ports::{Expect, StoreError};
-use crate::stages::agents;
+use crate::stages::{agents, health};
+use futures::future::try_join_all;
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 fn etag(version: u64) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("\"{version}\"")).ok()
@@ -117,12 +120,22 @@ fn written(principal: &Principal, agent: Agent, location: String) -> Response {
     response
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListParams {
+    /// With each agent's health (`true`): its circuit, failure rate,
+    /// latency, rate limits' use, and when it is tried again.
+    health: Option<bool>,
+}
+
 #[utoipa::path(
     get,
     path = "/v1/agents",
     tag = "agents",
+    params(ListParams),
     responses(
         (status = 200, description = "The tenant's agents and the platform agents it may use, ordered by id", body = AgentList),
+        (status = 400, description = "A malformed query parameter", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the viewer role", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
@@ -133,14 +146,68 @@ fn written(principal: &Principal, agent: Agent, location: String) -> Response {
 pub(crate) async fn list_agents(
     State(state): State<ApiState>,
     caller: Caller,
+    params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<AgentList>, Problem> {
+    let Query(params) = params?;
     let principal = &caller.principal;
-    let agents = agents::visible(&state.services, &principal.tenant)
+    let svc = &state.services;
+    let agents = agents::visible(svc, &principal.tenant)
         .await
         .map_err(Problem::server)?;
+    let health = match params.health == Some(true) {
+        true => try_join_all(agents.iter().map(|a| health::report(svc, a)))
+            .await
+            .map_err(Problem::server)?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        false => vec![None; agents.len()],
+    };
     Ok(Json(AgentList {
-        items: agents.into_iter().map(|a| view(principal, a)).collect(),
+        items: agents
+            .into_iter()
+            .zip(health)
+            .map(|(agent, report)| {
+                let health = report.map(|r| AgentHealthView::new(&agent, r));
+                AgentView {
+                    health,
+                    ..view(principal, agent)
+                }
+            })
+            .collect(),
     }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/agents/{id}/health",
+    tag = "agents",
+    params(("id" = AgentId, Path, description = "The agent id; one the tenant cannot use is 404")),
+    responses(
+        (status = 200, description = "The agent's health now", body = AgentHealthView),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the viewer role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such agent for this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(tenant = %caller.principal.tenant, agent_id))]
+pub(crate) async fn get_agent_health(
+    State(state): State<ApiState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<AgentHealthView>, Problem> {
+    let id = known_id(path)?;
+    tracing::Span::current().record("agent_id", tracing::field::display(&id));
+    let svc = &state.services;
+    let agent = found(
+        agents::visible_one(svc, &caller.principal.tenant, &id)
+            .await
+            .map_err(Problem::server)?,
+    )?;
+    let report = health::report(svc, &agent).await.map_err(Problem::server)?;
+    Ok(Json(AgentHealthView::new(&agent, report)))
 }
 
 #[utoipa::path(

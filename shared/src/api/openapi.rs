@@ -35,6 +35,7 @@ use crate::domain::{AgentRequest, AuditEntry, TaskRequest, TenantId};
         tasks::get_call_output,
         tasks::cancel_task,
         agents::list_agents,
+        agents::get_agent_health,
         agents::get_agent,
         agents::put_agent,
         agents::delete_agent,

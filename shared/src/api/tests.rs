@@ -1741,7 +1741,10 @@ async fn money_in_a_task_is_a_decimal_string_not_a_float() {
         fell_back_from: Vec::new(),
         settles: None,
     };
-    h.tasks.put_call(&tenant, task_id, &call).await.unwrap();
+    h.tasks
+        .put_call(&tenant, task_id, &call, &[])
+        .await
+        .unwrap();
     let patch = TaskPatch {
         cost_usd: Some(cost),
         ..TaskPatch::default()

@@ -8,6 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::call::Hop;
+use crate::domain::health::{BreakerSettings, Circuit};
 use crate::domain::{
     Agent, AgentId, AggregateResult, AggregationStrategy, Budgets, CallError, CallId, CallResult,
     CallStatus, Constraints, EffectiveSettings, FilterSettings, MockOptions, Period,
@@ -15,6 +16,8 @@ use crate::domain::{
     TaskType, Usage, Usd,
 };
 use crate::ports::TaskRecord;
+use crate::stages::health::HealthReport;
+use crate::stages::limits::LimitUse;
 
 /// A task just accepted (or still under way when `?wait` ran out).
 #[derive(Debug, Serialize, ToSchema)]
@@ -262,8 +265,66 @@ pub struct AgentView {
     pub enabled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mock: Option<MockOptions>,
+    pub breaker: BreakerSettings,
     /// Bumped by every write; the ETag is this number, quoted.
     pub version: u64,
+    /// With `?health=true`: the agent's health now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<AgentHealthView>,
+}
+
+impl AgentHealthView {
+    pub fn new(agent: &Agent, report: HealthReport) -> Self {
+        let judged = report.assessment;
+        AgentHealthView {
+            agent_id: agent.id.clone(),
+            circuit: judged.circuit,
+            calls: judged.calls,
+            failures: judged.failures,
+            failure_rate: judged.failure_rate,
+            window_s: agent.spec.breaker.window_s,
+            latency_ms: judged.latency_ms.map(f64::round),
+            rpm: report.rpm,
+            tpm: report.tpm,
+            retry_at: judged.retry_at,
+            trips: report.trips,
+        }
+    }
+}
+
+/// An agent's health: its circuit, the failure rate behind it, its recent
+/// latency, what its rate limits have in use, and when it is tried again.
+/// A platform agent's figures count every tenant's calls of it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentHealthView {
+    pub agent_id: AgentId,
+    /// `closed` (called), `open` (skipped until `retry_at`), or
+    /// `half_open` (the next call is a probe, or one is in flight).
+    pub circuit: Circuit,
+    /// Calls judged within the breaker's window (successes and failures on
+    /// the provider's side), and those failures.
+    pub calls: u64,
+    pub failures: u64,
+    /// `failures / calls`; null without calls.
+    #[schema(required = true)]
+    pub failure_rate: Option<f64>,
+    pub window_s: u32,
+    /// The recent successes' mean latency, recent calls weighing more
+    /// (half-life one minute, over ten); null without any.
+    #[schema(required = true)]
+    pub latency_ms: Option<f64>,
+    /// The agent's own limits (`constraints.rpm`, `tpm`) and their use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<LimitUse>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<LimitUse>,
+    /// When the agent is next tried, if not now: the end of the open
+    /// circuit's cooldown, of a probe in flight, or of a wait the provider
+    /// asked for (a 429); null when it is called now.
+    #[schema(required = true)]
+    pub retry_at: Option<DateTime<Utc>>,
+    /// How many times the circuit opened (since its state was last kept).
+    pub trips: u64,
 }
 
 impl AgentView {
@@ -293,7 +354,9 @@ impl AgentView {
             weight: spec.weight,
             enabled: spec.enabled,
             mock: spec.mock,
+            breaker: spec.breaker,
             version: agent.version,
+            health: None,
         }
     }
 }

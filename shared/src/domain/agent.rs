@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::call::Usage;
+use super::health::{BreakerSettings, BreakerSettingsError};
 use super::ids::AgentId;
 use super::money::{self, Usd};
 use super::secret::{Owner, SecretName, SecretNameError};
@@ -332,6 +333,9 @@ pub struct AgentRequest {
     pub weight: u32,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// The circuit breaker's settings (each has a default).
+    #[serde(default, deserialize_with = "text::optional_object")]
+    pub breaker: Option<BreakerSettings>,
     /// Behaviour of a `mock` agent (only `mock`): latency and injected faults.
     #[serde(default, deserialize_with = "text::optional_object")]
     pub mock: Option<MockOptions>,
@@ -360,6 +364,8 @@ pub struct AgentSpec {
     pub tier: u8,
     pub weight: u32,
     pub enabled: bool,
+    #[serde(skip_serializing_if = "BreakerSettings::is_default")]
+    pub breaker: BreakerSettings,
     /// Behaviour of a `mock` agent: latency and injected faults.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mock: Option<MockOptions>,
@@ -445,6 +451,8 @@ pub enum AgentSpecError {
     MockOptionsOnRealProvider,
     #[error("mock.output_bytes must be at most 67108864 (64 MiB)")]
     MockOutputTooLarge,
+    #[error("{0}")]
+    Breaker(BreakerSettingsError),
 }
 
 impl AgentSpecError {
@@ -466,6 +474,7 @@ impl AgentSpecError {
             AgentSpecError::FailureRateOutOfRange => "mock.failure_rate",
             AgentSpecError::MockOptionsOnRealProvider => "mock",
             AgentSpecError::MockOutputTooLarge => "mock.output_bytes",
+            AgentSpecError::Breaker(e) => e.field(),
         };
         field.to_owned()
     }
@@ -532,6 +541,8 @@ impl TryFrom<AgentRequest> for AgentSpec {
                 return Err(AgentSpecError::MockOutputTooLarge);
             }
         }
+        let breaker = request.breaker.unwrap_or_default();
+        breaker.check().map_err(AgentSpecError::Breaker)?;
         Ok(AgentSpec {
             name: request.name,
             provider: request.provider,
@@ -545,6 +556,7 @@ impl TryFrom<AgentRequest> for AgentSpec {
             tier: request.tier,
             weight: request.weight,
             enabled: request.enabled,
+            breaker,
             mock: request.mock,
         })
     }

@@ -121,6 +121,7 @@ mod tests {
                 agent_id: AgentId::parse(format!("a{i}")).unwrap(),
                 hold: None,
                 fallbacks: Vec::new(),
+                probe: false,
             })
             .collect();
         (task, calls)

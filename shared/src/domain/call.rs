@@ -76,6 +76,20 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// A failure of the provider's side, which counts against the agent's
+    /// circuit; a caller's own errors never do.
+    pub fn is_provider_fault(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::RateLimited
+                | ErrorClass::Overloaded
+                | ErrorClass::Server
+                | ErrorClass::Timeout
+                | ErrorClass::Network
+                | ErrorClass::Auth
+        )
+    }
+
     pub fn is_retryable(self) -> bool {
         matches!(
             self,

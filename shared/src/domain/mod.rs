@@ -7,6 +7,7 @@ pub mod budget;
 pub mod call;
 pub mod envelope;
 pub mod filters;
+pub mod health;
 pub mod ids;
 pub mod lease;
 pub mod money;

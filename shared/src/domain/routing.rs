@@ -88,6 +88,11 @@ pub struct Selection {
     pub calls: Vec<Agent>,
     /// The other candidates, best first; none when `routing.fallback` is off.
     pub fallbacks: Vec<AgentId>,
+    /// Who may take a call's place when its agent cannot take it now (at
+    /// its rate limit, its circuit open), best first: every other capable
+    /// agent whose window holds the task, fallback or not; for `explicit`,
+    /// the named agents not called, then the fallbacks.
+    pub alternates: Vec<AgentId>,
 }
 
 /// An agent with what a call of it for this task would take.
@@ -207,16 +212,29 @@ pub fn select(
         let fit = fitting(spec, agents, capable)?;
         (spread(&fit, spec.fanout as usize), fit)
     };
-    let mut fallbacks: Vec<AgentId> = Vec::new();
-    if spec.fallback {
-        for c in candidates.iter().filter(|c| c.fits()) {
+    let not_called = |limit: usize| {
+        let mut ids: Vec<AgentId> = Vec::new();
+        for c in candidates.iter().take(limit).filter(|c| c.fits()) {
             let id = &c.agent.id;
-            if !calls.iter().any(|a| &a.id == id) && !fallbacks.contains(id) {
-                fallbacks.push(id.clone());
+            if !calls.iter().any(|a| &a.id == id) && !ids.contains(id) {
+                ids.push(id.clone());
             }
         }
-    }
-    Ok(Selection { calls, fallbacks })
+        ids
+    };
+    let fallbacks = match spec.fallback {
+        true => not_called(usize::MAX),
+        false => Vec::new(),
+    };
+    let alternates = match (spec.routing_strategy, spec.fallback) {
+        (RoutingStrategy::Explicit, false) => not_called(spec.agents.len()),
+        _ => not_called(usize::MAX),
+    };
+    Ok(Selection {
+        calls,
+        fallbacks,
+        alternates,
+    })
 }
 
 /// The named agents: the first `fanout` are called, the others come first

@@ -547,6 +547,10 @@ pub struct PlannedCall {
     /// provider's side: this call's own (no two calls of a fan-out share one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<AgentId>,
+    /// The call is its agent's circuit probe (route won the claim): its
+    /// outcome closes the circuit or opens it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub probe: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -73,6 +73,14 @@ pub trait RateLimiter: Send + Sync {
         draws: &[Draw],
         now: DateTime<Utc>,
     ) -> Result<Take, StoreError>;
+
+    /// The TATs of `holder`'s buckets named `buckets` (none: full), taking
+    /// nothing: what a health view shows of the limits' use.
+    async fn peek(
+        &self,
+        holder: &Holder,
+        buckets: &[&'static str],
+    ) -> Result<Vec<Option<i64>>, StoreError>;
 }
 
 /// Microseconds since the epoch: the buckets' clock.
@@ -122,5 +130,18 @@ impl RateLimiter for LocalLimiter {
             }
             Err(refused) => refused,
         })
+    }
+
+    async fn peek(
+        &self,
+        holder: &Holder,
+        buckets: &[&'static str],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        let all = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let held = all.get(holder);
+        Ok(buckets
+            .iter()
+            .map(|b| held.and_then(|h| h.get(b).copied()))
+            .collect())
     }
 }

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod blobs;
 pub mod clock;
 pub mod events;
+pub mod health;
 pub mod limits;
 pub mod provider;
 pub mod queue;
@@ -19,6 +20,7 @@ pub use events::{
     EventError, EventPublisher, FeedBatch, FeedPosition, FinishedFeed, Finishing, NoEvents,
     TaskFinished,
 };
+pub use health::{AgentHealth, LocalHealth};
 pub use limits::{Draw, Holder, LocalLimiter, RateLimiter};
 pub use provider::{
     ChatRequest, ChatResponse, Message, ProviderClient, ProviderClients, ProviderError, Role,

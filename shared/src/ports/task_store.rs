@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
+use crate::domain::health::Observation;
 use crate::domain::{
     AuditEntry, CallId, CallLease, CallResult, LeaseOutcome, Period, Spend, Task, TaskId,
     TaskPatch, TaskStatus, TenantId, TransitionError,
@@ -122,12 +123,14 @@ pub trait TaskStore: Send + Sync {
     /// one unless another delivery's result got there first.
     ///
     /// The first write applies the result's `settles` to the tenant's
-    /// counters in the same atomic write; a duplicate settles nothing.
+    /// counters, and `health` to its agents' health, in the same atomic
+    /// write; a duplicate settles and counts nothing.
     async fn put_call(
         &self,
         tenant: &TenantId,
         task_id: TaskId,
         result: &CallResult,
+        health: &[Observation],
     ) -> Result<CallResult, StoreError>;
 
     /// Stores a call's result (as `put_call`) and counts the call toward the
@@ -137,6 +140,7 @@ pub trait TaskStore: Send + Sync {
         tenant: &TenantId,
         task_id: TaskId,
         result: &CallResult,
+        health: &[Observation],
     ) -> Result<FanIn, StoreError>;
 
     /// Adds to an ended task's usage and cost those of `calls` that it does

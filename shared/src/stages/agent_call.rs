@@ -16,6 +16,7 @@ use secrecy::SecretString;
 
 use crate::domain::call::Hop;
 use crate::domain::filters::Direction;
+use crate::domain::health::Observation;
 use crate::domain::routing;
 use crate::domain::{
     Agent, AgentId, AuditEntry, CallError, CallId, CallLease, CallResult, CallStatus, Envelope,
@@ -27,6 +28,7 @@ use crate::ports::{
     Role, SecretError, SecretSource, StoreError,
 };
 
+use super::health::{self, Admission};
 use super::limits::{self, CallAdmission};
 use super::{Ended, Services, StageError, aggregate, claim_check, end_task, fail_task};
 
@@ -78,12 +80,12 @@ pub async fn handle(
                     "the task had ended; the call was not made",
                     svc.clock.now(),
                 );
-                conclude(svc, envelope, &task, not_made).await
+                conclude(svc, envelope, &task, not_made, &[]).await
             }
         };
     }
     if let Some(result) = stored {
-        return conclude(svc, envelope, &task, result).await;
+        return conclude(svc, envelope, &task, result, &[]).await;
     }
     if svc.clock.now() > task.deadline() {
         // Recorded as not made (which fails the task as timed out), so that
@@ -94,7 +96,7 @@ pub async fn handle(
             "the task timed out before the call was made",
             svc.clock.now(),
         );
-        return conclude(svc, envelope, &task, not_made).await;
+        return conclude(svc, envelope, &task, not_made, &[]).await;
     }
     let deadline = Deadline {
         task: task.deadline(),
@@ -106,9 +108,11 @@ pub async fn handle(
         call_id,
         holder: LeaseHolder::new(),
     };
-    let result = call_with_fallbacks(svc, &task, call_id, &agent_id, deadline, &lease).await?;
+    let (result, probes) =
+        call_with_fallbacks(svc, &task, call_id, &agent_id, deadline, &lease).await?;
     let result = filter_output(svc, &task, result).await?;
-    let concluded = conclude(svc, envelope, &task, result).await;
+    let observed = health::observations(svc, &task, &result, &probes).await?;
+    let concluded = conclude(svc, envelope, &task, result, &observed).await;
     if concluded.is_err() {
         // The answer could not be stored: let the redelivery call at once
         // rather than wait out this delivery's lease.
@@ -124,7 +128,8 @@ pub async fn handle(
 /// length error, with a larger window. The result is the last agent's,
 /// with the ones left behind in `fell_back_from` and their cost added.
 /// A delivery that must wait in the queue (a provider's long retry-after)
-/// starts over from the planned agent when it comes back.
+/// starts over from the planned agent when it comes back. Returns the
+/// result, and the agents whose circuit probe the call held.
 async fn call_with_fallbacks(
     svc: &Services,
     task: &Task,
@@ -132,11 +137,15 @@ async fn call_with_fallbacks(
     planned: &AgentId,
     deadline: Deadline,
     lease: &Lease<'_>,
-) -> Result<CallResult, StageError> {
-    let fallbacks = task
-        .planned(call_id)
+) -> Result<(CallResult, Vec<AgentId>), StageError> {
+    let planned_call = task.planned(call_id);
+    let fallbacks = planned_call
         .map(|c| c.fallbacks.clone())
         .unwrap_or_default();
+    let mut probes: Vec<AgentId> = match planned_call {
+        Some(c) if c.probe => vec![planned.clone()],
+        _ => Vec::new(),
+    };
     let mut left = fallbacks.into_iter();
     let mut hops: Vec<Hop> = Vec::new();
     let mut agent_id = planned.clone();
@@ -157,9 +166,12 @@ async fn call_with_fallbacks(
             }
             _ => None,
         };
-        let Some((next, error)) = fell else {
-            return Ok(after_hops(result, hops));
+        let Some(((next, probe), error)) = fell else {
+            return Ok((after_hops(result, hops), probes));
         };
+        if probe {
+            probes.push(next.clone());
+        }
         tracing::info!(from = %result.agent_id, to = %next, "falling back");
         hops.push(Hop {
             agent_id: result.agent_id,
@@ -188,14 +200,15 @@ fn falls_back(class: ErrorClass) -> bool {
     )
 }
 
-/// The first of the call's fallbacks `left` that may take it now.
+/// The first of the call's fallbacks `left` that may take it now (its
+/// circuit closed, or its probe's claim won: then with `true`).
 async fn next_fallback(
     svc: &Services,
     task: &Task,
     failed: &CallResult,
     class: ErrorClass,
     left: &mut impl Iterator<Item = AgentId>,
-) -> Result<Option<AgentId>, StageError> {
+) -> Result<Option<(AgentId, bool)>, StageError> {
     let failed_window = match class {
         ErrorClass::ContextLengthExceeded => svc
             .agents
@@ -223,10 +236,20 @@ async fn next_fallback(
         if class == ErrorClass::ContextLengthExceeded && !roomier {
             continue;
         }
+        let probe = match health::admission(svc, &agent).await? {
+            Admission::Call => false,
+            Admission::Probe => true,
+            Admission::Open(_) | Admission::Wait(_) => continue,
+        };
         let tokens = routing::call_tokens(&agent, &task.spec, budgeted);
         match limits::admit_call(svc, &agent, tokens).await? {
-            CallAdmission::Admitted => return Ok(Some(id)),
-            CallAdmission::Wait(_) | CallAdmission::Never => {}
+            CallAdmission::Admitted
+                if !probe
+                    || health::claim_probe(svc, &agent, health::probe_lease(&agent)).await? =>
+            {
+                return Ok(Some((id, probe)));
+            }
+            CallAdmission::Admitted | CallAdmission::Wait(_) | CallAdmission::Never => {}
         }
     }
     Ok(None)
@@ -318,11 +341,15 @@ fn timed_out() -> TaskError {
 /// Stores a call's result and moves the task on: finishes a single-call task
 /// from the result as stored (the first written, whichever delivery wrote
 /// it), or counts the call toward the fan-in.
+///
+/// `health` is what the call tells of its agents' health, written with the
+/// result (and only by the delivery whose result is the first written).
 pub(crate) async fn conclude(
     svc: &Services,
     envelope: &Envelope,
     task: &Task,
     mut result: CallResult,
+    health: &[Observation],
 ) -> Result<(), StageError> {
     // Whichever result is written first settles the call's reservation.
     result.settles = task.settlement(result.call_id);
@@ -331,7 +358,11 @@ pub(crate) async fn conclude(
         // The only call, or one too late to count: finish the task here
         // (rather than pay for a fan-in count and another hop), from the
         // result as stored.
-        let stored = persist(|| svc.tasks.put_call(&task.tenant, task.task_id, &result)).await?;
+        let stored = persist(|| {
+            svc.tasks
+                .put_call(&task.tenant, task.task_id, &result, health)
+        })
+        .await?;
         let ended = if svc.clock.now() > task.deadline() {
             end_task(svc, task, timed_out(), None).await?
         } else {
@@ -346,7 +377,12 @@ pub(crate) async fn conclude(
         }
         return Ok(());
     }
-    match persist(|| svc.tasks.record_call(&task.tenant, task.task_id, &result)).await? {
+    match persist(|| {
+        svc.tasks
+            .record_call(&task.tenant, task.task_id, &result, health)
+    })
+    .await?
+    {
         FanIn::Won | FanIn::AlreadyComplete => {
             svc.send(
                 QueueName::Aggregate,
@@ -418,7 +454,7 @@ pub(crate) async fn dead_lettered(
         "the call's message kept failing; no answer was recorded",
         now,
     );
-    match conclude(svc, envelope, task, result).await {
+    match conclude(svc, envelope, task, result, &[]).await {
         Ok(()) => Ok(()),
         Err(StageError::Store(e)) => {
             // The call cannot even be recorded: end the task rather than leave it hanging.
@@ -576,6 +612,10 @@ impl Call {
             };
             let attempts = self.record.attempts();
             tracing::warn!(attempt = attempts, class = ?error.class, status = error.status, "provider call failed");
+            if let (ErrorClass::RateLimited, Some(wait)) = (error.class, error.retry_after) {
+                // Every instance holds the agent back as long as asked.
+                health::cool_down(svc, &self.agent, wait).await;
+            }
             let tries = Tries {
                 attempts,
                 max_attempts: self.agent.spec.constraints.max_attempts(),

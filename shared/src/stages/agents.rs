@@ -27,26 +27,26 @@ pub const MAX_PLATFORM_AGENTS_LISTED: usize = 1000;
 const MAX_ENTRIES: usize = 10_000;
 
 /// A map whose entries live for a TTL.
-struct TtlMap<K, V> {
+pub(crate) struct TtlMap<K, V> {
     ttl: Duration,
     entries: Mutex<HashMap<K, (Instant, V)>>,
 }
 
 impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
-    fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration) -> Self {
         TtlMap {
             ttl,
             entries: Mutex::new(HashMap::new()),
         }
     }
 
-    fn get(&self, key: &K) -> Option<V> {
+    pub(crate) fn get(&self, key: &K) -> Option<V> {
         let entries = self.lock();
         let (at, value) = entries.get(key)?;
         (at.elapsed() < self.ttl).then(|| value.clone())
     }
 
-    fn insert(&self, key: K, value: V) {
+    pub(crate) fn insert(&self, key: K, value: V) {
         let mut entries = self.lock();
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
@@ -54,7 +54,7 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
         entries.insert(key, (Instant::now(), value));
     }
 
-    fn remove(&self, key: &K) {
+    pub(crate) fn remove(&self, key: &K) {
         self.lock().remove(key);
     }
 

@@ -221,6 +221,53 @@ pub async fn admit_call(
     )
 }
 
+/// One of an agent's limits and what of it is used now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct LimitUse {
+    /// Per minute.
+    pub limit: u64,
+    /// Taken within the last minute's worth (calls, or estimated tokens).
+    pub used: u64,
+}
+
+/// What an agent's `rpm` and `tpm` limits have in use now (none where it
+/// has no limit): read, never taken.
+pub async fn agent_use(
+    svc: &Services,
+    agent: &Agent,
+) -> Result<(Option<LimitUse>, Option<LimitUse>), StoreError> {
+    let rates = Rates {
+        rpm: agent.spec.constraints.rpm.map(u64::from),
+        tpm: agent.spec.constraints.tpm.map(u64::from),
+    };
+    if rates.rpm.is_none() && rates.tpm.is_none() {
+        return Ok((None, None));
+    }
+    let shards = shards(rates);
+    let now_us = crate::ports::limits::micros(svc.clock.now());
+    let (mut rpm_used, mut tpm_used) = (0u64, 0u64);
+    for shard in 0..shards {
+        let holder = Holder::agent(agent.owner.clone(), agent.id.clone()).in_shard(shard);
+        let tats = svc.limiter.peek(&holder, &["rpm", "tpm"]).await?;
+        // A bucket's use is its TAT's lead on now, in its emission intervals.
+        let used = |limit: Option<u64>, tat: Option<i64>| {
+            let (Some(limit), Some(tat)) = (limit, tat) else {
+                return 0;
+            };
+            let share = (limit / u64::from(shards)).max(1);
+            let charge = Charge {
+                rate: Rate::per_minute(share),
+                cost: 1,
+            };
+            share - charge.state(tat, now_us).remaining
+        };
+        rpm_used += used(rates.rpm, tats.first().copied().flatten());
+        tpm_used += used(rates.tpm, tats.get(1).copied().flatten());
+    }
+    let of = |limit: Option<u64>, used| limit.map(|limit| LimitUse { limit, used });
+    Ok((of(rates.rpm, rpm_used), of(rates.tpm, tpm_used)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ pub mod batch;
 mod claim_check;
 mod completions;
 pub mod dead_letter;
+pub mod health;
 pub mod inbox;
 pub mod intake;
 pub mod limits;
@@ -27,9 +28,9 @@ use crate::domain::{
     TaskStatus, TenantDefaults, TenantId,
 };
 use crate::ports::{
-    AuditLog, BlobStore, CachedSecrets, Clock, EventPublisher, FinishedFeed, LocalLimiter,
-    NoAuditLog, NoBlobs, NoEvents, OutgoingMessage, ProviderClients, Queue, QueueError, QueueName,
-    RateLimiter, Registry, StoreError, TaskStore,
+    AgentHealth, AuditLog, BlobStore, CachedSecrets, Clock, EventPublisher, FinishedFeed,
+    LocalHealth, LocalLimiter, NoAuditLog, NoBlobs, NoEvents, OutgoingMessage, ProviderClients,
+    Queue, QueueError, QueueName, RateLimiter, Registry, StoreError, TaskStore,
 };
 
 /// Everything a stage talks to, built once per process.
@@ -56,6 +57,10 @@ pub struct Services {
     pub blobs: Arc<dyn BlobStore>,
     /// Rate-limit buckets, shared by every instance on AWS.
     pub limiter: Arc<dyn RateLimiter>,
+    /// Agents' circuit breakers and latency, shared by every instance on AWS.
+    pub health: Arc<dyn AgentHealth>,
+    /// Agents' health records, cached for `settings.health_ttl`.
+    pub health_cache: Arc<health::HealthCache>,
     /// The audit logs, for refusals (which write nothing else) and reading;
     /// an action that writes carries its entry into its own write.
     pub audit: Arc<dyn AuditLog>,
@@ -68,6 +73,8 @@ pub struct Services {
 pub struct Settings {
     /// How long the registry list is cached.
     pub registry_ttl: Duration,
+    /// How long an agent's health (breaker state, latency) is cached.
+    pub health_ttl: Duration,
     /// A provider wait up to this long is slept in process; longer ones go
     /// back to the queue with that visibility.
     pub max_inline_wait: Duration,
@@ -87,6 +94,9 @@ impl Settings {
 
     pub const DEFAULT_SECRET_PREFIX: &str = "maof/";
 
+    /// Short: an open circuit is seen by every instance within it.
+    pub const DEFAULT_HEALTH_TTL: Duration = Duration::from_secs(2);
+
     /// A tenant's rate limits where nothing is set, on AWS: the ceiling
     /// `platform_admin` may raise or lower per tenant.
     pub const DEFAULT_RPM: u64 = 600;
@@ -97,8 +107,10 @@ impl Settings {
     /// separated by commas: the platform agents a tenant with no settings
     /// may use; none when unset), and `MAOF_DEFAULT_RPM` / `MAOF_DEFAULT_TPM`
     /// (a tenant's rate limits where nothing is set; `none` for no limit;
-    /// 600 and 200,000 when unset). A malformed value is an error, not a
-    /// silent default.
+    /// 600 and 200,000 when unset), `MAOF_REGISTRY_TTL_MS` and
+    /// `MAOF_HEALTH_TTL_MS` (how long the registry and agents' health are
+    /// cached; 30,000 and 2,000 when unset). A malformed value is an error,
+    /// not a silent default.
     pub fn from_env() -> Result<Self, String> {
         let mut settings = Settings::default();
         let limit = |var: &str, default: u64| -> Result<Option<u64>, String> {
@@ -117,6 +129,23 @@ impl Settings {
             rpm: limit("MAOF_DEFAULT_RPM", Self::DEFAULT_RPM)?,
             tpm: limit("MAOF_DEFAULT_TPM", Self::DEFAULT_TPM)?,
         };
+        let millis = |var: &str| -> Result<Option<Duration>, String> {
+            std::env::var(var)
+                .ok()
+                .map(|v| {
+                    v.trim()
+                        .parse::<u64>()
+                        .map(Duration::from_millis)
+                        .map_err(|_| format!("{var} must be a number of milliseconds: {v}"))
+                })
+                .transpose()
+        };
+        if let Some(ttl) = millis("MAOF_REGISTRY_TTL_MS")? {
+            settings.registry_ttl = ttl;
+        }
+        if let Some(ttl) = millis("MAOF_HEALTH_TTL_MS")? {
+            settings.health_ttl = ttl;
+        }
         if let Ok(bytes) = std::env::var("MAOF_CLAIM_CHECK_BYTES") {
             settings.claim_check_bytes = bytes
                 .parse()
@@ -144,6 +173,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             registry_ttl: Duration::from_secs(30),
+            health_ttl: Self::DEFAULT_HEALTH_TTL,
             max_inline_wait: Duration::from_secs(2),
             claim_check_bytes: Self::DEFAULT_CLAIM_CHECK_BYTES,
             secret_prefix: Self::DEFAULT_SECRET_PREFIX.to_owned(),
@@ -180,6 +210,8 @@ impl Services {
             blobs: Arc::new(NoBlobs),
             // Exact for this process; the backends' setup shares them.
             limiter: Arc::new(LocalLimiter::default()),
+            health: Arc::new(LocalHealth::default()),
+            health_cache: Arc::new(health::HealthCache::new(settings.health_ttl)),
             audit: Arc::new(NoAuditLog),
             refusals: Arc::new(audit::RefusalSampler::default()),
             settings,
@@ -193,7 +225,13 @@ impl Services {
             settings.registry_ttl,
             settings.tenant_defaults.clone(),
         ));
+        self.health_cache = Arc::new(health::HealthCache::new(settings.health_ttl));
         self.settings = settings;
+        self
+    }
+
+    pub fn with_health(mut self, health: Arc<dyn AgentHealth>) -> Self {
+        self.health = health;
         self
     }
 

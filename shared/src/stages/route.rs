@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use crate::domain::routing::{self, RoutingError, Selection};
 use crate::domain::{
     Agent, AgentId, AuditEntry, BudgetExceeded, CallHold, CallId, Envelope, MessageKind,
@@ -9,6 +11,7 @@ use crate::domain::{
 };
 use crate::ports::{OutgoingMessage, QueueName, StoreError};
 
+use super::health::{self, Admission};
 use super::limits::{self, CallAdmission};
 use super::{Services, StageError, end_task, fail_task};
 
@@ -64,15 +67,34 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
         "agents chosen"
     );
     let candidates = selection.fallbacks.clone();
-    // Agents at their own rate limits are passed over for the next
-    // candidates; with none left, the task waits in the queue for room.
-    let chosen = match admit_panel(svc, &task, &agents, selection, budgeted).await? {
-        Panel::Ready(chosen) => chosen,
+    // Agents whose circuits are open are skipped, and agents at their own
+    // rate limits passed over, for the next candidates; with none left,
+    // the task waits in the queue for room, or fails naming the open ones.
+    let panel = match admit_panel(svc, &task, &agents, selection, budgeted).await? {
+        Panel::Ready(panel) => panel,
         Panel::Wait(after) if now + after < task.deadline() => {
             return Err(StageError::RetryLater {
                 after,
                 reason: "the task's agents are at their rate limits".into(),
             });
+        }
+        Panel::Open(open) => {
+            let names: Vec<String> = open
+                .iter()
+                .map(|(id, until)| format!("{id} (until {})", until.format("%H:%M:%S UTC")))
+                .collect();
+            return fail_task(
+                svc,
+                &task,
+                TaskError::new(
+                    "circuit_open",
+                    format!(
+                        "not enough agents to serve the task: the circuits of {} are open after failures on the provider's side",
+                        names.join(", ")
+                    ),
+                ),
+            )
+            .await;
         }
         Panel::Wait(_) | Panel::None => {
             return fail_task(
@@ -86,6 +108,7 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
             .await;
         }
     };
+    let chosen: Vec<Agent> = panel.iter().map(|m| m.agent.clone()).collect();
     // The whole panel is held against the budgets, and on the tenant's
     // counters in the same write as the plan: no panel is half paid and
     // then refused.
@@ -99,11 +122,13 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
         .iter()
         .zip(holds.calls)
         .zip(fallbacks)
-        .map(|((agent, hold), fallbacks)| PlannedCall {
+        .zip(&panel)
+        .map(|(((agent, hold), fallbacks), member)| PlannedCall {
             call_id: CallId::new(),
             agent_id: agent.id.clone(),
             hold,
             fallbacks,
+            probe: member.probe,
         })
         .collect();
     let patch = TaskPatch {
@@ -132,18 +157,29 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
     send_calls(svc, envelope, &task).await
 }
 
-/// The panel, every member admitted by its own rate limits; or how long
-/// until one would be; or none ever.
+/// The panel, every member admitted by its health and its own rate limits;
+/// or how long until one would be; or the agents whose open circuits left
+/// it short; or none ever.
 enum Panel {
-    Ready(Vec<Agent>),
+    Ready(Vec<Member>),
     Wait(Duration),
+    Open(Vec<(AgentId, DateTime<Utc>)>),
     None,
 }
 
-/// Takes each chosen agent's call from its limits, passing an agent at its
-/// limit over for the next fallback, until `fanout` are admitted. Takes
-/// made for a panel that then waits are not given back: the limits are
-/// kept strictly, at worst by a few calls' worth too strictly.
+/// An agent admitted to the panel; `probe` when its call is the probe of
+/// its half-open circuit.
+struct Member {
+    agent: Agent,
+    probe: bool,
+}
+
+/// Admits the chosen agents, passing over one whose circuit is open (or
+/// whose provider asked for a wait) or that is at its rate limit for the
+/// next alternate, until `fanout` are admitted. An agent whose circuit is
+/// half-open is admitted only with its probe's claim. Takes made for a
+/// panel that then waits are not given back: the limits are kept
+/// strictly, at worst by a few calls' worth too strictly.
 async fn admit_panel(
     svc: &Services,
     task: &Task,
@@ -154,28 +190,51 @@ async fn admit_panel(
     let wanted = selection.calls.len();
     let candidates = selection.calls.into_iter().chain(
         selection
-            .fallbacks
+            .alternates
             .iter()
             .filter_map(|id| agents.iter().find(|a| &a.id == id).cloned()),
     );
-    let (mut admitted, mut soonest) = (Vec::with_capacity(wanted), None::<Duration>);
+    let now = svc.clock.now();
+    let (mut admitted, mut soonest, mut open) = (Vec::with_capacity(wanted), None, Vec::new());
+    let mut wait_until = |after: Duration| {
+        soonest = Some(soonest.map_or(after, |s: Duration| s.min(after)));
+    };
     for agent in candidates {
         if admitted.len() == wanted {
             break;
         }
+        let probe = match health::admission(svc, &agent).await? {
+            Admission::Call => false,
+            Admission::Probe => true,
+            Admission::Open(until) => {
+                open.push((agent.id.clone(), until));
+                continue;
+            }
+            Admission::Wait(until) => {
+                wait_until((until - now).to_std().unwrap_or_default());
+                continue;
+            }
+        };
         let tokens = routing::call_tokens(&agent, &task.spec, budgeted);
         match limits::admit_call(svc, &agent, tokens).await? {
-            CallAdmission::Admitted => admitted.push(agent),
-            CallAdmission::Wait(after) => {
-                soonest = Some(soonest.map_or(after, |s| s.min(after)));
+            CallAdmission::Admitted if !probe => admitted.push(Member { agent, probe }),
+            CallAdmission::Admitted => {
+                if health::claim_probe(svc, &agent, health::probe_lease(&agent)).await? {
+                    admitted.push(Member { agent, probe });
+                } else {
+                    // Another delivery's probe is in flight.
+                    open.push((agent.id.clone(), now));
+                }
             }
+            CallAdmission::Wait(after) => wait_until(after),
             CallAdmission::Never => {}
         }
     }
-    Ok(match (admitted.len() == wanted, soonest) {
-        (true, _) => Panel::Ready(admitted),
-        (false, Some(after)) => Panel::Wait(after),
-        (false, None) => Panel::None,
+    Ok(match (admitted.len() == wanted, soonest, open.is_empty()) {
+        (true, _, _) => Panel::Ready(admitted),
+        (false, Some(after), _) => Panel::Wait(after),
+        (false, None, false) => Panel::Open(open),
+        (false, None, true) => Panel::None,
     })
 }
 

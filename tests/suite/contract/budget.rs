@@ -56,6 +56,7 @@ async fn plan(
             agent_id: AgentId::parse("mock-a").unwrap(),
             hold: Some(*hold),
             fallbacks: Vec::new(),
+            probe: false,
         })
         .collect();
     let patch = TaskPatch {
@@ -182,7 +183,7 @@ async fn a_result_settles_its_reservation_once(b: Backend) {
     );
     // The single-call path (put_call), delivered three times at once.
     let first = settled(one, Some("0.0000198"));
-    join_all((0..3).map(|_| b.tasks.put_call(&tenant, task.task_id, &first))).await;
+    join_all((0..3).map(|_| b.tasks.put_call(&tenant, task.task_id, &first, &[]))).await;
     assert_eq!(
         b.tasks.spend(&tenant, day()).await.unwrap().day,
         spend("0.0000198", "0.25"),
@@ -192,7 +193,7 @@ async fn a_result_settles_its_reservation_once(b: Backend) {
     // reservation.
     let second = settled(two, None);
     let outcomes: Vec<_> =
-        join_all((0..2).map(|_| b.tasks.record_call(&tenant, task.task_id, &second)))
+        join_all((0..2).map(|_| b.tasks.record_call(&tenant, task.task_id, &second, &[])))
             .await
             .into_iter()
             .map(Result::unwrap)

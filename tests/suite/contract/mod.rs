@@ -8,6 +8,7 @@ mod announcements;
 mod audit;
 mod blobs;
 mod budget;
+mod health;
 mod limits;
 mod queue;
 mod registry;

@@ -18,7 +18,7 @@ fn tenant(name: &str) -> TenantId {
     TenantId::parse(name).unwrap()
 }
 
-fn new_task(tenant_name: &str, key: Option<&str>) -> Task {
+pub(super) fn new_task(tenant_name: &str, key: Option<&str>) -> Task {
     let request: TaskRequest = serde_json::from_value(json!({
         "task_type": "text",
         "content": "Analyze this text for sentiment: «très bien» ✓",
@@ -64,7 +64,7 @@ pub(super) fn call_result(call_id: CallId, output: &str) -> CallResult {
 }
 
 /// Moves a new task to `running` with `n` planned calls, as routing does.
-async fn running_with_calls(store: &dyn TaskStore, task: &Task, n: u32) -> Vec<CallId> {
+pub(super) async fn running_with_calls(store: &dyn TaskStore, task: &Task, n: u32) -> Vec<CallId> {
     let calls: Vec<CallId> = (0..n).map(|_| CallId::new()).collect();
     let plan = calls
         .iter()
@@ -73,6 +73,7 @@ async fn running_with_calls(store: &dyn TaskStore, task: &Task, n: u32) -> Vec<C
             agent_id: AgentId::parse("mock-a").unwrap(),
             hold: None,
             fallbacks: Vec::new(),
+            probe: false,
         })
         .collect();
     store
@@ -308,7 +309,7 @@ async fn exactly_one_fan_in_claim_wins(b: Backend) {
         let tenant = task.tenant.clone();
         let result = call_result(*call, &format!("answer of {call}"));
         tokio::spawn(async move {
-            let outcome = store.record_call(&tenant, task.task_id, &result).await;
+            let outcome = store.record_call(&tenant, task.task_id, &result, &[]).await;
             (result.call_id, outcome)
         })
     });
@@ -349,7 +350,7 @@ async fn exactly_one_fan_in_claim_wins(b: Backend) {
     for call in [winner, other] {
         let late = b
             .tasks
-            .record_call(&task.tenant, task.task_id, &call_result(call, "late"))
+            .record_call(&task.tenant, task.task_id, &call_result(call, "late"), &[])
             .await
             .unwrap();
         assert_eq!(late, FanIn::AlreadyComplete, "{}", b.name);
@@ -365,7 +366,12 @@ async fn the_first_result_of_a_call_wins(b: Backend) {
     let calls = running_with_calls(b.tasks.as_ref(), &task, 2).await;
     let first = b
         .tasks
-        .record_call(&task.tenant, task.task_id, &call_result(calls[0], "first"))
+        .record_call(
+            &task.tenant,
+            task.task_id,
+            &call_result(calls[0], "first"),
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -377,7 +383,12 @@ async fn the_first_result_of_a_call_wins(b: Backend) {
     );
     let again = b
         .tasks
-        .record_call(&task.tenant, task.task_id, &call_result(calls[0], "second"))
+        .record_call(
+            &task.tenant,
+            task.task_id,
+            &call_result(calls[0], "second"),
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -399,7 +410,12 @@ async fn the_first_result_of_a_call_wins(b: Backend) {
     assert_eq!(record.calls[0].output.as_deref(), Some("first"));
     let last = b
         .tasks
-        .record_call(&task.tenant, task.task_id, &call_result(calls[1], "other"))
+        .record_call(
+            &task.tenant,
+            task.task_id,
+            &call_result(calls[1], "other"),
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(last, FanIn::Won);
@@ -415,13 +431,13 @@ async fn put_call_stores_once_without_counting(b: Backend) {
     let (t, id) = (&task.tenant, task.task_id);
     let stored = b
         .tasks
-        .put_call(t, id, &call_result(calls[0], "first"))
+        .put_call(t, id, &call_result(calls[0], "first"), &[])
         .await
         .unwrap();
     assert_eq!(stored.output.as_deref(), Some("first"));
     let stored = b
         .tasks
-        .put_call(t, id, &call_result(calls[0], "second"))
+        .put_call(t, id, &call_result(calls[0], "second"), &[])
         .await
         .unwrap();
     assert_eq!(
@@ -436,7 +452,7 @@ async fn put_call_stores_once_without_counting(b: Backend) {
     // Not counted: recording it later counts it once and keeps the first result.
     let counted = b
         .tasks
-        .record_call(t, id, &call_result(calls[0], "third"))
+        .record_call(t, id, &call_result(calls[0], "third"), &[])
         .await
         .unwrap();
     assert_eq!(
@@ -495,7 +511,12 @@ async fn a_tenant_cannot_reach_another_tenants_task(b: Backend) {
     );
     let recorded = b
         .tasks
-        .record_call(&intruder, task.task_id, &call_result(CallId::new(), "x"))
+        .record_call(
+            &intruder,
+            task.task_id,
+            &call_result(CallId::new(), "x"),
+            &[],
+        )
         .await;
     assert!(
         matches!(recorded, Err(StoreError::NotFound)),
@@ -568,7 +589,7 @@ async fn usage_and_cost_survive_storage_exactly(b: Backend) {
     let mut result = call_result(calls[0], "ok");
     result.cost_usd = Some(Usd::parse("0.000000000000000000123456789").unwrap());
     b.tasks
-        .record_call(&task.tenant, task.task_id, &result)
+        .record_call(&task.tenant, task.task_id, &result, &[])
         .await
         .unwrap();
     let record = b
@@ -703,13 +724,13 @@ async fn an_item_over_400_kb_is_refused_and_changes_nothing(b: Backend) {
     let calls = running_with_calls(b.tasks.as_ref(), &task, 2).await;
     let (t, id) = (&task.tenant, task.task_id);
     let big = call_result(calls[0], &"y".repeat(450_000));
-    let refused = b.tasks.put_call(t, id, &big).await;
+    let refused = b.tasks.put_call(t, id, &big, &[]).await;
     assert!(
         matches!(refused, Err(StoreError::ItemTooLarge { bytes }) if bytes > 400 * 1024),
         "{}: {refused:?}",
         b.name
     );
-    let refused = b.tasks.record_call(t, id, &big).await;
+    let refused = b.tasks.record_call(t, id, &big, &[]).await;
     assert!(
         matches!(refused, Err(StoreError::ItemTooLarge { .. })),
         "{}: {refused:?}",
@@ -717,7 +738,7 @@ async fn an_item_over_400_kb_is_refused_and_changes_nothing(b: Backend) {
     );
     // Below the limit, the whole answer is kept.
     let fits = call_result(calls[1], &"z".repeat(300_000));
-    b.tasks.put_call(t, id, &fits).await.unwrap();
+    b.tasks.put_call(t, id, &fits, &[]).await.unwrap();
     let record = b.tasks.get_with_calls(t, id).await.unwrap().unwrap();
     assert_eq!(record.calls.len(), 1, "{}", b.name);
     assert_eq!(

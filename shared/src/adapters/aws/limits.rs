@@ -77,6 +77,19 @@ fn number(n: i64) -> AttributeValue {
 
 #[async_trait]
 impl RateLimiter for DynamoLimiter {
+    #[tracing::instrument(skip_all, fields(buckets = buckets.len()))]
+    async fn peek(
+        &self,
+        holder: &Holder,
+        buckets: &[&'static str],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        let item = self.read(holder).await?;
+        Ok(buckets
+            .iter()
+            .map(|b| item.get(*b)?.as_n().ok()?.parse().ok())
+            .collect())
+    }
+
     #[tracing::instrument(skip_all, fields(buckets = draws.len()))]
     async fn take(
         &self,

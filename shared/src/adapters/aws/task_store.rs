@@ -13,13 +13,14 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde_dynamo::{from_item, to_attribute_value, to_item};
 
-use super::{DynamoAudit, describe};
+use super::{DynamoAudit, DynamoHealth, describe};
 use crate::adapters::layout;
 use crate::adapters::layout::keys::{self, GSI1, GSI1_PK, GSI1_SK, PK, SK};
 use crate::adapters::layout::{
     CallItem, DONE_CALLS, IdempotencyItem, LeaseItem, RequestItem, StateItem, TaskState,
     merge_newest,
 };
+use crate::domain::health::Observation;
 use crate::domain::{
     AuditEntry, CallId, CallLease, CallResult, Hold, LeaseOutcome, Period, Spend, Task, TaskId,
     TaskPatch, TaskStatus, TenantId, TransitionError, Usd,
@@ -39,6 +40,9 @@ pub struct DynamoTaskStore {
     /// The audit logs, in the same table: an action's entry goes into the
     /// action's own write.
     audit: DynamoAudit,
+    /// Agents' health, in the same table: a result's counts go into the
+    /// result's own write.
+    health: DynamoHealth,
 }
 
 impl DynamoTaskStore {
@@ -48,6 +52,7 @@ impl DynamoTaskStore {
         let table = table.into();
         DynamoTaskStore {
             audit: DynamoAudit::new(client.clone(), table.clone()),
+            health: DynamoHealth::new(client.clone(), table.clone()),
             client,
             table,
             retention: Self::DEFAULT_RETENTION,
@@ -307,14 +312,13 @@ impl DynamoTaskStore {
         }
     }
 
-    /// As `put_first`, with `change` added to the tenant's counters for
-    /// `day` in the same transaction: a duplicate settles nothing.
-    async fn put_settling(
+    /// As `put_first`, in one transaction with `extra` (the settlement of
+    /// the result's reservation, its agents' health counts): a duplicate
+    /// writes none of them.
+    async fn put_first_with(
         &self,
-        tenant: &TenantId,
         item: Item,
-        day: NaiveDate,
-        change: Spend,
+        extra: Vec<TransactWriteItem>,
     ) -> Result<Written, StoreError> {
         let put = Put::builder()
             .table_name(&self.table)
@@ -323,9 +327,7 @@ impl DynamoTaskStore {
             .build()
             .map_err(backend)?;
         let mut items = vec![TransactWriteItem::builder().put(put).build()];
-        for period in Period::ALL {
-            items.push(self.count(tenant, period, day, change, None)?);
-        }
+        items.extend(extra);
         match self.transact(items).await? {
             Ok(()) => Ok(Written::New),
             Err(reasons)
@@ -897,6 +899,7 @@ impl TaskStore for DynamoTaskStore {
         tenant: &TenantId,
         task_id: TaskId,
         result: &CallResult,
+        health: &[Observation],
     ) -> Result<CallResult, StoreError> {
         let item: Item = to_item(CallItem::new(
             tenant,
@@ -905,12 +908,17 @@ impl TaskStore for DynamoTaskStore {
             self.expires_at(result.finished_at),
         ))
         .map_err(encode)?;
-        let written = match result.settles {
-            Some(settle) => {
-                let change = settle.change(result.cost_usd, &result.usage);
-                self.put_settling(tenant, item, settle.day, change).await?
+        let mut extra = Vec::new();
+        if let Some(settle) = result.settles {
+            let change = settle.change(result.cost_usd, &result.usage);
+            for period in Period::ALL {
+                extra.push(self.count(tenant, period, settle.day, change, None)?);
             }
-            None => self.put_first(item).await?,
+        }
+        extra.extend(self.health.writes(health)?);
+        let written = match extra.is_empty() {
+            true => self.put_first(item).await?,
+            false => self.put_first_with(item, extra).await?,
         };
         // A duplicate: the first result stands, and is what the caller goes on with.
         let first = match written {
@@ -936,10 +944,11 @@ impl TaskStore for DynamoTaskStore {
         tenant: &TenantId,
         task_id: TaskId,
         result: &CallResult,
+        health: &[Observation],
     ) -> Result<FanIn, StoreError> {
         // The result first, so that the call completing the fan-in finds
         // every counted call's result in place.
-        self.put_call(tenant, task_id, result).await?;
+        self.put_call(tenant, task_id, result, health).await?;
         // Count the call: adding to a string set is idempotent, and updates
         // of one item are serialized, so exactly one call sees the set go
         // from expected - 1 to expected.

@@ -109,6 +109,31 @@ pub fn limits_pk(holder: &crate::ports::Holder) -> String {
 
 pub const LIMITS_SK: &str = "LIMITS";
 
+/// An agent's health: its breaker state (`STATE`) and its counting buckets
+/// (`B#{index}#{shard}`), one partition per agent, apart for each owner as
+/// its rate limits are. A bucket is split over [`HEALTH_SHARDS`] items, so
+/// that the transactions of concurrent results seldom meet on one item.
+pub fn health_pk(owner: &Owner, agent: &AgentId) -> String {
+    match owner {
+        Owner::Tenant(tenant) => format!("T#{tenant}#HEALTH#{agent}"),
+        Owner::Platform => format!("PLATFORM#HEALTH#{agent}"),
+    }
+}
+
+pub const HEALTH_STATE_SK: &str = "STATE";
+pub const HEALTH_SHARDS: u32 = 8;
+
+/// A bucket's shard; `B#` sorts before `STATE`, so one query from the
+/// oldest bucket needed to `STATE` reads both.
+pub fn health_bucket_sk(index: i64, shard: u32) -> String {
+    format!("B#{index:015}#{shard}")
+}
+
+/// The bucket index of a bucket's sort key.
+pub fn health_bucket_of(sk: &str) -> Option<i64> {
+    sk.strip_prefix("B#")?.split('#').next()?.parse().ok()
+}
+
 /// A tenant's spend counters: one item per UTC day (`D#2026-11-26`) and
 /// per month (`M#2026-11`). Every budgeted task of the tenant writes the
 /// two, so a tenant with budgets is bound by one item's write rate (about

@@ -13,11 +13,13 @@ use crate::adapters::layout::{
     self, AuditItem, CallItem, DEFAULT_AUDIT_RETENTION, IdempotencyItem, RequestItem, StateItem,
     keys,
 };
+use crate::domain::health::Observation;
 use crate::domain::rate::Take;
 use crate::domain::{
-    AuditEntry, CallId, CallLease, CallResult, Hold, IdempotencyKey, LeaseOutcome, Period,
-    Settlement, Spend, Task, TaskId, TaskPatch, TaskStatus, TenantId,
+    AgentId, AuditEntry, CallId, CallLease, CallResult, Hold, IdempotencyKey, LeaseOutcome, Owner,
+    Period, Settlement, Spend, Task, TaskId, TaskPatch, TaskStatus, TenantId,
 };
+use crate::ports::LocalHealth;
 use crate::ports::limits::LocalLimiter;
 use crate::ports::task_store::fan_in_outcome;
 use crate::ports::{
@@ -97,6 +99,18 @@ const COUNTER_UNITS: u64 = 1;
 
 /// The units of a transaction that writes an item of `units` and the two
 /// spend counters: twice those of the writes.
+/// The health items a result's write adds to its transaction: one bucket
+/// per agent counted, one state per probe ended (as `DynamoHealth::writes`).
+fn health_items(health: &[Observation]) -> u64 {
+    let mut agents: Vec<(&Owner, &AgentId)> = health
+        .iter()
+        .filter(|o| o.counts().is_some())
+        .map(|o| (&o.owner, &o.agent))
+        .collect();
+    agents.dedup();
+    agents.len() as u64 + health.iter().filter(|o| o.probe.is_some()).count() as u64
+}
+
 fn with_counters(units: u64) -> u64 {
     2 * (units + 2 * COUNTER_UNITS)
 }
@@ -113,6 +127,9 @@ pub struct MemoryTaskStore {
     /// The audit logs, in the same table on AWS: entries that go with a
     /// task's write are appended with it.
     audit: std::sync::Arc<MemoryAudit>,
+    /// Agents' health, in the same table on AWS: a result's counts are
+    /// added with it.
+    health: std::sync::Arc<LocalHealth>,
 }
 
 impl Default for MemoryTaskStore {
@@ -135,6 +152,7 @@ impl MemoryTaskStore {
             meter: CapacityMeter::default(),
             limits: LocalLimiter::default(),
             audit: std::sync::Arc::new(MemoryAudit::new()),
+            health: std::sync::Arc::new(LocalHealth::default()),
         }
     }
 
@@ -142,6 +160,11 @@ impl MemoryTaskStore {
     /// the context table holds them on AWS).
     pub fn audit_log(&self) -> std::sync::Arc<MemoryAudit> {
         self.audit.clone()
+    }
+
+    /// Agents' health, which this store adds each result's counts to.
+    pub fn health(&self) -> std::sync::Arc<LocalHealth> {
+        self.health.clone()
     }
 
     /// The capacity the same operations would have consumed on DynamoDB
@@ -258,12 +281,16 @@ impl MemoryTaskStore {
         tenant: &TenantId,
         task_id: TaskId,
         result: &CallResult,
+        health: &[Observation],
         bytes: usize,
     ) -> CallResult {
         let settles: Option<Settlement> = result.settles;
-        self.meter.write(match settles {
-            Some(_) => with_counters(write_units(bytes)),
-            None => write_units(bytes),
+        // The health items are small: a unit each, in the same transaction.
+        let health_units = health_items(health);
+        self.meter.write(match (settles, health_units) {
+            (Some(_), _) => with_counters(write_units(bytes) + health_units),
+            (None, 0) => write_units(bytes),
+            (None, _) => 2 * (write_units(bytes) + health_units),
         });
         // Like an orphan DynamoDB item, a result for a missing task is
         // invisible (but, written, it settles).
@@ -280,6 +307,9 @@ impl MemoryTaskStore {
                 settle.day,
                 settle.change(result.cost_usd, &result.usage),
             );
+        }
+        if first.0 {
+            self.health.observe(health);
         }
         first.1
     }
@@ -507,10 +537,11 @@ impl TaskStore for MemoryTaskStore {
         tenant: &TenantId,
         task_id: TaskId,
         result: &CallResult,
+        health: &[Observation],
     ) -> Result<CallResult, StoreError> {
         let bytes = call_size(tenant, task_id, result)?;
         let mut state = lock(&self.state);
-        Ok(self.put_call_locked(&mut state, tenant, task_id, result, bytes))
+        Ok(self.put_call_locked(&mut state, tenant, task_id, result, health, bytes))
     }
 
     async fn record_call(
@@ -518,10 +549,11 @@ impl TaskStore for MemoryTaskStore {
         tenant: &TenantId,
         task_id: TaskId,
         result: &CallResult,
+        health: &[Observation],
     ) -> Result<FanIn, StoreError> {
         let bytes = call_size(tenant, task_id, result)?;
         let mut state = lock(&self.state);
-        self.put_call_locked(&mut state, tenant, task_id, result, bytes);
+        self.put_call_locked(&mut state, tenant, task_id, result, health, bytes);
         let Some(entry) = state.tasks.get_mut(&(tenant.clone(), task_id)) else {
             // The refused update of the missing state item.
             self.meter.write(1);
@@ -675,6 +707,14 @@ impl RateLimiter for MemoryTaskStore {
         // One small item, written (or its condition failing) once.
         self.meter.write(1);
         self.limits.take(holder, draws, now).await
+    }
+
+    async fn peek(
+        &self,
+        holder: &Holder,
+        buckets: &[&'static str],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        self.limits.peek(holder, buckets).await
     }
 }
 
