@@ -655,6 +655,9 @@ AUDIT_ACTIONS = {"record": {(PUT, CONTEXT)}, "list": {(QUERY, CONTEXT)},
 # A take of rate-limit buckets: a conditional update, and a read of the item
 # when a refusal did not return it (shared/src/adapters/aws/limits.rs).
 LIMITER_ACTIONS = {"take": {(UPDATE, CONTEXT), (GET, CONTEXT)}}
+# A turn of a rotation counter (round_robin, weighted routing): one `ADD`
+# (shared/src/adapters/aws/rotation.rs).
+ROTATION_ACTIONS = {"next": {(UPDATE, CONTEXT)}}
 # The cache reads a tenant's and the platform's agents, and the tenant's settings.
 _USABLE = {(QUERY, REGISTRY), (GET, REGISTRY)}
 AGENTS_CACHE_ACTIONS = {"usable": _USABLE, "find": _USABLE, "owned": {(QUERY, REGISTRY)},
@@ -698,6 +701,7 @@ def store_calls(spec: str) -> set[tuple[str, str]]:
     calls |= {("agents", m) for m in re.findall(r"\.agents\.([a-z_]+)\(", compact)}
     calls |= {("audit", m) for m in re.findall(r"\.audit\.([a-z_]+)\(", compact)}
     calls |= {("limiter", m) for m in re.findall(r"\.limiter\.([a-z_]+)\(", compact)}
+    calls |= {("rotation", m) for m in re.findall(r"\.rotation\.([a-z_]+)\(", compact)}
     if "AuditEntry::" in compact:
         calls.add(("audit", "entry"))
     return calls
@@ -707,7 +711,7 @@ def test_roles_cover_the_store_calls_their_code_makes():
     """When a stage starts calling another store method, its role must grow."""
     tables = {"tasks": TASK_STORE_ACTIONS, "registry": REGISTRY_ACTIONS,
               "agents": AGENTS_CACHE_ACTIONS, "audit": AUDIT_ACTIONS,
-              "limiter": LIMITER_ACTIONS}
+              "limiter": LIMITER_ACTIONS, "rotation": ROTATION_ACTIONS}
     for role, files in CODE_OF.items():
         needed = set()
         for spec in files:

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::adapters::aws::{
-    DynamoAudit, DynamoLimiter, DynamoRegistry, DynamoTaskStore, EventBridgePublisher,
-    ResourceNames, S3Blobs, SecretsManagerSource, SqsQueue, StreamFeed,
+    DynamoAudit, DynamoLimiter, DynamoRegistry, DynamoRotation, DynamoTaskStore,
+    EventBridgePublisher, ResourceNames, S3Blobs, SecretsManagerSource, SqsQueue, StreamFeed,
 };
 use crate::adapters::layout::audit_retention_from_env;
 use crate::adapters::memory::{
@@ -101,6 +101,7 @@ pub fn memory_services_on(
     )
     .with_events(Arc::new(MemoryEvents::new()))
     .with_limiter(tasks.clone())
+    .with_rotation(tasks.clone())
     .with_feed(Arc::new(MemoryFeed::new(tasks)))
     .with_blobs(Arc::new(MemoryBlobs::new()))
     .with_audit(audit);
@@ -204,6 +205,10 @@ pub async fn aws_services_with(
     )
     .with_feed(Arc::new(feed))
     .with_limiter(Arc::new(DynamoLimiter::new(
+        clients.dynamodb.clone(),
+        names.context_table.clone(),
+    )))
+    .with_rotation(Arc::new(DynamoRotation::new(
         clients.dynamodb.clone(),
         names.context_table.clone(),
     )))

@@ -5,14 +5,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use maof::adapters::aws::{
-    Bootstrap, DynamoAudit, DynamoLimiter, DynamoRegistry, DynamoTaskStore, ResourceNames, S3Blobs,
-    SecretsManagerSource, SqsQueue, StreamFeed, s3_config,
+    Bootstrap, DynamoAudit, DynamoLimiter, DynamoRegistry, DynamoRotation, DynamoTaskStore,
+    ResourceNames, S3Blobs, SecretsManagerSource, SqsQueue, StreamFeed, s3_config,
 };
 use maof::adapters::memory::{
     MemoryBlobs, MemoryFeed, MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore,
 };
 use maof::ports::{
-    AuditLog, BlobStore, FinishedFeed, Queue, RateLimiter, Registry, SecretSource, TaskStore,
+    AuditLog, BlobStore, FinishedFeed, Queue, RateLimiter, Registry, Rotation, SecretSource,
+    TaskStore,
 };
 
 /// Makes a new reader of a task store's change stream: what an announcer
@@ -38,6 +39,8 @@ pub struct Backend {
     pub secret_admin: Arc<dyn SecretAdmin>,
     pub blobs: Arc<dyn BlobStore>,
     pub limiter: Arc<dyn RateLimiter>,
+    /// Rotation counters, in the task store's table.
+    pub rotation: Arc<dyn Rotation>,
     /// The audit logs the task store and the registry write into.
     pub audit: Arc<dyn AuditLog>,
     pub new_feed: NewFeed,
@@ -62,6 +65,7 @@ pub fn memory() -> Backend {
         name: "memory",
         tables: Vec::new(),
         limiter: tasks.clone(),
+        rotation: tasks.clone(),
         tasks,
         new_feed: Arc::new(move || Arc::new(MemoryFeed::new(store.clone()))),
         registry: Arc::new(MemoryRegistry::with_audit(audit.clone())),
@@ -128,6 +132,10 @@ pub async fn aws() -> Backend {
             ))
         }),
         limiter: Arc::new(DynamoLimiter::new(
+            dynamodb.clone(),
+            names.context_table.clone(),
+        )),
+        rotation: Arc::new(DynamoRotation::new(
             dynamodb.clone(),
             names.context_table.clone(),
         )),

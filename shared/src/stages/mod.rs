@@ -28,8 +28,8 @@ use crate::domain::{
 };
 use crate::ports::{
     AuditLog, BlobStore, CachedSecrets, Clock, EventPublisher, FinishedFeed, LocalLimiter,
-    NoAuditLog, NoBlobs, NoEvents, OutgoingMessage, ProviderClients, Queue, QueueError, QueueName,
-    RateLimiter, Registry, StoreError, TaskStore,
+    LocalRotation, NoAuditLog, NoBlobs, NoEvents, OutgoingMessage, ProviderClients, Queue,
+    QueueError, QueueName, RateLimiter, Registry, Rotation, StoreError, TaskStore,
 };
 
 /// Everything a stage talks to, built once per process.
@@ -56,6 +56,9 @@ pub struct Services {
     pub blobs: Arc<dyn BlobStore>,
     /// Rate-limit buckets, shared by every instance on AWS.
     pub limiter: Arc<dyn RateLimiter>,
+    /// Rotation counters (`round_robin`, `weighted` routing), shared by
+    /// every instance on AWS.
+    pub rotation: Arc<dyn Rotation>,
     /// The audit logs, for refusals (which write nothing else) and reading;
     /// an action that writes carries its entry into its own write.
     pub audit: Arc<dyn AuditLog>,
@@ -180,6 +183,7 @@ impl Services {
             blobs: Arc::new(NoBlobs),
             // Exact for this process; the backends' setup shares them.
             limiter: Arc::new(LocalLimiter::default()),
+            rotation: Arc::new(LocalRotation::default()),
             audit: Arc::new(NoAuditLog),
             refusals: Arc::new(audit::RefusalSampler::default()),
             settings,
@@ -199,6 +203,11 @@ impl Services {
 
     pub fn with_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
         self.limiter = limiter;
+        self
+    }
+
+    pub fn with_rotation(mut self, rotation: Arc<dyn Rotation>) -> Self {
+        self.rotation = rotation;
         self
     }
 

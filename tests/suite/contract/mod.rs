@@ -11,6 +11,7 @@ mod budget;
 mod limits;
 mod queue;
 mod registry;
+mod rotation;
 mod secrets;
 mod task_store;
 

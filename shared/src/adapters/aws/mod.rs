@@ -10,6 +10,7 @@ mod feed;
 mod limits;
 mod queue;
 mod registry;
+mod rotation;
 mod secrets;
 mod task_store;
 pub mod template;
@@ -23,6 +24,7 @@ pub(crate) use feed::finished_in;
 pub use limits::DynamoLimiter;
 pub use queue::SqsQueue;
 pub use registry::DynamoRegistry;
+pub use rotation::DynamoRotation;
 pub use secrets::SecretsManagerSource;
 pub use task_store::DynamoTaskStore;
 

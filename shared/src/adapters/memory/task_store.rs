@@ -19,6 +19,7 @@ use crate::domain::{
     Settlement, Spend, Task, TaskId, TaskPatch, TaskStatus, TenantId,
 };
 use crate::ports::limits::LocalLimiter;
+use crate::ports::rotation::{LocalRotation, Rotation, RotationKey};
 use crate::ports::task_store::fan_in_outcome;
 use crate::ports::{
     Draw, FanIn, Holder, Page, RateLimiter, SpendOn, StoreError, TaskRecord, TaskStore,
@@ -110,6 +111,8 @@ pub struct MemoryTaskStore {
     meter: CapacityMeter,
     /// Rate-limit buckets, in the same table on AWS.
     limits: LocalLimiter,
+    /// Rotation counters (`round_robin`, `weighted`), likewise.
+    rotation: LocalRotation,
     /// The audit logs, in the same table on AWS: entries that go with a
     /// task's write are appended with it.
     audit: std::sync::Arc<MemoryAudit>,
@@ -134,6 +137,7 @@ impl MemoryTaskStore {
             max_finished,
             meter: CapacityMeter::default(),
             limits: LocalLimiter::default(),
+            rotation: LocalRotation::default(),
             audit: std::sync::Arc::new(MemoryAudit::new()),
         }
     }
@@ -675,6 +679,20 @@ impl RateLimiter for MemoryTaskStore {
         // One small item, written (or its condition failing) once.
         self.meter.write(1);
         self.limits.take(holder, draws, now).await
+    }
+}
+
+#[async_trait]
+impl Rotation for MemoryTaskStore {
+    async fn next(
+        &self,
+        key: &RotationKey,
+        by: u64,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        // One small item, updated once.
+        self.meter.write(1);
+        self.rotation.next(key, by, now).await
     }
 }
 
