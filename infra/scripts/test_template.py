@@ -661,6 +661,9 @@ LIMITER_ACTIONS = {"take": {(UPDATE, CONTEXT), (GET, CONTEXT)},
 # conditional updates. A result's counts ride in the task store's write.
 HEALTH_ACTIONS = {"read": {(QUERY, CONTEXT)}, "change": {(UPDATE, CONTEXT)},
                   "cool_down": {(UPDATE, CONTEXT)}}
+# A turn of a rotation counter (round_robin, weighted routing): one `ADD`
+# (shared/src/adapters/aws/rotation.rs).
+ROTATION_ACTIONS = {"next": {(UPDATE, CONTEXT)}}
 # The cache reads a tenant's and the platform's agents, and the tenant's settings.
 _USABLE = {(QUERY, REGISTRY), (GET, REGISTRY)}
 AGENTS_CACHE_ACTIONS = {"usable": _USABLE, "find": _USABLE, "owned": {(QUERY, REGISTRY)},
@@ -707,6 +710,7 @@ def store_calls(spec: str) -> set[tuple[str, str]]:
     calls |= {("audit", m) for m in re.findall(r"\.audit\.([a-z_]+)\(", compact)}
     calls |= {("limiter", m) for m in re.findall(r"\.limiter\.([a-z_]+)\(", compact)}
     calls |= {("health", m) for m in re.findall(r"\.health\.([a-z_]+)\(", compact)}
+    calls |= {("rotation", m) for m in re.findall(r"\.rotation\.([a-z_]+)\(", compact)}
     if "AuditEntry::" in compact:
         calls.add(("audit", "entry"))
     return calls
@@ -716,7 +720,8 @@ def test_roles_cover_the_store_calls_their_code_makes():
     """When a stage starts calling another store method, its role must grow."""
     tables = {"tasks": TASK_STORE_ACTIONS, "registry": REGISTRY_ACTIONS,
               "agents": AGENTS_CACHE_ACTIONS, "audit": AUDIT_ACTIONS,
-              "limiter": LIMITER_ACTIONS, "health": HEALTH_ACTIONS}
+              "limiter": LIMITER_ACTIONS, "health": HEALTH_ACTIONS,
+              "rotation": ROTATION_ACTIONS}
     for role, files in CODE_OF.items():
         needed = set()
         for spec in files:

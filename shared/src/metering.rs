@@ -38,6 +38,9 @@ use crate::stages::intake;
 /// requests and 200,000 tokens a minute per tenant); a tenant whose token
 /// subjects have limits of their own adds one more Update, and each call
 /// of an agent with `rpm` or `tpm` one more at route (its buckets' take).
+/// The rows are measured with the default routing strategy; a task routed
+/// `round_robin` or `weighted` adds one Update at route (its turn of the
+/// shared rotation counter, one write unit), the other strategies none.
 ///
 /// The request's own item costs one call but saves write units on every
 /// later write (DynamoDB bills by units, not calls): the state item written

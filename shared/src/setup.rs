@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::adapters::aws::{
-    DynamoAudit, DynamoHealth, DynamoLimiter, DynamoRegistry, DynamoTaskStore,
+    DynamoAudit, DynamoHealth, DynamoLimiter, DynamoRegistry, DynamoRotation, DynamoTaskStore,
     EventBridgePublisher, ResourceNames, S3Blobs, SecretsManagerSource, SqsQueue, StreamFeed,
 };
 use crate::adapters::layout::audit_retention_from_env;
@@ -102,6 +102,7 @@ pub fn memory_services_on(
     .with_events(Arc::new(MemoryEvents::new()))
     .with_limiter(tasks.clone())
     .with_health(tasks.health())
+    .with_rotation(tasks.clone())
     .with_feed(Arc::new(MemoryFeed::new(tasks)))
     .with_blobs(Arc::new(MemoryBlobs::new()))
     .with_audit(audit);
@@ -206,6 +207,10 @@ pub async fn aws_services_with(
     )
     .with_feed(Arc::new(feed))
     .with_limiter(Arc::new(DynamoLimiter::new(
+        clients.dynamodb.clone(),
+        names.context_table.clone(),
+    )))
+    .with_rotation(Arc::new(DynamoRotation::new(
         clients.dynamodb.clone(),
         names.context_table.clone(),
     )))

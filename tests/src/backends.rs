@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use maof::adapters::aws::{
-    Bootstrap, DynamoAudit, DynamoHealth, DynamoLimiter, DynamoRegistry, DynamoTaskStore,
-    ResourceNames, S3Blobs, SecretsManagerSource, SqsQueue, StreamFeed, s3_config,
+    Bootstrap, DynamoAudit, DynamoHealth, DynamoLimiter, DynamoRegistry, DynamoRotation,
+    DynamoTaskStore, ResourceNames, S3Blobs, SecretsManagerSource, SqsQueue, StreamFeed, s3_config,
 };
 use maof::adapters::memory::{
     MemoryBlobs, MemoryFeed, MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore,
 };
 use maof::ports::{
-    AgentHealth, AuditLog, BlobStore, FinishedFeed, Queue, RateLimiter, Registry, SecretSource,
-    TaskStore,
+    AgentHealth, AuditLog, BlobStore, FinishedFeed, Queue, RateLimiter, Registry, Rotation,
+    SecretSource, TaskStore,
 };
 
 /// Makes a new reader of a task store's change stream: what an announcer
@@ -41,6 +41,8 @@ pub struct Backend {
     pub limiter: Arc<dyn RateLimiter>,
     /// Agents' health, which the task store adds results' counts to.
     pub health: Arc<dyn AgentHealth>,
+    /// Rotation counters, in the task store's table.
+    pub rotation: Arc<dyn Rotation>,
     /// The audit logs the task store and the registry write into.
     pub audit: Arc<dyn AuditLog>,
     pub new_feed: NewFeed,
@@ -66,6 +68,7 @@ pub fn memory() -> Backend {
         tables: Vec::new(),
         limiter: tasks.clone(),
         health: tasks.health(),
+        rotation: tasks.clone(),
         tasks,
         new_feed: Arc::new(move || Arc::new(MemoryFeed::new(store.clone()))),
         registry: Arc::new(MemoryRegistry::with_audit(audit.clone())),
@@ -136,6 +139,10 @@ pub async fn aws() -> Backend {
             names.context_table.clone(),
         )),
         health: Arc::new(DynamoHealth::new(
+            dynamodb.clone(),
+            names.context_table.clone(),
+        )),
+        rotation: Arc::new(DynamoRotation::new(
             dynamodb.clone(),
             names.context_table.clone(),
         )),

@@ -44,6 +44,8 @@ pub struct Pipeline {
     /// Every finished task announced (read from the store's change stream).
     pub events: Arc<MemoryEvents>,
     runner: Option<Runner>,
+    /// The runners of instances added by `add_instance`.
+    others: Vec<Runner>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -57,6 +59,17 @@ pub fn every_tenant_uses_platform_agents() -> Settings {
         },
         ..Settings::default()
     }
+}
+
+/// The runner's configuration in tests.
+fn runner_config() -> RunnerConfig {
+    RunnerConfig {
+        wait: Duration::from_millis(200),
+        sweep_every: Duration::from_millis(500),
+        ..RunnerConfig::default()
+    }
+    // Failed messages come back quickly in tests.
+    .with_visibility(Duration::from_secs(1))
 }
 
 fn seed_file() -> PathBuf {
@@ -103,20 +116,14 @@ impl Pipeline {
         )
         .with_blobs(backend.blobs)
         .with_health(backend.health)
+        .with_rotation(backend.rotation)
         .with_audit(backend.audit)
         .with_events(events.clone())
         .with_feed((backend.new_feed)());
         maof::setup::seed_registry(&services, &seed_file())
             .await
             .unwrap_or_else(|e| panic!("seeding the test registry: {e}"));
-        let config = RunnerConfig {
-            wait: Duration::from_millis(200),
-            sweep_every: Duration::from_millis(500),
-            ..RunnerConfig::default()
-        }
-        // Failed messages come back quickly in tests.
-        .with_visibility(Duration::from_secs(1));
-        let runner = Runner::spawn(services.clone(), config);
+        let runner = Runner::spawn(services.clone(), runner_config());
         let auth = Arc::new(Authenticator::new(SecretString::from(JWT_SECRET)));
         let app = router(ApiState {
             services: services.clone(),
@@ -137,8 +144,25 @@ impl Pipeline {
             provider,
             events,
             runner: Some(runner),
+            others: Vec::new(),
             server,
         }
+    }
+
+    /// Starts another instance of the stages on the same backend, as a
+    /// second Lambda would be: the same stores and queues, its own
+    /// registry cache and waiters, polling the same queues as the first.
+    /// (The pipeline's rate-limit buckets are in process, and shared with
+    /// it.) It stops with the pipeline.
+    pub fn add_instance(&mut self) {
+        let mut services = self
+            .services
+            .clone()
+            .with_settings(every_tenant_uses_platform_agents());
+        services.completions = Default::default();
+        // The first instance announces finished tasks.
+        services.feed = None;
+        self.others.push(Runner::spawn(services, runner_config()));
     }
 
     pub fn token(&self, tenant: &str, roles: &[Role]) -> String {
@@ -186,6 +210,9 @@ impl Pipeline {
 
     pub async fn stop(mut self) {
         if let Some(runner) = self.runner.take() {
+            runner.shutdown().await;
+        }
+        for runner in self.others.drain(..) {
             runner.shutdown().await;
         }
         self.server.abort();

@@ -1339,7 +1339,92 @@ async fn an_open_circuit_is_routed_around_and_probed_after_its_cooldown(b: Backe
     p.stop().await;
 }
 
+/// How many of `tasks` each agent was called for.
+fn per_agent(tasks: &[Value]) -> std::collections::BTreeMap<String, u32> {
+    let mut counts = std::collections::BTreeMap::new();
+    for task in tasks {
+        *counts.entry(called(task).to_owned()).or_default() += 1;
+    }
+    counts
+}
+
+/// Submits `n` tasks at once and waits for each to finish.
+async fn submit_all(p: &Pipeline, token: &str, body: Value, n: usize) -> Vec<Value> {
+    let ids = futures::future::join_all((0..n).map(|_| submit(p, token, body.clone(), "")))
+        .await
+        .into_iter()
+        .map(|(status, task)| {
+            assert_eq!(status, 202, "{task}");
+            task["task_id"].as_str().unwrap().to_owned()
+        })
+        .collect::<Vec<_>>();
+    let mut tasks = Vec::new();
+    for id in ids {
+        tasks.push(finished(p, token, &id, Duration::from_secs(30)).await);
+    }
+    tasks
+}
+
+/// Two instances route tasks from the same queue, taking turns on one
+/// counter in the store: in order, consecutive tasks go to the four
+/// agents in turn whichever instance routes them; at once, twenty tasks
+/// make five calls of each; weighted, in proportion to the weights.
+async fn round_robin_across_two_instances_spreads_evenly(b: Backend) {
+    let name = b.name;
+    let mut p = Pipeline::start(b, Faults::default()).await;
+    p.add_instance();
+    let token = p.submitter("acme");
+    let turns = |strategy: &str| json!({"task_type": "turns", "content": "whose turn", "routing": {"strategy": strategy}});
+    let mut in_order = Vec::new();
+    for _ in 0..20 {
+        let (_, task) = submit(&p, &token, turns("round_robin"), "?wait=10").await;
+        assert_eq!(task["status"], "completed", "{name}: {task}");
+        in_order.push(called(&task).to_owned());
+    }
+    // Every four consecutive tasks, the four agents (weights aside).
+    for window in in_order.windows(4) {
+        let mut agents = window.to_vec();
+        agents.sort();
+        assert_eq!(
+            agents,
+            ["turn-a", "turn-b", "turn-c", "turn-d"],
+            "{name}: {in_order:?}"
+        );
+    }
+    let expected = |counts: &[(&str, u32)]| {
+        counts
+            .iter()
+            .map(|(a, n)| ((*a).to_owned(), *n))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let even = expected(&[("turn-a", 5), ("turn-b", 5), ("turn-c", 5), ("turn-d", 5)]);
+    let at_once = submit_all(&p, &token, turns("round_robin"), 20).await;
+    assert_eq!(per_agent(&at_once), even, "{name}");
+    // Weighted 2, 1, 1, 0: over two cycles of four, 4, 2, 2 and none.
+    let weighted = submit_all(&p, &token, turns("weighted"), 8).await;
+    assert_eq!(
+        per_agent(&weighted),
+        expected(&[("turn-a", 4), ("turn-b", 2), ("turn-c", 2)]),
+        "{name}"
+    );
+    // A fan-out of two takes two turns: 10 tasks, 20 calls, 5 each.
+    let body = json!({"task_type": "turns", "content": "two of us",
+        "routing": {"strategy": "round_robin", "fanout": 2},
+        "aggregation": {"strategy": "all"}});
+    let fanned = submit_all(&p, &token, body, 10).await;
+    for task in &fanned {
+        assert_eq!(task["status"], "completed", "{name}: {task}");
+        let calls = task["calls"].as_array().unwrap();
+        assert_ne!(calls[0]["agent_id"], calls[1]["agent_id"], "{name}: {task}");
+    }
+    for agent in ["turn-a", "turn-b", "turn-c", "turn-d"] {
+        assert_eq!(p.provider.count(agent, "two of us"), 5, "{name}: {agent}");
+    }
+    p.stop().await;
+}
+
 on_both_backends!(
+    round_robin_across_two_instances_spreads_evenly,
     a_single_agent_task_completes,
     a_fan_out_of_three_completes_with_three_attributed_results,
     every_message_delivered_twice_still_calls_each_agent_once,

@@ -1836,7 +1836,14 @@ async fn the_openapi_document_states_the_rules_the_api_enforces() {
     assert_eq!(schemas["IdempotencyKey"]["maxLength"], 255);
     assert_eq!(
         routing["strategy"]["enum"],
-        json!(["explicit", "cheapest", "quality", "best"])
+        json!([
+            "explicit",
+            "cheapest",
+            "quality",
+            "round_robin",
+            "weighted",
+            "best"
+        ])
     );
 
     // Unknown fields are refused wherever the API refuses them.

@@ -13,6 +13,7 @@ pub mod lease;
 pub mod money;
 pub mod principal;
 pub mod rate;
+pub mod rotation;
 pub mod routing;
 pub mod secret;
 pub mod sweep;

@@ -10,9 +10,12 @@
 //! | `explicit` (implied by `routing.agents`) | the named agents, in order, whatever their task types |
 //! | `cheapest` | lowest expected cost for this input (what a budget reserves: the input as the agent's tokenizer counts it, plus its output cap, at its prices); unpriced agents last |
 //! | `quality` (`best`) | highest quality score, then lowest price |
+//! | `round_robin` | by id, starting at the shared counter's turn (see `rotation`) |
+//! | `weighted` | by id, in the smooth weighted cycle of the agents' `weight`s, from the turn |
 //!
 //! The first `fanout` agents are called, preferring distinct providers so
-//! one provider's outage hits one call; the rest, in order, are the
+//! one provider's outage hits one call (not for `round_robin` and
+//! `weighted`: the next `fanout` in turn); the rest, in order, are the
 //! fallbacks (for `explicit`: the named agents not called, then the other
 //! capable agents by quality).
 
@@ -23,6 +26,7 @@ use super::agent::Agent;
 use super::budget;
 use super::ids::AgentId;
 use super::money::Usd;
+use super::rotation;
 use super::task::{RoutingStrategy, TaskSpec};
 use super::task_type::TaskType;
 
@@ -178,7 +182,8 @@ fn order(strategy: RoutingStrategy, a: &Candidate, b: &Candidate) -> Ordering {
         RoutingStrategy::Cheapest => lowest_known(a.expected_cost, b.expected_cost)
             .then_with(|| by_quality(a.agent, b.agent)),
         // Explicit orders only the fallbacks beyond the named agents; the
-        // strategies not offered never reach routing.
+        // strategies not offered never reach routing; round_robin and
+        // weighted take their candidates by id (`in_turn`), not this order.
         RoutingStrategy::Quality
         | RoutingStrategy::Explicit
         | RoutingStrategy::Fastest
@@ -191,11 +196,41 @@ fn order(strategy: RoutingStrategy, a: &Candidate, b: &Candidate) -> Ordering {
 
 /// Chooses the agents for a task (see the module's documentation). Under a
 /// budget (`budgeted`), an agent without prices is not chosen: what it
-/// costs could not be reserved.
+/// costs could not be reserved. `round_robin` and `weighted` take turn 0:
+/// route passes the shared counter's turn to [`select_in_turn`].
 pub fn select(
     spec: &TaskSpec,
     agents: &[Agent],
     budgeted: bool,
+) -> Result<Selection, RoutingError> {
+    choose(spec, agents, budgeted, 0)
+}
+
+/// As [`select`], `round_robin` and `weighted` at `turn` (the value of the
+/// counter shared by every instance; see `domain::rotation`). The other
+/// strategies take no turn.
+pub fn select_in_turn(
+    spec: &TaskSpec,
+    agents: &[Agent],
+    budgeted: bool,
+    turn: u64,
+) -> Result<Selection, RoutingError> {
+    choose(spec, agents, budgeted, turn)
+}
+
+/// Whether a strategy takes turns from the shared counter.
+pub fn takes_turns(strategy: RoutingStrategy) -> bool {
+    matches!(
+        strategy,
+        RoutingStrategy::RoundRobin | RoutingStrategy::Weighted
+    )
+}
+
+fn choose(
+    spec: &TaskSpec,
+    agents: &[Agent],
+    budgeted: bool,
+    turn: u64,
 ) -> Result<Selection, RoutingError> {
     let mut capable: Vec<Candidate> = agents
         .iter()
@@ -210,7 +245,11 @@ pub fn select(
         (calls, named.into_iter().chain(capable).collect())
     } else {
         let fit = fitting(spec, agents, capable)?;
-        (spread(&fit, spec.fanout as usize), fit)
+        if takes_turns(spec.routing_strategy) {
+            in_turn(spec, fit, turn)
+        } else {
+            (spread(&fit, spec.fanout as usize), fit)
+        }
     };
     let not_called = |limit: usize| {
         let mut ids: Vec<AgentId> = Vec::new();
@@ -328,6 +367,35 @@ fn spread(ordered: &[Candidate], wanted: usize) -> Vec<Agent> {
     }
     chosen.sort_by_key(|a| ordered.iter().position(|c| c.agent.id == a.id));
     chosen.into_iter().cloned().collect()
+}
+
+/// `round_robin` and `weighted`: the candidates that fit, by id, in the
+/// order of the turn (see `domain::rotation`); the first `fanout` are
+/// called, distinct providers not preferred (every candidate gets its
+/// share), and the rest, in that order, are the fallbacks.
+fn in_turn<'a>(
+    spec: &TaskSpec,
+    mut fit: Vec<Candidate<'a>>,
+    turn: u64,
+) -> (Vec<Agent>, Vec<Candidate<'a>>) {
+    fit.sort_by(|a, b| a.agent.id.cmp(&b.agent.id));
+    let order = if spec.routing_strategy == RoutingStrategy::Weighted {
+        let weights: Vec<u32> = fit.iter().map(|c| c.agent.spec.weight).collect();
+        rotation::weighted(&weights, turn)
+    } else {
+        rotation::round_robin(fit.len(), turn)
+    };
+    let mut slots: Vec<Option<Candidate<'a>>> = fit.into_iter().map(Some).collect();
+    let ordered: Vec<Candidate<'a>> = order
+        .into_iter()
+        .filter_map(|i| slots.get_mut(i).and_then(Option::take))
+        .collect();
+    let calls = ordered
+        .iter()
+        .take(spec.fanout as usize)
+        .map(|c| c.agent.clone())
+        .collect();
+    (calls, ordered)
 }
 
 #[cfg(test)]
@@ -607,5 +675,105 @@ mod tests {
             select(&s, &disabled, false).unwrap_err().code(),
             "no_capable_agent"
         );
+    }
+
+    fn in_turn_of(s: &TaskSpec, registry: &[Agent], turn: u64) -> (Vec<String>, Vec<String>) {
+        let selection = select_in_turn(s, registry, false, turn).unwrap();
+        (
+            ids(&selection.calls)
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            selection
+                .fallbacks
+                .iter()
+                .map(|id| id.as_str().to_owned())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn round_robin_takes_the_capable_agents_in_turn_by_id() {
+        // The text agents by id: cheap, free, good, good-too.
+        let s = spec(json!({"task_type": "text", "content": "x",
+            "routing": {"strategy": "round_robin"}}));
+        let firsts: Vec<String> = (0..8)
+            .map(|turn| in_turn_of(&s, &registry(), turn).0[0].clone())
+            .collect();
+        assert_eq!(
+            firsts,
+            [
+                "cheap", "free", "good", "good-too", "cheap", "free", "good", "good-too"
+            ]
+        );
+        // The others, in turn after it, are the fallbacks.
+        let (calls, fallbacks) = in_turn_of(&s, &registry(), 2);
+        assert_eq!(calls, ["good"]);
+        assert_eq!(fallbacks, ["good-too", "cheap", "free"]);
+        // Fan-out: the next N, distinct, whatever their providers (good
+        // and good-too are both anthropic).
+        let two = spec(json!({"task_type": "text", "content": "x",
+            "routing": {"strategy": "round_robin", "fanout": 2}}));
+        let (calls, fallbacks) = in_turn_of(&two, &registry(), 2);
+        assert_eq!(calls, ["good", "good-too"]);
+        assert_eq!(fallbacks, ["cheap", "free"]);
+        let (calls, _) = in_turn_of(&two, &registry(), 3);
+        assert_eq!(calls, ["good-too", "cheap"]);
+        // The same filters as every strategy: under a budget the unpriced
+        // agent is out of the turn.
+        let budgeted = select_in_turn(&s, &registry(), true, 1).unwrap();
+        assert_eq!(ids(&budgeted.calls), ["good"]);
+        // Without a turn (select), turn 0.
+        assert_eq!(calls_of(&s), ["cheap"]);
+    }
+
+    fn calls_of(s: &TaskSpec) -> Vec<String> {
+        calls(s, &registry(), false)
+    }
+
+    #[test]
+    fn weighted_gives_each_agent_its_weight_of_every_cycle() {
+        let mut registry = registry();
+        // By id: cheap 3, free 0, good 1, good-too 2 (a cycle of 6).
+        for a in &mut registry {
+            a.spec.weight = match a.id.as_str() {
+                "cheap" => 3,
+                "free" => 0,
+                "good-too" => 2,
+                _ => 1,
+            };
+        }
+        let s = spec(json!({"task_type": "text", "content": "x",
+            "routing": {"strategy": "weighted"}}));
+        let mut counts = std::collections::BTreeMap::<String, u32>::new();
+        for turn in 0..60 {
+            let (calls, fallbacks) = in_turn_of(&s, &registry, turn);
+            *counts.entry(calls[0].clone()).or_default() += 1;
+            // Weight 0 is only ever a fallback, and the last one.
+            assert_eq!(fallbacks.last().map(String::as_str), Some("free"));
+        }
+        let counts: Vec<(&str, u32)> = counts.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(counts, [("cheap", 30), ("good", 10), ("good-too", 20)]);
+        // Interleaved, not in runs: cheap good-too cheap good good-too cheap.
+        let firsts: Vec<String> = (0..6)
+            .map(|turn| in_turn_of(&s, &registry, turn).0[0].clone())
+            .collect();
+        assert_eq!(
+            firsts,
+            ["cheap", "good-too", "cheap", "good", "good-too", "cheap"]
+        );
+        // Fan-out of 3: three distinct agents with a weight, never free.
+        let three = spec(json!({"task_type": "text", "content": "x",
+            "routing": {"strategy": "weighted", "fanout": 3}}));
+        for turn in 0..6 {
+            let (mut calls, _) = in_turn_of(&three, &registry, turn);
+            calls.sort();
+            assert_eq!(calls, ["cheap", "good", "good-too"], "{turn}");
+        }
+        // Fan-out of 4 needs free, the only agent left.
+        let four = spec(json!({"task_type": "text", "content": "x",
+            "routing": {"strategy": "weighted", "fanout": 4}}));
+        let (calls, _) = in_turn_of(&four, &registry, 0);
+        assert_eq!(calls.last().map(String::as_str), Some("free"));
     }
 }

@@ -116,7 +116,9 @@ pub struct TransitionError {
 }
 
 /// How route orders the agents that may serve a task (see `domain::routing`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RoutingStrategy {
     /// The agents `routing.agents` names, in order (implied by naming them).
@@ -133,12 +135,14 @@ pub enum RoutingStrategy {
 }
 
 impl RoutingStrategy {
-    /// The strategies a request may name today; the others need shared
-    /// statistics not kept yet, and are refused (422).
-    pub const OFFERED: [RoutingStrategy; 3] = [
+    /// The strategies a request may name today; `fastest` needs shared
+    /// latency statistics not kept yet, and is refused (422).
+    pub const OFFERED: [RoutingStrategy; 5] = [
         RoutingStrategy::Explicit,
         RoutingStrategy::Cheapest,
         RoutingStrategy::Quality,
+        RoutingStrategy::RoundRobin,
+        RoutingStrategy::Weighted,
     ];
 
     /// Names a request may use for a strategy besides its own (`best`).
@@ -218,8 +222,10 @@ fn offered_routing() -> utoipa::openapi::schema::Object {
             .chain(RoutingStrategy::ALIASES),
         "How agents are picked: `explicit` (implied by `agents`, and only with them), \
          `cheapest` (lowest expected cost for this input), `quality` (highest quality \
-         score; `best` is the same). Default `quality`, or `explicit` when `agents` is \
-         given; the other strategies are not offered yet",
+         score; `best` is the same), `round_robin` (the capable agents in turn, a turn \
+         shared by every instance), `weighted` (likewise, each agent in proportion to \
+         its registry `weight`; weight 0 only when too few others). Default `quality`, \
+         or `explicit` when `agents` is given; `fastest` is not offered yet",
     )
 }
 

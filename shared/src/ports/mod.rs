@@ -10,6 +10,7 @@ pub mod limits;
 pub mod provider;
 pub mod queue;
 pub mod registry;
+pub mod rotation;
 pub mod secrets;
 pub mod task_store;
 
@@ -27,5 +28,6 @@ pub use provider::{
 };
 pub use queue::{OutgoingMessage, Queue, QueueError, QueueName, ReceivedMessage};
 pub use registry::{Expect, Registry, Versioned};
+pub use rotation::{LocalRotation, Rotation, RotationKey};
 pub use secrets::{CachedSecrets, SecretError, SecretSource};
 pub use task_store::{FanIn, Page, SpendOn, StoreError, TaskRecord, TaskStore};

@@ -92,7 +92,7 @@ fn check_offered(
 ) -> Result<(), SubmitError> {
     if !RoutingStrategy::OFFERED.contains(&routing) {
         return Err(SubmitError::NotOffered(format!(
-            "routing.strategy {} is not offered yet; use quality (or best), cheapest, or explicit with routing.agents",
+            "routing.strategy {} is not offered yet; use quality (or best), cheapest, round_robin, weighted, or explicit with routing.agents",
             routing.as_str()
         )));
     }

@@ -29,8 +29,9 @@ use crate::domain::{
 };
 use crate::ports::{
     AgentHealth, AuditLog, BlobStore, CachedSecrets, Clock, EventPublisher, FinishedFeed,
-    LocalHealth, LocalLimiter, NoAuditLog, NoBlobs, NoEvents, OutgoingMessage, ProviderClients,
-    Queue, QueueError, QueueName, RateLimiter, Registry, StoreError, TaskStore,
+    LocalHealth, LocalLimiter, LocalRotation, NoAuditLog, NoBlobs, NoEvents, OutgoingMessage,
+    ProviderClients, Queue, QueueError, QueueName, RateLimiter, Registry, Rotation, StoreError,
+    TaskStore,
 };
 
 /// Everything a stage talks to, built once per process.
@@ -61,6 +62,9 @@ pub struct Services {
     pub health: Arc<dyn AgentHealth>,
     /// Agents' health records, cached for `settings.health_ttl`.
     pub health_cache: Arc<health::HealthCache>,
+    /// Rotation counters (`round_robin`, `weighted` routing), shared by
+    /// every instance on AWS.
+    pub rotation: Arc<dyn Rotation>,
     /// The audit logs, for refusals (which write nothing else) and reading;
     /// an action that writes carries its entry into its own write.
     pub audit: Arc<dyn AuditLog>,
@@ -212,6 +216,7 @@ impl Services {
             limiter: Arc::new(LocalLimiter::default()),
             health: Arc::new(LocalHealth::default()),
             health_cache: Arc::new(health::HealthCache::new(settings.health_ttl)),
+            rotation: Arc::new(LocalRotation::default()),
             audit: Arc::new(NoAuditLog),
             refusals: Arc::new(audit::RefusalSampler::default()),
             settings,
@@ -237,6 +242,11 @@ impl Services {
 
     pub fn with_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
         self.limiter = limiter;
+        self
+    }
+
+    pub fn with_rotation(mut self, rotation: Arc<dyn Rotation>) -> Self {
+        self.rotation = rotation;
         self
     }
 

@@ -9,7 +9,7 @@ use crate::domain::{
     Agent, AgentId, AuditEntry, BudgetExceeded, CallHold, CallId, Envelope, MessageKind,
     PlannedCall, Task, TaskError, TaskPatch, TaskSpec, TaskStatus, budget,
 };
-use crate::ports::{OutgoingMessage, QueueName, StoreError};
+use crate::ports::{OutgoingMessage, QueueName, RotationKey, StoreError};
 
 use super::health::{self, Admission};
 use super::limits::{self, CallAdmission};
@@ -56,7 +56,8 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
         svc.agents.settings(&task.tenant)
     )?;
     let budgeted = budget::applies(settings.budgets, &task.spec);
-    let selection = match routing::select(&task.spec, &agents, budgeted) {
+    let turn = take_turn(svc, &task, now).await?;
+    let selection = match routing::select_in_turn(&task.spec, &agents, budgeted, turn) {
         Ok(selection) => selection,
         Err(e) => return fail_task(svc, &task, routing_error(&e)).await,
     };
@@ -155,6 +156,27 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
     };
     tracing::debug!(calls = task.plan.len(), "routed");
     send_calls(svc, envelope, &task).await
+}
+
+/// The task's turn on its tenant's shared counter, for `round_robin` and
+/// `weighted` (one write, advancing it by the task's fanout); 0, with no
+/// write, for the other strategies.
+async fn take_turn(
+    svc: &Services,
+    task: &Task,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    if !routing::takes_turns(task.spec.routing_strategy) {
+        return Ok(0);
+    }
+    let key = RotationKey {
+        tenant: task.tenant.clone(),
+        strategy: task.spec.routing_strategy,
+        task_type: task.spec.task_type.clone(),
+    };
+    svc.rotation
+        .next(&key, u64::from(task.spec.fanout), now)
+        .await
 }
 
 /// The panel, every member admitted by its health and its own rate limits;

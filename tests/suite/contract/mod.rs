@@ -12,6 +12,7 @@ mod health;
 mod limits;
 mod queue;
 mod registry;
+mod rotation;
 mod secrets;
 mod task_store;
 

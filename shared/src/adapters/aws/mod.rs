@@ -11,6 +11,7 @@ mod health;
 mod limits;
 mod queue;
 mod registry;
+mod rotation;
 mod secrets;
 mod task_store;
 pub mod template;
@@ -25,6 +26,7 @@ pub use health::DynamoHealth;
 pub use limits::DynamoLimiter;
 pub use queue::SqsQueue;
 pub use registry::DynamoRegistry;
+pub use rotation::DynamoRotation;
 pub use secrets::SecretsManagerSource;
 pub use task_store::DynamoTaskStore;
 

@@ -134,6 +134,21 @@ pub fn health_bucket_of(sk: &str) -> Option<i64> {
     sk.strip_prefix("B#")?.split('#').next()?.parse().ok()
 }
 
+/// A rotation counter (`round_robin`, `weighted`): one item per tenant,
+/// strategy and task type, every routed task of those one `ADD`. One item
+/// takes about 1,000 writes a second: more tasks a second of one tenant
+/// and task type than that are throttled and retried by route's queue.
+pub fn rotation_pk(key: &crate::ports::RotationKey) -> String {
+    format!(
+        "T#{}#ROTATION#{}#{}",
+        key.tenant,
+        key.strategy.as_str(),
+        key.task_type
+    )
+}
+
+pub const ROTATION_SK: &str = "ROTATION";
+
 /// A tenant's spend counters: one item per UTC day (`D#2026-11-26`) and
 /// per month (`M#2026-11`). Every budgeted task of the tenant writes the
 /// two, so a tenant with budgets is bound by one item's write rate (about

@@ -21,6 +21,7 @@ use crate::domain::{
 };
 use crate::ports::LocalHealth;
 use crate::ports::limits::LocalLimiter;
+use crate::ports::rotation::{LocalRotation, Rotation, RotationKey};
 use crate::ports::task_store::fan_in_outcome;
 use crate::ports::{
     Draw, FanIn, Holder, Page, RateLimiter, SpendOn, StoreError, TaskRecord, TaskStore,
@@ -124,6 +125,8 @@ pub struct MemoryTaskStore {
     meter: CapacityMeter,
     /// Rate-limit buckets, in the same table on AWS.
     limits: LocalLimiter,
+    /// Rotation counters (`round_robin`, `weighted`), likewise.
+    rotation: LocalRotation,
     /// The audit logs, in the same table on AWS: entries that go with a
     /// task's write are appended with it.
     audit: std::sync::Arc<MemoryAudit>,
@@ -151,6 +154,7 @@ impl MemoryTaskStore {
             max_finished,
             meter: CapacityMeter::default(),
             limits: LocalLimiter::default(),
+            rotation: LocalRotation::default(),
             audit: std::sync::Arc::new(MemoryAudit::new()),
             health: std::sync::Arc::new(LocalHealth::default()),
         }
@@ -715,6 +719,20 @@ impl RateLimiter for MemoryTaskStore {
         buckets: &[&'static str],
     ) -> Result<Vec<Option<i64>>, StoreError> {
         self.limits.peek(holder, buckets).await
+    }
+}
+
+#[async_trait]
+impl Rotation for MemoryTaskStore {
+    async fn next(
+        &self,
+        key: &RotationKey,
+        by: u64,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        // One small item, updated once.
+        self.meter.write(1);
+        self.rotation.next(key, by, now).await
     }
 }
 
