@@ -50,38 +50,38 @@ use crate::stages::intake;
 ///
 /// | task | ceiling | why |
 /// |---|---|---|
-/// | 1 agent | 15 | rate-limit take 1 + request 3 + state with its audit entry 2 × (1 + 1) + route 1 + lease 1 + result 1 + finish 1; index entries: list 1, sweep in 1 and out 1. The audit entry costs 3 units: a task and its `task.created` entry are written together or not at all, and a transaction bills twice (the request, the large item, stays outside it) |
-/// | 3 agents | 22 | the same, with three leases, three results and three fan-in counts, and the aggregate's finish |
-/// | 1 agent, budgeted | 25 | as 1 agent, but the plan's and the result's writes are transactions with the two counters: each 2 × (1 + 2) = 6 units instead of 1 (a transaction bills twice; the hold and the settlement cannot be made exactly-once any cheaper) |
-/// | 3 agents, budgeted | 43 | as 3 agents, with the plan and each of the three results so; the three calls' holds take the planned state item past 1 KB (one unit more, twice) |
+/// | 1 agent | 18 | rate-limit take 1 + request 3 + state with its audit entry 2 × (1 + 1) + route 1 + lease 1 + result with its agent's health bucket 2 × (1 + 1) + finish 1; index entries: list 1, sweep in 1 and out 1. The audit entry costs 3 units: a task and its `task.created` entry are written together or not at all, and a transaction bills twice (the request, the large item, stays outside it). The health bucket costs 3: the breaker's counts ride in the result's transaction (no extra operation), which bills twice |
+/// | 3 agents | 31 | the same, with three leases, three results (each with its bucket) and three fan-in counts, and the aggregate's finish |
+/// | 1 agent, budgeted | 27 | as 1 agent, but the plan's and the result's writes are transactions with the two counters: the plan 2 × (1 + 2) = 6 units instead of 1, the result 2 × (1 + 2 + 1) = 8 instead of 4 (a transaction bills twice; the hold and the settlement cannot be made exactly-once any cheaper) |
+/// | 3 agents, budgeted | 49 | as 3 agents, with the plan and each of the three results so; the three calls' holds take the planned state item past 1 KB (one unit more, twice) |
 pub const CEILINGS: &[Ceiling] = &[
     Ceiling {
         name: "1 agent",
         fanout: 1,
         budgeted: false,
         max_ops: 11.0,
-        max_write_units: 15,
+        max_write_units: 18,
     },
     Ceiling {
         name: "3 agents",
         fanout: 3,
         budgeted: false,
         max_ops: 22.0,
-        max_write_units: 22,
+        max_write_units: 31,
     },
     Ceiling {
         name: "1 agent, budgeted",
         fanout: 1,
         budgeted: true,
         max_ops: 11.0,
-        max_write_units: 25,
+        max_write_units: 27,
     },
     Ceiling {
         name: "3 agents, budgeted",
         fanout: 3,
         budgeted: true,
         max_ops: 22.0,
-        max_write_units: 43,
+        max_write_units: 49,
     },
 ];
 
@@ -139,9 +139,10 @@ pub fn by_trigger(op: &str) -> bool {
 }
 
 /// Whether an operation counts toward a task's ceiling. The registry's
-/// reads (a tenant's agents and settings, the platform's agents) are per
-/// process and TTL, not per task: the measurement keeps them out by warming
-/// the cache and giving it a TTL longer than the run.
+/// reads (a tenant's agents and settings, the platform's agents) and the
+/// agents' health reads are per process and TTL, not per task: the
+/// measurement keeps them out by warming the caches and giving them a TTL
+/// longer than the run.
 pub fn per_task(op: &str) -> bool {
     !by_trigger(op)
 }
@@ -346,11 +347,12 @@ pub async fn measure_units(tasks: usize, content_bytes: usize) -> Result<Vec<Uni
 
 /// The settings tasks are measured under: rate limits on, as deployed (each
 /// task's take is counted), but too high to refuse a measured task; and a
-/// registry cache that does not expire during the run (its reads are per
+/// registry and health cache that does not expire during the run (their reads are per
 /// process and TTL, not per task).
 fn measured(settings: crate::stages::Settings) -> crate::stages::Settings {
     let mut settings = crate::stages::Settings {
         registry_ttl: Duration::from_secs(24 * 3600),
+        health_ttl: Duration::from_secs(24 * 3600),
         ..settings
     };
     settings.tenant_defaults.rate_limits.tenant = crate::domain::Rates {

@@ -237,19 +237,22 @@ async fn next_fallback(
             continue;
         }
         let probe = match health::admission(svc, &agent).await? {
-            Admission::Call => false,
-            Admission::Probe => true,
+            Admission::Call => None,
+            Admission::Probe(seen) => Some(seen),
             Admission::Open(_) | Admission::Wait(_) => continue,
         };
         let tokens = routing::call_tokens(&agent, &task.spec, budgeted);
-        match limits::admit_call(svc, &agent, tokens).await? {
-            CallAdmission::Admitted
-                if !probe
-                    || health::claim_probe(svc, &agent, health::probe_lease(&agent)).await? =>
-            {
-                return Ok(Some((id, probe)));
+        if limits::admit_call(svc, &agent, tokens).await? != CallAdmission::Admitted {
+            continue;
+        }
+        match probe {
+            None => return Ok(Some((id, false))),
+            Some(seen) => {
+                let lease = health::probe_lease(&agent);
+                if health::claim_probe(svc, &agent, &seen, lease).await? {
+                    return Ok(Some((id, true)));
+                }
             }
-            CallAdmission::Admitted | CallAdmission::Wait(_) | CallAdmission::Never => {}
         }
     }
     Ok(None)

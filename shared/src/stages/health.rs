@@ -16,6 +16,9 @@ use super::Services;
 use super::agents::TtlMap;
 use super::limits::{self, LimitUse};
 
+/// The shortest provider wait that holds an agent back for every instance.
+const MIN_COOLDOWN: Duration = Duration::from_secs(1);
+
 /// Agents' health records, cached for `Settings::health_ttl`: route reads
 /// an agent's for each task it plans. A change this process writes drops
 /// the agent's entry; other instances see it within the TTL.
@@ -76,9 +79,9 @@ pub async fn report(svc: &Services, agent: &Agent) -> Result<HealthReport, Store
 pub(crate) enum Admission {
     /// Closed: call it.
     Call,
-    /// Half-open: call it if the probe's claim is won ([`claim_probe`]),
-    /// after the agent's other checks.
-    Probe,
+    /// Half-open: call it if the probe's claim is won ([`claim_probe`],
+    /// from the state seen here), after the agent's other checks.
+    Probe(BreakerState),
     /// The circuit is open (or its probe in flight) until then.
     Open(DateTime<Utc>),
     /// The provider asked for no calls until then.
@@ -94,7 +97,7 @@ pub(crate) async fn admission(svc: &Services, agent: &Agent) -> Result<Admission
     let judged = assess(&record, &agent.spec.breaker, now);
     Ok(match judged.gate {
         Gate::Pass => Admission::Call,
-        Gate::Probe => Admission::Probe,
+        Gate::Probe => Admission::Probe(record.state),
         Gate::Open { until } => Admission::Open(until),
         Gate::CoolingDown { until } => Admission::Wait(until),
         Gate::Trip => {
@@ -112,16 +115,18 @@ pub(crate) async fn admission(svc: &Services, agent: &Agent) -> Result<Admission
     })
 }
 
-/// Claims `agent`'s probe for a call that may take `call_takes`; whether
-/// this caller won it (of concurrent claims, exactly one does).
+/// Claims `agent`'s probe for a call that may take `call_takes`, from the
+/// state `seen` when it was judged half-open (a claim from a later read
+/// could take the probe another caller holds); whether this caller won it
+/// (of concurrent claims, exactly one does).
 pub(crate) async fn claim_probe(
     svc: &Services,
     agent: &Agent,
+    seen: &BreakerState,
     call_takes: Duration,
 ) -> Result<bool, StoreError> {
-    let record = record(svc, agent).await?;
     let claim = StateChange::claim_probe(svc.clock.now(), call_takes);
-    let won = change(svc, agent, &record.state, claim).await?;
+    let won = change(svc, agent, seen, claim).await?;
     tracing::info!(agent = %agent.id, won, "circuit half-open: probe claimed");
     Ok(won)
 }
@@ -155,6 +160,10 @@ pub(crate) fn probe_lease(agent: &Agent) -> Duration {
 /// the agent back that long. Best effort: a failed write is logged, and
 /// the provider's next 429 says it again.
 pub(crate) async fn cool_down(svc: &Services, agent: &Agent, wait: Duration) {
+    // A short wait is the retry's own business, not every instance's.
+    if wait < MIN_COOLDOWN {
+        return;
+    }
     let until = svc.clock.now() + wait;
     if let Err(e) = svc.health.cool_down(&agent.owner, &agent.id, until).await {
         tracing::warn!(error = %e, agent = %agent.id, "could not record the provider's wait");

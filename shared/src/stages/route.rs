@@ -161,11 +161,7 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
 /// The task's turn on its tenant's shared counter, for `round_robin` and
 /// `weighted` (one write, advancing it by the task's fanout); 0, with no
 /// write, for the other strategies.
-async fn take_turn(
-    svc: &Services,
-    task: &Task,
-    now: DateTime<Utc>,
-) -> Result<u64, StoreError> {
+async fn take_turn(svc: &Services, task: &Task, now: DateTime<Utc>) -> Result<u64, StoreError> {
     if !routing::takes_turns(task.spec.routing_strategy) {
         return Ok(0);
     }
@@ -226,8 +222,8 @@ async fn admit_panel(
             break;
         }
         let probe = match health::admission(svc, &agent).await? {
-            Admission::Call => false,
-            Admission::Probe => true,
+            Admission::Call => None,
+            Admission::Probe(seen) => Some(seen),
             Admission::Open(until) => {
                 open.push((agent.id.clone(), until));
                 continue;
@@ -238,18 +234,22 @@ async fn admit_panel(
             }
         };
         let tokens = routing::call_tokens(&agent, &task.spec, budgeted);
-        match limits::admit_call(svc, &agent, tokens).await? {
-            CallAdmission::Admitted if !probe => admitted.push(Member { agent, probe }),
-            CallAdmission::Admitted => {
-                if health::claim_probe(svc, &agent, health::probe_lease(&agent)).await? {
-                    admitted.push(Member { agent, probe });
+        match (limits::admit_call(svc, &agent, tokens).await?, probe) {
+            (CallAdmission::Admitted, None) => admitted.push(Member {
+                agent,
+                probe: false,
+            }),
+            (CallAdmission::Admitted, Some(seen)) => {
+                let lease = health::probe_lease(&agent);
+                if health::claim_probe(svc, &agent, &seen, lease).await? {
+                    admitted.push(Member { agent, probe: true });
                 } else {
                     // Another delivery's probe is in flight.
                     open.push((agent.id.clone(), now));
                 }
             }
-            CallAdmission::Wait(after) => wait_until(after),
-            CallAdmission::Never => {}
+            (CallAdmission::Wait(after), _) => wait_until(after),
+            (CallAdmission::Never, _) => {}
         }
     }
     Ok(match (admitted.len() == wanted, soonest, open.is_empty()) {
