@@ -1738,6 +1738,7 @@ async fn money_in_a_task_is_a_decimal_string_not_a_float() {
         error: None,
         retried_errors: Vec::new(),
         finished_at: chrono::Utc::now(),
+        truncated: false,
         fell_back_from: Vec::new(),
         settles: None,
     };
@@ -1833,7 +1834,7 @@ async fn the_openapi_document_states_the_rules_the_api_enforces() {
     assert_eq!(schemas["IdempotencyKey"]["maxLength"], 255);
     assert_eq!(
         routing["strategy"]["enum"],
-        json!(["explicit", "cheapest", "quality", "best"])
+        json!(["explicit", "cheapest", "quality", "tiered", "best"])
     );
 
     // Unknown fields are refused wherever the API refuses them.

@@ -130,15 +130,19 @@ pub enum RoutingStrategy {
     Fastest,
     RoundRobin,
     Weighted,
+    /// The cheapest agent of the lowest tier the task's estimated complexity
+    /// needs, escalating to higher tiers (see `domain::complexity`).
+    Tiered,
 }
 
 impl RoutingStrategy {
     /// The strategies a request may name today; the others need shared
     /// statistics not kept yet, and are refused (422).
-    pub const OFFERED: [RoutingStrategy; 3] = [
+    pub const OFFERED: [RoutingStrategy; 4] = [
         RoutingStrategy::Explicit,
         RoutingStrategy::Cheapest,
         RoutingStrategy::Quality,
+        RoutingStrategy::Tiered,
     ];
 
     /// Names a request may use for a strategy besides its own (`best`).
@@ -152,6 +156,7 @@ impl RoutingStrategy {
             RoutingStrategy::Fastest => "fastest",
             RoutingStrategy::RoundRobin => "round_robin",
             RoutingStrategy::Weighted => "weighted",
+            RoutingStrategy::Tiered => "tiered",
         }
     }
 }
@@ -218,8 +223,11 @@ fn offered_routing() -> utoipa::openapi::schema::Object {
             .chain(RoutingStrategy::ALIASES),
         "How agents are picked: `explicit` (implied by `agents`, and only with them), \
          `cheapest` (lowest expected cost for this input), `quality` (highest quality \
-         score; `best` is the same). Default `quality`, or `explicit` when `agents` is \
-         given; the other strategies are not offered yet",
+         score; `best` is the same), `tiered` (the cheapest agent of the lowest tier the \
+         task's estimated complexity needs; an answer that fails, comes back empty or is cut \
+         off by `max_tokens` escalates to the next higher tier among the call's fallbacks). \
+         Default `quality`, or `explicit` when `agents` is given; the other strategies are \
+         not offered yet",
     )
 }
 
