@@ -41,6 +41,11 @@ pub struct BenchArgs {
     /// directory (`target/lambda` after `cargo lambda build --release`).
     #[arg(long, value_name = "DIR")]
     lambda_init: Option<std::path::PathBuf>,
+    /// Instead, run a fixed mixed workload through `tiered` and `quality`
+    /// routing with mock agents priced like real tiers, and print each
+    /// run's cost, the share escalated and how often the answers agree.
+    #[arg(long)]
+    cost: bool,
 }
 
 struct Figures {
@@ -366,6 +371,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.lambda_init {
         return lambda_init::run(dir).await;
     }
+    if args.cost {
+        return cost().await;
+    }
     if let Some(waits) = args.abandoned_waits {
         return abandoned_waits(waits).await;
     }
@@ -385,6 +393,53 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             figures.print();
         }
     }
+    Ok(())
+}
+
+/// `--cost`: see `maof::cost_bench`.
+async fn cost() -> anyhow::Result<()> {
+    use maof::cost_bench::{measure, tier_agents, to_f64, workload};
+    let prompts = workload().context("the cost workload")?;
+    let report = measure(&prompts)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("running the cost workload")?;
+    println!(
+        "SYNTHETIC: {} prompts run through the whole pipeline in process, with scripted mock agents \
+         priced like real tiers; the figures show the mechanism, not what real prompts and models save.",
+        prompts.len()
+    );
+    for (id, spec) in tier_agents().map_err(|e| anyhow::anyhow!(e))? {
+        let pricing = spec.pricing.as_ref().map_or("-".into(), |p| {
+            format!(
+                "{} in / {} out per Mtok",
+                p.input_per_mtok, p.output_per_mtok
+            )
+        });
+        println!("  {id}: tier {}, {}, {pricing}", spec.tier, spec.model);
+    }
+    println!(
+        "\n{:<9} {:>6} {:>7} {:>12} {:>10} {:>12}",
+        "strategy", "tasks", "failed", "total cost", "escalated", "escalations"
+    );
+    for run in [&report.tiered, &report.quality] {
+        println!(
+            "{:<9} {:>6} {:>7} {:>12} {:>9.1}% {:>12}",
+            run.strategy,
+            run.tasks,
+            run.failed,
+            format!("${:.6}", to_f64(run.total_cost)),
+            100.0 * run.escalated as f64 / run.tasks.max(1) as f64,
+            run.escalations,
+        );
+    }
+    println!(
+        "\ntiered saves {:.1}% of quality's cost; the two final answers agree on {} of {} prompts ({:.1}%)",
+        100.0 * report.savings(),
+        report.agreed,
+        prompts.len(),
+        100.0 * report.agreed as f64 / prompts.len().max(1) as f64,
+    );
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 
 pub mod adapters;
 pub mod api;
+pub mod cost_bench;
 pub mod domain;
 pub mod lambda;
 pub mod metering;

@@ -398,6 +398,7 @@ fn cost_sums_are_exact_for_a_thousand_calls_of_odd_token_counts() {
             error: None,
             retried_errors: Vec::new(),
             finished_at: Utc::now(),
+            truncated: false,
             fell_back_from: Vec::new(),
             settles: None,
         });
@@ -483,6 +484,7 @@ async fn a_redelivered_call_stored_after_its_task_ended_is_added_to_its_cost() {
         error: None,
         retried_errors: Vec::new(),
         finished_at: Utc::now(),
+        truncated: false,
         fell_back_from: Vec::new(),
         settles: None,
     };

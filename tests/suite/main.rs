@@ -4,6 +4,7 @@
 mod agent_call;
 mod bootstrap;
 mod contract;
+mod cost;
 mod events;
 mod hygiene;
 mod isolation;

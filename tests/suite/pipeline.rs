@@ -724,6 +724,90 @@ async fn a_call_falls_back_through_failing_agents_to_one_that_answers(b: Backend
     p.stop().await;
 }
 
+/// A tiered task starts at the cheap tier; the cheap agent's answer to a
+/// longer request is cut off (finish reason `length`), so the call
+/// escalates to the tier above, whose answer stands. The call shows the
+/// escalation, and its usage and cost are both answers'. A short request
+/// stays at the cheap tier; `quality` goes to the dear one at once.
+async fn a_tiered_call_escalates_a_truncated_answer_to_the_next_tier(b: Backend) {
+    let name = b.name;
+    let p = Pipeline::start(b, Faults::default()).await;
+    let token = p.submitter("acme");
+    let content = "one two three four five six";
+    let body = json!({"task_type": "tiered", "content": content,
+        "routing": {"strategy": "tiered"}});
+    let (_, task) = submit(&p, &token, body, "?wait=20").await;
+    assert_eq!(task["status"], "completed", "{name}: {task}");
+    let call = &task["calls"][0];
+    assert_eq!(call["agent_id"], "tier-large", "{name}: {task}");
+    assert!(call.get("truncated").is_none(), "{name}: {task}");
+    let hops = call["fell_back_from"].as_array().unwrap();
+    assert_eq!(hops.len(), 1, "{name}: {task}");
+    let hop = &hops[0];
+    assert_eq!(hop["agent_id"], "tier-small", "{name}: {task}");
+    assert_eq!(hop["escalated"], "truncated", "{name}: {task}");
+    assert!(hop.get("error").is_none(), "{name}: {task}");
+    // The answer kept is the dear tier's, whole.
+    let output = call["output"].as_str().unwrap();
+    assert!(
+        output.starts_with("[tier-large] 6 words"),
+        "{name}: {output}"
+    );
+    assert_eq!(output.len(), 400, "{name}");
+    // Both answers are paid for: the cut one (6 input tokens and 50 output
+    // at $0.15 and $0.60 a million) and the whole one (at $3 and $15).
+    let (hop_out, out) = (
+        hop["usage"]["output_tokens"].as_u64().unwrap(),
+        call["usage"]["output_tokens"].as_u64().unwrap(),
+    );
+    assert_eq!((hop_out, out), (50, 150), "{name}: {task}");
+    let hop_cost = dollars(&hop["cost_usd"]);
+    assert!(
+        (hop_cost - (7.0 * 0.15 + 50.0 * 0.60) / 1e6).abs() < 1e-12,
+        "{name}: {task}"
+    );
+    let own = (7.0 * 3.0 + 100.0 * 15.0) / 1e6;
+    assert!(
+        (dollars(&call["cost_usd"]) - (hop_cost + own)).abs() < 1e-12,
+        "{name}: the call's cost is both answers': {task}"
+    );
+    assert!(
+        (dollars(&task["cost_usd"]) - (hop_cost + own)).abs() < 1e-12,
+        "{name}: {task}"
+    );
+    for agent in ["tier-small", "tier-large"] {
+        assert_eq!(p.provider.count(agent, content), 1, "{name}: {agent}");
+    }
+    // A short request: the cheap tier's answer is whole, and stands.
+    let body = json!({"task_type": "tiered", "content": "one two",
+        "routing": {"strategy": "tiered"}});
+    let (_, task) = submit(&p, &token, body, "?wait=20").await;
+    assert_eq!(task["status"], "completed", "{name}: {task}");
+    assert_eq!(task["calls"][0]["agent_id"], "tier-small", "{name}: {task}");
+    assert!(
+        task["calls"][0]["fell_back_from"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{name}: {task}"
+    );
+    assert_eq!(p.provider.count("tier-large", "one two"), 0, "{name}");
+    // Quality goes to the dear tier at once.
+    let body = json!({"task_type": "tiered", "content": content,
+        "routing": {"strategy": "quality"}});
+    let (_, task) = submit(&p, &token, body, "?wait=20").await;
+    assert_eq!(task["calls"][0]["agent_id"], "tier-large", "{name}: {task}");
+    assert_eq!(p.provider.count("tier-small", content), 1, "{name}");
+    // Without fallback there is no ladder: the cut answer stands, marked.
+    let body = json!({"task_type": "tiered", "content": "a b c d e f g",
+        "routing": {"strategy": "tiered", "fallback": false}});
+    let (_, task) = submit(&p, &token, body, "?wait=20").await;
+    assert_eq!(task["status"], "completed", "{name}: {task}");
+    assert_eq!(task["calls"][0]["agent_id"], "tier-small", "{name}: {task}");
+    assert_eq!(task["calls"][0]["truncated"], true, "{name}: {task}");
+    p.stop().await;
+}
+
 /// Waits until `agent` was asked `n` times for `content`; then, after a
 /// retry's delay, checks it was asked no more.
 async fn called_exactly(p: &Pipeline, name: &str, agent: &str, content: &str, n: u32) {
@@ -1451,4 +1535,5 @@ on_both_backends!(
     an_agent_at_its_rate_limit_is_passed_over_or_waited_for,
     a_call_falls_back_through_failing_agents_to_one_that_answers,
     an_open_circuit_is_routed_around_and_probed_after_its_cooldown,
+    a_tiered_call_escalates_a_truncated_answer_to_the_next_tier,
 );

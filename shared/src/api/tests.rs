@@ -1738,6 +1738,7 @@ async fn money_in_a_task_is_a_decimal_string_not_a_float() {
         error: None,
         retried_errors: Vec::new(),
         finished_at: chrono::Utc::now(),
+        truncated: false,
         fell_back_from: Vec::new(),
         settles: None,
     };
@@ -1842,6 +1843,7 @@ async fn the_openapi_document_states_the_rules_the_api_enforces() {
             "quality",
             "round_robin",
             "weighted",
+            "tiered",
             "best"
         ])
     );

@@ -167,9 +167,14 @@ pub struct CallView {
     pub error: Option<CallError>,
     /// The errors of earlier attempts, oldest first.
     pub retried_errors: Vec<CallError>,
-    /// The agents tried before `agent_id`, each failed for good on the
-    /// provider's side, oldest first (the fallback chain); `usage` and
-    /// `cost_usd` include theirs.
+    /// The answer stopped at the agent's output cap (`max_tokens`): it is
+    /// partial.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// The agents tried before `agent_id`, oldest first: each failed for
+    /// good on the provider's side (`error`; the fallback chain) or, for a
+    /// `tiered` task, answered blank or cut off (`escalated`; the escalation
+    /// to a higher tier); `usage` and `cost_usd` include theirs.
     pub fell_back_from: Vec<Hop>,
     pub finished_at: DateTime<Utc>,
 }
@@ -192,6 +197,7 @@ impl CallView {
             attempts: call.attempts,
             error: call.error,
             retried_errors: call.retried_errors,
+            truncated: call.truncated,
             fell_back_from: call.fell_back_from,
             finished_at: call.finished_at,
         }

@@ -408,6 +408,25 @@ pub struct MockOptions {
     /// its input would): the test double for output filters.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub echo: bool,
+    /// Answers without the `[model]` tag: mock agents with it give the same
+    /// answer to the same request (stand-ins for models that agree).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub untagged: bool,
+    /// The most words of request it answers in full: a longer request gets
+    /// the first half of its answer, with finish reason `length` (a scripted
+    /// cheap tier out of its depth, whose answer runs into its cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_words: Option<u64>,
+    /// Share (0 to 1) of requests answered wrongly without any sign: with
+    /// the `[model]` tag although `untagged`, so unlike other agents'
+    /// answers. Which requests is decided by their digest: the same every run.
+    #[serde(default, skip_serializing_if = "is_zero_share")]
+    #[schema(minimum = 0, maximum = 1)]
+    pub wrong_share: f64,
+}
+
+fn is_zero_share(share: &f64) -> bool {
+    *share == 0.0
 }
 
 impl MockOptions {

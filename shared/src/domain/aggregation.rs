@@ -153,6 +153,7 @@ mod tests {
             }),
             retried_errors: Vec::new(),
             finished_at: Utc::now(),
+            truncated: false,
             fell_back_from: Vec::new(),
             settles: None,
         }

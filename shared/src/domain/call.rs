@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::agent::Provider;
 use super::ids::{AgentId, CallId};
 use super::money::Usd;
+use super::text;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
@@ -28,6 +29,13 @@ pub struct Usage {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+impl Usage {
+    /// Nothing used.
+    pub fn is_zero(&self) -> bool {
+        *self == Usage::default()
+    }
 }
 
 impl std::ops::Add for Usage {
@@ -102,17 +110,61 @@ impl ErrorClass {
     }
 }
 
-/// One agent a call tried and left for the next (a fallback).
+/// One agent a call tried and left for the next: a fallback after it
+/// failed (`error`), or, for a `tiered` task, an escalation to a higher
+/// tier after its answer (`escalated`). One of the two is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Hop {
     #[schema(value_type = String)]
     pub agent_id: AgentId,
-    pub error: CallError,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<CallError>,
+    /// Why its answer was not kept, when it answered (a `tiered` task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalated: Option<Escalation>,
     pub attempts: u32,
     pub latency_ms: u64,
+    /// What its attempts used (nothing, when it failed); part of the call's.
+    #[serde(default, skip_serializing_if = "Usage::is_zero")]
+    pub usage: Usage,
     /// What its attempts cost; `None` without prices.
     #[schema(value_type = Option<String>)]
     pub cost_usd: Option<Usd>,
+}
+
+/// Why a `tiered` call left an agent's answer for a higher tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Escalation {
+    /// The answer was blank.
+    EmptyAnswer,
+    /// The answer was cut off by `max_tokens` ([`is_cut_off`]).
+    Truncated,
+}
+
+impl Escalation {
+    /// Why `result` would escalate, if it answered: blank first, then cut off.
+    pub fn of(result: &CallResult) -> Option<Escalation> {
+        if result.status != CallStatus::Succeeded {
+            return None;
+        }
+        // An answer offloaded to the blob store is not blank.
+        if result.output_ref.is_none() && result.output.as_deref().is_none_or(text::is_blank) {
+            Some(Escalation::EmptyAnswer)
+        } else if result.truncated {
+            Some(Escalation::Truncated)
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether a provider's finish reason says the answer stopped at its
+/// output cap: `length` (OpenAI and compatible servers, Hugging Face),
+/// `max_tokens` (Anthropic, Bedrock), `MAX_TOKENS` (Gemini).
+pub fn is_cut_off(finish_reason: &str) -> bool {
+    finish_reason.eq_ignore_ascii_case("length") || finish_reason.eq_ignore_ascii_case("max_tokens")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -161,9 +213,14 @@ pub struct CallResult {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retried_errors: Vec<CallError>,
     pub finished_at: DateTime<Utc>,
-    /// The agents this call tried before its last, each failed for good on
-    /// the provider's side, oldest first; `agent_id` is the last. `usage`
-    /// and `cost_usd` are the whole call's, these included.
+    /// The answer stopped at the output cap (the provider's finish reason,
+    /// [`is_cut_off`]): it is partial.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// The agents this call tried before its last, oldest first: each failed
+    /// for good on the provider's side, or (a `tiered` task) answered empty
+    /// or cut off; `agent_id` is the last. `usage` and `cost_usd` are the
+    /// whole call's, these included.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fell_back_from: Vec<Hop>,
     /// The budget reservation this result settles: the store applies it to

@@ -5,6 +5,7 @@ pub mod aggregation;
 pub mod audit;
 pub mod budget;
 pub mod call;
+pub mod complexity;
 pub mod envelope;
 pub mod filters;
 pub mod health;

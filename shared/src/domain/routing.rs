@@ -12,6 +12,15 @@
 //! | `quality` (`best`) | highest quality score, then lowest price |
 //! | `round_robin` | by id, starting at the shared counter's turn (see `rotation`) |
 //! | `weighted` | by id, in the smooth weighted cycle of the agents' `weight`s, from the turn |
+//! | `tiered` | the escalation ladder: from the tier the task needs up, lowest tier first, lowest expected cost within a tier (see below) |
+//!
+//! `tiered` estimates the tier the task needs from its content and task
+//! type ([`Complexity`]) and starts at the lowest tier at or above it that
+//! has a capable agent (with none at or above it, the highest tier there
+//! is; with `fanout` N, low enough to have N agents). Agents of lower tiers
+//! are left out: a tiered task never goes down a tier. The fallbacks are
+//! the rest of the ladder in order, which agent-call climbs when an answer
+//! fails, comes back empty or is cut off by `max_tokens`.
 //!
 //! The first `fanout` agents are called, preferring distinct providers so
 //! one provider's outage hits one call (not for `round_robin` and
@@ -24,6 +33,7 @@ use std::collections::HashSet;
 
 use super::agent::Agent;
 use super::budget;
+use super::complexity::Complexity;
 use super::ids::AgentId;
 use super::money::Usd;
 use super::rotation;
@@ -190,6 +200,13 @@ fn order(strategy: RoutingStrategy, a: &Candidate, b: &Candidate) -> Ordering {
         | RoutingStrategy::RoundRobin
         | RoutingStrategy::Weighted => by_quality(a.agent, b.agent)
             .then_with(|| lowest_known(blended_price(a.agent), blended_price(b.agent))),
+        RoutingStrategy::Tiered => a
+            .agent
+            .spec
+            .tier
+            .cmp(&b.agent.spec.tier)
+            .then_with(|| lowest_known(a.expected_cost, b.expected_cost))
+            .then_with(|| by_quality(a.agent, b.agent)),
     };
     primary.then_with(|| a.agent.id.cmp(&b.agent.id))
 }
@@ -248,6 +265,12 @@ fn choose(
         if takes_turns(spec.routing_strategy) {
             in_turn(spec, fit, turn)
         } else {
+            let fit = match spec.routing_strategy {
+                RoutingStrategy::Tiered => {
+                    ladder(Complexity::of_task(spec).tier(), fit, spec.fanout)
+                }
+                _ => fit,
+            };
             (spread(&fit, spec.fanout as usize), fit)
         }
     };
@@ -348,6 +371,30 @@ fn fitting<'a>(
         });
     }
     Ok(fit)
+}
+
+/// The escalation ladder of a `tiered` task: of `fit` (in tier order), the
+/// agents from the start tier up. The start tier is the lowest at or above
+/// `needed` with an agent, else the highest there is; then lower while the
+/// ladder has fewer than `fanout` agents (`fit` has that many).
+fn ladder(needed: u8, fit: Vec<Candidate<'_>>, fanout: u32) -> Vec<Candidate<'_>> {
+    let mut tiers: Vec<u8> = fit.iter().map(|c| c.agent.spec.tier).collect();
+    tiers.dedup();
+    let mut start = tiers
+        .iter()
+        .copied()
+        .find(|&t| t >= needed)
+        .or_else(|| tiers.last().copied())
+        .unwrap_or(needed);
+    let from = |start: u8| fit.iter().filter(|c| c.agent.spec.tier >= start).count();
+    while from(start) < fanout as usize
+        && let Some(&lower) = tiers.iter().rev().find(|&&t| t < start)
+    {
+        start = lower;
+    }
+    fit.into_iter()
+        .filter(|c| c.agent.spec.tier >= start)
+        .collect()
 }
 
 /// The first `wanted` of `ordered`, preferring distinct providers, kept in
@@ -634,6 +681,73 @@ mod tests {
             select(&two, &unpriced, true).unwrap_err().code(),
             "no_priced_agent"
         );
+    }
+
+    /// `agent` at `tier`.
+    fn tiered(mut agent: Agent, tier: u8) -> Agent {
+        agent.spec.tier = tier;
+        agent
+    }
+
+    /// Two tier-1 agents, one tier 2, one tier 3; quality rises with the
+    /// tier, and a code-only tier-1 agent.
+    fn tiers() -> Vec<Agent> {
+        vec![
+            tiered(agent("t3", "anthropic", 0.95, Some(45.0), &["text"]), 3),
+            tiered(agent("t2", "anthropic", 0.9, Some(9.0), &["text"]), 2),
+            tiered(agent("t1-dear", "gemini", 0.7, Some(1.0), &["text"]), 1),
+            tiered(agent("t1", "openai", 0.6, Some(0.4), &["text"]), 1),
+            tiered(agent("t1-coder", "openai", 0.6, Some(0.1), &["code"]), 1),
+        ]
+    }
+
+    #[test]
+    fn tiered_starts_at_the_tier_the_task_needs_and_climbs() {
+        let simple = "Translate 'good morning' into French.";
+        let two = "Prove step by step that the square root of 2 is irrational.";
+        let three = "Derive the algorithm's cost and compare it with a heap. Why? How? When?";
+        let without = |gone: &[&str]| -> Vec<Agent> {
+            tiers()
+                .into_iter()
+                .filter(|a| !gone.contains(&a.id.as_str()))
+                .collect()
+        };
+        // (registry, content, fanout, the agents called, the fallbacks in order)
+        type Case<'a> = (Vec<Agent>, &'a str, u32, Vec<&'a str>, Vec<&'a str>);
+        let table: [Case; 8] = [
+            // Tier 1: its cheapest first, the rest of the tier, then up.
+            (tiers(), simple, 1, vec!["t1"], vec!["t1-dear", "t2", "t3"]),
+            // Tier 2 and 3: the tiers below are left out.
+            (tiers(), two, 1, vec!["t2"], vec!["t3"]),
+            (tiers(), three, 1, vec!["t3"], vec![]),
+            // No agent at the tier needed: the next one up...
+            (
+                without(&["t1", "t1-dear"]),
+                simple,
+                1,
+                vec!["t2"],
+                vec!["t3"],
+            ),
+            (without(&["t2"]), two, 1, vec!["t3"], vec![]),
+            // ...or, with none above, the highest there is.
+            (without(&["t3"]), three, 1, vec!["t2"], vec![]),
+            // Fanout 2 at tier 3, which has one agent: from tier 2.
+            (tiers(), three, 2, vec!["t2", "t3"], vec![]),
+            // Fanout 2 at tier 1: two agents of the tier, distinct providers.
+            (tiers(), simple, 2, vec!["t1", "t1-dear"], vec!["t2", "t3"]),
+        ];
+        for (registry, content, fanout, called, fallbacks) in table {
+            let s = spec(json!({"task_type": "text", "content": content,
+                "routing": {"strategy": "tiered", "fanout": fanout}}));
+            let selection = select(&s, &registry, false).unwrap();
+            assert_eq!(ids(&selection.calls), called, "{content} x{fanout}");
+            let ladder: Vec<&str> = selection.fallbacks.iter().map(|id| id.as_str()).collect();
+            assert_eq!(ladder, fallbacks, "{content} x{fanout}");
+        }
+        // Only capable agents: a code task takes the code agent.
+        let s = spec(json!({"task_type": "code", "content": "Write hello world.",
+            "routing": {"strategy": "tiered"}}));
+        assert_eq!(calls(&s, &tiers(), false), ["t1-coder"]);
     }
 
     #[test]

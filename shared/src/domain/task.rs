@@ -132,17 +132,21 @@ pub enum RoutingStrategy {
     Fastest,
     RoundRobin,
     Weighted,
+    /// The cheapest agent of the lowest tier the task's estimated complexity
+    /// needs, escalating to higher tiers (see `domain::complexity`).
+    Tiered,
 }
 
 impl RoutingStrategy {
     /// The strategies a request may name today; `fastest` needs shared
     /// latency statistics not kept yet, and is refused (422).
-    pub const OFFERED: [RoutingStrategy; 5] = [
+    pub const OFFERED: [RoutingStrategy; 6] = [
         RoutingStrategy::Explicit,
         RoutingStrategy::Cheapest,
         RoutingStrategy::Quality,
         RoutingStrategy::RoundRobin,
         RoutingStrategy::Weighted,
+        RoutingStrategy::Tiered,
     ];
 
     /// Names a request may use for a strategy besides its own (`best`).
@@ -156,6 +160,7 @@ impl RoutingStrategy {
             RoutingStrategy::Fastest => "fastest",
             RoutingStrategy::RoundRobin => "round_robin",
             RoutingStrategy::Weighted => "weighted",
+            RoutingStrategy::Tiered => "tiered",
         }
     }
 }
@@ -224,8 +229,11 @@ fn offered_routing() -> utoipa::openapi::schema::Object {
          `cheapest` (lowest expected cost for this input), `quality` (highest quality \
          score; `best` is the same), `round_robin` (the capable agents in turn, a turn \
          shared by every instance), `weighted` (likewise, each agent in proportion to \
-         its registry `weight`; weight 0 only when too few others). Default `quality`, \
-         or `explicit` when `agents` is given; `fastest` is not offered yet",
+         its registry `weight`; weight 0 only when too few others), `tiered` (the cheapest \
+         agent of the lowest tier the task's estimated complexity needs; an answer that \
+         fails, comes back empty or is cut off by `max_tokens` escalates to the next higher \
+         tier among the call's fallbacks). Default `quality`, or `explicit` when `agents` is \
+         given; `fastest` is not offered yet",
     )
 }
 

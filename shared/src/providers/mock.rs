@@ -2,7 +2,11 @@
 //!
 //! The answer is a pure function of the agent's model and the request's text,
 //! so runs are reproducible; `agent.spec.mock` adds latency and injected faults
-//! to exercise retries, fallbacks and circuit breakers without a network.
+//! to exercise retries, fallbacks and circuit breakers without a network, and
+//! scripts tiers of models for `maof bench --cost`: `untagged` agents agree
+//! on every answer, except a `wrong_share` of requests (by digest) answered
+//! wrongly without a sign; `max_words` cuts the answer to a longer request in
+//! half, with finish reason `length` (what `tiered` routing escalates on).
 
 use std::time::Duration;
 
@@ -66,22 +70,29 @@ impl ProviderClient for MockProvider {
         }
 
         let tally = Tally::of(request);
-        let echo = agent.spec.mock.as_ref().is_some_and(|m| m.echo);
+        let options = agent.spec.mock.clone().unwrap_or_default();
+        let tagged = !options.untagged || tally.is_in_share(options.wrong_share);
         let mut output = match request.messages.last() {
-            Some(last) if echo => last.content.clone(),
-            _ => format!(
+            Some(last) if options.echo => last.content.clone(),
+            _ if tagged => format!(
                 "[{}] {} words; digest {:016x}",
                 agent.spec.model, tally.words, tally.hash
             ),
+            _ => format!("{} words; digest {:016x}", tally.words, tally.hash),
         };
-        if let Some(bytes) = agent.spec.mock.as_ref().and_then(|m| m.output_bytes) {
+        if let Some(bytes) = options.output_bytes {
             // Base64-like padding, to the size asked for.
             let pad = (bytes as usize).saturating_sub(output.len() + 1);
             output.push(' ');
             output.extend(std::iter::repeat_n('A', pad));
         }
-        // Like a real model, it stops at `max_tokens` (four characters each).
         let mut finish_reason = "stop";
+        // Scripted: a request longer than it handles gets half an answer.
+        if options.max_words.is_some_and(|most| tally.words > most) {
+            output.truncate(output.floor_char_boundary(output.len() / 2));
+            finish_reason = "length";
+        }
+        // Like a real model, it stops at `max_tokens` (four characters each).
         if let Some(cap) = request.max_tokens {
             let most = output.floor_char_boundary(cap as usize * 4);
             if most < output.len() {
@@ -162,6 +173,12 @@ impl Tally {
             }
             in_word = !space;
         }
+    }
+
+    /// Whether the request is among a `share` (0 to 1) of all requests,
+    /// chosen by its digest.
+    fn is_in_share(&self, share: f64) -> bool {
+        share > 0.0 && ((self.hash % 1_000) as f64) < share * 1_000.0
     }
 
     fn mix(&mut self, byte: u8) {
@@ -304,6 +321,47 @@ mod tests {
         let whole = call(&agent, &capped).await.unwrap();
         assert_eq!(whole.output.len(), 4000);
         assert_eq!(whole.finish_reason.as_deref(), Some("stop"));
+    }
+
+    #[tokio::test]
+    async fn scripted_tiers_agree_cut_long_requests_and_err_by_digest() {
+        let small = agent(json!({"untagged": true, "max_words": 3}));
+        let mut large = agent(json!({"untagged": true}));
+        large.spec.model = "mock-2".into();
+        // Untagged agents agree, whatever their model.
+        let short = request(None, "one two three");
+        let a = call(&small, &short).await.unwrap();
+        let b = call(&large, &short).await.unwrap();
+        assert_eq!(a.output, b.output);
+        assert_eq!(
+            a.output,
+            format!("3 words; digest {:016x}", Tally::of(&short).hash)
+        );
+        assert_eq!(a.finish_reason.as_deref(), Some("stop"));
+        // Over max_words: half the answer, cut off.
+        let long = request(None, "one two three four");
+        let cut = call(&small, &long).await.unwrap();
+        let whole = call(&large, &long).await.unwrap();
+        assert_eq!(cut.finish_reason.as_deref(), Some("length"));
+        assert_eq!(cut.output, whole.output[..whole.output.len() / 2]);
+        assert_eq!(whole.finish_reason.as_deref(), Some("stop"));
+        // A wrong share: the same requests every time, about that many.
+        let mut wrong = agent(json!({"untagged": true, "wrong_share": 0.25}));
+        wrong.spec.model = "mock-3".into();
+        let mut differ = 0;
+        for i in 0..400 {
+            let r = request(None, &format!("question {i}"));
+            let (w, right) = (
+                call(&wrong, &r).await.unwrap(),
+                call(&large, &r).await.unwrap(),
+            );
+            if w.output != right.output {
+                assert!(w.output.starts_with("[mock-3] "), "{}", w.output);
+                assert_eq!(call(&wrong, &r).await.unwrap().output, w.output);
+                differ += 1;
+            }
+        }
+        assert!((70..=130).contains(&differ), "{differ} of 400");
     }
 
     #[tokio::test]

@@ -14,15 +14,15 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use secrecy::SecretString;
 
-use crate::domain::call::Hop;
+use crate::domain::call::{Escalation, Hop};
 use crate::domain::filters::Direction;
 use crate::domain::health::Observation;
-use crate::domain::routing;
 use crate::domain::{
     Agent, AgentId, AuditEntry, CallError, CallId, CallLease, CallResult, CallStatus, Envelope,
-    ErrorClass, LeaseHolder, LeaseOutcome, MessageKind, ProviderKey, Task, TaskError, Usage, Usd,
-    Verdict,
+    ErrorClass, LeaseHolder, LeaseOutcome, MessageKind, ProviderKey, RoutingStrategy, Task,
+    TaskError, Usage, Usd, Verdict,
 };
+use crate::domain::{budget, routing};
 use crate::ports::{
     BlobError, ChatRequest, ChatResponse, FanIn, Message, ProviderClient, ProviderError, QueueName,
     Role, SecretError, SecretSource, StoreError,
@@ -128,8 +128,17 @@ pub async fn handle(
 /// length error, with a larger window. The result is the last agent's,
 /// with the ones left behind in `fell_back_from` and their cost added.
 /// A delivery that must wait in the queue (a provider's long retry-after)
-/// starts over from the planned agent when it comes back. Returns the
-/// result, and the agents whose circuit probe the call held.
+/// starts over from the planned agent when it comes back.
+///
+/// A `tiered` task also escalates: an answer that comes back blank or cut
+/// off by `max_tokens` goes on to the next fallback of a higher tier (the
+/// fallbacks are its escalation ladder, see `domain::routing`); under a
+/// budget, only to one whose expected cost fits what is left of the call's
+/// hold after the answers already paid. With no such fallback left, the
+/// last answer stands, blank or partial: it is still an answer, marked
+/// `truncated` when cut off.
+///
+/// Returns the result, and the agents whose circuit probe the call held.
 async fn call_with_fallbacks(
     svc: &Services,
     task: &Task,
@@ -154,34 +163,69 @@ async fn call_with_fallbacks(
             Prepared::Ready(call) => call.run(svc, deadline, lease).await?,
             Prepared::Failed(result) => *result,
         };
-        // A failure of the provider's side, with time left: the next
-        // fallback that can take the call, if any.
-        let fell = match (&result.status, &result.error) {
-            (CallStatus::Failed, Some(error))
-                if falls_back(error.class) && svc.clock.now() < task.deadline() =>
-            {
-                next_fallback(svc, task, &result, error.class, &mut left)
+        // A failure of the provider's side (or a tiered answer to escalate),
+        // with time left: the next fallback that can take the call, if any.
+        let fell = match leaves(task, &result) {
+            Some(leave) if svc.clock.now() < task.deadline() => {
+                let paid = paid(&hops, &result);
+                next_fallback(svc, task, &result, &leave, paid, &mut left)
                     .await?
-                    .map(|next| (next, error.clone()))
+                    .map(|next| (next, leave))
             }
             _ => None,
         };
-        let Some(((next, probe), error)) = fell else {
+        let Some(((next, probe), leave)) = fell else {
             return Ok((after_hops(result, hops), probes));
         };
         if probe {
             probes.push(next.clone());
         }
-        tracing::info!(from = %result.agent_id, to = %next, "falling back");
+        tracing::info!(from = %result.agent_id, to = %next, ?leave, "falling back");
+        let (error, escalated) = match leave {
+            Leave::Failed(error) => (Some(error), None),
+            Leave::Escalated(why) => (None, Some(why)),
+        };
         hops.push(Hop {
             agent_id: result.agent_id,
             error,
+            escalated,
             attempts: result.attempts,
             latency_ms: result.latency_ms,
+            usage: result.usage,
             cost_usd: result.cost_usd,
         });
         agent_id = next;
     }
+}
+
+/// Why a call leaves its agent for the next.
+#[derive(Debug)]
+enum Leave {
+    /// It failed for good on the provider's side ([`falls_back`]).
+    Failed(CallError),
+    /// A `tiered` task's answer, blank or cut off.
+    Escalated(Escalation),
+}
+
+/// Whether, and why, `result` goes on to the call's next fallback.
+fn leaves(task: &Task, result: &CallResult) -> Option<Leave> {
+    match (&result.status, &result.error) {
+        (CallStatus::Failed, Some(error)) if falls_back(error.class) => {
+            Some(Leave::Failed(error.clone()))
+        }
+        (CallStatus::Succeeded, _) if task.spec.routing_strategy == RoutingStrategy::Tiered => {
+            Escalation::of(result).map(Leave::Escalated)
+        }
+        _ => None,
+    }
+}
+
+/// What the call has cost so far (unknown if any part is).
+fn paid(hops: &[Hop], last: &CallResult) -> Option<Usd> {
+    hops.iter()
+        .map(|h| h.cost_usd)
+        .chain([last.cost_usd])
+        .try_fold(Usd::ZERO, |sum, cost| cost.map(|c| sum + c))
 }
 
 /// Whether a call that failed for good with `class` goes on to a fallback:
@@ -200,26 +244,40 @@ fn falls_back(class: ErrorClass) -> bool {
     )
 }
 
-/// The first of the call's fallbacks `left` that may take it now (its
-/// circuit closed, or its probe's claim won: then with `true`).
+/// The first of the call's fallbacks `left` that may take it now, after it
+/// left `from` for `leave` (its circuit closed, or its probe's claim won:
+/// then with `true`); `paid` is what the call has cost so far.
 async fn next_fallback(
     svc: &Services,
     task: &Task,
-    failed: &CallResult,
-    class: ErrorClass,
+    from: &CallResult,
+    leave: &Leave,
+    paid: Option<Usd>,
     left: &mut impl Iterator<Item = AgentId>,
 ) -> Result<Option<(AgentId, bool)>, StageError> {
+    let class = match leave {
+        Leave::Failed(error) => Some(error.class),
+        Leave::Escalated(_) => None,
+    };
+    let escalating = matches!(leave, Leave::Escalated(_));
+    let from_agent = if escalating || class == Some(ErrorClass::ContextLengthExceeded) {
+        svc.agents.find(&task.tenant, &from.agent_id).await?
+    } else {
+        None
+    };
     let failed_window = match class {
-        ErrorClass::ContextLengthExceeded => svc
-            .agents
-            .find(&task.tenant, &failed.agent_id)
-            .await?
+        Some(ErrorClass::ContextLengthExceeded) => from_agent
+            .as_ref()
             .and_then(|a| a.spec.constraints.context_window),
         _ => None,
     };
-    let budgeted = task
-        .planned(failed.call_id)
-        .is_some_and(|c| c.hold.is_some());
+    // An escalation goes up a tier, from the tier of the agent left.
+    let above = from_agent
+        .as_ref()
+        .filter(|_| escalating)
+        .map(|a| a.spec.tier);
+    let hold = task.planned(from.call_id).and_then(|c| c.hold);
+    let budgeted = hold.is_some();
     for id in left.by_ref() {
         let Some(agent) = svc.agents.find(&task.tenant, &id).await? else {
             continue;
@@ -233,8 +291,21 @@ async fn next_fallback(
             (Some(window), Some(failed)) => window > failed,
             _ => true,
         };
-        if class == ErrorClass::ContextLengthExceeded && !roomier {
+        if class == Some(ErrorClass::ContextLengthExceeded) && !roomier {
             continue;
+        }
+        if above.is_some_and(|tier| agent.spec.tier <= tier) {
+            continue;
+        }
+        // An escalation pays for a second answer: it must fit the hold.
+        if let Some(hold) = hold.filter(|_| escalating) {
+            let expected = agent.cost(&budget::expected_usage(&agent, &task.spec, hold.max_tokens));
+            let fits = paid
+                .zip(expected)
+                .is_some_and(|(paid, expected)| paid + expected <= hold.amount);
+            if !fits {
+                continue;
+            }
         }
         let probe = match health::admission(svc, &agent).await? {
             Admission::Call => None,
@@ -259,16 +330,13 @@ async fn next_fallback(
 }
 
 /// The last agent's result with the agents it fell back from: their
-/// attempts' cost is the call's too (unknown if any is).
+/// attempts' use and cost are the call's too (the cost unknown if any is).
 fn after_hops(mut result: CallResult, hops: Vec<Hop>) -> CallResult {
     if hops.is_empty() {
         return result;
     }
-    result.cost_usd = hops
-        .iter()
-        .map(|h| h.cost_usd)
-        .chain([result.cost_usd])
-        .try_fold(Usd::ZERO, |sum, cost| cost.map(|c| sum + c));
+    result.cost_usd = paid(&hops, &result);
+    result.usage = hops.iter().map(|h| h.usage).sum::<Usage>() + result.usage;
     result.fell_back_from = hops;
     result
 }
@@ -965,6 +1033,10 @@ impl CallRecord {
             error: None,
             retried_errors: self.retried_errors,
             finished_at: now,
+            truncated: response
+                .finish_reason
+                .as_deref()
+                .is_some_and(crate::domain::call::is_cut_off),
             fell_back_from: Vec::new(),
             settles: None,
         }
@@ -1007,6 +1079,7 @@ impl CallRecord {
             }),
             retried_errors: self.retried_errors,
             finished_at: now,
+            truncated: false,
             fell_back_from: Vec::new(),
             settles: None,
         }

@@ -174,7 +174,7 @@ pub(crate) async fn cool_down(svc: &Services, agent: &Agent, wait: Duration) {
 }
 
 /// What a stored result tells of its agents' health: its last agent's
-/// outcome, and a provider-side failure for each agent it fell back from.
+/// outcome, and each agent it left's (a failure, or an escalated answer).
 /// `probes` are the agents whose probe this call held.
 pub(crate) async fn observations(
     svc: &Services,
@@ -192,7 +192,9 @@ pub(crate) async fn observations(
         .fell_back_from
         .iter()
         .map(|hop| {
-            let sample = Sample::of(Some(hop.error.class), hop.attempts > 0, hop.latency_ms);
+            // An escalated hop answered: a success of its agent's.
+            let class = hop.error.as_ref().map(|e| e.class);
+            let sample = Sample::of(class, hop.attempts > 0, hop.latency_ms);
             (&hop.agent_id, sample)
         })
         .chain([(&result.agent_id, last)]);

@@ -58,6 +58,7 @@ pub(super) fn call_result(call_id: CallId, output: &str) -> CallResult {
         error: None,
         retried_errors: Vec::new(),
         finished_at: Utc::now(),
+        truncated: false,
         fell_back_from: Vec::new(),
         settles: None,
     }

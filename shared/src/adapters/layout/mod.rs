@@ -493,6 +493,7 @@ mod tests {
                 message: "upstream 502".into(),
             }],
             finished_at: now,
+            truncated: false,
             fell_back_from: Vec::new(),
             settles: None,
         };
