@@ -212,6 +212,21 @@ impl TaskStore for FailingRecordCalls {
         self.inner.put_call(tenant, task_id, result, health).await
     }
 
+    async fn finish_with_call(
+        &self,
+        seen: &Task,
+        to: TaskStatus,
+        patch: TaskPatch,
+        result: &CallResult,
+        health: &[Observation],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Task>, StoreError> {
+        self.fault()?;
+        self.inner
+            .finish_with_call(seen, to, patch, result, health, now)
+            .await
+    }
+
     async fn record_call(
         &self,
         tenant: &TenantId,

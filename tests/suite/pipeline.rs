@@ -1310,9 +1310,58 @@ async fn strategies_pick_by_price_quality_and_context_window(b: Backend) {
         "{name}: {task}"
     );
     assert!(task["calls"].as_array().unwrap().is_empty(), "{task}");
-    // Strategies that need statistics not kept yet are refused at intake.
-    let (status, problem) = submit(&p, &token, routed("fastest", "x".into()), "").await;
-    assert_eq!(status, 422, "{problem}");
+    p.stop().await;
+}
+
+/// `fastest` and `balanced` order by the latency every call records: once
+/// each agent has answered, `fastest` (and `balanced` weighing latency
+/// alone) calls the quick one, `balanced` weighing quality alone the best;
+/// weights with another strategy are refused, naming the field.
+async fn fastest_and_balanced_read_the_latency_calls_record(b: Backend) {
+    let name = b.name;
+    let p = Pipeline::start(b, Faults::default()).await;
+    let token = p.submitter("acme");
+    let timed =
+        |routing: Value| json!({"task_type": "timed", "content": "how fast", "routing": routing});
+    // With no latency known, fastest goes by quality.
+    let (_, task) = submit(
+        &p,
+        &token,
+        timed(json!({"strategy": "fastest"})),
+        "?wait=10",
+    )
+    .await;
+    assert_eq!(called(&task), "speed-slow", "{name}: {task}");
+    let (_, task) = submit(
+        &p,
+        &token,
+        timed(json!({"agents": ["speed-quick"]})),
+        "?wait=10",
+    )
+    .await;
+    assert_eq!(task["status"], "completed", "{name}: {task}");
+    let (_, task) = submit(
+        &p,
+        &token,
+        timed(json!({"strategy": "fastest"})),
+        "?wait=10",
+    )
+    .await;
+    assert_eq!(called(&task), "speed-quick", "{name}: {task}");
+    let balanced = |weights: Value| timed(json!({"strategy": "balanced", "weights": weights}));
+    let (_, task) = submit(&p, &token, balanced(json!({"latency": 1})), "?wait=10").await;
+    assert_eq!(called(&task), "speed-quick", "{name}: {task}");
+    let (_, task) = submit(&p, &token, balanced(json!({"quality": 1})), "?wait=10").await;
+    assert_eq!(called(&task), "speed-slow", "{name}: {task}");
+    let (status, problem) = submit(
+        &p,
+        &token,
+        timed(json!({"strategy": "quality", "weights": {"quality": 1}})),
+        "",
+    )
+    .await;
+    assert_eq!(status, 422, "{name}: {problem}");
+    assert_eq!(problem["field"], "routing.weights", "{name}: {problem}");
     p.stop().await;
 }
 
@@ -1535,5 +1584,6 @@ on_both_backends!(
     an_agent_at_its_rate_limit_is_passed_over_or_waited_for,
     a_call_falls_back_through_failing_agents_to_one_that_answers,
     an_open_circuit_is_routed_around_and_probed_after_its_cooldown,
+    fastest_and_balanced_read_the_latency_calls_record,
     a_tiered_call_escalates_a_truncated_answer_to_the_next_tier,
 );

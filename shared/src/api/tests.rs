@@ -1841,6 +1841,8 @@ async fn the_openapi_document_states_the_rules_the_api_enforces() {
             "explicit",
             "cheapest",
             "quality",
+            "fastest",
+            "balanced",
             "round_robin",
             "weighted",
             "tiered",

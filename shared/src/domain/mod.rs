@@ -43,8 +43,8 @@ pub use money::{MoneyError, Usd};
 pub use principal::{Principal, Role};
 pub use secret::{KeyError, Owner, ProviderKey, SecretName, SecretNameError};
 pub use task::{
-    AggregateResult, AggregationStrategy, PlannedCall, RequestError, RoutingStrategy, Task,
-    TaskError, TaskPatch, TaskRequest, TaskSpec, TaskStatus, TransitionError,
+    AggregateResult, AggregationStrategy, PlannedCall, RequestError, RoutingStrategy,
+    RoutingWeights, Task, TaskError, TaskPatch, TaskRequest, TaskSpec, TaskStatus, TransitionError,
 };
 pub use task_type::{TaskType, TaskTypeError};
 pub use tenant::{

@@ -79,6 +79,16 @@ impl Usd {
         self.0
     }
 
+    /// `self / other` as a float, for ranking (never for amounts); 0 when
+    /// `other` is zero.
+    pub fn ratio_to(self, other: Usd) -> f64 {
+        use rust_decimal::prelude::ToPrimitive;
+        self.0
+            .checked_div(other.0)
+            .and_then(|r| r.to_f64())
+            .unwrap_or(0.0)
+    }
+
     pub fn is_negative(self) -> bool {
         self.0.is_sign_negative() && !self.0.is_zero()
     }

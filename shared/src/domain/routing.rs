@@ -10,6 +10,8 @@
 //! | `explicit` (implied by `routing.agents`) | the named agents, in order, whatever their task types |
 //! | `cheapest` | lowest expected cost for this input (what a budget reserves: the input as the agent's tokenizer counts it, plus its output cap, at its prices); unpriced agents last |
 //! | `quality` (`best`) | highest quality score, then lowest price |
+//! | `fastest` | lowest recent latency (see `domain::health`); agents with none known last, by quality |
+//! | `balanced` (the default) | highest weighted mean of quality, cost relative to the cheapest and latency relative to the fastest (see [`Signals`] and `score_balanced`) |
 //! | `round_robin` | by id, starting at the shared counter's turn (see `rotation`) |
 //! | `weighted` | by id, in the smooth weighted cycle of the agents' `weight`s, from the turn |
 //! | `tiered` | the escalation ladder: from the tier the task needs up, lowest tier first, lowest expected cost within a tier (see below) |
@@ -29,7 +31,7 @@
 //! capable agents by quality).
 
 use std::cmp::Ordering;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::agent::Agent;
 use super::budget;
@@ -37,7 +39,7 @@ use super::complexity::Complexity;
 use super::ids::AgentId;
 use super::money::Usd;
 use super::rotation;
-use super::task::{RoutingStrategy, TaskSpec};
+use super::task::{RoutingStrategy, RoutingWeights, TaskSpec};
 use super::task_type::TaskType;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,6 +118,10 @@ struct Candidate<'a> {
     needed: u64,
     /// What a call is expected to cost at most; `None` without prices.
     expected_cost: Option<Usd>,
+    /// The agent's recent mean latency; `None` without recent successes.
+    latency_ms: Option<f64>,
+    /// `balanced`'s score, 0 to 1 (higher first); 0 for the others.
+    score: f64,
 }
 
 impl<'a> Candidate<'a> {
@@ -130,6 +136,8 @@ impl<'a> Candidate<'a> {
             agent,
             needed: input + u64::from(output_asked(agent, budgeted).unwrap_or(0)),
             expected_cost,
+            latency_ms: None,
+            score: 0.0,
         }
     }
 
@@ -182,6 +190,49 @@ fn lowest_known(a: Option<Usd>, b: Option<Usd>) -> Ordering {
     }
 }
 
+/// Known latencies first, lowest first.
+fn lowest_latency(a: Option<f64>, b: Option<f64>) -> Ordering {
+    match (a, b) {
+        (Some(x), Some(y)) => x.total_cmp(&y),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    }
+}
+
+/// What an unknown latency counts as in `balanced`: halfway, so that an
+/// agent not called lately is neither shunned nor preferred.
+const UNKNOWN_LATENCY_SCORE: f64 = 0.5;
+
+/// `balanced`'s score of each candidate: the weighted mean of its quality
+/// (0 to 1), its cost relative to the cheapest (cheapest / its expected
+/// cost: 1 for the cheapest, 0 when unknown) and its latency relative to
+/// the fastest ((fastest + 1 ms) / (its latency + 1 ms): 1 for the
+/// fastest, one half when unknown).
+fn score_balanced(candidates: &mut [Candidate], weights: RoutingWeights) {
+    let cheapest = candidates.iter().filter_map(|c| c.expected_cost).min();
+    let fastest = candidates
+        .iter()
+        .filter_map(|c| c.latency_ms)
+        .min_by(f64::total_cmp);
+    let total = weights.quality + weights.cost + weights.latency;
+    for c in candidates.iter_mut() {
+        let cost = match (cheapest, c.expected_cost) {
+            (Some(low), Some(cost)) if cost > Usd::ZERO => low.ratio_to(cost),
+            (Some(_), Some(_)) => 1.0,
+            _ => 0.0,
+        };
+        let latency = match (fastest, c.latency_ms) {
+            (Some(low), Some(ms)) => (low + 1.0) / (ms + 1.0),
+            _ => UNKNOWN_LATENCY_SCORE,
+        };
+        c.score = (weights.quality * c.agent.spec.quality.clamp(0.0, 1.0)
+            + weights.cost * cost
+            + weights.latency * latency)
+            / total;
+    }
+}
+
 fn by_quality(a: &Agent, b: &Agent) -> Ordering {
     b.spec.quality.total_cmp(&a.spec.quality)
 }
@@ -191,12 +242,18 @@ fn order(strategy: RoutingStrategy, a: &Candidate, b: &Candidate) -> Ordering {
     let primary = match strategy {
         RoutingStrategy::Cheapest => lowest_known(a.expected_cost, b.expected_cost)
             .then_with(|| by_quality(a.agent, b.agent)),
-        // Explicit orders only the fallbacks beyond the named agents; the
-        // strategies not offered never reach routing; round_robin and
-        // weighted take their candidates by id (`in_turn`), not this order.
+        // Explicit orders only the fallbacks beyond the named agents;
+        // round_robin and weighted take their candidates by id
+        // (`in_turn`), not this order.
+        RoutingStrategy::Fastest => {
+            lowest_latency(a.latency_ms, b.latency_ms).then_with(|| by_quality(a.agent, b.agent))
+        }
+        RoutingStrategy::Balanced => b
+            .score
+            .total_cmp(&a.score)
+            .then_with(|| by_quality(a.agent, b.agent)),
         RoutingStrategy::Quality
         | RoutingStrategy::Explicit
-        | RoutingStrategy::Fastest
         | RoutingStrategy::RoundRobin
         | RoutingStrategy::Weighted => by_quality(a.agent, b.agent)
             .then_with(|| lowest_known(blended_price(a.agent), blended_price(b.agent))),
@@ -220,19 +277,37 @@ pub fn select(
     agents: &[Agent],
     budgeted: bool,
 ) -> Result<Selection, RoutingError> {
-    choose(spec, agents, budgeted, 0)
+    select_with(spec, agents, budgeted, &Signals::default())
 }
 
-/// As [`select`], `round_robin` and `weighted` at `turn` (the value of the
-/// counter shared by every instance; see `domain::rotation`). The other
-/// strategies take no turn.
-pub fn select_in_turn(
+/// What route knows of the agents beyond the registry, shared by every
+/// instance: the statistics some strategies order by.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Signals {
+    /// The task's turn on the shared counter (`round_robin`, `weighted`;
+    /// see `domain::rotation`).
+    pub turn: u64,
+    /// Agents' recent mean latency (`fastest`, `balanced`); an agent not
+    /// here has none known.
+    pub latency_ms: HashMap<AgentId, f64>,
+}
+
+/// Whether a strategy orders by agents' latency.
+pub fn reads_latency(strategy: RoutingStrategy) -> bool {
+    matches!(
+        strategy,
+        RoutingStrategy::Fastest | RoutingStrategy::Balanced
+    )
+}
+
+/// As [`select`], with what route read of the shared statistics.
+pub fn select_with(
     spec: &TaskSpec,
     agents: &[Agent],
     budgeted: bool,
-    turn: u64,
+    signals: &Signals,
 ) -> Result<Selection, RoutingError> {
-    choose(spec, agents, budgeted, turn)
+    choose(spec, agents, budgeted, signals)
 }
 
 /// Whether a strategy takes turns from the shared counter.
@@ -247,15 +322,25 @@ fn choose(
     spec: &TaskSpec,
     agents: &[Agent],
     budgeted: bool,
-    turn: u64,
+    signals: &Signals,
 ) -> Result<Selection, RoutingError> {
     let mut capable: Vec<Candidate> = agents
         .iter()
         .filter(|a| a.can_serve(&spec.task_type))
         .filter(|a| !budgeted || a.spec.pricing.is_some())
-        .map(|a| Candidate::new(a, spec, budgeted))
+        .map(|a| Candidate {
+            latency_ms: signals.latency_ms.get(&a.id).copied(),
+            ..Candidate::new(a, spec, budgeted)
+        })
         .collect();
+    if spec.routing_strategy == RoutingStrategy::Balanced {
+        score_balanced(
+            &mut capable,
+            spec.weights.unwrap_or(RoutingWeights::BALANCED),
+        );
+    }
     capable.sort_by(|a, b| order(spec.routing_strategy, a, b));
+    let turn = signals.turn;
     let (calls, candidates) = if spec.routing_strategy == RoutingStrategy::Explicit {
         let (calls, named) = named(spec, agents, budgeted)?;
         // The named agents not called, then every other capable agent.
@@ -494,6 +579,84 @@ mod tests {
             .collect()
     }
 
+    fn with_latency(s: &TaskSpec, registry: &[Agent], latency: &[(&str, f64)]) -> Vec<String> {
+        let signals = Signals {
+            latency_ms: latency
+                .iter()
+                .map(|(id, ms)| (AgentId::parse(*id).unwrap(), *ms))
+                .collect(),
+            ..Signals::default()
+        };
+        let selection = select_with(s, registry, false, &signals).unwrap();
+        ids(&selection.calls)
+            .into_iter()
+            .map(String::from)
+            .chain(selection.fallbacks.iter().map(|id| id.as_str().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn fastest_orders_by_recent_latency_unknown_last_by_quality() {
+        let s =
+            spec(json!({"task_type": "text", "content": "x", "routing": {"strategy": "fastest"}}));
+        let latency = [("cheap", 800.0), ("good", 2500.0), ("free", 300.0)];
+        // good-too has no latency known: after every agent that has.
+        assert_eq!(
+            with_latency(&s, &registry(), &latency),
+            ["free", "cheap", "good", "good-too"]
+        );
+        // With none known, by quality.
+        assert_eq!(
+            with_latency(&s, &registry(), &[]),
+            ["good", "good-too", "free", "cheap"]
+        );
+    }
+
+    #[test]
+    fn balanced_blends_quality_cost_and_latency_by_the_weights() {
+        let registry = vec![
+            agent("dear-slow-best", "anthropic", 0.95, Some(15.0), &["text"]),
+            agent("cheap-quick", "openai", 0.6, Some(0.15), &["text"]),
+            agent("mid", "gemini", 0.8, Some(1.0), &["text"]),
+        ];
+        let latency = [
+            ("dear-slow-best", 4000.0),
+            ("cheap-quick", 400.0),
+            ("mid", 900.0),
+        ];
+        let balanced = |weights: serde_json::Value| {
+            let mut routing = json!({"strategy": "balanced"});
+            if !weights.is_null() {
+                routing["weights"] = weights;
+            }
+            let s = spec(json!({"task_type": "text", "content": "x", "routing": routing}));
+            with_latency(&s, &registry, &latency)
+        };
+        // The defaults (0.5, 0.3, 0.2): cheap-quick 0.5·0.6 + 0.3 + 0.2 = 0.80,
+        // mid 0.40 + 0.3·0.15 + 0.2·0.445 = 0.534, dear-slow-best 0.475 + 0.003 + 0.02 = 0.498.
+        assert_eq!(
+            balanced(json!(null)),
+            ["cheap-quick", "mid", "dear-slow-best"]
+        );
+        // Quality alone: the best first; latency alone: the quickest.
+        assert_eq!(
+            balanced(json!({"quality": 1})),
+            ["dear-slow-best", "mid", "cheap-quick"]
+        );
+        assert_eq!(balanced(json!({"latency": 1}))[0], "cheap-quick");
+        // The default strategy is balanced.
+        let s = spec(json!({"task_type": "text", "content": "x"}));
+        assert_eq!(s.routing_strategy, RoutingStrategy::Balanced);
+        // An unknown latency counts as halfway, not as the worst.
+        let unknown = with_latency(
+            &spec(json!({"task_type": "text", "content": "x",
+                "routing": {"strategy": "balanced", "weights": {"latency": 1}}})),
+            &registry,
+            &[("cheap-quick", 400.0), ("mid", 4000.0)],
+        );
+        assert_eq!(unknown, ["cheap-quick", "dear-slow-best", "mid"]);
+    }
+
     fn registry() -> Vec<Agent> {
         vec![
             agent("cheap", "openai", 0.5, Some(0.1), &["text"]),
@@ -508,7 +671,10 @@ mod tests {
     fn each_strategy_picks_what_it_should() {
         // (routing section, the agents called, the fallbacks in order)
         let table = [
-            (json!({}), vec!["good"], vec!["good-too", "free", "cheap"]),
+            // The default, balanced: no latency known (one half each), so
+            // quality and cost: cheap 0.25 + 0.3 + 0.1, good 0.45 + 0.01 +
+            // 0.1, good-too 0.425 + 0.03 + 0.1, free (unpriced) 0.3 + 0.1.
+            (json!({}), vec!["cheap"], vec!["good", "good-too", "free"]),
             (
                 json!({"strategy": "quality"}),
                 vec!["good"],
@@ -536,7 +702,11 @@ mod tests {
                 vec!["coder", "cheap"],
                 vec!["good", "good-too", "free"],
             ),
-            (json!({"fallback": false}), vec!["good"], vec![]),
+            (
+                json!({"strategy": "quality", "fallback": false}),
+                vec!["good"],
+                vec![],
+            ),
         ];
         for (routing, called, fallbacks) in table {
             let s = spec(json!({"task_type": "text", "content": "x", "routing": routing}));
@@ -549,10 +719,14 @@ mod tests {
 
     #[test]
     fn fanout_prefers_distinct_providers_in_the_strategys_order() {
-        let two = spec(json!({"task_type": "text", "content": "x", "routing": {"fanout": 2}}));
+        let two = spec(
+            json!({"task_type": "text", "content": "x", "routing": {"strategy": "quality", "fanout": 2}}),
+        );
         // good-too (0.85) is skipped: good already calls anthropic.
         assert_eq!(calls(&two, &registry(), false), ["good", "free"]);
-        let three = spec(json!({"task_type": "text", "content": "x", "routing": {"fanout": 3}}));
+        let three = spec(
+            json!({"task_type": "text", "content": "x", "routing": {"strategy": "quality", "fanout": 3}}),
+        );
         let selection = select(&three, &registry(), false).unwrap();
         assert_eq!(ids(&selection.calls), ["good", "free", "cheap"]);
         assert_eq!(selection.fallbacks, [AgentId::parse("good-too").unwrap()]);
@@ -668,7 +842,9 @@ mod tests {
 
     #[test]
     fn under_a_budget_an_agent_without_prices_is_not_chosen() {
-        let two = spec(json!({"task_type": "text", "content": "x", "routing": {"fanout": 2}}));
+        let two = spec(
+            json!({"task_type": "text", "content": "x", "routing": {"strategy": "quality", "fanout": 2}}),
+        );
         assert_eq!(calls(&two, &registry(), true), ["good", "cheap"]);
         let named =
             spec(json!({"task_type": "text", "content": "x", "routing": {"agents": ["free"]}}));
@@ -792,7 +968,16 @@ mod tests {
     }
 
     fn in_turn_of(s: &TaskSpec, registry: &[Agent], turn: u64) -> (Vec<String>, Vec<String>) {
-        let selection = select_in_turn(s, registry, false, turn).unwrap();
+        let selection = select_with(
+            s,
+            registry,
+            false,
+            &Signals {
+                turn,
+                ..Signals::default()
+            },
+        )
+        .unwrap();
         (
             ids(&selection.calls)
                 .into_iter()
@@ -835,7 +1020,16 @@ mod tests {
         assert_eq!(calls, ["good-too", "cheap"]);
         // The same filters as every strategy: under a budget the unpriced
         // agent is out of the turn.
-        let budgeted = select_in_turn(&s, &registry(), true, 1).unwrap();
+        let budgeted = select_with(
+            &s,
+            &registry(),
+            true,
+            &Signals {
+                turn: 1,
+                ..Signals::default()
+            },
+        )
+        .unwrap();
         assert_eq!(ids(&budgeted.calls), ["good"]);
         // Without a turn (select), turn 0.
         assert_eq!(calls_of(&s), ["cheap"]);

@@ -126,10 +126,13 @@ pub enum RoutingStrategy {
     /// Lowest expected cost for this input.
     Cheapest,
     /// Highest quality score; `best` is its older name.
-    #[default]
     #[serde(alias = "best")]
     Quality,
+    /// Lowest recent latency.
     Fastest,
+    /// A blend of quality, expected cost and latency (`routing.weights`).
+    #[default]
+    Balanced,
     RoundRobin,
     Weighted,
     /// The cheapest agent of the lowest tier the task's estimated complexity
@@ -138,12 +141,14 @@ pub enum RoutingStrategy {
 }
 
 impl RoutingStrategy {
-    /// The strategies a request may name today; `fastest` needs shared
-    /// latency statistics not kept yet, and is refused (422).
-    pub const OFFERED: [RoutingStrategy; 6] = [
+    /// The strategies a request may name (all of them), in the order the
+    /// API document lists them.
+    pub const OFFERED: [RoutingStrategy; 8] = [
         RoutingStrategy::Explicit,
         RoutingStrategy::Cheapest,
         RoutingStrategy::Quality,
+        RoutingStrategy::Fastest,
+        RoutingStrategy::Balanced,
         RoutingStrategy::RoundRobin,
         RoutingStrategy::Weighted,
         RoutingStrategy::Tiered,
@@ -158,6 +163,7 @@ impl RoutingStrategy {
             RoutingStrategy::Cheapest => "cheapest",
             RoutingStrategy::Quality => "quality",
             RoutingStrategy::Fastest => "fastest",
+            RoutingStrategy::Balanced => "balanced",
             RoutingStrategy::RoundRobin => "round_robin",
             RoutingStrategy::Weighted => "weighted",
             RoutingStrategy::Tiered => "tiered",
@@ -227,13 +233,14 @@ fn offered_routing() -> utoipa::openapi::schema::Object {
             .chain(RoutingStrategy::ALIASES),
         "How agents are picked: `explicit` (implied by `agents`, and only with them), \
          `cheapest` (lowest expected cost for this input), `quality` (highest quality \
-         score; `best` is the same), `round_robin` (the capable agents in turn, a turn \
-         shared by every instance), `weighted` (likewise, each agent in proportion to \
-         its registry `weight`; weight 0 only when too few others), `tiered` (the cheapest \
-         agent of the lowest tier the task's estimated complexity needs; an answer that \
-         fails, comes back empty or is cut off by `max_tokens` escalates to the next higher \
-         tier among the call's fallbacks). Default `quality`, or `explicit` when `agents` is \
-         given; `fastest` is not offered yet",
+         score; `best` is the same), `fastest` (lowest recent latency), `balanced` (a blend \
+         of quality, expected cost and latency, tuned by `weights`), `round_robin` (the \
+         capable agents in turn, a turn shared by every instance), `weighted` (likewise, \
+         each agent in proportion to its registry `weight`; weight 0 only when too few \
+         others), `tiered` (the cheapest agent of the lowest tier the task's estimated \
+         complexity needs; an answer that fails, comes back empty or is cut off by \
+         `max_tokens` escalates to the next higher tier among the call's fallbacks). \
+         Default `balanced`, or `explicit` when `agents` is given",
     )
 }
 
@@ -282,6 +289,43 @@ pub struct RoutingRequest {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 5)]
     pub fallback_depth: Option<u32>,
+    /// How `balanced` weighs quality, expected cost and latency (each 0 to
+    /// 1, at least one above 0; a weight not given is 0); only with
+    /// `balanced`. Default `{"quality": 0.5, "cost": 0.3, "latency": 0.2}`.
+    #[serde(default, deserialize_with = "text::optional_object")]
+    pub weights: Option<RoutingWeights>,
+}
+
+/// What `balanced` routing weighs (see `domain::routing`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingWeights {
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
+    pub quality: f64,
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
+    pub cost: f64,
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
+    pub latency: f64,
+}
+
+impl RoutingWeights {
+    pub const BALANCED: RoutingWeights = RoutingWeights {
+        quality: 0.5,
+        cost: 0.3,
+        latency: 0.2,
+    };
+
+    fn check(&self) -> Result<(), RequestError> {
+        let all = [self.quality, self.cost, self.latency];
+        if all.iter().all(|w| (0.0..=1.0).contains(w)) && all.iter().any(|w| *w > 0.0) {
+            Ok(())
+        } else {
+            Err(RequestError::BadWeights)
+        }
+    }
 }
 
 impl Default for RoutingRequest {
@@ -292,6 +336,7 @@ impl Default for RoutingRequest {
             fanout: 1,
             fallback: true,
             fallback_depth: None,
+            weights: None,
         }
     }
 }
@@ -371,6 +416,10 @@ pub enum RequestError {
     FallbackDepthOutOfRange { max: u32 },
     #[error("routing.fallback_depth needs routing.fallback, which is false")]
     FallbackDepthWithoutFallback,
+    #[error("routing.weights tunes strategy balanced; this task's strategy is {0}")]
+    WeightsWithoutBalanced(&'static str),
+    #[error("routing.weights must each be between 0 and 1, and at least one above 0")]
+    BadWeights,
     #[error("budget_usd must not be negative")]
     NegativeBudget,
     #[error("timeout_ms must be between 1 and {max}")]
@@ -401,6 +450,7 @@ impl RequestError {
             RequestError::StrategyWithAgents(_) => "routing.strategy",
             RequestError::FallbackDepthOutOfRange { .. }
             | RequestError::FallbackDepthWithoutFallback => "routing.fallback_depth",
+            RequestError::WeightsWithoutBalanced(_) | RequestError::BadWeights => "routing.weights",
             RequestError::NegativeBudget => "budget_usd",
             RequestError::TimeoutOutOfRange { .. } => "timeout_ms",
             RequestError::BadIdempotencyKey(_) => "idempotency_key",
@@ -421,6 +471,9 @@ pub struct TaskSpec {
     /// How many other agents each call may fall back to (0 without fallback).
     #[serde(default = "default_fallback_depth")]
     pub fallback_depth: u32,
+    /// `balanced`'s weights, when the request set them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<RoutingWeights>,
     pub aggregation: AggregationStrategy,
     pub budget_usd: Option<Usd>,
     pub timeout_ms: u64,
@@ -475,6 +528,14 @@ impl TaskRequest {
             }
             (Some(strategy), true) => strategy,
         };
+        if let Some(weights) = &routing.weights {
+            if routing_strategy != RoutingStrategy::Balanced {
+                return Err(RequestError::WeightsWithoutBalanced(
+                    routing_strategy.as_str(),
+                ));
+            }
+            weights.check()?;
+        }
         let fallback_depth = match (routing.fallback, routing.fallback_depth) {
             (false, Some(_)) => return Err(RequestError::FallbackDepthWithoutFallback),
             (false, None) => 0,
@@ -508,6 +569,7 @@ impl TaskRequest {
             fanout: routing.fanout,
             fallback: routing.fallback,
             fallback_depth,
+            weights: routing.weights,
             aggregation: self.aggregation.strategy,
             budget_usd: self.budget_usd,
             timeout_ms,
@@ -756,7 +818,7 @@ mod tests {
         assert!(spec.fallback);
         assert_eq!(spec.timeout_ms, DEFAULT_TIMEOUT_MS);
         assert_eq!(spec.aggregation, AggregationStrategy::First);
-        assert_eq!(spec.routing_strategy, RoutingStrategy::Quality);
+        assert_eq!(spec.routing_strategy, RoutingStrategy::Balanced);
         assert!(key.is_none());
     }
 
@@ -883,5 +945,42 @@ mod tests {
         task.apply(TaskStatus::Routing, TaskPatch::default(), now)
             .unwrap();
         assert_eq!(task.status, TaskStatus::Routing);
+    }
+
+    #[test]
+    fn weights_tune_only_balanced_and_are_checked() {
+        let parse = |routing: serde_json::Value| {
+            serde_json::from_value::<TaskRequest>(
+                json!({"task_type": "text", "content": "x", "routing": routing}),
+            )
+            .unwrap()
+            .parse()
+            .map(|(spec, _)| spec)
+            .map_err(|e| e.field())
+        };
+        let spec = parse(json!({"weights": {"cost": 1}})).unwrap();
+        assert_eq!(spec.routing_strategy, RoutingStrategy::Balanced);
+        assert_eq!(
+            spec.weights,
+            Some(RoutingWeights {
+                quality: 0.0,
+                cost: 1.0,
+                latency: 0.0
+            })
+        );
+        for bad in [
+            json!({"strategy": "quality", "weights": {"cost": 1}}),
+            json!({"weights": {"cost": 1.5}}),
+            json!({"weights": {"cost": -0.1}}),
+            json!({"weights": {}}),
+        ] {
+            assert_eq!(parse(bad.clone()).err(), Some("routing.weights"), "{bad}");
+        }
+        // A weight by another name is not taken silently.
+        assert!(
+            serde_json::from_value::<TaskRequest>(json!({"task_type": "text", "content": "x",
+                "routing": {"weights": {"speed": 1}}}))
+            .is_err()
+        );
     }
 }

@@ -133,6 +133,23 @@ pub trait TaskStore: Send + Sync {
         health: &[Observation],
     ) -> Result<CallResult, StoreError>;
 
+    /// Stores the result of a task's only call and finishes the task from
+    /// it, in one atomic write: the result as `put_call` writes it (with
+    /// its settlement and `health`), and the task moved to `to` with `patch`
+    /// as `transition` moves it. `None`, writing nothing, when the call's
+    /// result is stored already, the task may no longer become `to`, or the
+    /// patch needs a write of its own (a hold, an audit entry): then the
+    /// caller goes the long way (`put_call`, then `transition`).
+    async fn finish_with_call(
+        &self,
+        seen: &Task,
+        to: TaskStatus,
+        patch: TaskPatch,
+        result: &CallResult,
+        health: &[Observation],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Task>, StoreError>;
+
     /// Stores a call's result (as `put_call`) and counts the call toward the
     /// fan-in, idempotently.
     async fn record_call(

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use secrecy::SecretString;
 
+use crate::domain::aggregation::combine;
 use crate::domain::call::{Escalation, Hop};
 use crate::domain::filters::Direction;
 use crate::domain::health::Observation;
@@ -424,8 +425,18 @@ pub(crate) async fn conclude(
 ) -> Result<(), StageError> {
     // Whichever result is written first settles the call's reservation.
     result.settles = task.settlement(result.call_id);
+    // The answer as given, before the claim check may move it out.
+    let answer = result.output.clone();
     let result = persist(|| claim_check::offload_call(svc, task, result.clone())).await?;
-    if task.expected_calls == Some(1) || svc.clock.now() > task.deadline() {
+    let in_time = svc.clock.now() <= task.deadline();
+    if task.expected_calls == Some(1)
+        && in_time
+        && !task.status.is_terminal()
+        && finish_single(svc, task, &result, answer, health).await?
+    {
+        return Ok(());
+    }
+    if task.expected_calls == Some(1) || !in_time {
         // The only call, or one too late to count: finish the task here
         // (rather than pay for a fan-in count and another hop), from the
         // result as stored.
@@ -467,6 +478,41 @@ pub(crate) async fn conclude(
         }
         FanIn::Waiting { .. } => Ok(()),
     }
+}
+
+/// The short way for a task's only call: its result stored and the task
+/// finished from it in one write (`TaskStore::finish_with_call`). Whether
+/// it was taken; if not (the result was stored by another delivery, the
+/// task moved on), nothing was written and the caller goes the long way.
+async fn finish_single(
+    svc: &Services,
+    task: &Task,
+    result: &CallResult,
+    answer: Option<String>,
+    health: &[Observation],
+) -> Result<bool, StageError> {
+    // Combined from the answer itself, which the claim check may have
+    // moved out of the result (no read back from the blob store).
+    let whole = CallResult {
+        output: answer,
+        ..result.clone()
+    };
+    let (status, mut patch) = combine(task, std::slice::from_ref(&whole));
+    if let Some(combined) = patch.result.as_mut() {
+        claim_check::offload_result(svc, task, std::slice::from_ref(&whole), combined).await?;
+    }
+    let finished = persist(|| {
+        svc.tasks
+            .finish_with_call(task, status, patch.clone(), result, health, svc.clock.now())
+    })
+    .await?;
+    Ok(match finished {
+        Some(finished) => {
+            svc.finished(&finished);
+            true
+        }
+        None => false,
+    })
 }
 
 /// A write that may work when tried again.

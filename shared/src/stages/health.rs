@@ -74,6 +74,13 @@ pub async fn report(svc: &Services, agent: &Agent) -> Result<HealthReport, Store
     })
 }
 
+/// `agent`'s recent mean latency, from the cached record; `None` without
+/// recent successes.
+pub(crate) async fn latency(svc: &Services, agent: &Agent) -> Result<Option<f64>, StoreError> {
+    let record = record(svc, agent).await?;
+    Ok(assess(&record, &agent.spec.breaker, svc.clock.now()).latency_ms)
+}
+
 /// Whether a call may go to an agent, as far as its health goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admission {

@@ -8,8 +8,8 @@ use crate::domain::rate::BucketState;
 use crate::domain::tokens;
 use crate::domain::{
     AggregationStrategy, AuditEntry, CallId, Filters, IdempotencyKey, MessageKind, Origin,
-    Principal, RequestError, Role, RoutingStrategy, Task, TaskError, TaskId, TaskPatch,
-    TaskRequest, TaskSpec, TaskStatus, TenantId, Verdict,
+    Principal, RequestError, Role, Task, TaskError, TaskId, TaskPatch, TaskRequest, TaskSpec,
+    TaskStatus, TenantId, Verdict,
 };
 use crate::ports::{Page, QueueError, QueueName, StoreError, TaskRecord};
 
@@ -86,16 +86,9 @@ fn filtered(filters: &Filters, field: &'static str, text: &str) -> Result<String
     }
 }
 
-fn check_offered(
-    routing: RoutingStrategy,
-    aggregation: AggregationStrategy,
-) -> Result<(), SubmitError> {
-    if !RoutingStrategy::OFFERED.contains(&routing) {
-        return Err(SubmitError::NotOffered(format!(
-            "routing.strategy {} is not offered yet; use quality (or best), cheapest, round_robin, weighted, or explicit with routing.agents",
-            routing.as_str()
-        )));
-    }
+/// Every routing strategy is offered; aggregation strategies not built yet
+/// are refused rather than ignored.
+fn check_offered(aggregation: AggregationStrategy) -> Result<(), SubmitError> {
     if !AggregationStrategy::OFFERED.contains(&aggregation) {
         return Err(SubmitError::NotOffered(format!(
             "aggregation.strategy {:?} is not offered yet; use first or all",
@@ -154,7 +147,7 @@ async fn admit_and_create(
         (Some(h), Some(b)) if h != b => return Err(SubmitError::KeyMismatch),
         (h, b) => h.or(b),
     };
-    check_offered(spec.routing_strategy, spec.aggregation)?;
+    check_offered(spec.aggregation)?;
     let spec = filter_input(svc, &principal.tenant, spec).await?;
     let tokens = tokens::task_input(&spec.content, spec.system.as_deref(), spec.fanout);
     let rate_limit = limits::admit(svc, principal, tokens).await?;

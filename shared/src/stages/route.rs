@@ -1,10 +1,12 @@
 //! Route: picks agents for a task and sends one agent-call message per call.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::future::try_join_all;
 
-use crate::domain::routing::{self, RoutingError, Selection};
+use crate::domain::routing::{self, RoutingError, Selection, Signals};
 use crate::domain::{
     Agent, AgentId, AuditEntry, BudgetExceeded, CallHold, CallId, Envelope, MessageKind,
     PlannedCall, Task, TaskError, TaskPatch, TaskSpec, TaskStatus, budget,
@@ -56,8 +58,11 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
         svc.agents.settings(&task.tenant)
     )?;
     let budgeted = budget::applies(settings.budgets, &task.spec);
-    let turn = take_turn(svc, &task, now).await?;
-    let selection = match routing::select_in_turn(&task.spec, &agents, budgeted, turn) {
+    let signals = Signals {
+        turn: take_turn(svc, &task, now).await?,
+        latency_ms: latencies(svc, &task, &agents).await?,
+    };
+    let selection = match routing::select_with(&task.spec, &agents, budgeted, &signals) {
         Ok(selection) => selection,
         Err(e) => return fail_task(svc, &task, routing_error(&e)).await,
     };
@@ -173,6 +178,29 @@ async fn take_turn(svc: &Services, task: &Task, now: DateTime<Utc>) -> Result<u6
     svc.rotation
         .next(&key, u64::from(task.spec.fanout), now)
         .await
+}
+
+/// The recent mean latency of each agent that may serve the task, for
+/// the strategies that order by it (one cached read of each agent's
+/// health); none for the others.
+async fn latencies(
+    svc: &Services,
+    task: &Task,
+    agents: &[Agent],
+) -> Result<HashMap<AgentId, f64>, StoreError> {
+    if !routing::reads_latency(task.spec.routing_strategy) {
+        return Ok(HashMap::new());
+    }
+    let capable: Vec<&Agent> = agents
+        .iter()
+        .filter(|a| a.can_serve(&task.spec.task_type))
+        .collect();
+    let read = try_join_all(capable.iter().map(|a| health::latency(svc, a))).await?;
+    Ok(capable
+        .into_iter()
+        .zip(read)
+        .filter_map(|(agent, ms)| Some((agent.id.clone(), ms?)))
+        .collect())
 }
 
 /// The panel, every member admitted by its health and its own rate limits;

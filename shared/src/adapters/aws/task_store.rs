@@ -706,102 +706,13 @@ impl TaskStore for DynamoTaskStore {
             }
             false => None,
         };
-        let mut names = HashMap::from([
-            ("#status".to_owned(), "status".to_owned()),
-            ("#updated_at".to_owned(), "updated_at".to_owned()),
-        ]);
-        let mut values = HashMap::from([
-            (":to".to_owned(), to_attribute_value(to).map_err(encode)?),
-            (":now".to_owned(), to_attribute_value(now).map_err(encode)?),
-        ]);
-        let mut sets = vec!["#status = :to".to_owned(), "#updated_at = :now".to_owned()];
-        let fields: [(&str, Option<AttributeValue>); 7] = [
-            (
-                "plan",
-                patch
-                    .plan
-                    .map(to_attribute_value)
-                    .transpose()
-                    .map_err(encode)?,
-            ),
-            (
-                "expected_calls",
-                patch
-                    .expected_calls
-                    .map(to_attribute_value)
-                    .transpose()
-                    .map_err(encode)?,
-            ),
-            (
-                "result",
-                patch
-                    .result
-                    .map(to_attribute_value)
-                    .transpose()
-                    .map_err(encode)?,
-            ),
-            (
-                "usage",
-                patch
-                    .usage
-                    .map(to_attribute_value)
-                    .transpose()
-                    .map_err(encode)?,
-            ),
-            (
-                "cost_usd",
-                patch
-                    .cost_usd
-                    .map(to_attribute_value)
-                    .transpose()
-                    .map_err(encode)?,
-            ),
-            (
-                "counted_calls",
-                patch
-                    .counted_calls
-                    .filter(|set| !set.is_empty())
-                    .map(to_attribute_value)
-                    .transpose()
-                    .map_err(encode)?,
-            ),
-            (
-                "error",
-                patch
-                    .error
-                    .map(to_attribute_value)
-                    .transpose()
-                    .map_err(encode)?,
-            ),
-        ];
-        let mut written = 0;
-        for (field, value) in fields {
-            if let Some(value) = value {
-                written += field.len() + sdk_value_size(&value);
-                sets.push(format!("#{field} = :{field}"));
-                names.insert(format!("#{field}"), field.to_owned());
-                values.insert(format!(":{field}"), value);
-            }
-        }
-        let mut placeholders = Vec::with_capacity(allowed.len());
-        for (i, status) in allowed.iter().enumerate() {
-            let name = format!(":from{i}");
-            values.insert(name.clone(), to_attribute_value(status).map_err(encode)?);
-            placeholders.push(name);
-        }
-        // A finished task leaves the sweeper's sparse index.
-        let remove = if to.is_terminal() {
-            names.insert("#sweep_shard".to_owned(), keys::SWEEP_SHARD.to_owned());
-            names.insert("#sweep_at".to_owned(), keys::SWEEP_AT.to_owned());
-            " REMOVE #sweep_shard, #sweep_at"
-        } else {
-            ""
-        };
-        let update_expression = format!("SET {}{remove}", sets.join(", "));
-        let condition = format!(
-            "attribute_exists(pk) AND #status IN ({})",
-            placeholders.join(", ")
-        );
+        let StateUpdate {
+            expression: update_expression,
+            condition,
+            names,
+            values,
+            written,
+        } = state_update(to, &allowed, patch, now)?;
         if transacted {
             let update = Update::builder()
                 .table_name(&self.table)
@@ -936,6 +847,78 @@ impl TaskStore for DynamoTaskStore {
             },
         };
         Ok(from_item::<_, CallItem>(first).map_err(decode)?.result)
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant = %seen.tenant, task_id = %seen.task_id, call_id = %result.call_id))]
+    async fn finish_with_call(
+        &self,
+        seen: &Task,
+        to: TaskStatus,
+        patch: TaskPatch,
+        result: &CallResult,
+        health: &[Observation],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Task>, StoreError> {
+        let (tenant, task_id) = (&seen.tenant, seen.task_id);
+        let allowed = TaskStatus::predecessors(to);
+        if allowed.is_empty() || patch.hold.is_some() || patch.audit.is_some() {
+            return Ok(None);
+        }
+        // A transaction returns no item: the task as written is `seen` with
+        // the patch applied, which the condition checks may be.
+        let mut finished = seen.clone();
+        if finished.apply(to, patch.clone(), now).is_err() {
+            return Ok(None);
+        }
+        let item: Item = to_item(CallItem::new(
+            tenant,
+            task_id,
+            result,
+            self.expires_at(result.finished_at),
+        ))
+        .map_err(encode)?;
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(backend)?;
+        let state = state_update(to, &allowed, patch, now)?;
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(
+                keys::task_pk(tenant, task_id),
+                keys::TASK_SK,
+            )))
+            .update_expression(state.expression)
+            .condition_expression(state.condition)
+            .set_expression_attribute_names(Some(state.names))
+            .set_expression_attribute_values(Some(state.values))
+            .build()
+            .map_err(backend)?;
+        let mut items = vec![
+            TransactWriteItem::builder().put(put).build(),
+            TransactWriteItem::builder().update(update).build(),
+        ];
+        if let Some(settle) = result.settles {
+            let change = settle.change(result.cost_usd, &result.usage);
+            for period in Period::ALL {
+                items.push(self.count(tenant, period, settle.day, change, None)?);
+            }
+        }
+        items.extend(self.health.writes(health)?);
+        match self.transact(items).await? {
+            Ok(()) => Ok(Some(finished)),
+            // The result is there already, or the task moved on.
+            Err(reasons)
+                if is_condition_failure(&reasons, 0) || is_condition_failure(&reasons, 1) =>
+            {
+                Ok(None)
+            }
+            Err(reasons) => Err(StoreError::Backend(format!(
+                "the finishing transaction was cancelled: {reasons:?}"
+            ))),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %tenant, task_id = %task_id, call_id = %result.call_id))]
@@ -1221,4 +1204,125 @@ impl DynamoTaskStore {
             .and_then(|id| TaskId::parse(id).ok());
         Ok((ids, stopped_at))
     }
+}
+
+/// A transition's update of the state item: its expression, its condition
+/// (the status is one that may become `to`), and the bytes it writes.
+struct StateUpdate {
+    expression: String,
+    condition: String,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+    written: usize,
+}
+
+fn state_update(
+    to: TaskStatus,
+    allowed: &[TaskStatus],
+    patch: TaskPatch,
+    now: DateTime<Utc>,
+) -> Result<StateUpdate, StoreError> {
+    let mut names = HashMap::from([
+        ("#status".to_owned(), "status".to_owned()),
+        ("#updated_at".to_owned(), "updated_at".to_owned()),
+    ]);
+    let mut values = HashMap::from([
+        (":to".to_owned(), to_attribute_value(to).map_err(encode)?),
+        (":now".to_owned(), to_attribute_value(now).map_err(encode)?),
+    ]);
+    let mut sets = vec!["#status = :to".to_owned(), "#updated_at = :now".to_owned()];
+    let fields: [(&str, Option<AttributeValue>); 7] = [
+        (
+            "plan",
+            patch
+                .plan
+                .map(to_attribute_value)
+                .transpose()
+                .map_err(encode)?,
+        ),
+        (
+            "expected_calls",
+            patch
+                .expected_calls
+                .map(to_attribute_value)
+                .transpose()
+                .map_err(encode)?,
+        ),
+        (
+            "result",
+            patch
+                .result
+                .map(to_attribute_value)
+                .transpose()
+                .map_err(encode)?,
+        ),
+        (
+            "usage",
+            patch
+                .usage
+                .map(to_attribute_value)
+                .transpose()
+                .map_err(encode)?,
+        ),
+        (
+            "cost_usd",
+            patch
+                .cost_usd
+                .map(to_attribute_value)
+                .transpose()
+                .map_err(encode)?,
+        ),
+        (
+            "counted_calls",
+            patch
+                .counted_calls
+                .filter(|set| !set.is_empty())
+                .map(to_attribute_value)
+                .transpose()
+                .map_err(encode)?,
+        ),
+        (
+            "error",
+            patch
+                .error
+                .map(to_attribute_value)
+                .transpose()
+                .map_err(encode)?,
+        ),
+    ];
+    let mut written = 0;
+    for (field, value) in fields {
+        if let Some(value) = value {
+            written += field.len() + sdk_value_size(&value);
+            sets.push(format!("#{field} = :{field}"));
+            names.insert(format!("#{field}"), field.to_owned());
+            values.insert(format!(":{field}"), value);
+        }
+    }
+    let mut placeholders = Vec::with_capacity(allowed.len());
+    for (i, status) in allowed.iter().enumerate() {
+        let name = format!(":from{i}");
+        values.insert(name.clone(), to_attribute_value(status).map_err(encode)?);
+        placeholders.push(name);
+    }
+    // A finished task leaves the sweeper's sparse index.
+    let remove = if to.is_terminal() {
+        names.insert("#sweep_shard".to_owned(), keys::SWEEP_SHARD.to_owned());
+        names.insert("#sweep_at".to_owned(), keys::SWEEP_AT.to_owned());
+        " REMOVE #sweep_shard, #sweep_at"
+    } else {
+        ""
+    };
+    let update_expression = format!("SET {}{remove}", sets.join(", "));
+    let condition = format!(
+        "attribute_exists(pk) AND #status IN ({})",
+        placeholders.join(", ")
+    );
+    Ok(StateUpdate {
+        expression: update_expression,
+        condition,
+        names,
+        values,
+        written,
+    })
 }

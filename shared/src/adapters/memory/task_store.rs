@@ -548,6 +548,65 @@ impl TaskStore for MemoryTaskStore {
         Ok(self.put_call_locked(&mut state, tenant, task_id, result, health, bytes))
     }
 
+    async fn finish_with_call(
+        &self,
+        seen: &Task,
+        to: TaskStatus,
+        patch: TaskPatch,
+        result: &CallResult,
+        health: &[Observation],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Task>, StoreError> {
+        if patch.hold.is_some() || patch.audit.is_some() {
+            return Ok(None);
+        }
+        let (tenant, task_id) = (&seen.tenant, seen.task_id);
+        let call_bytes = call_size(tenant, task_id, result)?;
+        let counters = match result.settles {
+            Some(_) => 2 * COUNTER_UNITS,
+            None => 0,
+        };
+        // One transaction of the result, the state, the counters and the
+        // health items: each item's units, twice, written or refused.
+        let units = |state_bytes: usize| {
+            2 * (write_units(call_bytes)
+                + write_units(state_bytes)
+                + counters
+                + health_items(health))
+        };
+        let mut state = lock(&self.state);
+        let Some(entry) = state.tasks.get_mut(&(tenant.clone(), task_id)) else {
+            return Ok(None);
+        };
+        let mut task = entry.task.clone();
+        if entry.calls.contains_key(&result.call_id) || task.apply(to, patch, now).is_err() {
+            self.meter.write(units(entry.state_bytes));
+            return Ok(None);
+        }
+        let bytes = state_size(&task, entry.done.len())?;
+        self.meter.write(units(bytes.max(entry.state_bytes)));
+        store_call(entry, result, call_bytes);
+        entry.state_bytes = bytes;
+        let before = entry.task.status;
+        entry.task = task.clone();
+        if to.is_terminal() && entry.sweep_at.take().is_some() {
+            // It leaves the sweep index.
+            self.meter.write(INDEX_ENTRY_UNITS);
+        }
+        if let Some(settle) = result.settles {
+            state.count(
+                tenant,
+                settle.day,
+                settle.change(result.cost_usd, &result.usage),
+            );
+        }
+        self.health.observe(health);
+        if TaskStatus::finishes(Some(before), to) {
+            state.record_finishing(&task, self.max_finished);
+        }
+        Ok(Some(task))
+    }
+
     async fn record_call(
         &self,
         tenant: &TenantId,
