@@ -198,15 +198,10 @@ pub(crate) async fn get_agent_health(
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<AgentHealthView>, Problem> {
-    let id = known_id(path)?;
-    tracing::Span::current().record("agent_id", tracing::field::display(&id));
-    let svc = &state.services;
-    let agent = found(
-        agents::visible_one(svc, &caller.principal.tenant, &id)
-            .await
-            .map_err(Problem::server)?,
-    )?;
-    let report = health::report(svc, &agent).await.map_err(Problem::server)?;
+    let agent = visible(&state, &caller.principal, path).await?;
+    let report = health::report(&state.services, &agent)
+        .await
+        .map_err(Problem::server)?;
     Ok(Json(AgentHealthView::new(&agent, report)))
 }
 
@@ -231,13 +226,22 @@ pub(crate) async fn get_agent(
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
+    let agent = visible(&state, &caller.principal, path).await?;
+    Ok(agent_response(StatusCode::OK, &caller.principal, agent))
+}
+
+/// The agent the path names, if the caller's tenant may use it; else 404.
+async fn visible(
+    state: &ApiState,
+    principal: &Principal,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Agent, Problem> {
     let id = known_id(path)?;
     tracing::Span::current().record("agent_id", tracing::field::display(&id));
-    let principal = &caller.principal;
     let agent = agents::visible_one(&state.services, &principal.tenant, &id)
         .await
         .map_err(Problem::server)?;
-    Ok(agent_response(StatusCode::OK, principal, found(agent)?))
+    found(agent)
 }
 
 #[utoipa::path(

@@ -853,6 +853,120 @@ async fn calls_that_land_after_the_task_ended_are_added_once(b: Backend) {
     assert_eq!(untouched.usage, Usage::default(), "{}", b.name);
 }
 
+/// A single call's result and its task's finish are one write: both, or
+/// (the result stored already, the task moved on) neither.
+async fn a_single_calls_result_finishes_its_task_in_one_write_or_none(b: Backend) {
+    let finishing = |call: CallId, output: &str| TaskPatch {
+        result: Some(AggregateResult {
+            strategy: AggregationStrategy::First,
+            output: output.to_owned(),
+            output_ref: None,
+            confidence: 1.0,
+            candidates: Vec::new(),
+            conflicts: Vec::new(),
+        }),
+        counted_calls: Some(BTreeSet::from([call])),
+        ..TaskPatch::default()
+    };
+    let finish = |running: Task, call: CallId, output: &'static str| {
+        let tasks = b.tasks.clone();
+        async move {
+            tasks
+                .finish_with_call(
+                    &running,
+                    TaskStatus::Completed,
+                    finishing(call, output),
+                    &call_result(call, output),
+                    &[],
+                    Utc::now(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    // The short way: the result and the finish together.
+    let task = new_task("acme", None);
+    b.tasks
+        .create(&task, &maof_tests::created(&task))
+        .await
+        .unwrap();
+    let calls = running_with_calls(b.tasks.as_ref(), &task, 1).await;
+    let running = b
+        .tasks
+        .get(&task.tenant, task.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let finished = finish(running.clone(), calls[0], "the answer").await;
+    assert_eq!(
+        finished.map(|t| t.status),
+        Some(TaskStatus::Completed),
+        "{}",
+        b.name
+    );
+    let record = b
+        .tasks
+        .get_with_calls(&task.tenant, task.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.task.status, TaskStatus::Completed, "{}", b.name);
+    assert_eq!(record.calls.len(), 1, "{}", b.name);
+    // A second delivery's finds the task finished: nothing written.
+    let again = finish(running, calls[0], "another").await;
+    assert!(again.is_none(), "{}", b.name);
+    let record = b
+        .tasks
+        .get_with_calls(&task.tenant, task.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        record.calls[0].output.as_deref(),
+        Some("the answer"),
+        "{}",
+        b.name
+    );
+    // A result stored already (by a delivery that then stopped): the task
+    // is not finished from another, and stays running for the long way.
+    let task = new_task("acme", None);
+    b.tasks
+        .create(&task, &maof_tests::created(&task))
+        .await
+        .unwrap();
+    let calls = running_with_calls(b.tasks.as_ref(), &task, 1).await;
+    let running = b
+        .tasks
+        .get(&task.tenant, task.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    b.tasks
+        .put_call(
+            &task.tenant,
+            task.task_id,
+            &call_result(calls[0], "first"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let refused = finish(running, calls[0], "second").await;
+    assert!(refused.is_none(), "{}", b.name);
+    let record = b
+        .tasks
+        .get_with_calls(&task.tenant, task.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.task.status, TaskStatus::Running, "{}", b.name);
+    assert_eq!(
+        record.calls[0].output.as_deref(),
+        Some("first"),
+        "{}",
+        b.name
+    );
+}
+
 on_both_backends!(
     calls_that_land_after_the_task_ended_are_added_once,
     an_item_over_400_kb_is_refused_and_changes_nothing,
@@ -870,4 +984,5 @@ on_both_backends!(
     a_tenant_cannot_reach_another_tenants_task,
     a_tenants_tasks_list_newest_first_in_pages,
     usage_and_cost_survive_storage_exactly,
+    a_single_calls_result_finishes_its_task_in_one_write_or_none,
 );
