@@ -633,6 +633,9 @@ TASK_STORE_ACTIONS = {
     # tenant's spend counters in the same transaction
     "put_call": {(PUT, CONTEXT), (GET, CONTEXT), (UPDATE, CONTEXT)},
     "record_call": {(UPDATE, CONTEXT)},
+    # a single call's result, its settlement, its health and the task's
+    # finish: one transaction of a put and updates
+    "finish_with_call": {(PUT, CONTEXT), (UPDATE, CONTEXT)},
     "add_late_calls": {(UPDATE, CONTEXT), (QUERY, CONTEXT)},  # get when the task changed
     "list": {(QUERY, CONTEXT_INDEX), ("dynamodb:BatchGetItem", CONTEXT)},  # ids, then the tasks
     "due": {(QUERY, "Sub(${ContextTable.Arn}/index/sweep)")},
@@ -655,6 +658,7 @@ AUDIT_ACTIONS = {"record": {(PUT, CONTEXT)}, "list": {(QUERY, CONTEXT)},
 # A take of rate-limit buckets: a conditional update, and a read of the item
 # when a refusal did not return it (shared/src/adapters/aws/limits.rs).
 LIMITER_ACTIONS = {"take": {(UPDATE, CONTEXT), (GET, CONTEXT)},
+                   "give_back": {(UPDATE, CONTEXT)},  # a take whose call is not made
                    "peek": {(GET, CONTEXT)}}  # a health view's read of the buckets
 # Agents' health (shared/src/adapters/aws/health.rs): one query reads the
 # state and the buckets; the breaker's changes and a provider's wait are
@@ -681,7 +685,8 @@ CODE_OF = {
                    "shared/src/stages/health.rs"],
     "RouteRole": ["shared/src/stages/route.rs", "shared/src/stages/dead_letter.rs",
                   "shared/src/stages/mod.rs", "shared/src/stages/limits.rs::admit_call",
-                  "shared/src/stages/limits.rs::take", "shared/src/stages/health.rs"],
+                  "shared/src/stages/limits.rs::take",
+                  "shared/src/stages/limits.rs::give_back_call", "shared/src/stages/health.rs"],
     "AgentCallRole": ["shared/src/stages/agent_call.rs", "shared/src/stages/aggregate.rs",
                       "shared/src/stages/dead_letter.rs", "shared/src/stages/mod.rs",
                       "shared/src/stages/health.rs"],

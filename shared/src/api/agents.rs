@@ -120,6 +120,9 @@ fn written(principal: &Principal, agent: Agent, location: String) -> Response {
     response
 }
 
+/// Agents' health reads in flight at once for `?health=true`.
+const HEALTH_READS_AT_ONCE: usize = 16;
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
@@ -155,12 +158,17 @@ pub(crate) async fn list_agents(
         .await
         .map_err(Problem::server)?;
     let health = match params.health == Some(true) {
-        true => try_join_all(agents.iter().map(|a| health::report(svc, a)))
-            .await
-            .map_err(Problem::server)?
-            .into_iter()
-            .map(Some)
-            .collect(),
+        true => {
+            // A few reads at a time: a tenant may use hundreds of agents.
+            let mut reports = Vec::with_capacity(agents.len());
+            for chunk in agents.chunks(HEALTH_READS_AT_ONCE) {
+                let read = try_join_all(chunk.iter().map(|a| health::report(svc, a)))
+                    .await
+                    .map_err(Problem::server)?;
+                reports.extend(read.into_iter().map(Some));
+            }
+            reports
+        }
         false => vec![None; agents.len()],
     };
     Ok(Json(AgentList {

@@ -74,6 +74,17 @@ pub trait RateLimiter: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Take, StoreError>;
 
+    /// Gives back what `draws` took from `holder`'s buckets (a take whose
+    /// work was then not done): each bucket's TAT moves back by the draw,
+    /// unless that would take it past now (it is full by then anyway).
+    /// Best effort, all or none.
+    async fn give_back(
+        &self,
+        holder: &Holder,
+        draws: &[Draw],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
     /// The TATs of `holder`'s buckets named `buckets` (none: full), taking
     /// nothing: what a health view shows of the limits' use.
     async fn peek(
@@ -130,6 +141,33 @@ impl RateLimiter for LocalLimiter {
             }
             Err(refused) => refused,
         })
+    }
+
+    async fn give_back(
+        &self,
+        holder: &Holder,
+        draws: &[Draw],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let now_us = micros(now);
+        let mut all = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(buckets) = all.get_mut(holder) else {
+            return Ok(());
+        };
+        let back = |d: &Draw| d.charge.rate.increment(d.charge.cost);
+        // All or none, as the store's one conditional write.
+        if draws.iter().all(|d| {
+            buckets
+                .get(d.bucket)
+                .is_some_and(|tat| *tat >= now_us + back(d))
+        }) {
+            for d in draws {
+                if let Some(tat) = buckets.get_mut(d.bucket) {
+                    *tat -= back(d);
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn peek(

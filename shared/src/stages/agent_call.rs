@@ -324,6 +324,7 @@ async fn next_fallback(
                 if health::claim_probe(svc, &agent, &seen, lease).await? {
                     return Ok(Some((id, true)));
                 }
+                limits::give_back_call(svc, &agent, tokens).await;
             }
         }
     }

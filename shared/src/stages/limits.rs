@@ -221,6 +221,31 @@ pub async fn admit_call(
     )
 }
 
+/// Gives back a call taken by `admit_call` that will not be made (its
+/// panel waits, or another delivery planned the task): to one shard of
+/// the agent's buckets, the shard a take would pick. Best effort: a failed
+/// write keeps the limit stricter, never looser.
+pub async fn give_back_call(svc: &Services, agent: &Agent, tokens: u64) {
+    let rates = Rates {
+        rpm: agent.spec.constraints.rpm.map(u64::from),
+        tpm: agent.spec.constraints.tpm.map(u64::from),
+    };
+    let shards = shards(rates);
+    let draws = draws(rates, shards, tokens);
+    if draws.is_empty() {
+        return;
+    }
+    let holder = Holder::agent(agent.owner.clone(), agent.id.clone())
+        .in_shard(rand::random_range(0..shards));
+    if let Err(e) = svc
+        .limiter
+        .give_back(&holder, &draws, svc.clock.now())
+        .await
+    {
+        tracing::warn!(error = %e, agent = %agent.id, "could not give back a call's take");
+    }
+}
+
 /// One of an agent's limits and what of it is used now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct LimitUse {

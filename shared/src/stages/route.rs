@@ -120,7 +120,10 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
     // then refused.
     let holds = match budget::hold_panel(&task.spec, &chosen, settings.budgets, now.date_naive()) {
         Ok(holds) => holds,
-        Err(e) => return fail_over_budget(svc, &task, &e).await,
+        Err(e) => {
+            give_back(svc, &panel).await;
+            return fail_over_budget(svc, &task, &e).await;
+        }
     };
     let hold = holds.tenant;
     let fallbacks = deal_fallbacks(&task.spec, &agents, &candidates, &chosen, &holds.calls);
@@ -152,9 +155,13 @@ async fn plan_and_send(svc: &Services, envelope: &Envelope, task: Task) -> Resul
         .await
     {
         Ok(task) => task,
-        Err(StoreError::Transition(_)) => return Ok(()),
+        Err(StoreError::Transition(_)) => {
+            give_back(svc, &panel).await;
+            return Ok(());
+        }
         // Only a hold is refused for a budget.
         Err(StoreError::OverBudget(period)) if let Some(hold) = hold => {
+            give_back(svc, &panel).await;
             return fail_over_budget(svc, &task, &hold.exceeded(period)).await;
         }
         Err(e) => return Err(e.into()),
@@ -180,6 +187,9 @@ async fn take_turn(svc: &Services, task: &Task, now: DateTime<Utc>) -> Result<u6
         .await
 }
 
+/// Agents' health reads in flight at once on a cache miss.
+const HEALTH_READS_AT_ONCE: usize = 16;
+
 /// The recent mean latency of each agent that may serve the task, for
 /// the strategies that order by it (one cached read of each agent's
 /// health); none for the others.
@@ -195,7 +205,11 @@ async fn latencies(
         .iter()
         .filter(|a| a.can_serve(&task.spec.task_type))
         .collect();
-    let read = try_join_all(capable.iter().map(|a| health::latency(svc, a))).await?;
+    // Cached; on a miss, a few reads at a time.
+    let mut read = Vec::with_capacity(capable.len());
+    for chunk in capable.chunks(HEALTH_READS_AT_ONCE) {
+        read.extend(try_join_all(chunk.iter().map(|a| health::latency(svc, a))).await?);
+    }
     Ok(capable
         .into_iter()
         .zip(read)
@@ -214,18 +228,28 @@ enum Panel {
 }
 
 /// An agent admitted to the panel; `probe` when its call is the probe of
-/// its half-open circuit.
+/// its half-open circuit; `tokens` what its limits were charged.
 struct Member {
     agent: Agent,
     probe: bool,
+    tokens: u64,
+}
+
+/// Gives back the rate-limit takes of a panel whose calls will not be
+/// made (it waits, or another delivery planned the task, or a budget
+/// refused it), so that a lost race costs the agent's limit nothing.
+async fn give_back(svc: &Services, panel: &[Member]) {
+    for member in panel {
+        limits::give_back_call(svc, &member.agent, member.tokens).await;
+    }
 }
 
 /// Admits the chosen agents, passing over one whose circuit is open (or
 /// whose provider asked for a wait) or that is at its rate limit for the
 /// next alternate, until `fanout` are admitted. An agent whose circuit is
 /// half-open is admitted only with its probe's claim. Takes made for a
-/// panel that then waits are not given back: the limits are kept
-/// strictly, at worst by a few calls' worth too strictly.
+/// panel that then waits, or for a probe whose claim is lost, are given
+/// back.
 async fn admit_panel(
     svc: &Services,
     task: &Task,
@@ -266,12 +290,18 @@ async fn admit_panel(
             (CallAdmission::Admitted, None) => admitted.push(Member {
                 agent,
                 probe: false,
+                tokens,
             }),
             (CallAdmission::Admitted, Some(seen)) => {
                 let lease = health::probe_lease(&agent);
                 if health::claim_probe(svc, &agent, &seen, lease).await? {
-                    admitted.push(Member { agent, probe: true });
+                    admitted.push(Member {
+                        agent,
+                        probe: true,
+                        tokens,
+                    });
                 } else {
+                    limits::give_back_call(svc, &agent, tokens).await;
                     // Another delivery's probe is in flight.
                     open.push((agent.id.clone(), now));
                 }
@@ -279,6 +309,9 @@ async fn admit_panel(
             (CallAdmission::Wait(after), _) => wait_until(after),
             (CallAdmission::Never, _) => {}
         }
+    }
+    if admitted.len() < wanted {
+        give_back(svc, &admitted).await;
     }
     Ok(match (admitted.len() == wanted, soonest, open.is_empty()) {
         (true, _, _) => Panel::Ready(admitted),

@@ -133,8 +133,37 @@ async fn an_agents_buckets_are_apart_from_its_owners(b: Backend) {
     }
 }
 
+/// A take given back (its call not made) is room again; a bucket that is
+/// full is left as it is.
+async fn a_take_given_back_is_room_again(b: Backend) {
+    let holder = tenant("giver");
+    let now = Utc::now();
+    for _ in 0..3 {
+        let take = b.limiter.take(&holder, &[rpm(3)], now).await.unwrap();
+        assert!(matches!(take, Take::Allowed(_)), "{}", b.name);
+    }
+    let refused = b.limiter.take(&holder, &[rpm(3)], now).await.unwrap();
+    assert!(matches!(refused, Take::Refused { .. }), "{}", b.name);
+    b.limiter.give_back(&holder, &[rpm(3)], now).await.unwrap();
+    let again = b.limiter.take(&holder, &[rpm(3)], now).await.unwrap();
+    assert!(matches!(again, Take::Allowed(_)), "{}: {again:?}", b.name);
+    let refused = b.limiter.take(&holder, &[rpm(3)], now).await.unwrap();
+    assert!(matches!(refused, Take::Refused { .. }), "{}", b.name);
+    // Given back to a full bucket, nothing: it does not hold more than its limit.
+    let fresh = tenant("full");
+    b.limiter.give_back(&fresh, &[rpm(3)], now).await.unwrap();
+    let draws = [rpm(3)];
+    let allowed = futures::future::join_all((0..5).map(|_| b.limiter.take(&fresh, &draws, now)))
+        .await
+        .into_iter()
+        .filter(|t| matches!(t, Ok(Take::Allowed(_))))
+        .count();
+    assert_eq!(allowed, 3, "{}", b.name);
+}
+
 on_both_backends!(
     fifty_concurrent_takes_against_a_limit_of_ten_admit_exactly_ten,
     a_take_of_several_buckets_moves_all_or_none,
     an_agents_buckets_are_apart_from_its_owners,
+    a_take_given_back_is_room_again,
 );

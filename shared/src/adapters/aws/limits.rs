@@ -77,6 +77,54 @@ fn number(n: i64) -> AttributeValue {
 
 #[async_trait]
 impl RateLimiter for DynamoLimiter {
+    #[tracing::instrument(skip_all, fields(buckets = draws.len()))]
+    async fn give_back(
+        &self,
+        holder: &Holder,
+        draws: &[Draw],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let now_us = micros(now);
+        let mut update = Vec::new();
+        let mut conditions = Vec::new();
+        let mut names = HashMap::new();
+        let mut values = HashMap::new();
+        for (i, draw) in draws.iter().enumerate() {
+            let back = draw.charge.rate.increment(draw.charge.cost);
+            names.insert(format!("#b{i}"), draw.bucket.to_owned());
+            update.push(format!("#b{i} = #b{i} - :back{i}"));
+            conditions.push(format!("#b{i} >= :min{i}"));
+            values.insert(format!(":back{i}"), number(back));
+            values.insert(format!(":min{i}"), number(now_us + back));
+        }
+        if update.is_empty() {
+            return Ok(());
+        }
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(keys::limits_pk(holder)))
+            .key(SK, AttributeValue::S(keys::LIMITS_SK.to_owned()))
+            .update_expression(format!("SET {}", update.join(", ")))
+            .condition_expression(conditions.join(" AND "))
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            // A bucket within a draw of full: it is full by then anyway.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(StoreError::Backend(describe(e))),
+        }
+    }
+
     #[tracing::instrument(skip_all, fields(buckets = buckets.len()))]
     async fn peek(
         &self,

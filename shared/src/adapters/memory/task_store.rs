@@ -772,6 +772,16 @@ impl RateLimiter for MemoryTaskStore {
         self.limits.take(holder, draws, now).await
     }
 
+    async fn give_back(
+        &self,
+        holder: &Holder,
+        draws: &[Draw],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.meter.write(1);
+        self.limits.give_back(holder, draws, now).await
+    }
+
     async fn peek(
         &self,
         holder: &Holder,
