@@ -538,8 +538,9 @@ async fn a_task_that_times_out_carries_the_cost_of_the_calls_it_made(b: Backend)
     let p = Pipeline::start(b, Faults::default()).await;
     let token = p.submitter("acme");
     // mock-a answers at once; mock-slower would take 2.5 s, past the deadline,
-    // so its attempt is cut off there.
-    let body = json!({"task_type": "text", "content": "race the clock", "timeout_ms": 1500,
+    // so its attempt is cut off there (the deadline leaves route time to
+    // plan on a loaded machine).
+    let body = json!({"task_type": "text", "content": "race the clock", "timeout_ms": 2200,
         "routing": {"fanout": 2, "agents": ["mock-a", "mock-slower"]},
         "aggregation": {"strategy": "all"}});
     let (_, task) = submit(&p, &token, body, "").await;
