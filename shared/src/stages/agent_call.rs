@@ -498,7 +498,8 @@ async fn finish_single(
         output: answer,
         ..result.clone()
     };
-    let (status, mut patch) = combine(task, std::slice::from_ref(&whole));
+    let panel = aggregate::panel(svc, task, std::slice::from_ref(&whole)).await;
+    let (status, mut patch) = combine(task, std::slice::from_ref(&whole), &panel);
     if let Some(combined) = patch.result.as_mut() {
         claim_check::offload_result(svc, task, std::slice::from_ref(&whole), combined).await?;
     }
