@@ -46,6 +46,9 @@ pub const DEFAULT_THRESHOLD: f64 = 0.8;
 /// An answer of at most this many words is short: compared exactly, after
 /// normalisation.
 pub const SHORT_WORDS: usize = 8;
+/// How much of an answer is compared: a larger one is compared by its
+/// first 256 KiB, as text (never parsed as JSON).
+pub const COMPARED_BYTES: usize = 256 * 1024;
 /// The quality of an agent no longer in the registry.
 pub const UNKNOWN_QUALITY: f64 = 0.5;
 const QUALITY_WEIGHT: f64 = 0.6;
@@ -195,7 +198,10 @@ fn unfenced(text: &str) -> (&str, bool) {
 }
 
 fn shape(output: &str) -> (Shape, Completeness) {
-    let trimmed = output.trim();
+    // A large answer (a base64 image) is compared by its start, as text.
+    let compared = &output[..output.floor_char_boundary(COMPARED_BYTES)];
+    let large = compared.len() < output.len();
+    let trimmed = compared.trim();
     if trimmed.is_empty() {
         let shape = Shape {
             kind: Kind::Empty,
@@ -205,8 +211,8 @@ fn shape(output: &str) -> (Shape, Completeness) {
         return (shape, Completeness::Empty);
     }
     let (body, fenced_json) = unfenced(trimmed);
-    let looks_like_json =
-        fenced_json || body.starts_with('{') || (body.starts_with('[') && body.ends_with(']'));
+    let looks_like_json = !large
+        && (fenced_json || body.starts_with('{') || (body.starts_with('[') && body.ends_with(']')));
     let words = word_counts(trimmed);
     if looks_like_json {
         return match serde_json::from_str::<Value>(body) {
@@ -1225,6 +1231,19 @@ mod tests {
         ];
         let (status, _) = combine(&task, &results, &Panel::new());
         assert_eq!(status, TaskStatus::Completed);
+    }
+
+    #[test]
+    fn a_large_answer_is_compared_by_its_start_as_text() {
+        let big = format!("{{\"a\": \"{}\"}}", "x".repeat(COMPARED_BYTES));
+        let (shape, completeness) = shape(&big);
+        assert_eq!(
+            completeness,
+            Completeness::Complete,
+            "not parsed, so not malformed"
+        );
+        assert_eq!(shape.kind, Kind::Short, "one word of its first 256 KiB");
+        assert!(shape.key.len() <= COMPARED_BYTES);
     }
 
     #[test]
