@@ -399,6 +399,7 @@ fn cost_sums_are_exact_for_a_thousand_calls_of_odd_token_counts() {
             retried_errors: Vec::new(),
             finished_at: Utc::now(),
             truncated: false,
+            quality: None,
             fell_back_from: Vec::new(),
             settles: None,
         });
@@ -485,6 +486,7 @@ async fn a_redelivered_call_stored_after_its_task_ended_is_added_to_its_cost() {
         retried_errors: Vec::new(),
         finished_at: Utc::now(),
         truncated: false,
+        quality: None,
         fell_back_from: Vec::new(),
         settles: None,
     };

@@ -4,8 +4,8 @@
 //! then picks, groups, votes or merges:
 //!
 //! - **Score** (0 to 1): `completeness × (0.6 × quality + 0.4 × finish)`,
-//!   where `quality` is the agent's registry quality (0.5 if the agent is
-//!   gone), `finish` is 1 for an answer that stopped on its own and 0 for
+//!   where `quality` is the agent's registry quality when it answered (0.5
+//!   if unknown), `finish` is 1 for an answer that stopped on its own and 0 for
 //!   one cut off at its output cap (`truncated`), and `completeness` is 1
 //!   for a complete answer, 0.3 for malformed JSON (an answer that looks
 //!   like JSON, an object, an array or a fenced `json` block, and does not
@@ -66,8 +66,9 @@ const REFUSALS: [&str; 10] = [
     "as an ai",
 ];
 
-/// What combining knows of the agents besides their calls: each one's
-/// registry quality, looked up by the stage before it combines.
+/// What combining knows of the agents that answered: each one's registry
+/// quality. The stages take it from the calls, which record it when they
+/// are made (no registry read at aggregation).
 #[derive(Debug, Clone, Default)]
 pub struct Panel {
     quality: HashMap<AgentId, f64>,
@@ -76,6 +77,16 @@ pub struct Panel {
 impl Panel {
     pub fn new() -> Self {
         Panel::default()
+    }
+
+    /// The qualities the calls recorded.
+    pub fn of_calls(calls: &[CallResult]) -> Self {
+        calls
+            .iter()
+            .filter_map(|c| c.quality.map(|q| (c.agent_id.clone(), q)))
+            .fold(Panel::new(), |panel, (agent, q)| {
+                panel.with_quality(agent, q)
+            })
     }
 
     pub fn with_quality(mut self, agent: AgentId, quality: f64) -> Self {
@@ -867,6 +878,7 @@ mod tests {
             retried_errors: Vec::new(),
             finished_at: Utc::now(),
             truncated: false,
+            quality: None,
             fell_back_from: Vec::new(),
             settles: None,
         }
@@ -1231,6 +1243,23 @@ mod tests {
         ];
         let (status, _) = combine(&task, &results, &Panel::new());
         assert_eq!(status, TaskStatus::Completed);
+    }
+
+    #[test]
+    fn the_panel_is_the_quality_each_call_recorded() {
+        let (task, calls) = task("best", 3);
+        let mut results = answered(&calls, &["Lyon", "Paris", "Nice"]);
+        results[0].quality = Some(0.2);
+        results[1].quality = Some(0.9);
+        let (_, patch) = combine(&task, &results, &Panel::of_calls(&results));
+        let r = patch.result.unwrap();
+        assert_eq!(r.output, "Paris");
+        let scores: Vec<&Value> = r.candidates.iter().map(|c| &c["score"]).collect();
+        assert_eq!(
+            scores,
+            [&json!(0.52), &json!(0.94), &json!(0.7)],
+            "none recorded: 0.5"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Aggregate: combines a task's call results and finishes it.
 
 use crate::domain::aggregation::{Panel, combine};
-use crate::domain::{CallResult, CallStatus, Envelope, Task};
+use crate::domain::{CallResult, Envelope, Task};
 use crate::ports::StoreError;
 
 use super::{Ended, Services, StageError, claim_check};
@@ -37,8 +37,7 @@ pub(crate) async fn finish(
     // Outputs kept in the blob store are read back to be combined, and a
     // combined output too large for the task's item goes there in turn.
     let calls = claim_check::hydrate(svc, task, calls).await?;
-    let panel = panel(svc, task, &calls).await;
-    let (status, mut patch) = combine(task, &calls, &panel);
+    let (status, mut patch) = combine(task, &calls, &Panel::of_calls(&calls));
     if let Some(result) = patch.result.as_mut() {
         claim_check::offload_result(svc, task, &calls, result).await?;
     }
@@ -55,22 +54,4 @@ pub(crate) async fn finish(
         Err(StoreError::Transition(_)) | Err(StoreError::NotFound) => Ok(Ended::Before),
         Err(e) => Err(e.into()),
     }
-}
-
-/// The quality of each agent that answered, from the cached registry (the
-/// agent call read it moments ago; no read of the task store). An agent
-/// gone from the registry, or a registry that cannot be read, counts as
-/// of unknown quality rather than holding the task back.
-pub(crate) async fn panel(svc: &Services, task: &Task, calls: &[CallResult]) -> Panel {
-    let mut panel = Panel::new();
-    for call in calls.iter().filter(|c| c.status == CallStatus::Succeeded) {
-        match svc.agents.find(&task.tenant, &call.agent_id).await {
-            Ok(Some(agent)) => panel = panel.with_quality(agent.id, agent.spec.quality),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(agent_id = %call.agent_id, error = %e, "agent quality unread; scored as unknown");
-            }
-        }
-    }
-    panel
 }
