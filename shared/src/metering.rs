@@ -51,7 +51,7 @@ use crate::stages::intake;
 /// | task | ceiling | why |
 /// |---|---|---|
 /// | 1 agent | 19 | rate-limit take 1 + request 3 + state with its audit entry 2 × (1 + 1) + route 1 + lease 1 + result, health bucket and finish 2 × (1 + 1 + 1); index entries: list 1, sweep in 1 and out 1. The audit entry costs 3 units: a task and its `task.created` entry are written together or not at all, and a transaction bills twice (the request, the large item, stays outside it). The health bucket costs 3: the breaker's counts ride in the result's transaction (no extra operation), which bills twice. Finishing in that transaction saves an operation for one unit more (the state item, billed twice; more when a large answer is inline in it) |
-/// | 3 agents | 31 | the same, with three leases, three results (each with its bucket) and three fan-in counts, and the aggregate's finish |
+/// | 3 agents | 32 | the same, with three leases, three results (each with its bucket) and three fan-in counts, and the aggregate's finish; the result lists every answer as a candidate with its score (issue 12), which takes the finished state item past 1 KB (one unit more) |
 /// | 1 agent, budgeted | 28 | as 1 agent, but the plan's and the result's writes are transactions with the two counters: the plan 2 × (1 + 2) = 6 units instead of 1, the result's 2 × (1 + 1 + 2 + 1) = 10 instead of 6 (a transaction bills twice; the hold and the settlement cannot be made exactly-once any cheaper) |
 /// | 3 agents, budgeted | 49 | as 3 agents, with the plan and each of the three results so; the three calls' holds take the planned state item past 1 KB (one unit more, twice) |
 pub const CEILINGS: &[Ceiling] = &[
@@ -67,7 +67,7 @@ pub const CEILINGS: &[Ceiling] = &[
         fanout: 3,
         budgeted: false,
         max_ops: 22.0,
-        max_write_units: 31,
+        max_write_units: 32,
     },
     Ceiling {
         name: "1 agent, budgeted",

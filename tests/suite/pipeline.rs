@@ -1557,6 +1557,183 @@ async fn round_robin_across_two_instances_spreads_evenly(b: Backend) {
     p.stop().await;
 }
 
+/// A task of the scripted panel's agents, combined by `aggregation`.
+fn panel_task(content: &str, agents: &[&str], aggregation: Value) -> Value {
+    json!({"task_type": "panel", "content": content,
+        "routing": {"agents": agents, "fanout": agents.len(), "fallback": false},
+        "aggregation": aggregation})
+}
+
+fn conflict_agents(conflict: &Value) -> Vec<&str> {
+    conflict["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect()
+}
+
+/// Every strategy through HTTP, on the scripted panel: real agreement and
+/// conflict without keys.
+async fn every_aggregation_strategy_combines_scripted_answers(b: Backend) {
+    let name = b.name;
+    let p = Pipeline::start(b, Faults::default()).await;
+    let token = p.submitter("acme");
+    let run = |content: &'static str, agents: &'static [&'static str], aggregation: Value| {
+        let body = panel_task(content, agents, aggregation);
+        let (p, token) = (&p, &token);
+        async move {
+            let (status, task) = submit(p, token, body, "?wait=15").await;
+            assert_eq!(status, 200, "{name}: {task}");
+            assert_eq!(task["status"], "completed", "{name}: {task}");
+            task["result"].clone()
+        }
+    };
+    const ABC: &[&str] = &["panel-a", "panel-b", "panel-c"];
+
+    // consensus: Paris and paris. agree, Lyon is the conflict.
+    let r = run(
+        "What is the capital of France?",
+        ABC,
+        json!({"strategy": "consensus"}),
+    )
+    .await;
+    assert_eq!(r["strategy"], "consensus", "{name}: {r}");
+    assert_eq!(r["output"], "Paris", "{name}: {r}");
+    assert_eq!(r["confidence"], 0.6667, "{name}: {r}");
+    let candidates = r["candidates"].as_array().unwrap();
+    assert_eq!(candidates.len(), 3, "{name}: {r}");
+    assert_eq!(candidates[0]["agent_id"], "panel-a", "plan order: {r}");
+    assert_eq!(candidates[0]["score"], 0.94, "0.6×0.9 + 0.4: {r}");
+    assert!(candidates.iter().all(|c| c["call_id"].is_string()), "{r}");
+    let conflicts = r["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 1, "{name}: {r}");
+    assert_eq!(conflict_agents(&conflicts[0]), ["panel-c"], "{r}");
+    assert_eq!(conflicts[0]["outputs"], json!(["Lyon"]), "{r}");
+
+    // vote: negative twice against Positive.
+    let r = run(
+        "Analyse the sentiment of: meh",
+        ABC,
+        json!({"strategy": "vote"}),
+    )
+    .await;
+    assert_eq!(r["output"], "negative", "{name}: {r}");
+    assert_eq!(r["confidence"], 0.6667, "{name}: {r}");
+    assert_eq!(conflict_agents(&r["conflicts"][0]), ["panel-a"], "{r}");
+    // A tie between two goes to the better agent.
+    let r = run(
+        "Analyse the sentiment of: meh",
+        &["panel-b", "panel-a"],
+        json!({"strategy": "vote"}),
+    )
+    .await;
+    assert_eq!(r["output"], "Positive", "{name}: {r}");
+    assert_eq!(r["confidence"], 0.5, "{name}: {r}");
+    assert!(
+        r["conflicts"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("higher quality"),
+        "{name}: {r}"
+    );
+
+    // merge: two JSON objects deep-merged, a disputed key, malformed JSON left out.
+    let r = run("Write a profile of Ada", ABC, json!({"strategy": "merge"})).await;
+    let merged: Value = serde_json::from_str(r["output"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        merged,
+        json!({"name": "Ada", "born": 1815, "home": {"city": "London", "country": "UK"}}),
+        "{name}: {r}"
+    );
+    let conflicts = r["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 2, "{name}: {r}");
+    assert_eq!(conflict_agents(&conflicts[0]), ["panel-c"], "{r}");
+    assert_eq!(conflicts[1]["key"], "home.city", "{r}");
+    assert_eq!(conflicts[1]["outputs"], json!(["London", "Paris"]), "{r}");
+
+    // best: a truncated answer and an empty one lose to a complete one.
+    let r = run("Give the best answer", ABC, json!({"strategy": "best"})).await;
+    assert_eq!(r["output"], "Paris", "{name}: {r}");
+    let scores: Vec<f64> = r["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["score"].as_f64().unwrap())
+        .collect();
+    assert_eq!(scores, [0.54, 0.88, 0.0], "{name}: {r}");
+    p.stop().await;
+}
+
+/// `min_success`: too few answers fail the task, every call's result and
+/// cost kept; and the tuning is refused with the field when out of range,
+/// `judge` still not offered.
+async fn too_few_answers_fail_the_task_and_bad_tuning_is_refused(b: Backend) {
+    let name = b.name;
+    let p = Pipeline::start(b, Faults::default()).await;
+    let token = p.submitter("acme");
+    let body = panel_task(
+        "What is the capital of France?",
+        &["panel-a", "panel-down"],
+        json!({"strategy": "consensus", "min_success": 2}),
+    );
+    let (status, task) = submit(&p, &token, body, "?wait=15").await;
+    assert_eq!(status, 200, "{name}: {task}");
+    assert_eq!(task["status"], "failed", "{name}: {task}");
+    assert_eq!(
+        task["error"]["code"], "not_enough_answers",
+        "{name}: {task}"
+    );
+    let calls = task["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 2, "{name}: {task}");
+    let answered = calls.iter().find(|c| c["agent_id"] == "panel-a").unwrap();
+    assert_eq!(answered["output"], "Paris", "{name}: {task}");
+    assert!(
+        dollars(&task["cost_usd"]) > 0.0,
+        "{name}: the answer's cost is kept: {task}"
+    );
+    // With one needed, the same panel completes.
+    let body = panel_task(
+        "What is the capital of France?",
+        &["panel-a", "panel-down"],
+        json!({"strategy": "consensus"}),
+    );
+    let (_, task) = submit(&p, &token, body, "?wait=15").await;
+    assert_eq!(task["status"], "completed", "{name}: {task}");
+    assert_eq!(task["result"]["confidence"], 1.0, "{name}: {task}");
+
+    for (aggregation, field) in [
+        (
+            json!({"strategy": "consensus", "threshold": 1.5}),
+            "aggregation.threshold",
+        ),
+        (
+            json!({"strategy": "vote", "threshold": 0.5}),
+            "aggregation.threshold",
+        ),
+        (
+            json!({"strategy": "vote", "min_success": 3}),
+            "aggregation.min_success",
+        ),
+        (
+            json!({"strategy": "vote", "min_success": 0}),
+            "aggregation.min_success",
+        ),
+    ] {
+        let body = panel_task("x", &["panel-a", "panel-b"], aggregation);
+        let (status, problem) = submit(&p, &token, body, "").await;
+        assert_eq!(status, 422, "{name}: {problem}");
+        assert_eq!(problem["field"], field, "{name}: {problem}");
+    }
+    let body = panel_task("x", &["panel-a"], json!({"strategy": "judge"}));
+    let (status, problem) = submit(&p, &token, body, "").await;
+    assert_eq!(status, 422, "{name}: judge is not offered yet: {problem}");
+    let body = panel_task("x", &["panel-a"], json!({"strategy": "vote", "quorum": 1}));
+    let (status, problem) = submit(&p, &token, body, "").await;
+    assert_eq!(status, 400, "{name}: an unknown field: {problem}");
+    p.stop().await;
+}
+
 on_both_backends!(
     round_robin_across_two_instances_spreads_evenly,
     a_single_agent_task_completes,
@@ -1587,4 +1764,6 @@ on_both_backends!(
     an_open_circuit_is_routed_around_and_probed_after_its_cooldown,
     fastest_and_balanced_read_the_latency_calls_record,
     a_tiered_call_escalates_a_truncated_answer_to_the_next_tier,
+    every_aggregation_strategy_combines_scripted_answers,
+    too_few_answers_fail_the_task_and_bad_tuning_is_refused,
 );

@@ -1739,6 +1739,7 @@ async fn money_in_a_task_is_a_decimal_string_not_a_float() {
         retried_errors: Vec::new(),
         finished_at: chrono::Utc::now(),
         truncated: false,
+        quality: None,
         fell_back_from: Vec::new(),
         settles: None,
     };

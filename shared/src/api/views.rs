@@ -118,11 +118,47 @@ pub struct ResultView {
     /// `/v1/tasks/{id}/output`, when the answer is not inline.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_url: Option<String>,
+    /// 0 to 1: `best` the answer's score, `consensus` the group's share,
+    /// `vote` the winner's share, `merge` the share merged (JSON: times the
+    /// share of undisputed keys), `first` 1, `all` the share that answered.
     pub confidence: f64,
-    /// The answers the result was made from, each with its call; a large one
-    /// has a null `output` and its `output_bytes` (its call serves it).
+    /// Every succeeded call's answer, in plan order, with its score; a
+    /// large one has a null `output` and its `output_bytes` (its call
+    /// serves it).
+    #[schema(value_type = Vec<CandidateView>)]
     pub candidates: Vec<serde_json::Value>,
+    /// Which agents disagreed and with what.
+    #[schema(value_type = Vec<ConflictView>)]
     pub conflicts: Vec<serde_json::Value>,
+}
+
+/// One answer a result was made from (the API document's shape of a
+/// `candidates` entry).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CandidateView {
+    pub agent_id: AgentId,
+    pub call_id: CallId,
+    #[schema(required = true)]
+    pub output: Option<String>,
+    /// The answer's size, when it is too large to be inline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
+    /// 0 to 1: completeness × (0.6 × the agent's quality + 0.4 × finish),
+    /// finish 0 for an answer cut off at its output cap, else 1.
+    pub score: f64,
+}
+
+/// Agents that disagreed (the API document's shape of a `conflicts` entry).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConflictView {
+    pub agents: Vec<AgentId>,
+    /// What each of `agents` answered, in the same order: text, or (a
+    /// disputed key of `merge`) the key's JSON value.
+    pub outputs: Vec<serde_json::Value>,
+    pub reason: String,
+    /// `merge`: the disputed key, dotted (`home.city`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl ResultView {

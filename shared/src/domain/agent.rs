@@ -423,6 +423,49 @@ pub struct MockOptions {
     #[serde(default, skip_serializing_if = "is_zero_share")]
     #[schema(minimum = 0, maximum = 1)]
     pub wrong_share: f64,
+    /// Scripted answers, at most 32: the first whose `pattern` the
+    /// request's last message contains (ignoring case) is the answer, after
+    /// its own `latency_ms` if it sets one (else the agent's). A request
+    /// none matches gets the usual answer. Agents scripted alike agree on
+    /// purpose, and unlike disagree: demos of `consensus`, `vote` and
+    /// `merge` without keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 32)]
+    pub answers: Vec<ScriptedAnswer>,
+}
+
+/// One scripted answer of a `mock` agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptedAnswer {
+    #[schema(schema_with = answer_pattern_schema)]
+    pub pattern: String,
+    /// The answer, verbatim (at most 16,384 characters); empty is an empty answer.
+    #[schema(max_length = 16384)]
+    pub answer: String,
+    /// Waited before this answer, instead of the agent's `latency_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// The answer stops at its output cap (finish reason `length`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+fn answer_pattern_schema() -> utoipa::openapi::schema::Object {
+    text::not_blank_schema(
+        Some(ScriptedAnswer::MAX_PATTERN_CHARS),
+        "Text the request's last message contains, ignoring case: not blank, at most 1,024 characters",
+    )
+}
+
+impl ScriptedAnswer {
+    pub const MAX_PATTERN_CHARS: usize = 1024;
+    pub const MAX_ANSWER_CHARS: usize = 16 * 1024;
+
+    /// Whether it answers `text`.
+    pub fn matches(&self, text: &str) -> bool {
+        text.to_lowercase().contains(&self.pattern.to_lowercase())
+    }
 }
 
 fn is_zero_share(share: &f64) -> bool {
@@ -431,6 +474,12 @@ fn is_zero_share(share: &f64) -> bool {
 
 impl MockOptions {
     pub const MAX_OUTPUT_BYTES: u64 = 64 * 1024 * 1024;
+    pub const MAX_ANSWERS: usize = 32;
+
+    /// The scripted answer for `text`, if any.
+    pub fn scripted(&self, text: &str) -> Option<&ScriptedAnswer> {
+        self.answers.iter().find(|a| a.matches(text))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -470,6 +519,10 @@ pub enum AgentSpecError {
     MockOptionsOnRealProvider,
     #[error("mock.output_bytes must be at most 67108864 (64 MiB)")]
     MockOutputTooLarge,
+    #[error(
+        "mock.answers: at most 32, each pattern not blank and at most 1,024 characters, each answer at most 16,384 characters"
+    )]
+    BadMockAnswers,
     #[error("{0}")]
     Breaker(BreakerSettingsError),
 }
@@ -493,6 +546,7 @@ impl AgentSpecError {
             AgentSpecError::FailureRateOutOfRange => "mock.failure_rate",
             AgentSpecError::MockOptionsOnRealProvider => "mock",
             AgentSpecError::MockOutputTooLarge => "mock.output_bytes",
+            AgentSpecError::BadMockAnswers => "mock.answers",
             AgentSpecError::Breaker(e) => e.field(),
         };
         field.to_owned()
@@ -558,6 +612,15 @@ impl TryFrom<AgentRequest> for AgentSpec {
                 .is_some_and(|n| n > MockOptions::MAX_OUTPUT_BYTES)
             {
                 return Err(AgentSpecError::MockOutputTooLarge);
+            }
+            let bad_answer = |a: &ScriptedAnswer| {
+                text::is_blank(&a.pattern)
+                    || a.pattern.chars().count() > ScriptedAnswer::MAX_PATTERN_CHARS
+                    || a.answer.chars().count() > ScriptedAnswer::MAX_ANSWER_CHARS
+            };
+            if mock.answers.len() > MockOptions::MAX_ANSWERS || mock.answers.iter().any(bad_answer)
+            {
+                return Err(AgentSpecError::BadMockAnswers);
             }
         }
         let breaker = request.breaker.unwrap_or_default();
@@ -703,6 +766,23 @@ mod tests {
             "mock": {"output_bytes": MockOptions::MAX_OUTPUT_BYTES + 1}}))
         .unwrap_err();
         assert_eq!(err.field(), "mock.output_bytes");
+        for answers in [
+            json!([{"pattern": " ", "answer": "x"}]),
+            json!([{"pattern": "p", "answer": "x".repeat(ScriptedAnswer::MAX_ANSWER_CHARS + 1)}]),
+            json!(vec![
+                json!({"pattern": "p", "answer": ""});
+                MockOptions::MAX_ANSWERS + 1
+            ]),
+        ] {
+            let err = parse(json!({"provider": "mock", "mock": {"answers": answers}})).unwrap_err();
+            assert_eq!(err.field(), "mock.answers");
+        }
+        assert!(
+            parse(
+                json!({"provider": "mock", "mock": {"answers": [{"pattern": "p", "answer": ""}]}})
+            )
+            .is_ok()
+        );
         let err = parse(
             json!({"pricing": {"input_per_mtok": 1, "output_per_mtok": 1,
             "cache_write_per_mtok": -1}}),

@@ -217,6 +217,11 @@ pub struct CallResult {
     /// [`is_cut_off`]): it is partial.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// The registry quality of the agent that answered, as it was then:
+    /// what aggregation scores the answer by (none: failed, or stored
+    /// before it was recorded, scored as of unknown quality).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<f64>,
     /// The agents this call tried before its last, oldest first: each failed
     /// for good on the provider's side, or (a `tiered` task) answered empty
     /// or cut off; `agent_id` is the last. `usage` and `cost_usd` are the

@@ -27,7 +27,7 @@ pub mod workflow;
 
 pub use agent::{
     Agent, AgentRequest, AgentSpec, AgentSpecError, BaseUrl, Constraints, MockFault, MockOptions,
-    Pricing, Provider,
+    Pricing, Provider, ScriptedAnswer,
 };
 pub use audit::{Action, Actor, AuditEntry, AuditId, AuditQuery, Origin, Outcome};
 pub use budget::{BudgetExceeded, Budgets, CallHold, Hold, PanelHolds, Period, Settlement, Spend};

@@ -186,8 +186,23 @@ pub enum AggregationStrategy {
 
 impl AggregationStrategy {
     /// The strategies a request may name today; the others are refused (422).
-    pub const OFFERED: [AggregationStrategy; 2] =
-        [AggregationStrategy::First, AggregationStrategy::All];
+    pub const OFFERED: [AggregationStrategy; 6] = [
+        AggregationStrategy::First,
+        AggregationStrategy::All,
+        AggregationStrategy::Best,
+        AggregationStrategy::Consensus,
+        AggregationStrategy::Vote,
+        AggregationStrategy::Merge,
+    ];
+
+    /// Whether `aggregation.threshold` tunes the strategy: those that
+    /// compare answers by similarity (see `domain::aggregation`).
+    pub fn uses_similarity(self) -> bool {
+        matches!(
+            self,
+            AggregationStrategy::Best | AggregationStrategy::Consensus | AggregationStrategy::Merge
+        )
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -247,7 +262,14 @@ fn offered_routing() -> utoipa::openapi::schema::Object {
 fn offered_aggregation() -> utoipa::openapi::schema::Object {
     enum_schema(
         AggregationStrategy::OFFERED.map(AggregationStrategy::as_str),
-        "How answers are combined (default `first`); the other strategies are not offered yet",
+        "How answers are combined (default `first`): `first` (the first answer in plan \
+         order), `all` (every answer, attributed), `best` (the highest-scoring answer: a \
+         blend of the agent's quality, the finish reason and completeness), `consensus` (the \
+         most central answer of the largest group of similar answers; `confidence` is the \
+         group's share), `vote` (an exact vote over normalised answers; ties broken by the \
+         voters' quality, then plan order), `merge` (JSON objects deep-merged with a conflict \
+         per disputed key; text as sections attributed to their agents). `judge` is not \
+         offered yet",
     )
 }
 
@@ -341,12 +363,88 @@ impl Default for RoutingRequest {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AggregationRequest {
     #[serde(default)]
     #[schema(schema_with = offered_aggregation)]
     pub strategy: AggregationStrategy,
+    /// How similar two answers must be (0 to 1) to count as the same
+    /// answer; default 0.8. Only with `best`, `consensus` and `merge` (the
+    /// strategies that compare answers); with another it is refused.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
+    pub threshold: Option<f64>,
+    /// How many calls must succeed (1 to 10, at most `routing.fanout`;
+    /// default 1): with fewer the task fails `not_enough_answers`, every
+    /// call's result and cost kept.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 10)]
+    pub min_success: Option<u32>,
+}
+
+/// How a strategy is tuned, as stored in a task's spec. A spec stored
+/// before these existed has the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AggregationOptions {
+    /// The similarity two answers need to be the same answer; `None` is
+    /// the default (`domain::aggregation::DEFAULT_THRESHOLD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// Fewer succeeded calls fail the task `not_enough_answers`.
+    #[serde(default = "default_min_success")]
+    pub min_success: u32,
+}
+
+fn default_min_success() -> u32 {
+    1
+}
+
+impl Default for AggregationOptions {
+    fn default() -> Self {
+        AggregationOptions {
+            threshold: None,
+            min_success: default_min_success(),
+        }
+    }
+}
+
+impl AggregationOptions {
+    pub fn is_default(&self) -> bool {
+        *self == AggregationOptions::default()
+    }
+}
+
+impl AggregationRequest {
+    /// The tuning, every rule checked: `threshold` 0 to 1 and only with a
+    /// strategy that compares answers, `min_success` 1 to 10 and at most
+    /// the fanout.
+    fn options(&self, fanout: u32) -> Result<AggregationOptions, RequestError> {
+        if let Some(threshold) = self.threshold {
+            if !(0.0..=1.0).contains(&threshold) {
+                return Err(RequestError::ThresholdOutOfRange);
+            }
+            if !self.strategy.uses_similarity() {
+                return Err(RequestError::ThresholdWithoutSimilarity(
+                    self.strategy.as_str(),
+                ));
+            }
+        }
+        let min_success = self.min_success.unwrap_or(1);
+        if !(1..=MAX_FANOUT).contains(&min_success) {
+            return Err(RequestError::MinSuccessOutOfRange { max: MAX_FANOUT });
+        }
+        if min_success > fanout {
+            return Err(RequestError::MinSuccessExceedsFanout {
+                min_success,
+                fanout,
+            });
+        }
+        Ok(AggregationOptions {
+            threshold: self.threshold,
+            min_success,
+        })
+    }
 }
 
 /// A task as a client sends it. Unknown fields are refused, not ignored.
@@ -420,6 +518,14 @@ pub enum RequestError {
     WeightsWithoutBalanced(&'static str),
     #[error("routing.weights must each be between 0 and 1, and at least one above 0")]
     BadWeights,
+    #[error("aggregation.threshold must be between 0 and 1")]
+    ThresholdOutOfRange,
+    #[error("aggregation.threshold tunes best, consensus and merge; this task's strategy is {0}")]
+    ThresholdWithoutSimilarity(&'static str),
+    #[error("aggregation.min_success must be between 1 and {max}")]
+    MinSuccessOutOfRange { max: u32 },
+    #[error("aggregation.min_success ({min_success}) exceeds routing.fanout ({fanout})")]
+    MinSuccessExceedsFanout { min_success: u32, fanout: u32 },
     #[error("budget_usd must not be negative")]
     NegativeBudget,
     #[error("timeout_ms must be between 1 and {max}")]
@@ -451,6 +557,11 @@ impl RequestError {
             RequestError::FallbackDepthOutOfRange { .. }
             | RequestError::FallbackDepthWithoutFallback => "routing.fallback_depth",
             RequestError::WeightsWithoutBalanced(_) | RequestError::BadWeights => "routing.weights",
+            RequestError::ThresholdOutOfRange | RequestError::ThresholdWithoutSimilarity(_) => {
+                "aggregation.threshold"
+            }
+            RequestError::MinSuccessOutOfRange { .. }
+            | RequestError::MinSuccessExceedsFanout { .. } => "aggregation.min_success",
             RequestError::NegativeBudget => "budget_usd",
             RequestError::TimeoutOutOfRange { .. } => "timeout_ms",
             RequestError::BadIdempotencyKey(_) => "idempotency_key",
@@ -475,6 +586,9 @@ pub struct TaskSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<RoutingWeights>,
     pub aggregation: AggregationStrategy,
+    /// How the strategy is tuned (`aggregation.threshold`, `min_success`).
+    #[serde(default, skip_serializing_if = "AggregationOptions::is_default")]
+    pub aggregation_options: AggregationOptions,
     pub budget_usd: Option<Usd>,
     pub timeout_ms: u64,
     pub metadata: BTreeMap<String, serde_json::Value>,
@@ -546,6 +660,7 @@ impl TaskRequest {
             }
             (true, depth) => depth.unwrap_or(DEFAULT_FALLBACK_DEPTH),
         };
+        let aggregation_options = self.aggregation.options(routing.fanout)?;
         if self.budget_usd.is_some_and(Usd::is_negative) {
             return Err(RequestError::NegativeBudget);
         }
@@ -571,6 +686,7 @@ impl TaskRequest {
             fallback_depth,
             weights: routing.weights,
             aggregation: self.aggregation.strategy,
+            aggregation_options,
             budget_usd: self.budget_usd,
             timeout_ms,
             metadata: self.metadata,
@@ -806,6 +922,83 @@ mod tests {
 
     fn request(v: serde_json::Value) -> Result<TaskRequest, serde_json::Error> {
         serde_json::from_value(v)
+    }
+
+    #[test]
+    fn aggregation_tuning_is_checked_and_named() {
+        let parse = |aggregation: serde_json::Value, fanout: u32| {
+            request(json!({"task_type": "text", "content": "x",
+                "routing": {"fanout": fanout}, "aggregation": aggregation}))
+            .unwrap()
+            .parse()
+        };
+        let (spec, _) = parse(
+            json!({"strategy": "consensus", "threshold": 0.6, "min_success": 2}),
+            3,
+        )
+        .unwrap();
+        assert_eq!(spec.aggregation, AggregationStrategy::Consensus);
+        assert_eq!(
+            spec.aggregation_options,
+            AggregationOptions {
+                threshold: Some(0.6),
+                min_success: 2
+            }
+        );
+        let field = |aggregation, fanout| parse(aggregation, fanout).unwrap_err().field();
+        assert_eq!(
+            field(json!({"strategy": "consensus", "threshold": 1.5}), 1),
+            "aggregation.threshold"
+        );
+        assert_eq!(
+            field(json!({"strategy": "merge", "threshold": -0.1}), 1),
+            "aggregation.threshold"
+        );
+        assert_eq!(
+            field(json!({"strategy": "vote", "threshold": 0.5}), 1),
+            "aggregation.threshold"
+        );
+        assert_eq!(
+            field(json!({"min_success": 0}), 1),
+            "aggregation.min_success"
+        );
+        assert_eq!(
+            field(json!({"min_success": 11}), 10),
+            "aggregation.min_success"
+        );
+        assert_eq!(
+            parse(json!({"strategy": "vote", "min_success": 3}), 2).unwrap_err(),
+            RequestError::MinSuccessExceedsFanout {
+                min_success: 3,
+                fanout: 2
+            }
+        );
+        assert!(
+            request(json!({"task_type": "text", "content": "x",
+            "aggregation": {"strategy": "vote", "quorum": 2}}))
+            .is_err(),
+            "not offered: unknown"
+        );
+    }
+
+    #[test]
+    fn a_spec_stored_before_the_aggregation_options_has_the_defaults() {
+        let (spec, _) = request(json!({"task_type": "text", "content": "x"}))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut stored = serde_json::to_value(&spec).unwrap();
+        assert!(
+            stored.get("aggregation_options").is_none(),
+            "defaults are not stored"
+        );
+        stored
+            .as_object_mut()
+            .unwrap()
+            .remove("aggregation_options");
+        let read: TaskSpec = serde_json::from_value(stored).unwrap();
+        assert_eq!(read.aggregation_options, AggregationOptions::default());
+        assert_eq!(read.aggregation_options.min_success, 1);
     }
 
     #[test]

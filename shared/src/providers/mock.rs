@@ -7,6 +7,10 @@
 //! on every answer, except a `wrong_share` of requests (by digest) answered
 //! wrongly without a sign; `max_words` cuts the answer to a longer request in
 //! half, with finish reason `length` (what `tiered` routing escalates on).
+//! `answers` scripts answers by pattern (the first whose text the request's
+//! last message contains, ignoring case), each with its own latency and
+//! finish, so mock agents agree or disagree on purpose (`consensus`,
+//! `vote`, `merge` without keys).
 
 use std::time::Duration;
 
@@ -32,9 +36,18 @@ impl ProviderClient for MockProvider {
         _key: Option<&SecretString>,
         request: &ChatRequest,
     ) -> Result<ChatResponse, ProviderError> {
+        let last = request.messages.last().map(|m| m.content.as_str());
+        let scripted = agent
+            .spec
+            .mock
+            .as_ref()
+            .and_then(|o| last.and_then(|text| o.scripted(text)));
         if let Some(options) = &agent.spec.mock {
-            if options.latency_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(options.latency_ms)).await;
+            let latency_ms = scripted
+                .and_then(|s| s.latency_ms)
+                .unwrap_or(options.latency_ms);
+            if latency_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(latency_ms)).await;
             }
             if should_fail(options.failure_rate) {
                 let fault = options.fault.unwrap_or(MockFault::ServerError);
@@ -72,8 +85,9 @@ impl ProviderClient for MockProvider {
         let tally = Tally::of(request);
         let options = agent.spec.mock.clone().unwrap_or_default();
         let tagged = !options.untagged || tally.is_in_share(options.wrong_share);
-        let mut output = match request.messages.last() {
-            Some(last) if options.echo => last.content.clone(),
+        let mut output = match (request.messages.last(), scripted) {
+            (_, Some(script)) => script.answer.clone(),
+            (Some(last), None) if options.echo => last.content.clone(),
             _ if tagged => format!(
                 "[{}] {} words; digest {:016x}",
                 agent.spec.model, tally.words, tally.hash
@@ -86,7 +100,11 @@ impl ProviderClient for MockProvider {
             output.push(' ');
             output.extend(std::iter::repeat_n('A', pad));
         }
-        let mut finish_reason = "stop";
+        let mut finish_reason = if scripted.is_some_and(|s| s.truncated) {
+            "length"
+        } else {
+            "stop"
+        };
         // Scripted: a request longer than it handles gets half an answer.
         if options.max_words.is_some_and(|most| tally.words > most) {
             output.truncate(output.floor_char_boundary(output.len() / 2));
@@ -266,6 +284,35 @@ mod tests {
         as_assistant.messages[0].role = Role::Assistant;
         let answer = call(&agent, &as_assistant).await.unwrap();
         assert_ne!(answer.output, base.output);
+    }
+
+    #[tokio::test]
+    async fn scripted_answers_match_by_pattern_with_their_latency_and_finish() {
+        let agent = agent(json!({"latency_ms": 1, "answers": [
+            {"pattern": "capital of FRANCE", "answer": "Paris", "latency_ms": 30},
+            {"pattern": "capital", "answer": "It is Lyo", "truncated": true},
+        ]}));
+        let started = Instant::now();
+        let paris = call(&agent, &request(None, "What is the Capital of France?"))
+            .await
+            .unwrap();
+        assert_eq!(paris.output, "Paris");
+        assert_eq!(paris.finish_reason.as_deref(), Some("stop"));
+        assert!(
+            started.elapsed() >= Duration::from_millis(30),
+            "its own latency"
+        );
+        let cut = call(&agent, &request(None, "capital of Spain"))
+            .await
+            .unwrap();
+        assert_eq!(cut.output, "It is Lyo");
+        assert_eq!(cut.finish_reason.as_deref(), Some("length"));
+        let other = call(&agent, &request(None, "hello")).await.unwrap();
+        assert!(
+            other.output.starts_with("[mock-1] 1 words"),
+            "{}",
+            other.output
+        );
     }
 
     #[test]

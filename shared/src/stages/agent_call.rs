@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use secrecy::SecretString;
 
-use crate::domain::aggregation::combine;
+use crate::domain::aggregation::{Panel, combine};
 use crate::domain::call::{Escalation, Hop};
 use crate::domain::filters::Direction;
 use crate::domain::health::Observation;
@@ -498,9 +498,10 @@ async fn finish_single(
         output: answer,
         ..result.clone()
     };
-    let (status, mut patch) = combine(task, std::slice::from_ref(&whole));
+    let whole = std::slice::from_ref(&whole);
+    let (status, mut patch) = combine(task, whole, &Panel::of_calls(whole));
     if let Some(combined) = patch.result.as_mut() {
-        claim_check::offload_result(svc, task, std::slice::from_ref(&whole), combined).await?;
+        claim_check::offload_result(svc, task, whole, combined).await?;
     }
     let finished = persist(|| {
         svc.tasks
@@ -1084,6 +1085,7 @@ impl CallRecord {
                 .finish_reason
                 .as_deref()
                 .is_some_and(crate::domain::call::is_cut_off),
+            quality: Some(agent.spec.quality),
             fell_back_from: Vec::new(),
             settles: None,
         }
@@ -1127,6 +1129,7 @@ impl CallRecord {
             retried_errors: self.retried_errors,
             finished_at: now,
             truncated: false,
+            quality: None,
             fell_back_from: Vec::new(),
             settles: None,
         }

@@ -91,8 +91,8 @@ fn filtered(filters: &Filters, field: &'static str, text: &str) -> Result<String
 fn check_offered(aggregation: AggregationStrategy) -> Result<(), SubmitError> {
     if !AggregationStrategy::OFFERED.contains(&aggregation) {
         return Err(SubmitError::NotOffered(format!(
-            "aggregation.strategy {:?} is not offered yet; use first or all",
-            aggregation
+            "aggregation.strategy {} is not offered yet; use first, all, best, consensus, vote or merge",
+            aggregation.as_str()
         )));
     }
     Ok(())

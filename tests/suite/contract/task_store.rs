@@ -59,6 +59,7 @@ pub(super) fn call_result(call_id: CallId, output: &str) -> CallResult {
         retried_errors: Vec::new(),
         finished_at: Utc::now(),
         truncated: false,
+        quality: None,
         fell_back_from: Vec::new(),
         settles: None,
     }

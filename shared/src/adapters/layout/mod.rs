@@ -494,6 +494,7 @@ mod tests {
             }],
             finished_at: now,
             truncated: false,
+            quality: None,
             fell_back_from: Vec::new(),
             settles: None,
         };
