@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use maof::adapters::memory::{MemoryQueue, MemoryRegistry, MemorySecrets, MemoryTaskStore};
-use maof::domain::aggregation::{Panel, combine};
+use maof::domain::aggregation::combine;
 use maof::domain::{
     AgentId, AgentSpec, CallId, CallResult, CallStatus, Origin, Owner, PlannedCall, Principal,
     Provider, Role, Task, TaskRequest, TaskStatus, TenantId, Usage, Usd,
@@ -404,7 +404,7 @@ fn cost_sums_are_exact_for_a_thousand_calls_of_odd_token_counts() {
             settles: None,
         });
     }
-    let (_, patch) = combine(&task, &calls, &Panel::new());
+    let (_, patch) = combine(&task, &calls);
     // Σ(2i+1) = 1,000,000 input tokens, Σ(i%3) = 999 of them cached, Σ(3i+7) = 1,505,500 output.
     let expected = rust_decimal::Decimal::new(15, 2) * rust_decimal::Decimal::from(1_000_000 - 999)
         / rust_decimal::Decimal::from(1_000_000)

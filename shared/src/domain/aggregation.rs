@@ -27,7 +27,7 @@
 //!   the others (then the higher score, then plan order). Empty answers
 //!   join none.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -66,42 +66,12 @@ const REFUSALS: [&str; 10] = [
     "as an ai",
 ];
 
-/// What combining knows of the agents that answered: each one's registry
-/// quality. The stages take it from the calls, which record it when they
-/// are made (no registry read at aggregation).
-#[derive(Debug, Clone, Default)]
-pub struct Panel {
-    quality: HashMap<AgentId, f64>,
-}
-
-impl Panel {
-    pub fn new() -> Self {
-        Panel::default()
-    }
-
-    /// The qualities the calls recorded.
-    pub fn of_calls(calls: &[CallResult]) -> Self {
-        calls
-            .iter()
-            .filter_map(|c| c.quality.map(|q| (c.agent_id.clone(), q)))
-            .fold(Panel::new(), |panel, (agent, q)| {
-                panel.with_quality(agent, q)
-            })
-    }
-
-    pub fn with_quality(mut self, agent: AgentId, quality: f64) -> Self {
-        self.quality.insert(agent, quality);
-        self
-    }
-
-    /// The agent's quality, [`UNKNOWN_QUALITY`] if unknown.
-    pub fn quality(&self, agent: &AgentId) -> f64 {
-        self.quality
-            .get(agent)
-            .copied()
-            .filter(|q| q.is_finite())
-            .map_or(UNKNOWN_QUALITY, |q| q.clamp(0.0, 1.0))
-    }
+/// The quality a call recorded for its agent (agent-call keeps it with the
+/// answer, so combining reads no registry), [`UNKNOWN_QUALITY`] if none.
+fn quality_of(call: &CallResult) -> f64 {
+    call.quality
+        .filter(|q| q.is_finite())
+        .map_or(UNKNOWN_QUALITY, |q| q.clamp(0.0, 1.0))
 }
 
 /// How complete an answer is, for its score.
@@ -161,9 +131,9 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    pub fn of(call: &CallResult, panel: &Panel) -> Candidate {
+    pub fn of(call: &CallResult) -> Candidate {
         let output = call.output.clone().unwrap_or_default();
-        let quality = panel.quality(&call.agent_id);
+        let quality = quality_of(call);
         let (shape, completeness) = shape(&output);
         let finish = if call.truncated { 0.0 } else { 1.0 };
         let score = completeness.factor() * (QUALITY_WEIGHT * quality + FINISH_WEIGHT * finish);
@@ -709,7 +679,7 @@ pub fn totals(calls: &[CallResult]) -> (Usage, Option<Usd>) {
 }
 
 /// The final status and fields of a task whose calls are all done.
-pub fn combine(task: &Task, calls: &[CallResult], panel: &Panel) -> (TaskStatus, TaskPatch) {
+pub fn combine(task: &Task, calls: &[CallResult]) -> (TaskStatus, TaskPatch) {
     // Call order is the plan's order, whatever order results arrived in.
     let mut ordered: Vec<&CallResult> = calls.iter().collect();
     ordered.sort_by_key(|c| {
@@ -747,7 +717,7 @@ pub fn combine(task: &Task, calls: &[CallResult], panel: &Panel) -> (TaskStatus,
         ));
         return (TaskStatus::Failed, patch);
     }
-    let candidates: Vec<Candidate> = succeeded.iter().map(|c| Candidate::of(c, panel)).collect();
+    let candidates: Vec<Candidate> = succeeded.iter().map(|c| Candidate::of(c)).collect();
     let threshold = options.threshold.unwrap_or(DEFAULT_THRESHOLD);
     let strategy = task.spec.aggregation;
     let combined = match strategy {
@@ -896,18 +866,17 @@ mod tests {
             .collect()
     }
 
-    fn panel(qualities: &[f64]) -> Panel {
-        qualities
-            .iter()
-            .enumerate()
-            .fold(Panel::new(), |p, (i, q)| {
-                p.with_quality(AgentId::parse(format!("a{i}")).unwrap(), *q)
-            })
+    /// `results` with each call's agent quality recorded, in order.
+    fn with_qualities(mut results: Vec<CallResult>, qualities: &[f64]) -> Vec<CallResult> {
+        for (result, q) in results.iter_mut().zip(qualities) {
+            result.quality = Some(*q);
+        }
+        results
     }
 
     fn run(aggregation: Value, answers: &[&str], qualities: &[f64]) -> AggregateResult {
         let (task, calls) = task_with(aggregation, answers.len());
-        let (status, patch) = combine(&task, &answered(&calls, answers), &panel(qualities));
+        let (status, patch) = combine(&task, &with_qualities(answered(&calls, answers), qualities));
         assert_eq!(status, TaskStatus::Completed, "{patch:?}");
         patch.result.unwrap()
     }
@@ -930,7 +899,7 @@ mod tests {
             result(calls[0], 0, false, Some("0")),
             result(calls[1], 1, true, Some("0.1")),
         ];
-        let (status, patch) = combine(&task, &results, &Panel::new());
+        let (status, patch) = combine(&task, &results);
         assert_eq!(status, TaskStatus::Completed);
         let r = patch.result.unwrap();
         assert_eq!(r.output, "out1");
@@ -951,7 +920,7 @@ mod tests {
             result(calls[0], 0, true, Some("0.1")),
             result(calls[1], 1, true, None),
         ];
-        let (status, patch) = combine(&task, &results, &Panel::new());
+        let (status, patch) = combine(&task, &results);
         assert_eq!(status, TaskStatus::Completed);
         let r = patch.result.unwrap();
         assert_eq!(r.output, "[a0] out0\n\n[a1] out1");
@@ -970,7 +939,7 @@ mod tests {
                 result(calls[0], 0, false, None),
                 result(calls[1], 1, false, None),
             ];
-            let (status, patch) = combine(&task, &results, &Panel::new());
+            let (status, patch) = combine(&task, &results);
             assert_eq!(status, TaskStatus::Failed);
             let error = patch.error.unwrap();
             assert_eq!(error.code, "all_calls_failed");
@@ -984,11 +953,10 @@ mod tests {
         let call = |output: &str, truncated: bool| CallResult {
             output: Some(output.into()),
             truncated,
+            quality: Some(0.9),
             ..result(CallId::new(), 0, true, None)
         };
-        let p = panel(&[0.9]);
-        let score =
-            |output: &str, truncated: bool| Candidate::of(&call(output, truncated), &p).score;
+        let score = |output: &str, truncated: bool| Candidate::of(&call(output, truncated)).score;
         assert_eq!(score("Paris", false), 0.94);
         assert_eq!(
             score("Paris", true),
@@ -1023,7 +991,7 @@ mod tests {
         let (task, calls) = task("best", 3);
         let mut results = answered(&calls, &["Lyon", "Paris", "Marseille"]);
         results[1].truncated = true;
-        let (_, patch) = combine(&task, &results, &panel(&[0.5, 0.9, 0.7]));
+        let (_, patch) = combine(&task, &with_qualities(results, &[0.5, 0.9, 0.7]));
         let r = patch.result.unwrap();
         assert_eq!(r.output, "Marseille", "0.82 beats the truncated 0.54");
         assert_eq!(r.candidates[1]["score"], 0.54);
@@ -1225,7 +1193,7 @@ mod tests {
             result(calls[1], 1, false, Some("0.2")),
             result(calls[2], 2, false, Some("0.3")),
         ];
-        let (status, patch) = combine(&task, &results, &Panel::new());
+        let (status, patch) = combine(&task, &results);
         assert_eq!(status, TaskStatus::Failed);
         let error = patch.error.unwrap();
         assert_eq!(error.code, "not_enough_answers");
@@ -1241,17 +1209,17 @@ mod tests {
             result(calls[1], 1, true, None),
             result(calls[2], 2, false, None),
         ];
-        let (status, _) = combine(&task, &results, &Panel::new());
+        let (status, _) = combine(&task, &results);
         assert_eq!(status, TaskStatus::Completed);
     }
 
     #[test]
-    fn the_panel_is_the_quality_each_call_recorded() {
+    fn the_score_takes_the_quality_each_call_recorded() {
         let (task, calls) = task("best", 3);
         let mut results = answered(&calls, &["Lyon", "Paris", "Nice"]);
         results[0].quality = Some(0.2);
         results[1].quality = Some(0.9);
-        let (_, patch) = combine(&task, &results, &Panel::of_calls(&results));
+        let (_, patch) = combine(&task, &results);
         let r = patch.result.unwrap();
         assert_eq!(r.output, "Paris");
         let scores: Vec<&Value> = r.candidates.iter().map(|c| &c["score"]).collect();

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use secrecy::SecretString;
 
-use crate::domain::aggregation::{Panel, combine};
+use crate::domain::aggregation::combine;
 use crate::domain::call::{Escalation, Hop};
 use crate::domain::filters::Direction;
 use crate::domain::health::Observation;
@@ -499,7 +499,7 @@ async fn finish_single(
         ..result.clone()
     };
     let whole = std::slice::from_ref(&whole);
-    let (status, mut patch) = combine(task, whole, &Panel::of_calls(whole));
+    let (status, mut patch) = combine(task, whole);
     if let Some(combined) = patch.result.as_mut() {
         claim_check::offload_result(svc, task, whole, combined).await?;
     }

@@ -1,6 +1,6 @@
 //! Aggregate: combines a task's call results and finishes it.
 
-use crate::domain::aggregation::{Panel, combine};
+use crate::domain::aggregation::combine;
 use crate::domain::{CallResult, Envelope, Task};
 use crate::ports::StoreError;
 
@@ -37,7 +37,7 @@ pub(crate) async fn finish(
     // Outputs kept in the blob store are read back to be combined, and a
     // combined output too large for the task's item goes there in turn.
     let calls = claim_check::hydrate(svc, task, calls).await?;
-    let (status, mut patch) = combine(task, &calls, &Panel::of_calls(&calls));
+    let (status, mut patch) = combine(task, &calls);
     if let Some(result) = patch.result.as_mut() {
         claim_check::offload_result(svc, task, &calls, result).await?;
     }
